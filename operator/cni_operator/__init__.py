@@ -1,0 +1,1 @@
+"""cniwarden's operator: cluster controller, node agent and doctor."""

@@ -1,0 +1,4 @@
+#!/bin/sh
+# Builds the pinned Go tools into .tools/bin (filled in by the local-cluster work).
+set -eu
+mkdir -p .tools/bin
