@@ -1,0 +1,122 @@
+"""The CNINetwork API as Python types: names the CRDs fix, and the spec model.
+
+Pure: no kopf or kubernetes imports, so the rendering and safety logic can be
+tested on plain dicts. The CRD schema in `crds/` is the API server's copy of the
+same rules; `validate_spec` repeats the ones a node needs before it writes.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+GROUP = "cniwarden.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+NETWORK_KIND = "CNINetwork"
+NETWORK_PLURAL = "cninetworks"
+NODE_STATE_KIND = "CNINodeState"
+NODE_STATE_PLURAL = "cninodestates"
+
+FINALIZER = "cniwarden.io/cleanup"
+# The per-generation acknowledgement of a blocked switch: both annotations on the
+# CNINetwork. The generation must equal metadata.generation, so an old
+# acknowledgement never lets a later change through.
+ACK_GENERATION_ANNOTATION = "cniwarden.io/proceed-generation"
+ACK_NODES_ANNOTATION = "cniwarden.io/proceed-nodes"
+
+USE_POD_CIDR = "usePodCIDR"
+SUPPORTED_CNI_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+PLUGIN_TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+NETWORK_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+class SpecError(ValueError):
+    """A CNINetwork spec that cannot be rendered; the message says what to fix."""
+
+
+class BinarySource(BaseModel):
+    """Where a declared (not ours) plugin binary comes from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file: str | None = None
+    url: str | None = None
+
+
+class DeclaredBinary(BaseModel):
+    """A plugin binary the user asks us to install, verified by its sha256."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    sha256: str
+    source: BinarySource
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not PLUGIN_TYPE_RE.match(value):
+            raise ValueError(f"binary name {value!r} is not a valid plugin file name")
+        return value
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha(cls, value: str) -> str:
+        if not SHA256_RE.match(value):
+            raise ValueError("sha256 must be 64 lowercase hex digits")
+        return value
+
+
+class NetworkSpec(BaseModel):
+    """`CNINetwork.spec`. Plugin objects stay plain dicts: unknown keys pass through."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    priority: int = Field(ge=0, le=99)
+    cniVersion: str = "1.0.0"
+    plugins: list[dict[str, Any]] = Field(min_length=1)
+    nodeSelector: dict[str, str] = Field(default_factory=dict)
+    shadowPolicy: Literal["Report", "Quarantine"] = "Report"
+    binaries: list[DeclaredBinary] = Field(default_factory=list)
+    disableCheck: bool | None = None
+    disableGC: bool | None = None
+
+    @field_validator("cniVersion")
+    @classmethod
+    def _version(cls, value: str) -> str:
+        if value not in SUPPORTED_CNI_VERSIONS:
+            raise ValueError(f"cniVersion {value!r} is not one of {list(SUPPORTED_CNI_VERSIONS)}")
+        return value
+
+    @field_validator("plugins")
+    @classmethod
+    def _plugins(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for index, plugin in enumerate(value):
+            kind = plugin.get("type")
+            if not isinstance(kind, str) or not PLUGIN_TYPE_RE.match(kind):
+                raise ValueError(f"plugins[{index}].type must be a plugin file name")
+            ipam = plugin.get("ipam")
+            if ipam is not None and not isinstance(ipam, dict):
+                raise ValueError(f"plugins[{index}].ipam must be an object")
+        return value
+
+
+def parse_spec(raw: dict[str, Any]) -> NetworkSpec:
+    """Parse a spec dict, turning pydantic's report into one readable SpecError."""
+    try:
+        return NetworkSpec.model_validate(raw)
+    except ValidationError as error:
+        parts = []
+        for item in error.errors():
+            where = ".".join(str(p) for p in item["loc"]) or "spec"
+            parts.append(f"spec.{where}: {item['msg']}")
+        raise SpecError("; ".join(parts)) from None
+
+
+def config_file_name(priority: int, network: str) -> str:
+    """The node file name the API fixes: `<priority, two digits>-<name>.conflist`."""
+    return f"{priority:02d}-{network}.conflist"

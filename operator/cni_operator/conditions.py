@@ -1,0 +1,188 @@
+"""CNINetwork status from the per-node reports: conditions and counts.
+
+Pure: the controller feeds it the network, the selected node names and the
+`status` of each node's CNINodeState; it returns the new `status` dict.
+Conditions follow metav1.Condition and keep lastTransitionTime while unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+READY = "Ready"
+SHADOWED = "Shadowed"
+SWITCH_BLOCKED = "SwitchBlocked"
+DEGRADED = "Degraded"
+CONDITION_TYPES = (READY, SHADOWED, SWITCH_BLOCKED, DEGRADED)
+
+# Node-side states of one network, as agents report them.
+STATE_APPLIED = "Applied"
+STATE_BLOCKED = "Blocked"
+STATE_INVALID = "Invalid"
+STATE_REMOVED = "Removed"
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: str
+    status: bool
+    reason: str
+    message: str
+
+    def to_dict(
+        self, generation: int, now: str, previous: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        status = "True" if self.status else "False"
+        since = now
+        if previous and previous.get("status") == status and previous.get("lastTransitionTime"):
+            since = str(previous["lastTransitionTime"])
+        return {
+            "type": self.type,
+            "status": status,
+            "reason": self.reason,
+            "message": self.message[:32000],
+            "observedGeneration": generation,
+            "lastTransitionTime": since,
+        }
+
+
+def _list(names: Sequence[str], limit: int = 10) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def network_entry(report: Mapping[str, Any], network: str) -> Mapping[str, Any] | None:
+    for entry in report.get("networks") or []:
+        if entry.get("name") == network:
+            return entry  # type: ignore[no-any-return]
+    return None
+
+
+def build_status(
+    *,
+    network: str,
+    generation: int,
+    selected: Sequence[str],
+    reports: Mapping[str, Mapping[str, Any]],
+    spec_error: str | None,
+    previous_conditions: Sequence[Mapping[str, Any]],
+    now: str,
+) -> dict[str, Any]:
+    """Aggregate one network's status. `reports`: node name -> CNINodeState.status."""
+    ready: list[str] = []
+    waiting: list[str] = []
+    blocked: dict[str, Mapping[str, Any]] = {}
+    invalid: dict[str, str] = {}
+    shadowed: dict[str, list[str]] = {}
+    missing_reports: list[str] = []
+    for node in selected:
+        report = reports.get(node)
+        if report is None:
+            missing_reports.append(node)
+            continue
+        files = list(report.get("shadowingFiles") or [])
+        if files:
+            shadowed[node] = files
+        entry = network_entry(report, network)
+        if entry is None:
+            waiting.append(node)
+            continue
+        state = entry.get("state")
+        if state == STATE_BLOCKED and entry.get("desiredGeneration") == generation:
+            blocked[node] = entry
+        if state == STATE_INVALID and entry.get("desiredGeneration") == generation:
+            invalid[node] = str(entry.get("message", ""))
+        if entry.get("appliedGeneration") == generation and state == STATE_APPLIED:
+            ready.append(node)
+        else:
+            waiting.append(node)
+
+    conditions: list[Condition] = []
+    if spec_error:
+        conditions.append(Condition(READY, False, "InvalidSpec", spec_error))
+    elif not selected:
+        conditions.append(Condition(READY, True, "NoNodesSelected", "no node matches nodeSelector"))
+    elif len(ready) == len(selected):
+        conditions.append(
+            Condition(
+                READY, True, "AllNodesReady", f"{len(ready)} node(s) run generation {generation}"
+            )
+        )
+    else:
+        conditions.append(
+            Condition(
+                READY,
+                False,
+                "NodesNotReady",
+                f"{len(ready)}/{len(selected)} node(s) run generation {generation}; waiting for "
+                f"{_list(sorted(set(waiting) | set(missing_reports)))}",
+            )
+        )
+    if shadowed:
+        detail = "; ".join(
+            f"{node}: {', '.join(files)}" for node, files in sorted(shadowed.items())
+        )
+        conditions.append(Condition(SHADOWED, True, "ForeignConfigWins", detail))
+    else:
+        conditions.append(
+            Condition(SHADOWED, False, "NoShadowing", "no foreign file wins over ours")
+        )
+    if blocked:
+        fields: list[str] = []
+        for entry in blocked.values():
+            for f in entry.get("blockedFields") or []:
+                if f not in fields:
+                    fields.append(f)
+        nodes = ", ".join(
+            f"{node} ({entry.get('attachments', 0)} attachment(s))"
+            for node, entry in sorted(blocked.items())
+        )
+        conditions.append(
+            Condition(
+                SWITCH_BLOCKED,
+                True,
+                "LiveAttachments",
+                f"unsafe change of {', '.join(fields)} held on {nodes}; the last applied config "
+                f"stays. Drain those nodes, then annotate cniwarden.io/proceed-generation="
+                f"{generation} and cniwarden.io/proceed-nodes=<nodes>",
+            )
+        )
+    else:
+        conditions.append(Condition(SWITCH_BLOCKED, False, "NoBlockedSwitch", "nothing is held"))
+    problems = []
+    if spec_error:
+        problems.append(spec_error)
+    problems.extend(f"{node}: {message}" for node, message in sorted(invalid.items()))
+    if missing_reports:
+        problems.append(f"no agent report from {_list(sorted(missing_reports))}")
+    if problems:
+        conditions.append(Condition(DEGRADED, True, "NodeProblems", "; ".join(problems)))
+    else:
+        conditions.append(Condition(DEGRADED, False, "AsExpected", "no problem reported"))
+
+    previous = {c.get("type"): c for c in previous_conditions}
+    return {
+        "observedGeneration": generation,
+        "nodesSelected": len(selected),
+        "nodesReady": len(ready),
+        "nodesShadowed": len(shadowed),
+        "nodesBlocked": len(blocked),
+        "blockedNodes": sorted(blocked),
+        "conditions": [c.to_dict(generation, now, previous.get(c.type)) for c in conditions],
+    }
+
+
+def same_status(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Equal apart from timestamps, so the controller patches only on real change."""
+
+    def strip(status: Mapping[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in status.items() if k != "conditions"}
+        out["conditions"] = [
+            {k: v for k, v in c.items() if k != "lastTransitionTime"}
+            for c in status.get("conditions") or []
+        ]
+        return out
+
+    return strip(old) == strip(new)

@@ -1,0 +1,67 @@
+"""Atomic file replacement that no CNI reader can observe half-done.
+
+The temp file's name starts with a dot and ends in `.tmp`, so neither the
+runtimes (`.conf`/`.conflist`/`.json`) nor a bin-dir lookup by type pick it up;
+it is fsynced, renamed over the target, and the directory is fsynced so the
+rename survives a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import secrets
+from pathlib import Path
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temp_name_for(target: Path) -> Path:
+    return target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+
+
+def atomic_write(target: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write `data` to `target` so readers see the old or the new bytes, nothing else."""
+    temp = temp_name_for(target)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temp, mode)
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+        raise
+    fsync_dir(target.parent)
+
+
+def remove(target: Path) -> bool:
+    """Remove a file and make the removal durable; False when it was not there."""
+    try:
+        target.unlink()
+    except FileNotFoundError:
+        return False
+    fsync_dir(target.parent)
+    return True

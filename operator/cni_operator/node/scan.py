@@ -1,0 +1,288 @@
+"""The node scan: what is in net.d and the bin dir, what each runtime uses, and
+every problem with its fix. The agent reports it; the doctor prints it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cni_operator.journal import JournalEntry
+from cni_operator.node.atomic import sha256_bytes, sha256_file
+from cni_operator.node.attachments import AttachmentScan, scan_attachments
+from cni_operator.node.binaries import VersionProber, binary_inventory
+from cni_operator.node.manifest import Manifest
+from cni_operator.node.paths import HostPaths
+from cni_operator.node.quarantine import Quarantine
+from cni_operator.runtime_order import (
+    DirAnalysis,
+    Verdict,
+    analyze,
+    is_config_name,
+    parse_config,
+)
+
+ERROR = "error"
+WARNING = "warning"
+
+
+@dataclass(frozen=True)
+class Problem:
+    code: str
+    severity: str
+    message: str
+    fix: str
+    path: str | None = None
+
+    def to_dict(self) -> dict[str, str]:
+        out = {
+            "code": self.code,
+            "severity": self.severity,
+            "message": self.message,
+            "fix": self.fix,
+        }
+        if self.path:
+            out["path"] = self.path
+        return out
+
+
+@dataclass
+class NodeScan:
+    paths: HostPaths
+    files: dict[str, bytes | None]
+    versions: dict[str, list[str] | None]
+    analysis: DirAnalysis
+    binaries: list[dict[str, Any]]
+    attachments: AttachmentScan
+    quarantined: list[JournalEntry]
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def broken(self) -> bool:
+        """A runtime on this node cannot start pods."""
+        return self.analysis.broken
+
+    @property
+    def has_errors(self) -> bool:
+        return any(p.severity == ERROR for p in self.problems)
+
+
+def read_config_dir(conf_dir: Path) -> dict[str, bytes | None]:
+    files: dict[str, bytes | None] = {}
+    try:
+        names = os.listdir(conf_dir)
+    except FileNotFoundError:
+        return files
+    for name in names:
+        if not is_config_name(name):
+            continue
+        path = conf_dir / name
+        if path.is_dir():
+            continue
+        try:
+            files[name] = path.read_bytes()
+        except OSError:
+            files[name] = None
+    return files
+
+
+def scan_node(paths: HostPaths, manifest: Manifest, prober: VersionProber) -> NodeScan:
+    files = read_config_dir(paths.conf_dir)
+    wanted_types: set[str] = set()
+    for name, data in files.items():
+        wanted_types.update(parse_config(name, data).types)
+    versions = prober.bin_dir_versions(paths.bin_dir, wanted_types)
+    ours = manifest.config_files & set(files)
+    analysis = analyze(files.items(), ours, versions)
+    scan = NodeScan(
+        paths=paths,
+        files=files,
+        versions=versions,
+        analysis=analysis,
+        binaries=binary_inventory(paths, manifest, prober, wanted_types),
+        attachments=scan_attachments(paths),
+        quarantined=Quarantine(paths).entries(),
+    )
+    scan.problems = find_problems(scan, manifest)
+    return scan
+
+
+def find_problems(scan: NodeScan, manifest: Manifest) -> list[Problem]:
+    paths = scan.paths
+    problems: list[Problem] = []
+    conf = paths.conf_dir
+    for network, managed in sorted(manifest.networks.items()):
+        path = conf / managed.file
+        data = scan.files.get(managed.file)
+        if managed.file not in scan.files:
+            problems.append(
+                Problem(
+                    "ManagedFileMissing",
+                    ERROR,
+                    f"{path} of network {network} is missing",
+                    "Start (or restart) the cniwarden agent on this node; it rewrites the file.",
+                    str(path),
+                )
+            )
+        elif data is None or sha256_bytes(data) != managed.sha256:
+            problems.append(
+                Problem(
+                    "ManagedFileModified",
+                    WARNING,
+                    f"{path} of network {network} was changed by someone else",
+                    "Edit the CNINetwork instead of the file; the agent rewrites it.",
+                    str(path),
+                )
+            )
+    containerd_file = scan.analysis.containerd.file
+    for verdict in scan.analysis.foreign:
+        path = conf / verdict.file
+        if Verdict.INVALID in verdict.verdicts:
+            problems.append(
+                Problem(
+                    "InvalidConfig",
+                    ERROR if verdict.node_killer else WARNING,
+                    f"{path}: {verdict.detail}"
+                    + (" (node-killer for containerd)" if verdict.node_killer else ""),
+                    f"Run `python3 -m json.tool {path}` to see the error; fix the file or move "
+                    f"it out of {conf}.",
+                    str(path),
+                )
+            )
+            continue
+        if Verdict.WINS_OVER_OURS in verdict.verdicts:
+            problems.append(
+                Problem(
+                    "ForeignConfigWins",
+                    ERROR,
+                    f"{path} sorts before our config, so the runtime uses it: {verdict.detail}",
+                    f"Move it out of {conf} (e.g. `mv {path} /root/`), or set "
+                    "`shadowPolicy: Quarantine` on the CNINetwork so cniwarden moves it aside "
+                    "and restores it when the network is deleted.",
+                    str(path),
+                )
+            )
+        for kind in (Verdict.MISSING_BINARY, Verdict.INCOMPATIBLE_VERSION):
+            if kind not in verdict.verdicts:
+                continue
+            in_use = verdict.file == containerd_file
+            fix = (
+                f"Install the plugin binary into {paths.bin_dir}, or remove {path}."
+                if kind is Verdict.MISSING_BINARY
+                else f"Set cniVersion in {path} to a version the plugin lists, or upgrade it."
+            )
+            problems.append(
+                Problem(
+                    str(kind),
+                    ERROR if in_use else WARNING,
+                    f"{path}: {verdict.detail}",
+                    fix,
+                    str(path),
+                )
+            )
+    for view in (scan.analysis.containerd, scan.analysis.crio):
+        if view.healthy:
+            continue
+        if view.file is None:
+            problems.append(
+                Problem(
+                    "NoUsableConfig",
+                    ERROR,
+                    f"{view.runtime}: {view.message}",
+                    f"Apply a CNINetwork that selects this node, or put a valid config in {conf}.",
+                )
+            )
+        elif view.ours:
+            problems.append(
+                Problem(
+                    "OurConfigUnusable",
+                    ERROR,
+                    f"{view.runtime}: {view.message}",
+                    f"Check the binaries in {paths.bin_dir} (`cniwarden doctor` lists their "
+                    "versions) and the CNINetwork's conditions.",
+                    str(conf / view.file),
+                )
+            )
+    for name, owned in sorted(manifest.binaries.items()):
+        path = paths.bin_dir / name
+        if path.is_file() and sha256_file(path) != owned.sha256:
+            problems.append(
+                Problem(
+                    "OwnedBinaryModified",
+                    WARNING,
+                    f"{path} differs from the binary cniwarden installed",
+                    "Restart the agent to reinstall it, and find out what replaced it.",
+                    str(path),
+                )
+            )
+    for cache in scan.attachments.empty_cache_files:
+        problems.append(
+            Problem(
+                "EmptyResultCache",
+                WARNING,
+                f"{cache} is empty or not JSON; the runtime cannot tear that sandbox down",
+                f"Remove it (`rm {cache}`) after checking no pod uses that container id.",
+                cache,
+            )
+        )
+    return problems
+
+
+def report_dict(scan: NodeScan, manifest: Manifest) -> dict[str, Any]:
+    """The scan as CNINodeState status fields."""
+
+    def view(v: Any) -> dict[str, Any]:
+        return {
+            "file": v.file or "",
+            "network": v.network or "",
+            "ours": v.ours,
+            "healthy": v.healthy,
+            "message": v.message,
+        }
+
+    return {
+        "runtimes": {
+            "containerd": view(scan.analysis.containerd),
+            "crio": view(scan.analysis.crio),
+        },
+        "managedFiles": [
+            {
+                "path": str(scan.paths.conf_dir / m.file),
+                "network": network,
+                "generation": m.generation,
+                "sha256": m.sha256,
+            }
+            for network, m in sorted(manifest.networks.items())
+        ],
+        "foreignFiles": [
+            {
+                "path": str(scan.paths.conf_dir / v.file),
+                "verdicts": [str(x) for x in v.verdicts],
+                "nodeKiller": v.node_killer,
+                "detail": v.detail,
+            }
+            for v in scan.analysis.foreign
+        ],
+        "shadowingFiles": [str(scan.paths.conf_dir / f) for f in scan.analysis.shadowing_files],
+        "binaries": scan.binaries,
+        "attachments": [
+            {
+                "network": network,
+                "count": len(items),
+                "containers": sorted(c for c, _ in items)[:20],
+            }
+            for network, items in sorted(scan.attachments.by_network.items())
+        ],
+        "quarantined": [
+            {
+                "original": e.original,
+                "stored": e.stored,
+                "sha256": e.sha256,
+                "time": e.time,
+                "network": e.network,
+            }
+            for e in scan.quarantined
+        ],
+        "problems": [p.to_dict() for p in scan.problems],
+    }

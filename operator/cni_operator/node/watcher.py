@@ -1,0 +1,138 @@
+"""Directory change notifications from the kernel (inotify), for the asyncio loop.
+
+Written on ctypes (three libc calls) rather than a dependency: the agent needs
+only "something changed in these directories" delivered to kopf's event loop
+via `loop.add_reader`, which the pure-Python inotify wrappers do not offer
+without their own threads or loops. A directory that is removed and recreated
+(containerd#6490) is watched again on the next `rearm()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import errno
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+IN_MODIFY = 0x002
+IN_ATTRIB = 0x004
+IN_CLOSE_WRITE = 0x008
+IN_MOVED_FROM = 0x040
+IN_MOVED_TO = 0x080
+IN_CREATE = 0x100
+IN_DELETE = 0x200
+IN_DELETE_SELF = 0x400
+IN_MOVE_SELF = 0x800
+IN_IGNORED = 0x8000
+IN_NONBLOCK = 0o4000
+IN_CLOEXEC = 0o2000000
+WATCH_MASK = (
+    IN_MODIFY
+    | IN_ATTRIB
+    | IN_CLOSE_WRITE
+    | IN_MOVED_FROM
+    | IN_MOVED_TO
+    | IN_CREATE
+    | IN_DELETE
+    | IN_DELETE_SELF
+    | IN_MOVE_SELF
+)
+_EVENT_HEADER = struct.Struct("iIII")
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.inotify_init1.argtypes = [ctypes.c_int]
+_libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+_libc.inotify_rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]
+
+
+@dataclass(frozen=True)
+class DirEvent:
+    directory: Path
+    name: str
+    mask: int
+
+
+class DirectoryWatcher:
+    """Watches a fixed set of directories; `wait()` returns the next batch of events."""
+
+    def __init__(self, directories: list[Path]) -> None:
+        fd = _libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"inotify_init1: {os.strerror(err)}")
+        self.fd: int = fd
+        self.directories = list(directories)
+        self._by_wd: dict[int, Path] = {}
+        self._ready = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.rearm()
+
+    def rearm(self) -> None:
+        """(Re)add a watch for every directory that exists and is not watched."""
+        watched = set(self._by_wd.values())
+        for directory in self.directories:
+            if directory in watched or not directory.is_dir():
+                continue
+            wd = _libc.inotify_add_watch(self.fd, os.fsencode(directory), WATCH_MASK)
+            if wd < 0:
+                err = ctypes.get_errno()
+                if err in (errno.ENOENT, errno.ENOTDIR):
+                    continue
+                raise OSError(err, f"inotify_add_watch {directory}: {os.strerror(err)}")
+            self._by_wd[wd] = directory
+
+    @property
+    def missing(self) -> list[Path]:
+        watched = set(self._by_wd.values())
+        return [d for d in self.directories if d not in watched]
+
+    def read_events(self) -> list[DirEvent]:
+        try:
+            buffer = os.read(self.fd, 64 * 1024)
+        except BlockingIOError:
+            return []
+        events = []
+        offset = 0
+        while offset + _EVENT_HEADER.size <= len(buffer):
+            wd, mask, _cookie, length = _EVENT_HEADER.unpack_from(buffer, offset)
+            offset += _EVENT_HEADER.size
+            raw_name = buffer[offset : offset + length].rstrip(b"\0")
+            offset += length
+            directory = self._by_wd.get(wd)
+            if directory is None:
+                continue
+            if mask & (IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF):
+                self._by_wd.pop(wd, None)
+            events.append(DirEvent(directory, os.fsdecode(raw_name), mask))
+        return events
+
+    def _on_readable(self) -> None:
+        self._ready.set()
+
+    async def wait(self, timeout: float | None = None) -> list[DirEvent]:
+        """Wait for changes (or the timeout); returns what happened, maybe nothing."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            if self._loop is not None:
+                self._loop.remove_reader(self.fd)
+            loop.add_reader(self.fd, self._on_readable)
+            self._loop = loop
+        events = self.read_events()
+        if events:
+            return events
+        self._ready.clear()
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        except TimeoutError:
+            return []
+        return self.read_events()
+
+    def close(self) -> None:
+        if self._loop is not None:
+            self._loop.remove_reader(self.fd)
+            self._loop = None
+        os.close(self.fd)

@@ -1,0 +1,1 @@
+"""Operator integration tests against the real local cluster."""
