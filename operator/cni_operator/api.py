@@ -77,6 +77,7 @@ class NetworkSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     priority: int = Field(ge=0, le=99)
+    networkName: str | None = None
     cniVersion: str = "1.0.0"
     plugins: list[dict[str, Any]] = Field(min_length=1)
     nodeSelector: dict[str, str] = Field(default_factory=dict)
@@ -84,6 +85,17 @@ class NetworkSpec(BaseModel):
     binaries: list[DeclaredBinary] = Field(default_factory=list)
     disableCheck: bool | None = None
     disableGC: bool | None = None
+
+    @field_validator("networkName")
+    @classmethod
+    def _network_name(cls, value: str | None) -> str | None:
+        if value is not None and not PLUGIN_TYPE_RE.match(value):
+            raise ValueError(f"networkName {value!r} is not a valid CNI network name")
+        return value
+
+    def cni_name(self, object_name: str) -> str:
+        """The CNI network name: spec.networkName, else the object's name."""
+        return self.networkName or object_name
 
     @field_validator("cniVersion")
     @classmethod

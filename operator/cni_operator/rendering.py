@@ -119,8 +119,13 @@ def _render_ipam(ipam: dict[str, Any], node: NodeFacts, where: str) -> dict[str,
     return ipam
 
 
-def render(name: str, spec: NetworkSpec, node: NodeFacts) -> RenderedConfig:
-    """Render the conflist for one node. Raises SpecError with a fix-oriented message."""
+def render(object_name: str, spec: NetworkSpec, node: NodeFacts) -> RenderedConfig:
+    """Render the conflist for one node. Raises SpecError with a fix-oriented message.
+
+    The file is named after the CNINetwork object; the CNI network inside it is
+    `spec.networkName` or, by default, the object's name.
+    """
+    name = spec.cni_name(object_name)
     plugins = []
     for index, source in enumerate(spec.plugins):
         plugin = copy.deepcopy(source)
@@ -135,7 +140,7 @@ def render(name: str, spec: NetworkSpec, node: NodeFacts) -> RenderedConfig:
     conflist["plugins"] = plugins
     content = (json.dumps(conflist, indent=2) + "\n").encode()
     return RenderedConfig(
-        file_name=config_file_name(spec.priority, name),
+        file_name=config_file_name(spec.priority, object_name),
         network=name,
         conflist=conflist,
         content=content,

@@ -62,6 +62,8 @@ def classify(old: NetworkSpec, new: NetworkSpec) -> SpecChange:
     """Compare the applied spec with a new one. Priority changes are judged
     separately (by which network wins on the node), not here."""
     change = SpecChange()
+    if old.networkName != new.networkName:
+        change.add("networkName", unsafe=True)
     if old.cniVersion != new.cniVersion:
         change.add("cniVersion", unsafe=False)
     if old.priority != new.priority:
