@@ -4,7 +4,7 @@
 set -eu
 PACKAGES="iproute2 iptables nftables containernetworking-plugins containerd runc
 busybox-static etcd-server etcd-client conntrack socat ethtool iputils-ping
-netcat-openbsd hyperfine psmisc procps util-linux kmod"
+netcat-openbsd hyperfine psmisc procps util-linux kmod gcc libc6-dev make"
 missing=""
 for p in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

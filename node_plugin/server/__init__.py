@@ -1,0 +1,1 @@
+"""The node-resident CNI server that the static shim (shim/) forwards requests to."""

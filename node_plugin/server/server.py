@@ -1,0 +1,395 @@
+"""The resident CNI server behind the static shim.
+
+One process per node keeps the plugin code imported and its netlink sockets warm, so a
+pod's ADD costs the plugin's actual work instead of an interpreter start plus imports.
+
+Shape: an acceptor thread hands each connection to a short-lived connection thread that
+reads the request (with a time limit), submits it to a bounded worker pool and waits for
+the reply up to the per-request deadline. Requests for one attachment (container id,
+ifname) run one after another, in arrival order. DELs the shim could not deliver are in
+the DEL queue; they are replayed before the first connection is accepted, before any ADD
+while the queue is not empty, and every few seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import select
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from node_plugin.server.delqueue import DEFAULT_DEL_QUEUE, DelQueue
+from node_plugin.server.protocol import (
+    MAX_ENV,
+    MAX_STDIN,
+    ProtocolError,
+    Reply,
+    Request,
+    decode_request,
+    encode_reply,
+    read_request,
+)
+
+log = logging.getLogger("cniwarden.cni_server")
+
+Handler = Callable[[Request], Reply]
+
+DEFAULT_SOCKET = Path("/run/cniwarden/cni.sock")
+
+# CNI error codes the server itself produces.
+CNI_IO_FAILURE = 5
+CNI_TRY_AGAIN = 11
+CNI_INTERNAL = 999
+
+_PEERCRED = struct.Struct("3i")
+
+
+class ServerError(Exception):
+    """The server cannot start (another one runs, the socket path is unusable...)."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    socket_path: Path = DEFAULT_SOCKET
+    del_queue: Path = DEFAULT_DEL_QUEUE
+    workers: int = 8
+    max_connections: int = 256
+    request_timeout: float = 25.0
+    read_timeout: float = 5.0
+    replay_interval: float = 5.0
+    # Peers allowed to talk to the server, by SO_PEERCRED uid; empty = the server's euid.
+    allowed_uids: frozenset[int] = field(default_factory=frozenset)
+
+
+def _config_version(stdin: bytes) -> str:
+    try:
+        version = json.loads(stdin).get("cniVersion")
+    except (ValueError, AttributeError):
+        return "1.1.0"
+    return version if isinstance(version, str) and version else "1.1.0"
+
+
+def error_reply(request: Request | None, code: int, msg: str, details: str = "") -> Reply:
+    """A CNI error object on stdout, as a plugin would print it."""
+    version = _config_version(request.stdin) if request else "1.1.0"
+    body = {"cniVersion": version, "code": code, "msg": msg, "details": details}
+    return Reply(exit_code=code if code < 256 else 1, stdout=json.dumps(body).encode() + b"\n")
+
+
+class _AttachmentLocks:
+    """One FIFO-ish lock per (container id, ifname), dropped when nobody holds it."""
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._locks: dict[tuple[str, str], tuple[threading.Lock, int]] = {}
+
+    @contextlib.contextmanager
+    def hold(self, key: tuple[str, str] | None) -> Iterator[None]:
+        if key is None:
+            yield
+            return
+        with self._mutex:
+            lock, users = self._locks.get(key, (threading.Lock(), 0))
+            self._locks[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._mutex:
+                lock, users = self._locks[key]
+                if users == 1:
+                    del self._locks[key]
+                else:
+                    self._locks[key] = (lock, users - 1)
+
+
+def _socket_reader(conn: socket.socket) -> Callable[[int], bytes]:
+    def read_exact(n: int) -> bytes:
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            chunk = conn.recv_into(view[got:], n - got)
+            if chunk == 0:
+                raise ProtocolError(f"connection closed after {got} of {n} bytes")
+            got += chunk
+        return bytes(buf)
+
+    return read_exact
+
+
+class CniServer:
+    def __init__(self, handler: Handler, config: ServerConfig) -> None:
+        self._handler = handler
+        self._config = config
+        self._queue = DelQueue(config.del_queue)
+        self._allowed = config.allowed_uids or frozenset({os.geteuid()})
+        self._pool = ThreadPoolExecutor(config.workers, thread_name_prefix="cni-worker")
+        self._slots = threading.BoundedSemaphore(config.max_connections)
+        self._attachments = _AttachmentLocks()
+        self._replay_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._idle = threading.Condition()
+        self._in_flight = 0
+        self._listener: socket.socket | None = None
+        self._lock_fd: int | None = None
+        self._socket_inode: tuple[int, int] | None = None
+        self._threads: list[threading.Thread] = []
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Binds the socket, replays queued DELs, then starts accepting."""
+        self._listener = self._bind()
+        self._queue.remove_stale_temps()
+        self.replay_queue()
+        for target, name in ((self._accept_loop, "cni-accept"), (self._replay_loop, "cni-replay")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        log.info("serving CNI requests on %s", self._config.socket_path)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Blocks until stop() ran; True if it did."""
+        return self._stopping.wait(timeout)
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Stops accepting, lets in-flight requests finish (up to `grace`), cleans up."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
+            self._listener.close()
+        self._remove_socket_file()
+        deadline = time.monotonic() + grace
+        with self._idle:
+            while self._in_flight and time.monotonic() < deadline:
+                self._idle.wait(deadline - time.monotonic())
+            abandoned = self._in_flight
+        self._pool.shutdown(wait=not abandoned, cancel_futures=True)
+        for thread in self._threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        if abandoned:
+            log.warning("stopped with %d request(s) still running", abandoned)
+        log.info("stopped")
+
+    def _bind(self) -> socket.socket:
+        path = self._config.socket_path
+        parent = path.parent
+        if not parent.exists():
+            parent.mkdir(parents=True, mode=0o700)
+            os.chmod(parent, 0o700)
+        # The lock file makes "one server per socket" a fact, not a race on the path.
+        lock_fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(lock_fd)
+            raise ServerError(f"another cni-server is serving {path}") from None
+        self._lock_fd = lock_fd
+        if os.path.lexists(path) and not path.is_socket():
+            raise ServerError(f"{path} exists and is not a socket; refusing to replace it")
+        # Bind under a temp name, restrict it, then rename: the socket never exists with
+        # looser permissions, and a stale one is replaced atomically.
+        tmp = parent / f".{path.name}.{os.getpid()}.tmp"
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(str(tmp))
+            os.chmod(tmp, 0o600)
+            os.rename(tmp, path)
+            listener.listen(128)
+        except OSError as e:
+            listener.close()
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise ServerError(f"cannot listen on {path}: {e}") from e
+        st = path.stat()
+        self._socket_inode = (st.st_dev, st.st_ino)
+        return listener
+
+    def _remove_socket_file(self) -> None:
+        path = self._config.socket_path
+        with contextlib.suppress(FileNotFoundError):
+            st = path.stat()
+            if (st.st_dev, st.st_ino) == self._socket_inode:
+                path.unlink()
+
+    # ---- connections -----------------------------------------------------------------
+
+    def _accept_loop(self) -> None:
+        assert self._listener is not None
+        listener = self._listener
+        while not self._stopping.is_set():
+            try:
+                ready, _, _ = select.select([listener], [], [], 1.0)
+                if not ready:
+                    continue
+                conn, _ = listener.accept()
+            except OSError as e:
+                if self._stopping.is_set():
+                    return
+                log.error("accept failed: %s", e)
+                time.sleep(0.1)
+                continue
+            if not self._slots.acquire(blocking=False):
+                busy = error_reply(None, CNI_TRY_AGAIN, "cni-server is busy")
+                conn.setblocking(False)
+                with contextlib.suppress(OSError):
+                    conn.send(encode_reply(busy))
+                conn.close()
+                continue
+            with self._idle:
+                self._in_flight += 1
+            threading.Thread(target=self._serve_connection, args=(conn,), daemon=True).start()
+
+    def _serve_connection(self, conn: socket.socket) -> None:
+        try:
+            self._converse(conn)
+        except OSError as e:
+            log.info("client went away: %s", e)
+        finally:
+            conn.close()
+            self._slots.release()
+            with self._idle:
+                self._in_flight -= 1
+                self._idle.notify_all()
+
+    def _converse(self, conn: socket.socket) -> None:
+        pid, uid, _gid = _PEERCRED.unpack(
+            conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+        )
+        if uid not in self._allowed:
+            log.warning("refused a request from pid %d uid %d", pid, uid)
+            msg = f"cni-server refuses requests from uid {uid}"
+            self._answer(conn, error_reply(None, CNI_IO_FAILURE, msg), drain=True)
+            return
+        conn.settimeout(self._config.read_timeout)
+        try:
+            request = read_request(_socket_reader(conn))
+        except ProtocolError as e:
+            log.warning("bad request from pid %d: %s", pid, e)
+            reply = error_reply(None, CNI_IO_FAILURE, f"cniwarden protocol error: {e}")
+            self._answer(conn, reply, drain=True)
+            return
+        except TimeoutError:
+            log.warning("pid %d sent no complete request within %ss", pid, conn.gettimeout())
+            return
+        self._answer(conn, self._dispatch(request))
+
+    def _answer(self, conn: socket.socket, reply: Reply, *, drain: bool = False) -> None:
+        conn.settimeout(self._config.read_timeout)
+        with contextlib.suppress(OSError):
+            conn.sendall(encode_reply(reply))
+            if drain:
+                # Closing with unread input resets the connection, and the peer may lose
+                # the reply: read (and drop) what it still sends, briefly and boundedly.
+                conn.shutdown(socket.SHUT_WR)
+                conn.settimeout(0.5)
+                budget = MAX_STDIN + MAX_ENV
+                while budget > 0 and (chunk := conn.recv(65536)):
+                    budget -= len(chunk)
+
+    def _dispatch(self, request: Request) -> Reply:
+        timeout = self._config.request_timeout
+        try:
+            future = self._pool.submit(self._execute, request)
+        except RuntimeError:
+            return error_reply(request, CNI_TRY_AGAIN, "cni-server is shutting down")
+        try:
+            return future.result(timeout=timeout)
+        except FutureTimeout:
+            log.warning("%s %s still running after %ss", request.command, _who(request), timeout)
+            msg = (
+                f"{request.command} did not finish within {timeout:g}s; it continues in the "
+                "background and requests for this attachment wait for it: retry"
+            )
+            return error_reply(request, CNI_TRY_AGAIN, msg)
+
+    def _execute(self, request: Request) -> Reply:
+        if request.command == "ADD" and self._queue.pending():
+            # A queued DEL predates this ADD: keep the runtime's order.
+            self.replay_queue()
+        start = time.perf_counter()
+        with self._attachments.hold(request.attachment):
+            reply = self._call_handler(request)
+        log.info(
+            "%s %s %s -> %d in %.1f ms",
+            request.plugin,
+            request.command,
+            _who(request),
+            reply.exit_code,
+            (time.perf_counter() - start) * 1000,
+        )
+        return reply
+
+    def _call_handler(self, request: Request) -> Reply:
+        try:
+            return self._handler(request)
+        except Exception as e:
+            log.exception("%s %s failed", request.command, _who(request))
+            return error_reply(request, CNI_INTERNAL, f"internal error in cni-server: {e}")
+
+    # ---- the DEL queue -------------------------------------------------------------
+
+    def replay_queue(self) -> int:
+        """Runs every queued DEL, oldest first; returns how many completed."""
+        done = 0
+        with self._replay_lock:
+            for entry in self._queue.entries():
+                try:
+                    data = entry.read_bytes()
+                except FileNotFoundError:
+                    continue
+                try:
+                    request = decode_request(data)
+                except ProtocolError as e:
+                    log.error("DEL queue entry %s is unreadable: %s", entry.name, e)
+                    self._queue.quarantine(entry, str(e).encode())
+                    continue
+                if request.command != "DEL":
+                    self._queue.quarantine(entry, b"not a DEL request")
+                    continue
+                with self._attachments.hold(request.attachment):
+                    reply = self._call_handler(request)
+                if reply.exit_code == 0:
+                    self._queue.remove(entry)
+                    done += 1
+                    log.info("replayed queued DEL %s for %s", entry.name, _who(request))
+                elif reply.exit_code == CNI_TRY_AGAIN:
+                    log.warning("queued DEL %s: try again later", entry.name)
+                else:
+                    log.error("queued DEL %s failed for good: %r", entry.name, reply.stdout)
+                    self._queue.quarantine(entry, reply.stdout)
+        return done
+
+    def _replay_loop(self) -> None:
+        while not self._stopping.wait(self._config.replay_interval):
+            try:
+                if self._queue.pending():
+                    self.replay_queue()
+                self._queue.remove_stale_temps()
+            except OSError as e:
+                log.error("DEL queue replay failed: %s", e)
+
+
+def _who(request: Request) -> str:
+    key = request.attachment
+    return f"{key[0][:12]}/{key[1]}" if key else "-"

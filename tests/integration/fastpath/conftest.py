@@ -1,0 +1,172 @@
+"""Fixtures for the fast path: the built shim, in-process servers, scripted fake servers."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from node_plugin.server.protocol import Reply, Request
+from node_plugin.server.server import CniServer, ServerConfig
+from tests.integration.fastpath import shimbuild
+
+
+@pytest.fixture(scope="session")
+def shim_dir() -> Path:
+    return shimbuild.built_shim_dir()
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    """A short private directory: Unix socket paths must stay under 108 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="cw-fp-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@dataclass
+class ShimRun:
+    code: int
+    stdout: bytes
+    stderr: bytes
+
+
+@dataclass
+class ShimEnv:
+    """Runs the shim against one socket and one DEL queue."""
+
+    shim_dir: Path
+    socket_path: Path
+    queue: Path
+
+    def run(
+        self,
+        command: str,
+        stdin: bytes = b'{"cniVersion":"1.1.0","name":"net"}',
+        plugin: str = "cniwarden-bridge",
+        extra_env: Mapping[str, str] | None = None,
+        timeout: float = 20,
+        user: int | None = None,
+    ) -> ShimRun:
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "CNI_COMMAND": command,
+            "CNI_CONTAINERID": "ctr1",
+            "CNI_IFNAME": "eth0",
+            "CNI_NETNS": "/var/run/netns/none",
+            "CNI_PATH": "/opt/cni/bin",
+            "CNIWARDEN_SOCKET": str(self.socket_path),
+            "CNIWARDEN_DEL_QUEUE": str(self.queue),
+            **(extra_env or {}),
+        }
+        argv = [str(self.shim_dir / plugin)]
+        if user is not None:
+            argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *argv]
+        proc = subprocess.run(
+            argv, input=stdin, env=env, capture_output=True, timeout=timeout, check=False
+        )
+        return ShimRun(proc.returncode, proc.stdout, proc.stderr)
+
+    def queued(self) -> list[Path]:
+        if not self.queue.exists():
+            return []
+        return sorted(p for p in self.queue.iterdir() if p.name.startswith("del-"))
+
+
+@pytest.fixture
+def shim(shim_dir: Path, workdir: Path) -> ShimEnv:
+    return ShimEnv(shim_dir, workdir / "run" / "cni.sock", workdir / "queue")
+
+
+ServerFactory = Callable[..., CniServer]
+
+
+@pytest.fixture
+def start_server(shim: ShimEnv) -> Iterator[ServerFactory]:
+    """Starts in-process servers on the shim's socket; all are stopped at teardown."""
+    servers: list[CniServer] = []
+
+    def start(handler: Callable[[Request], Reply], **overrides: object) -> CniServer:
+        settings: dict[str, object] = {
+            "socket_path": shim.socket_path,
+            "del_queue": shim.queue,
+            **overrides,
+        }
+        server = CniServer(handler, ServerConfig(**settings))  # type: ignore[arg-type]
+        server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop(grace=5)
+
+
+class FakeServer:
+    """A raw Unix socket server that misbehaves on purpose, one scripted connection at a time."""
+
+    def __init__(self, path: Path, script: Callable[[socket.socket], None]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(path))
+        self.listener.listen(16)
+        self.script = script
+        self.connections = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        self.listener.settimeout(0.1)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            self.script(conn)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.listener.close()
+
+
+@pytest.fixture
+def fake_server(shim: ShimEnv) -> Iterator[Callable[[Callable[[socket.socket], None]], FakeServer]]:
+    fakes: list[FakeServer] = []
+
+    def start(script: Callable[[socket.socket], None]) -> FakeServer:
+        fake = FakeServer(shim.socket_path, script)
+        fakes.append(fake)
+        return fake
+
+    yield start
+    for fake in fakes:
+        fake.close()
+
+
+def read_whole_request(conn: socket.socket) -> bytes:
+    """Reads until the shim half-closes its side (it does after sending the request)."""
+    conn.settimeout(5)
+    chunks = []
+    while chunk := conn.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,75 @@
+"""Handlers that stand in for node_plugin when a test is about the transport itself.
+
+They are loaded by `cniwarden cni-server --handler tests.integration.fastpath.handlers:NAME`
+in subprocess servers, and passed directly to in-process ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+
+from node_plugin.server.protocol import Reply, Request
+from node_plugin.server.server import Handler
+
+
+def describe(request: Request) -> bytes:
+    return json.dumps(
+        {
+            "plugin": request.plugin,
+            "env": dict(request.env),
+            "stdin_len": len(request.stdin),
+            "stdin_sha256": hashlib.sha256(request.stdin).hexdigest(),
+        }
+    ).encode()
+
+
+def _requested_exit(request: Request) -> int:
+    for item in request.env.get("CNI_ARGS", "").split(";"):
+        key, _, value = item.partition("=")
+        if key == "EXIT":
+            return int(value)
+    return 0
+
+
+def echo() -> Handler:
+    """Describes the request on stdout; `EXIT=n` in CNI_ARGS picks the exit code."""
+
+    def handle(request: Request) -> Reply:
+        return Reply(
+            exit_code=_requested_exit(request),
+            stdout=describe(request),
+            stderr=f"echo handler saw {request.command}\n".encode(),
+        )
+
+    return handle
+
+
+def mirror() -> Handler:
+    """Sends stdin back as stdout, byte for byte."""
+    return lambda request: Reply(exit_code=0, stdout=request.stdin)
+
+
+def recording() -> Handler:
+    """Appends every request to $CNIWARDEN_TEST_LOG; sleeps $CNIWARDEN_TEST_DELAY seconds."""
+    path = os.environ["CNIWARDEN_TEST_LOG"]
+    delay = float(os.environ.get("CNIWARDEN_TEST_DELAY", "0"))
+    lock = threading.Lock()
+
+    def handle(request: Request) -> Reply:
+        time.sleep(delay)
+        line = json.dumps(
+            {
+                "command": request.command,
+                "container": request.env.get("CNI_CONTAINERID", ""),
+                "time": time.time(),
+            }
+        )
+        with lock, open(path, "a") as log:
+            log.write(line + "\n")
+        return Reply(exit_code=0, stdout=b"{}" if request.command == "ADD" else b"")
+
+    return handle

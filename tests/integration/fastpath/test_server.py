@@ -1,0 +1,346 @@
+"""The resident server: socket safety, concurrency, time limits, ordering, the DEL queue."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import struct
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from node_plugin.server.delqueue import DelQueue
+from node_plugin.server.protocol import (
+    MAGIC,
+    Reply,
+    Request,
+    decode_reply,
+    decode_request,
+    encode_request,
+)
+from node_plugin.server.server import CniServer, ServerConfig, ServerError
+from tests.integration.fastpath import handlers
+from tests.integration.fastpath.conftest import ServerFactory, ShimEnv
+
+
+class Recorder:
+    """A handler that logs (event, command, container) and can be slowed per command."""
+
+    def __init__(self, delays: dict[str, float] | None = None, codes: dict[str, int] | None = None):
+        self.delays = delays or {}
+        self.codes = codes or {}
+        self.events: list[tuple[str, str, str]] = []
+        self.active = 0
+        self.max_active = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, request: Request) -> Reply:
+        container = request.env.get("CNI_CONTAINERID", "")
+        with self._lock:
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+            self.events.append(("start", request.command, container))
+        time.sleep(self.delays.get(request.command, 0))
+        with self._lock:
+            self.active -= 1
+            self.events.append(("end", request.command, container))
+        return Reply(self.codes.get(request.command, 0), b"{}" if request.command == "ADD" else b"")
+
+    def commands(self) -> list[tuple[str, str]]:
+        return [(cmd, ctr) for event, cmd, ctr in self.events if event == "start"]
+
+
+def raw_exchange(path: Path, payload: bytes, timeout: float = 5) -> Reply:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(timeout)
+        conn.connect(str(path))
+        conn.sendall(payload)
+        conn.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+    return decode_reply(data)
+
+
+def config(shim: ShimEnv) -> ServerConfig:
+    return ServerConfig(socket_path=shim.socket_path, del_queue=shim.queue)
+
+
+def add_many(shim: ShimEnv, count: int) -> list[int]:
+    """`count` ADDs in parallel, one container each; their exit codes."""
+    with ThreadPoolExecutor(count) as pool:
+        runs = pool.map(
+            lambda i: shim.run("ADD", extra_env={"CNI_CONTAINERID": f"c{i}"}), range(count)
+        )
+        return [run.code for run in runs]
+
+
+def request(command: str, container: str = "ctr1") -> Request:
+    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": container, "CNI_IFNAME": "eth0"}
+    return Request("cniwarden-bridge", env, b'{"cniVersion":"1.1.0","name":"net"}')
+
+
+# ---- the socket -----------------------------------------------------------------------
+
+
+def test_socket_is_root_only(shim: ShimEnv, start_server: ServerFactory) -> None:
+    start_server(handlers.echo())
+    assert stat.S_IMODE(shim.socket_path.parent.stat().st_mode) == 0o700
+    assert stat.S_ISSOCK(shim.socket_path.stat().st_mode)
+    assert stat.S_IMODE(shim.socket_path.stat().st_mode) == 0o600
+    assert [p.name for p in shim.socket_path.parent.iterdir() if ".tmp" in p.name] == []
+
+
+@pytest.mark.root
+def test_peers_with_another_uid_are_refused(shim: ShimEnv, start_server: ServerFactory) -> None:
+    recorder = Recorder()
+    start_server(recorder)
+    # Open the file modes up so that only the SO_PEERCRED check stands in the way.
+    os.chmod(shim.socket_path.parents[1], 0o755)
+    os.chmod(shim.socket_path.parent, 0o755)
+    os.chmod(shim.socket_path, 0o666)
+    queue = shim.socket_path.parent / "nobody-queue"
+    queue.mkdir()
+    os.chown(queue, 65534, 65534)
+    run = shim.run("ADD", user=65534, extra_env={"CNIWARDEN_DEL_QUEUE": str(queue)})
+    assert run.code == 5
+    assert "refuses requests from uid 65534" in json.loads(run.stdout)["msg"]
+    assert recorder.events == []
+
+
+def test_a_second_server_on_the_same_socket_is_refused(
+    shim: ShimEnv, start_server: ServerFactory
+) -> None:
+    start_server(handlers.echo())
+    second = CniServer(
+        handlers.echo(), ServerConfig(socket_path=shim.socket_path, del_queue=shim.queue)
+    )
+    with pytest.raises(ServerError, match="another cni-server"):
+        second.start()
+    assert shim.run("ADD").code == 0, "the first server still serves"
+
+
+def test_a_stale_socket_is_replaced(shim: ShimEnv, start_server: ServerFactory) -> None:
+    shim.socket_path.parent.mkdir(parents=True)
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(shim.socket_path))
+    stale.close()
+    start_server(handlers.echo())
+    assert shim.run("ADD").code == 0
+
+
+def test_a_regular_file_at_the_socket_path_is_left_alone(shim: ShimEnv) -> None:
+    shim.socket_path.parent.mkdir(parents=True)
+    shim.socket_path.write_text("precious")
+    server = CniServer(
+        handlers.echo(), ServerConfig(socket_path=shim.socket_path, del_queue=shim.queue)
+    )
+    with pytest.raises(ServerError, match="not a socket"):
+        server.start()
+    assert shim.socket_path.read_text() == "precious"
+
+
+# ---- the protocol, from a hostile client ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("payload", "says"),
+    [
+        (b"GET / HTTP/1.1\r\n\r\n", "bad magic"),
+        (MAGIC + struct.pack(">I", 1 << 30), "over the 255-byte limit"),
+        (MAGIC + struct.pack(">I", 3) + b"abc" + struct.pack(">I", 1 << 20), "environment"),
+        (MAGIC + struct.pack(">I", 3) + b"ab", "connection closed"),
+        (MAGIC + struct.pack(">I", 1) + b"x" + struct.pack(">I", 4) + b"NOEQ", "without '='"),
+    ],
+)
+def test_malformed_requests_get_a_protocol_error(
+    shim: ShimEnv, start_server: ServerFactory, payload: bytes, says: str
+) -> None:
+    recorder = Recorder()
+    start_server(recorder)
+    reply = raw_exchange(shim.socket_path, payload)
+    assert reply.exit_code == 5
+    error = json.loads(reply.stdout)
+    assert error["code"] == 5
+    assert says in error["msg"]
+    assert recorder.events == []
+
+
+def test_a_silent_client_is_dropped_and_does_not_block_others(
+    shim: ShimEnv, start_server: ServerFactory
+) -> None:
+    start_server(handlers.echo(), read_timeout=0.3, workers=1)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as silent:
+        silent.connect(str(shim.socket_path))
+        silent.sendall(MAGIC)
+        assert shim.run("ADD").code == 0
+        silent.settimeout(3)
+        assert silent.recv(10) == b"", "the server hung up on the silent client"
+
+
+def test_a_handler_crash_is_an_internal_error_not_a_dead_server(
+    shim: ShimEnv, start_server: ServerFactory
+) -> None:
+    def explode(request: Request) -> Reply:
+        raise RuntimeError("boom")
+
+    start_server(explode)
+    run = shim.run("ADD")
+    error = json.loads(run.stdout)
+    assert run.code != 0
+    assert error["code"] == 999
+    assert "boom" in error["msg"]
+    assert shim.run("CHECK").code != 0, "still serving"
+
+
+# ---- concurrency and time limits --------------------------------------------------
+
+
+def test_concurrency_is_bounded_by_the_worker_pool(
+    shim: ShimEnv, start_server: ServerFactory
+) -> None:
+    recorder = Recorder(delays={"ADD": 0.3})
+    start_server(recorder, workers=2)
+    with ThreadPoolExecutor(6) as pool:
+        runs = list(
+            pool.map(lambda i: shim.run("ADD", extra_env={"CNI_CONTAINERID": f"c{i}"}), range(6))
+        )
+    assert [r.code for r in runs] == [0] * 6
+    assert recorder.max_active == 2
+
+
+def test_an_overrunning_request_is_answered_try_again_and_ordered_before_the_next(
+    shim: ShimEnv, start_server: ServerFactory
+) -> None:
+    recorder = Recorder(delays={"ADD": 1.0})
+    start_server(recorder, request_timeout=0.7)
+    started = time.monotonic()
+    add = shim.run("ADD")
+    assert time.monotonic() - started < 0.95
+    assert add.code == 11
+    assert "did not finish within 0.7s" in json.loads(add.stdout)["msg"]
+    # The runtime answers a failed ADD with a DEL; it must not overtake the running ADD.
+    assert shim.run("DEL").code == 0
+    assert shim.queued() == [], "the DEL was served, not queued"
+    assert recorder.events == [
+        ("start", "ADD", "ctr1"),
+        ("end", "ADD", "ctr1"),
+        ("start", "DEL", "ctr1"),
+        ("end", "DEL", "ctr1"),
+    ]
+
+
+def test_different_attachments_run_in_parallel(shim: ShimEnv, start_server: ServerFactory) -> None:
+    recorder = Recorder(delays={"ADD": 0.4})
+    start_server(recorder, workers=4)
+    started = time.monotonic()
+    with ThreadPoolExecutor(4) as pool:
+        runs = list(
+            pool.map(lambda i: shim.run("ADD", extra_env={"CNI_CONTAINERID": f"c{i}"}), range(4))
+        )
+    assert [r.code for r in runs] == [0] * 4
+    assert time.monotonic() - started < 1.2
+    assert recorder.max_active == 4
+
+
+# ---- shutdown ------------------------------------------------------------------------
+
+
+def test_stop_finishes_in_flight_requests_then_removes_the_socket(
+    shim: ShimEnv, start_server: ServerFactory
+) -> None:
+    recorder = Recorder(delays={"ADD": 0.5})
+    server = start_server(recorder)
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(shim.run, "ADD")
+        time.sleep(0.2)
+        server.stop(grace=5)
+        assert pending.result().code == 0
+    assert not shim.socket_path.exists()
+    assert shim.run("ADD").code == 11
+    assert shim.run("DEL").code == 0
+    assert len(shim.queued()) == 1
+
+
+# ---- the DEL queue -----------------------------------------------------------------
+
+
+def test_queued_dels_are_replayed_in_order_before_serving(
+    shim: ShimEnv, start_server: ServerFactory
+) -> None:
+    for i in range(3):
+        assert shim.run("DEL", extra_env={"CNI_CONTAINERID": f"gone{i}"}).code == 0
+    recorder = Recorder()
+    start_server(recorder)
+    assert recorder.commands() == [("DEL", "gone0"), ("DEL", "gone1"), ("DEL", "gone2")]
+    assert shim.queued() == []
+    assert shim.run("ADD", extra_env={"CNI_CONTAINERID": "new"}).code == 0
+    assert recorder.commands()[-1] == ("ADD", "new")
+
+
+def test_a_del_queued_while_running_is_replayed_before_the_next_add(
+    shim: ShimEnv, start_server: ServerFactory
+) -> None:
+    recorder = Recorder()
+    start_server(recorder, replay_interval=3600)
+    DelQueue(shim.queue).enqueue(request("DEL", "late"))
+    assert shim.run("ADD", extra_env={"CNI_CONTAINERID": "next"}).code == 0
+    assert recorder.commands() == [("DEL", "late"), ("ADD", "next")]
+    assert shim.queued() == []
+
+
+def test_the_queue_is_drained_periodically(shim: ShimEnv, start_server: ServerFactory) -> None:
+    recorder = Recorder()
+    start_server(recorder, replay_interval=0.1)
+    DelQueue(shim.queue).enqueue(request("DEL", "periodic"))
+    deadline = time.monotonic() + 5
+    while shim.queued() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert recorder.commands() == [("DEL", "periodic")]
+
+
+def test_replay_keeps_try_again_and_quarantines_permanent_failures(
+    shim: ShimEnv, start_server: ServerFactory
+) -> None:
+    queue = DelQueue(shim.queue)
+    queue.enqueue(request("DEL", "retry"))
+    queue.enqueue(request("ADD", "not-a-del"))
+    (shim.queue / "del-00000000000000000001-1.req").write_bytes(b"garbage")
+
+    def handler(req: Request) -> Reply:
+        return Reply(11, b'{"code":11}')
+
+    start_server(handler, replay_interval=3600)
+    remaining = [p.name for p in shim.queued()]
+    assert len(remaining) == 1
+    assert decode_request_file(shim.queue / remaining[0]).env["CNI_CONTAINERID"] == "retry"
+    failed = sorted(p.name for p in (shim.queue / "failed").iterdir())
+    assert len(failed) == 4, failed  # two entries, each with its .reply
+    garbage_reason = (shim.queue / "failed" / "del-00000000000000000001-1.req.reply").read_text()
+    assert "bad magic" in garbage_reason
+
+
+def test_a_permanently_failing_del_is_quarantined_with_its_reply(
+    shim: ShimEnv, start_server: ServerFactory
+) -> None:
+    DelQueue(shim.queue).enqueue(request("DEL", "bad"))
+    start_server(lambda req: Reply(7, b'{"code":7,"msg":"invalid config"}'))
+    assert shim.queued() == []
+    (reply,) = (shim.queue / "failed").glob("*.reply")
+    assert b"invalid config" in reply.read_bytes()
+
+
+def decode_request_file(path: Path) -> Request:
+    return decode_request(path.read_bytes())
+
+
+def test_encode_request_matches_what_the_shim_writes(shim: ShimEnv) -> None:
+    assert shim.run("DEL", stdin=b"{}").code == 0
+    (entry,) = shim.queued()
+    data = entry.read_bytes()
+    assert encode_request(decode_request_file(entry)) == data
