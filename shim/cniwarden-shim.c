@@ -345,6 +345,43 @@ static int send_all(int fd, const char *data, size_t len, int64_t deadline)
 	return 0;
 }
 
+/* Sends the request with our network namespace attached (SCM_RIGHTS): the server does
+ * the host-side work in the namespace the runtime exec'd us in, exactly as an exec'd
+ * plugin would. Without /proc the request goes out alone and the server uses its own. */
+static int send_request(int fd, const char *data, size_t len, int64_t deadline)
+{
+	int nsfd = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+	if (nsfd < 0)
+		return send_all(fd, data, len, deadline);
+	union {
+		char buf[CMSG_SPACE(sizeof(int))];
+		struct cmsghdr align;
+	} control;
+	memset(&control, 0, sizeof(control));
+	struct iovec iov = {.iov_base = (void *)data, .iov_len = len};
+	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
+			     .msg_controllen = sizeof(control.buf)};
+	struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+	cmsg->cmsg_level = SOL_SOCKET;
+	cmsg->cmsg_type = SCM_RIGHTS;
+	cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(cmsg), &nsfd, sizeof(int));
+	ssize_t n;
+	for (;;) {
+		n = sendmsg(fd, &msg, MSG_NOSIGNAL);
+		if (n >= 0)
+			break;
+		if (errno == EINTR || (errno == EAGAIN && wait_fd(fd, POLLOUT, deadline) == 0))
+			continue;
+		int saved = errno;
+		close(nsfd);
+		errno = saved;
+		return -1;
+	}
+	close(nsfd);
+	return send_all(fd, data + n, len - (size_t)n, deadline);
+}
+
 /* Receives exactly len bytes; a closed connection sets errno = ECONNRESET. */
 static int recv_exact(int fd, char *data, size_t len, int64_t deadline)
 {
@@ -397,7 +434,7 @@ static enum outcome exchange(const char *path, const struct buf *req, struct rep
 	}
 	/* A server that rejects the request may close before reading it all: still try to
 	 * read its answer. */
-	if (send_all(fd, req->data, req->len, deadline) < 0 && errno == ETIMEDOUT) {
+	if (send_request(fd, req->data, req->len, deadline) < 0 && errno == ETIMEDOUT) {
 		*err = errno;
 		close(fd);
 		return SERVER_SLOW;

@@ -36,6 +36,9 @@ class Request:
     plugin: str
     env: Mapping[str, str]
     stdin: bytes
+    # The caller's network namespace, received with the request (SCM_RIGHTS); the
+    # server owns and closes it. Not part of the frame: queued DELs have none.
+    netns_fd: int | None = field(default=None, compare=False)
 
     @property
     def command(self) -> str:

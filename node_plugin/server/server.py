@@ -14,6 +14,7 @@ while the queue is not empty, and every few seconds.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import logging
@@ -29,6 +30,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from node_plugin.server import netns
 from node_plugin.server.delqueue import DEFAULT_DEL_QUEUE, DelQueue
 from node_plugin.server.protocol import (
     MAX_ENV,
@@ -114,19 +116,40 @@ class _AttachmentLocks:
                     self._locks[key] = (lock, users - 1)
 
 
-def _socket_reader(conn: socket.socket) -> Callable[[int], bytes]:
-    def read_exact(n: int) -> bytes:
-        buf = bytearray(n)
-        view = memoryview(buf)
-        got = 0
-        while got < n:
-            chunk = conn.recv_into(view[got:], n - got)
-            if chunk == 0:
-                raise ProtocolError(f"connection closed after {got} of {n} bytes")
-            got += chunk
-        return bytes(buf)
+class _ConnectionReader:
+    """`read_exact` over a connection; the first read also takes the caller's netns fd."""
 
-    return read_exact
+    def __init__(self, conn: socket.socket) -> None:
+        self._conn = conn
+        self._pending = b""
+        self.netns_fd: int | None = None
+        self._first = True
+
+    def _first_read(self) -> None:
+        self._first = False
+        data, fds, _flags, _addr = socket.recv_fds(self._conn, 65536, 1)
+        if fds:
+            self.netns_fd = fds[0]
+        if not data:
+            raise ProtocolError("connection closed before the request")
+        self._pending = data
+
+    def read_exact(self, n: int) -> bytes:
+        if self._first:
+            self._first_read()
+        out = bytearray(self._pending[:n])
+        self._pending = self._pending[n:]
+        while len(out) < n:
+            chunk = self._conn.recv(min(n - len(out), 1 << 20))
+            if not chunk:
+                raise ProtocolError(f"connection closed after {len(out)} of {n} bytes")
+            out += chunk
+        return bytes(out)
+
+    def close_fd(self) -> None:
+        if self.netns_fd is not None:
+            os.close(self.netns_fd)
+            self.netns_fd = None
 
 
 class CniServer:
@@ -282,16 +305,20 @@ class CniServer:
             self._answer(conn, error_reply(None, CNI_IO_FAILURE, msg), drain=True)
             return
         conn.settimeout(self._config.read_timeout)
+        reader = _ConnectionReader(conn)
         try:
-            request = read_request(_socket_reader(conn))
+            request = read_request(reader.read_exact)
         except ProtocolError as e:
+            reader.close_fd()
             log.warning("bad request from pid %d: %s", pid, e)
             reply = error_reply(None, CNI_IO_FAILURE, f"cniwarden protocol error: {e}")
             self._answer(conn, reply, drain=True)
             return
-        except TimeoutError:
-            log.warning("pid %d sent no complete request within %ss", pid, conn.gettimeout())
-            return
+        except OSError:
+            reader.close_fd()
+            raise
+        # From here on the worker owns the namespace fd (it may outlive this connection).
+        request = dataclasses.replace(request, netns_fd=reader.netns_fd)
         self._answer(conn, self._dispatch(request))
 
     def _answer(self, conn: socket.socket, reply: Reply, *, drain: bool = False) -> None:
@@ -312,6 +339,8 @@ class CniServer:
         try:
             future = self._pool.submit(self._execute, request)
         except RuntimeError:
+            if request.netns_fd is not None:
+                os.close(request.netns_fd)
             return error_reply(request, CNI_TRY_AGAIN, "cni-server is shutting down")
         try:
             return future.result(timeout=timeout)
@@ -324,12 +353,20 @@ class CniServer:
             return error_reply(request, CNI_TRY_AGAIN, msg)
 
     def _execute(self, request: Request) -> Reply:
-        if request.command == "ADD" and self._queue.pending():
-            # A queued DEL predates this ADD: keep the runtime's order.
-            self.replay_queue()
-        start = time.perf_counter()
-        with self._attachments.hold(request.attachment):
-            reply = self._call_handler(request)
+        try:
+            if request.command == "ADD" and self._queue.pending():
+                # A queued DEL predates this ADD: keep the runtime's order.
+                self.replay_queue()
+            start = time.perf_counter()
+            with self._attachments.hold(request.attachment):
+                try:
+                    with netns.entered(request.netns_fd):
+                        reply = self._call_handler(request)
+                except netns.NetnsError as e:
+                    reply = error_reply(request, CNI_IO_FAILURE, str(e))
+        finally:
+            if request.netns_fd is not None:
+                os.close(request.netns_fd)
         log.info(
             "%s %s %s -> %d in %.1f ms",
             request.plugin,
