@@ -1,0 +1,36 @@
+"""In-process entry point: one CNI invocation in, one answer out.
+
+Cheap to import (dataclasses only); `handle` loads the verb's code on first use.
+Used by the console scripts (node_plugin.cli) and by the resident server, so
+`handle` never exits the process, never reads os.environ for CNI_* variables,
+keeps no per-request global state and is safe to call from several threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+BRIDGE = "cniwarden-bridge"
+HOST_LOCAL = "cniwarden-host-local"
+PLUGINS = (BRIDGE, HOST_LOCAL)
+
+
+@dataclass(frozen=True)
+class CniRequest:
+    plugin: str  # "cniwarden-bridge" | "cniwarden-host-local"
+    env: Mapping[str, str]  # the CNI_* variables (extra keys are ignored)
+    stdin: bytes
+
+
+@dataclass(frozen=True)
+class CniResponse:
+    exit_code: int
+    stdout: bytes
+
+
+def handle(request: CniRequest) -> CniResponse:
+    """Run one CNI verb; errors come back as a CNI error JSON with a non-zero exit code."""
+    from node_plugin import skel
+
+    return skel.dispatch(request)

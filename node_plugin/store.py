@@ -1,0 +1,197 @@
+"""host-local's on-disk lease store, in the reference layout so nodes can move either way.
+
+`<dataDir>/<network>/<ip>` holds `containerID\\r\\nifname`; `last_reserved_ip.<set>`
+remembers where round-robin stopped; `lock` is taken with flock(2) exactly like the
+reference, so our plugin and the reference never allocate concurrently. A
+per-directory threading lock serializes callers inside one process too (the
+resident server runs many requests at once).
+
+Leases are written to a temporary file and hard-linked into place, so a lease
+file never exists half-written even if the process is killed mid-ADD.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import ipaddress
+import os
+import secrets
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from node_plugin.errors import IO_FAILURE, CniError
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+LAST_RESERVED_PREFIX = "last_reserved_ip."
+LOCK_NAME = "lock"
+TEMP_PREFIX = ".cniwarden-"
+LINE_BREAK = "\r\n"
+
+_registry_guard = threading.Lock()
+_thread_locks: dict[str, threading.Lock] = {}
+
+
+def _thread_lock(path: str) -> threading.Lock:
+    with _registry_guard:
+        lock = _thread_locks.get(path)
+        if lock is None:
+            lock = _thread_locks[path] = threading.Lock()
+        return lock
+
+
+@dataclass(frozen=True)
+class Lease:
+    container_id: str
+    ifname: str | None  # None: written by an old reference version (id only)
+
+    def owned_by(self, container_id: str, ifname: str) -> bool:
+        return self.container_id == container_id.strip() and self.ifname == ifname
+
+
+def _io_error(action: str, path: Path, exc: OSError) -> CniError:
+    return CniError(IO_FAILURE, f"host-local store: cannot {action} {path}: {exc.strerror or exc}")
+
+
+class Store:
+    """One network's directory. Every method except `locked` expects the lock held."""
+
+    def __init__(self, data_dir: str, network: str) -> None:
+        self.dir = Path(data_dir) / network
+
+    @contextmanager
+    def locked(self, create: bool = True) -> Iterator[Store]:
+        """Hold the in-process lock, then flock `<dir>/lock`. `create=False` skips a missing dir."""
+        with _thread_lock(os.path.abspath(self.dir)):
+            try:
+                if create:
+                    self.dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+                elif not self.dir.is_dir():
+                    yield self
+                    return
+                fd = os.open(self.dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError as exc:
+                raise _io_error("open", self.dir / LOCK_NAME, exc) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield self
+            finally:
+                os.close(fd)  # closing the descriptor releases the flock
+
+    def exists(self) -> bool:
+        return self.dir.is_dir()
+
+    def leases(self) -> dict[IPAddress, Lease]:
+        out: dict[IPAddress, Lease] = {}
+        try:
+            entries = list(os.scandir(self.dir))
+        except FileNotFoundError:
+            return out
+        except OSError as exc:
+            raise _io_error("list", self.dir, exc) from None
+        for entry in entries:
+            try:
+                ip = ipaddress.ip_address(entry.name)
+            except ValueError:
+                continue
+            try:
+                with open(entry.path, "rb") as f:
+                    content = f.read().decode("utf-8", errors="replace")
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise _io_error("read", Path(entry.path), exc) from None
+            out[ip] = parse_lease(content)
+        return out
+
+    def reserve(self, ip: IPAddress, container_id: str, ifname: str, set_index: int) -> bool:
+        """Create the lease file for `ip`; False when someone already holds it."""
+        final = self.dir / str(ip)
+        content = (container_id.strip() + LINE_BREAK + ifname).encode()
+        tmp = self._write_temp(content)
+        try:
+            os.link(tmp, final)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            raise _io_error("create", final, exc) from None
+        finally:
+            _unlink_quietly(tmp)
+        self._write_last_reserved(set_index, ip)
+        return True
+
+    def last_reserved(self, set_index: int) -> IPAddress | None:
+        path = self.dir / f"{LAST_RESERVED_PREFIX}{set_index}"
+        try:
+            return ipaddress.ip_address(path.read_text().strip())
+        except (OSError, ValueError):
+            return None  # missing or garbled: round-robin restarts, as in the reference
+
+    def release(self, ip: IPAddress) -> None:
+        _unlink_quietly(self.dir / str(ip))
+
+    def release_owner(self, container_id: str, ifname: str) -> list[IPAddress]:
+        """Release what (containerID, ifname) holds; old id-only leases if there is none."""
+        leases = self.leases()
+        mine = [ip for ip, lease in leases.items() if lease.owned_by(container_id, ifname)]
+        if not mine:
+            cid = container_id.strip()
+            mine = [ip for ip, ls in leases.items() if ls.ifname is None and ls.container_id == cid]
+        for ip in mine:
+            self.release(ip)
+        return mine
+
+    def remove_temp_files(self) -> int:
+        """Drop temporaries left by a killed writer (only safe when no ADD runs: GC)."""
+        removed = 0
+        try:
+            entries = list(os.scandir(self.dir))
+        except OSError:
+            return 0
+        for entry in entries:
+            if entry.name.startswith(TEMP_PREFIX):
+                _unlink_quietly(Path(entry.path))
+                removed += 1
+        return removed
+
+    def _write_temp(self, content: bytes) -> Path:
+        tmp = self.dir / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, content)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            _unlink_quietly(tmp)
+            raise _io_error("write", tmp, exc) from None
+        return tmp
+
+    def _write_last_reserved(self, set_index: int, ip: IPAddress) -> None:
+        final = self.dir / f"{LAST_RESERVED_PREFIX}{set_index}"
+        tmp = self._write_temp(str(ip).encode())
+        try:
+            os.replace(tmp, final)
+        except OSError as exc:
+            _unlink_quietly(tmp)
+            raise _io_error("write", final, exc) from None
+
+
+def parse_lease(content: str) -> Lease:
+    """`id\\r\\nifname` (current) or `id` (reference before v0.8); whitespace tolerated."""
+    text = content.strip()
+    if LINE_BREAK in text:
+        cid, _, ifname = text.partition(LINE_BREAK)
+        return Lease(cid.strip(), ifname.strip())
+    return Lease(text, None)
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            raise _io_error("remove", path, exc) from None

@@ -1,0 +1,207 @@
+"""Fixtures that run CNI plugins the way a runtime does: exec by name from a CNI_PATH dir.
+
+* `cni_bin_dir` is a directory holding our two plugin executables plus the
+  reference plugins (symlinks into /usr/lib/cni). It is parametrized over
+  `PLUGIN_PATHS`: to run every integration and differential test against another
+  implementation (e.g. static shims talking to a resident server), add a builder
+  to `PLUGIN_PATHS`; no test touches node_plugin internals to do ADD/DEL.
+* `cni_host` is a fresh network namespace that plays the node's root namespace:
+  plugins are exec'd inside it (nsenter --net), so bridges, host veths, iptables
+  and nftables rules and sysctls never touch the machine's real root namespace.
+* `sandbox()` makes container namespaces; everything is deleted after the test.
+* `run_cni(plugin_type, command, config, ...)` execs `<cni_bin_dir>/<plugin_type>`
+  and returns `CniRun(exit_code, output, stderr)` with stdout parsed as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import pytest
+
+from tests.integration.plugin.kernel import Netns, create_netns, delete_netns
+
+REFERENCE_DIR = Path("/usr/lib/cni")
+OUR_PLUGINS = ("cniwarden-bridge", "cniwarden-host-local")
+
+
+def _venv_script(name: str) -> Path:
+    path = Path(sys.executable).parent / name
+    if not path.exists():
+        found = shutil.which(name)
+        if not found:
+            pytest.fail(f"{name} is not installed (run `make venv`)")
+        path = Path(found)
+    return path
+
+
+def build_standalone(directory: Path, request: pytest.FixtureRequest) -> None:
+    """Our Python console scripts, as `pip install .` installs them."""
+    for name in OUR_PLUGINS:
+        (directory / name).symlink_to(_venv_script(name))
+
+
+# name -> builder(directory, request) that puts `cniwarden-bridge` and
+# `cniwarden-host-local` executables into `directory`.
+PLUGIN_PATHS: dict[str, Callable[[Path, pytest.FixtureRequest], None]] = {
+    "standalone": build_standalone,
+}
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root (network namespaces)")
+    if not REFERENCE_DIR.is_dir():
+        pytest.fail(f"{REFERENCE_DIR} missing: run `make debs` (containernetworking-plugins)")
+
+
+@pytest.fixture(scope="session", params=sorted(PLUGIN_PATHS))
+def cni_bin_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    _require_root()
+    directory = tmp_path_factory.mktemp(f"cni-bin-{request.param}")
+    for ref in REFERENCE_DIR.iterdir():
+        (directory / ref.name).symlink_to(ref)
+    PLUGIN_PATHS[request.param](directory, request)
+    return directory
+
+
+@pytest.fixture
+def cni_host() -> Iterator[Netns]:
+    _require_root()
+    ns = create_netns("cwh-")
+    try:
+        yield ns
+    finally:
+        delete_netns(ns)
+
+
+@pytest.fixture
+def sandbox() -> Iterator[Callable[[], Netns]]:
+    _require_root()
+    made: list[Netns] = []
+
+    def make() -> Netns:
+        ns = create_netns("cws-")
+        made.append(ns)
+        return ns
+
+    try:
+        yield make
+    finally:
+        for ns in made:
+            delete_netns(ns)
+
+
+@dataclass
+class CniRun:
+    exit_code: int
+    output: Any  # stdout parsed as JSON, None when empty
+    stderr: str
+    stdout: bytes = b""
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+    @property
+    def code(self) -> int | None:
+        """The CNI error code, when the run failed."""
+        return self.output.get("code") if isinstance(self.output, dict) else None
+
+    def expect_ok(self) -> Any:
+        assert self.exit_code == 0, f"plugin failed: {self.output} {self.stderr}"
+        return self.output
+
+    def expect_error(self, code: int) -> str:
+        assert self.exit_code != 0, f"expected error {code}, got success: {self.output}"
+        assert self.code == code, f"expected code {code}, got {self.output} {self.stderr}"
+        return str(self.output.get("msg", ""))
+
+
+class RunCni(Protocol):
+    def __call__(
+        self,
+        plugin_type: str,
+        command: str,
+        config: dict[str, Any] | bytes | None,
+        *,
+        container_id: str = ...,
+        netns: Netns | str | None = ...,
+        ifname: str = ...,
+        cni_args: str = ...,
+        env: dict[str, str] | None = ...,
+        timeout: float = ...,
+    ) -> CniRun: ...
+
+
+def cni_env(
+    command: str,
+    *,
+    cni_bin_dir: Path,
+    container_id: str = "",
+    netns: Netns | str | None = None,
+    ifname: str = "",
+    cni_args: str = "",
+    env: dict[str, str] | None = None,
+) -> dict[str, str]:
+    out = {
+        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+        "CNI_COMMAND": command,
+        "CNI_CONTAINERID": container_id,
+        "CNI_NETNS": netns.path if isinstance(netns, Netns) else (netns or ""),
+        "CNI_IFNAME": ifname,
+        "CNI_ARGS": cni_args,
+        "CNI_PATH": str(cni_bin_dir),
+    }
+    out.update(env or {})
+    return out
+
+
+def exec_argv(cni_bin_dir: Path, host: Netns, plugin_type: str) -> list[str]:
+    """How to exec a plugin by type inside the test's host namespace."""
+    return ["nsenter", f"--net={host.path}", "--", str(cni_bin_dir / plugin_type)]
+
+
+@pytest.fixture
+def run_cni(cni_bin_dir: Path, cni_host: Netns) -> RunCni:
+    def run(
+        plugin_type: str,
+        command: str,
+        config: dict[str, Any] | bytes | None,
+        *,
+        container_id: str = "",
+        netns: Netns | str | None = None,
+        ifname: str = "eth0",
+        cni_args: str = "",
+        env: dict[str, str] | None = None,
+        timeout: float = 60,
+    ) -> CniRun:
+        stdin = config if isinstance(config, bytes) else json.dumps(config or {}).encode()
+        proc = subprocess.run(
+            exec_argv(cni_bin_dir, cni_host, plugin_type),
+            input=stdin,
+            capture_output=True,
+            env=cni_env(
+                command,
+                cni_bin_dir=cni_bin_dir,
+                container_id=container_id,
+                netns=netns,
+                ifname=ifname,
+                cni_args=cni_args,
+                env=env,
+            ),
+            timeout=timeout,
+            check=False,
+        )
+        parsed = json.loads(proc.stdout) if proc.stdout.strip() else None
+        return CniRun(proc.returncode, parsed, proc.stderr.decode(), proc.stdout)
+
+    return run

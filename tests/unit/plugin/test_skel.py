@@ -1,0 +1,89 @@
+"""The protocol layer through the public entry point, for inputs that never reach the kernel."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from typing import Any
+
+import pytest
+
+from node_plugin.api import CniRequest, handle
+
+CONFIG = {"cniVersion": "1.1.0", "name": "net", "ipam": {"subnet": "10.0.0.0/24"}}
+
+
+def call(env: dict[str, str], stdin: bytes | dict[str, Any] = CONFIG) -> tuple[int, Any]:
+    raw = stdin if isinstance(stdin, bytes) else json.dumps(stdin).encode()
+    resp = handle(CniRequest("cniwarden-host-local", env, raw))
+    return resp.exit_code, json.loads(resp.stdout) if resp.stdout else None
+
+
+def test_version_never_needs_stdin_or_heavy_imports() -> None:
+    code, out = call({"CNI_COMMAND": "VERSION"}, b"")
+    assert code == 0 and out["cniVersion"] == "1.1.0"
+    assert "1.1.0" in out["supportedVersions"]
+
+
+def test_version_does_not_import_pydantic_or_pyroute2() -> None:
+    probe = (
+        "import sys, os; from node_plugin.api import handle, CniRequest;"
+        "handle(CniRequest('cniwarden-bridge', {'CNI_COMMAND': 'VERSION'}, b''));"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pydantic', 'pyroute2')))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, check=True, text=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("env", "code", "needle"),
+    [
+        ({"CNI_COMMAND": "ADD"}, 4, "CNI_CONTAINERID CNI_NETNS CNI_IFNAME CNI_PATH"),
+        ({"CNI_COMMAND": "DEL", "CNI_CONTAINERID": "a", "CNI_IFNAME": "e"}, 4, "CNI_PATH"),
+        ({"CNI_COMMAND": "OOPS"}, 4, "OOPS"),
+        (
+            {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": "-a", "CNI_IFNAME": "e", "CNI_PATH": "/"},
+            4,
+            "CNI_CONTAINERID",
+        ),
+        (
+            {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": "a", "CNI_IFNAME": "e:1", "CNI_PATH": "/"},
+            4,
+            "CNI_IFNAME",
+        ),
+    ],
+)
+def test_env_errors_name_the_variable(env: dict[str, str], code: int, needle: str) -> None:
+    got, out = call(env)
+    assert got == 1 and out["code"] == code and needle in out["msg"]
+
+
+def test_errors_carry_the_config_version() -> None:
+    env = {"CNI_COMMAND": "GC"}
+    _, out = call(env, dict(CONFIG, cniVersion="0.4.0"))
+    assert out["code"] == 1 and out["cniVersion"] == "0.4.0"
+
+
+def test_no_command_prints_about_to_stderr_only(capsys: pytest.CaptureFixture[str]) -> None:
+    assert call({}, b"") == (0, None)
+    assert "cniwarden" in capsys.readouterr().err
+
+
+def test_handle_is_thread_safe_for_independent_requests() -> None:
+    results: list[tuple[int, Any]] = []
+    lock = threading.Lock()
+
+    def worker(i: int) -> None:
+        env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": f"c{i}", "CNI_IFNAME": "eth0"}
+        r = call(env, b"{bad")  # missing env is reported before stdin is looked at
+        with lock:
+            results.append(r)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(code == 1 and out["code"] == 4 for code, out in results)
