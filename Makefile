@@ -53,5 +53,21 @@ $(CNI_BIN)/cniwarden-%: build/shim/cniwarden-shim
 test: setup lint typecheck plugins
 	$(BIN)/pytest tests
 
+# A local Kubernetes (see README "Local cluster"). Variables: CLUSTER (name),
+# TIER (control-plane | fake-nodes | real-node), FAKE_NODES, REAL_NODES,
+# CNI (none | bridge). The last line printed is KUBECONFIG=<path>.
+CLUSTER ?= dev
+TIER ?= real-node
+FAKE_NODES ?= 3
+REAL_NODES ?= 1
+CNI ?= none
+
+cluster-up: setup
+	@$(BIN)/python -m devtools.localcluster up --name $(CLUSTER) --tier $(TIER) \
+	  --fake-nodes $(FAKE_NODES) --real-nodes $(REAL_NODES) --cni $(CNI)
+
+cluster-down: venv
+	@$(BIN)/python -m devtools.localcluster down --name $(CLUSTER)
+
 clean:
 	rm -rf build dist .mypy_cache .ruff_cache .pytest_cache

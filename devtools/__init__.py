@@ -1,0 +1,1 @@
+"""Developer tooling for cniwarden (not shipped in the wheel)."""

@@ -1,0 +1,221 @@
+"""Start daemons detached, wait on real readiness, stop them by pid.
+
+There is no systemd here: every component is a background process whose pid
+(and start time, against pid reuse) goes into the cluster state. Readiness
+failures carry the tail of the failing component's log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .state import ProcessRecord
+
+LOG_TAIL_LINES = 40
+
+
+class ComponentError(RuntimeError):
+    """A component did not start or become ready; the message holds its log tail."""
+
+
+class CommandError(subprocess.CalledProcessError):
+    """A failed short command whose message carries its stderr (and stdout)."""
+
+    def __str__(self) -> str:
+        detail = (self.stderr or "").strip() or (self.output or "").strip()
+        return f"{' '.join(map(str, self.cmd))} failed with exit code {self.returncode}: {detail}"
+
+
+def log_tail(path: Path | str, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError as exc:
+        return f"(no log: {exc})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after it.
+    return raw[raw.rindex(")") + 2 :].split()
+
+
+def starttime(pid: int) -> int:
+    fields = _stat_fields(pid)
+    if fields is None:
+        raise ProcessLookupError(pid)
+    return int(fields[19])
+
+
+def is_alive(record: ProcessRecord) -> bool:
+    """True while the recorded process (not a later one reusing its pid) runs."""
+    fields = _stat_fields(record.pid)
+    if fields is None or int(fields[19]) != record.starttime:
+        return False
+    if fields[0] == "Z":
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(record.pid, os.WNOHANG)
+        return False
+    return True
+
+
+def start(
+    name: str,
+    argv: Sequence[str],
+    log: Path,
+    *,
+    netns: Path | None = None,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    node: str | None = None,
+) -> ProcessRecord:
+    """Start `argv` in its own session (it outlives the caller), output to `log`.
+
+    With `netns`, the process joins that network namespace through
+    `nsenter --net=`, which execs in place (so the pid is the daemon's) and,
+    unlike `ip netns exec`, leaves /sys and the cgroup mounts alone.
+    """
+    if netns is not None:
+        argv = ["nsenter", f"--net={netns}", "--", *argv]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+        )
+    # Popen returns after exec; /proc/PID/stat is there until the process is reaped.
+    try:
+        started = starttime(proc.pid)
+    except ProcessLookupError:
+        started = 0
+    return ProcessRecord(name=name, pid=proc.pid, starttime=started, log=str(log), node=node)
+
+
+def stop(record: ProcessRecord, grace: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds; returns once it is gone."""
+    if not is_alive(record):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(record.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not is_alive(record):
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(record.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while is_alive(record):
+        if time.monotonic() > deadline:
+            raise ComponentError(f"{record.name} (pid {record.pid}) survived SIGKILL")
+        time.sleep(0.05)
+
+
+def wait_ready(
+    record: ProcessRecord,
+    probe: Callable[[], bool],
+    *,
+    timeout: float,
+    what: str | None = None,
+    interval: float = 0.2,
+) -> float:
+    """Poll `probe` until it returns True; fail fast if the process dies.
+
+    Returns the seconds waited. The error names the component and holds its log tail.
+    """
+    started = time.monotonic()
+    deadline = started + timeout
+    last_error = ""
+    while True:
+        if not is_alive(record):
+            raise ComponentError(
+                f"{record.name} exited before it was ready ({what or 'probe'}); "
+                f"last log lines of {record.log}:\n{log_tail(record.log)}"
+            )
+        try:
+            if probe():
+                return time.monotonic() - started
+        except Exception as exc:
+            last_error = f"{type(exc).__name__}: {exc}"
+        if time.monotonic() > deadline:
+            raise ComponentError(
+                f"{record.name} not ready after {timeout:.0f}s ({what or 'probe'}"
+                f"{'; last error: ' + last_error if last_error else ''}); "
+                f"last log lines of {record.log}:\n{log_tail(record.log)}"
+            )
+        time.sleep(interval)
+
+
+def processes_matching(predicate: Callable[[int, str, str], bool]) -> list[int]:
+    """Pids whose (pid, cmdline, cgroup file text) satisfy `predicate`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cgroups = (entry / "cgroup").read_text()
+        except OSError:
+            continue
+        if predicate(pid, cmdline, cgroups):
+            found.append(pid)
+    return found
+
+
+def kill_pids(pids: list[int], timeout: float = 10.0) -> None:
+    """SIGKILL every pid and wait until none is left (zombies of ours are reaped)."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    remaining = list(pids)
+    while remaining and time.monotonic() < deadline:
+        still = []
+        for pid in remaining:
+            fields = _stat_fields(pid)
+            if fields is None:
+                continue
+            if fields[0] == "Z":
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
+                continue
+            still.append(pid)
+        remaining = still
+        if remaining:
+            time.sleep(0.05)
+    if remaining:
+        raise ComponentError(f"processes {remaining} survived SIGKILL")
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    check: bool = True,
+    netns: Path | None = None,
+    input: str | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """Run a short command and capture its output; errors say what failed and why."""
+    if netns is not None:
+        argv = ["nsenter", f"--net={netns}", "--", *argv]
+    proc = subprocess.run(
+        list(argv), capture_output=True, text=True, input=input, timeout=timeout, check=False
+    )
+    if check and proc.returncode != 0:
+        raise CommandError(proc.returncode, proc.args, output=proc.stdout, stderr=proc.stderr)
+    return proc

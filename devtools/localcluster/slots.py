@@ -1,0 +1,105 @@
+"""A machine-wide registry of cluster slots.
+
+A slot fixes a cluster's ports and node subnet (see `layout.py`). Slots are
+files under `<root>/.slots/`, claimed under an flock so two clusters started at
+once (by different engineers, or a `make cluster-up` next to a pytest run)
+never get the same one. The claim creates the cluster directory; a slot whose
+cluster directory is gone is stale and is reclaimed (a crashed cluster keeps its
+slot until `down` has removed what it left behind).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import socket
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .layout import MAX_SLOTS, NODE_SUBNET_PREFIX, Ports
+
+
+class NoFreeSlotError(RuntimeError):
+    pass
+
+
+@contextmanager
+def _registry_lock(root: Path) -> Iterator[Path]:
+    slots = root / ".slots"
+    slots.mkdir(parents=True, exist_ok=True)
+    with (slots / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield slots
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _routed_subnets() -> list[ipaddress.IPv4Network]:
+    out = subprocess.run(
+        ["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, check=True
+    ).stdout
+    nets = []
+    for line in out.splitlines():
+        fields = line.split()
+        if "inet" in fields:
+            nets.append(ipaddress.IPv4Interface(fields[fields.index("inet") + 1]).network)
+    routes = subprocess.run(
+        ["ip", "-4", "route", "show"], capture_output=True, text=True, check=True
+    ).stdout
+    for line in routes.splitlines():
+        dest = line.split()[0]
+        if dest != "default":
+            nets.append(ipaddress.IPv4Network(dest, strict=False))
+    return nets
+
+
+def _slot_usable(slot: int, in_use: list[ipaddress.IPv4Network]) -> bool:
+    subnet = ipaddress.IPv4Network(f"{NODE_SUBNET_PREFIX}.{slot}.0/24")
+    if any(subnet.overlaps(n) for n in in_use):
+        return False
+    return all(_port_free(p) for p in Ports.for_slot(slot).all())
+
+
+def claim(root: Path, workdir: Path) -> int:
+    """Claim the lowest free slot for the cluster living in `workdir`."""
+    with _registry_lock(root) as slots:
+        in_use = _routed_subnets()
+        for slot in range(MAX_SLOTS):
+            marker = slots / str(slot)
+            if marker.exists():
+                owner = Path(marker.read_text().strip())
+                if owner.exists():
+                    continue
+                marker.unlink()
+            if _slot_usable(slot, in_use):
+                workdir.mkdir(parents=True)
+                marker.write_text(f"{workdir}\n")
+                return slot
+    raise NoFreeSlotError(f"no free cluster slot under {root} (all {MAX_SLOTS} in use)")
+
+
+def release(root: Path, slot: int, workdir: Path) -> None:
+    with _registry_lock(root) as slots:
+        marker = slots / str(slot)
+        if marker.exists() and Path(marker.read_text().strip()) == workdir:
+            marker.unlink()
+
+
+def claimed_workdirs(root: Path) -> list[Path]:
+    """Workdirs of every cluster that holds a slot (live or crashed)."""
+    slots = root / ".slots"
+    if not slots.is_dir():
+        return []
+    return [Path(p.read_text().strip()) for p in sorted(slots.iterdir()) if p.name.isdigit()]

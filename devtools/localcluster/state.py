@@ -1,0 +1,72 @@
+"""What a running cluster created, persisted so `down` can undo it from any process.
+
+Every resource is recorded *before* it is created (and saved), so a bring-up that
+fails half-way, or a pytest session that is killed, still leaves a state file
+from which `down` removes everything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class ProcessRecord:
+    """A process we started; `starttime` (from /proc/PID/stat) guards against pid reuse."""
+
+    name: str
+    pid: int
+    starttime: int
+    log: str
+    node: str | None = None
+
+
+@dataclass
+class NodeRecord:
+    index: int
+    name: str
+    netns: str
+    veth_host: str
+    ip: str
+    dir: str
+    cgroup_root: str
+    containerd_socket: str
+
+
+@dataclass
+class ClusterState:
+    name: str
+    short_id: str
+    slot: int
+    tier: str
+    root: str
+    workdir: str
+    kubeconfig: str
+    server: str
+    owner_pid: int | None = None
+    processes: list[ProcessRecord] = field(default_factory=list)
+    bridge: str | None = None
+    nodes: list[NodeRecord] = field(default_factory=list)
+    fake_nodes: list[str] = field(default_factory=list)
+    saved_sysctls: dict[str, str] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def path(self) -> Path:
+        return Path(self.workdir) / "state.json"
+
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        os.replace(tmp, self.path)
+
+    @classmethod
+    def load(cls, path: Path) -> ClusterState:
+        raw: dict[str, Any] = json.loads(path.read_text())
+        raw["processes"] = [ProcessRecord(**p) for p in raw.get("processes", [])]
+        raw["nodes"] = [NodeRecord(**n) for n in raw.get("nodes", [])]
+        return cls(**raw)

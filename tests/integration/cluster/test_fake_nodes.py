@@ -1,0 +1,83 @@
+"""The fake-nodes tier: kwok nodes are Ready, have a podCIDR and run pods."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import secrets
+import time
+
+import pytest
+
+from devtools.localcluster import LocalCluster
+
+pytestmark = pytest.mark.cluster("fake-nodes")
+
+
+def _nodes(cluster: LocalCluster) -> dict[str, dict[str, object]]:
+    items = json.loads(cluster.kubectl("get", "nodes", "-o", "json").stdout)["items"]
+    return {n["metadata"]["name"]: n for n in items}
+
+
+def _ready(node: dict[str, object]) -> bool:
+    status = node["status"]
+    assert isinstance(status, dict)
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in status["conditions"])
+
+
+def test_fake_nodes_are_ready_with_distinct_pod_cidrs(cluster: LocalCluster) -> None:
+    assert cluster.fake_node_names, "the fake-nodes tier starts with fake nodes"
+    nodes = _nodes(cluster)
+    cidrs = []
+    for name in cluster.fake_node_names:
+        node = nodes[name]
+        assert _ready(node), f"{name} is not Ready: {node['status']}"
+        spec = node["spec"]
+        assert isinstance(spec, dict)
+        cidr = ipaddress.IPv4Network(spec["podCIDR"])
+        assert cidr.prefixlen == 24
+        assert cidr.subnet_of(ipaddress.IPv4Network("10.244.0.0/16"))
+        cidrs.append(cidr)
+    assert len(set(cidrs)) == len(cidrs)
+
+
+def test_add_fake_nodes_for_scale(cluster: LocalCluster) -> None:
+    before = set(cluster.node_names)
+    added = cluster.add_fake_nodes(2)
+    assert len(added) == 2
+    assert not before & set(added)
+    nodes = _nodes(cluster)
+    for name in added:
+        assert _ready(nodes[name])
+        spec = nodes[name]["spec"]
+        assert isinstance(spec, dict)
+        assert spec.get("podCIDR")
+
+
+def test_pod_on_fake_node_gets_ip_from_its_pod_cidr(cluster: LocalCluster) -> None:
+    node = cluster.fake_node_names[0]
+    name = f"fake-{secrets.token_hex(4)}"
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "nodeName": node,
+            "containers": [{"name": "c", "image": "registry.local/cniwarden/busybox:1.35"}],
+        },
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(pod))
+    try:
+        cluster.kubectl(
+            "wait", "--for=jsonpath={.status.phase}=Running", f"pod/{name}", "--timeout=60s"
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            got = json.loads(cluster.kubectl("get", "pod", name, "-o", "json").stdout)
+            if got["status"].get("podIP") or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        cidr = ipaddress.IPv4Network(_nodes(cluster)[node]["spec"]["podCIDR"])  # type: ignore[index]
+        assert ipaddress.IPv4Address(got["status"]["podIP"]) in cidr
+    finally:
+        cluster.kubectl("delete", "pod", name, "--grace-period=0", "--force", check=False)

@@ -1,0 +1,164 @@
+"""Pure parts of the local-cluster tooling: naming, address plan, config writers, images."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import ipaddress
+import json
+import tarfile
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from devtools.localcluster import hostres, images, procs, realnode
+from devtools.localcluster.layout import MAX_SLOTS, Layout, Ports, validate_name
+from devtools.localcluster.tiers import Tier
+
+IFNAMSIZ = 15
+
+
+def test_tiers_are_ordered_and_parse_with_a_clear_error() -> None:
+    assert Tier.REAL_NODE.includes(Tier.FAKE_NODES)
+    assert Tier.FAKE_NODES.includes(Tier.CONTROL_PLANE)
+    assert not Tier.CONTROL_PLANE.includes(Tier.FAKE_NODES)
+    assert Tier.highest([Tier.FAKE_NODES, Tier.CONTROL_PLANE]) is Tier.FAKE_NODES
+    assert Tier.highest([]) is None
+    with pytest.raises(ValueError, match="choose one of: control-plane, fake-nodes, real-node"):
+        Tier.parse("real-nodes")
+
+
+@pytest.mark.parametrize("name", ["Dev", "1dev", "dev_1", "-dev", "dev-", "a" * 31, ""])
+def test_invalid_cluster_names_are_refused(name: str) -> None:
+    with pytest.raises(ValueError, match="invalid cluster name"):
+        validate_name(name)
+
+
+def test_slots_never_share_ports_or_subnets() -> None:
+    seen_ports: set[int] = set()
+    subnets = set()
+    for slot in range(MAX_SLOTS):
+        ports = Ports.for_slot(slot).all()
+        assert len(set(ports)) == len(ports)
+        assert not seen_ports & set(ports)
+        seen_ports |= set(ports)
+        subnets.add(Layout(Path("/x"), "c", slot, "abcdef").node_subnet)
+    assert len(subnets) == MAX_SLOTS
+    assert max(seen_ports) < 32768, "stay below the kernel's ephemeral port range"
+
+
+def test_node_names_fit_the_kernel_and_addresses_fit_the_subnet() -> None:
+    layout = Layout(Path("/var/tmp/c"), "a" * 30, 99, "abcdef")
+    for index in (0, 1, 199):
+        node = layout.node(index)
+        assert len(node.netns) <= IFNAMSIZ
+        assert len(node.veth_host) <= IFNAMSIZ
+        assert ipaddress.IPv4Address(node.ip) in layout.node_subnet
+        assert node.ip != layout.bridge_ip
+        assert node.cni_conf_dir == node.dir / "host/etc/cni/net.d"
+        assert node.cni_bin_dir == node.dir / "host/opt/cni/bin"
+        assert node.cni_state_dir == node.dir / "host/var/lib/cni"
+    assert len(layout.bridge) <= IFNAMSIZ
+    assert layout.node(0).name == f"{'a' * 30}-worker"
+    assert layout.node(1).name == f"{'a' * 30}-worker2"
+    # unix sockets are limited to 107 bytes
+    assert len(str(layout.node(199).containerd_socket)) < 108
+
+
+def test_containerd_config_is_valid_toml_with_our_dirs() -> None:
+    node = Layout(Path("/var/tmp/c"), "dev", 3, "abcdef").node(0)
+    text = realnode._containerd_config(node)
+    parsed = tomllib.loads(text)
+    cri = parsed["plugins"]["io.containerd.grpc.v1.cri"]
+    assert cri["cni"]["conf_dir"] == str(node.cni_conf_dir)
+    assert cri["cni"]["bin_dir"] == str(node.cni_bin_dir)
+    assert cri["netns_mounts_under_state_dir"] is True
+    assert cri["containerd"]["runtimes"]["runc"]["options"]["SystemdCgroup"] is False
+    assert parsed["grpc"]["address"] == str(node.containerd_socket)
+
+
+def test_bridge_conflist_uses_the_node_pod_cidr() -> None:
+    conf = realnode.bridge_conflist("10.244.3.0/24", Path("/d"))
+    plugins = conf["plugins"]
+    assert isinstance(plugins, list)
+    ranges = plugins[0]["ipam"]["ranges"]
+    assert ranges == [[{"subnet": "10.244.3.0/24", "gateway": "10.244.3.1"}]]
+
+
+def _blob(tar: tarfile.TarFile, digest: str) -> bytes:
+    algo, hexd = digest.split(":")
+    member = tar.extractfile(f"blobs/{algo}/{hexd}")
+    assert member is not None
+    data = member.read()
+    assert hashlib.sha256(data).hexdigest() == hexd
+    return data
+
+
+def test_oci_tarball_is_a_consistent_image_layout(tmp_path: Path) -> None:
+    entries = [
+        images.Entry("bin", is_dir=True),
+        images.Entry("bin/tool", b"\x7fELF..."),
+        images.Entry("bin/sh", link="tool"),
+    ]
+    out = images.write_oci_tarball(
+        tmp_path / "img.tar", "registry.local/x/tool:1.0", entries, {"Cmd": ["/bin/tool"]}
+    )
+    with tarfile.open(out) as tar:
+        layout = tar.extractfile("oci-layout")
+        assert layout is not None
+        assert json.loads(layout.read()) == {"imageLayoutVersion": "1.0.0"}
+        index_file = tar.extractfile("index.json")
+        assert index_file is not None
+        index = json.loads(index_file.read())
+        desc = index["manifests"][0]
+        assert desc["annotations"]["io.containerd.image.name"] == "registry.local/x/tool:1.0"
+        manifest = json.loads(_blob(tar, desc["digest"]))
+        config = json.loads(_blob(tar, manifest["config"]["digest"]))
+        layer_gz = _blob(tar, manifest["layers"][0]["digest"])
+        layer = gzip.decompress(layer_gz)
+        assert config["rootfs"]["diff_ids"] == ["sha256:" + hashlib.sha256(layer).hexdigest()]
+        with tarfile.open(fileobj=io.BytesIO(layer)) as inner:
+            assert inner.getmember("bin/sh").linkname == "tool"
+            assert inner.getmember("bin/tool").mtime == 0
+
+
+def test_image_layers_are_reproducible(tmp_path: Path) -> None:
+    entries = [images.Entry("f", b"data")]
+    a = images.write_oci_tarball(tmp_path / "a.tar", "r/x:1", entries, {})
+    b = images.write_oci_tarball(tmp_path / "b.tar", "r/x:1", entries, {})
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_toml_writer_refuses_unknown_types() -> None:
+    with pytest.raises(TypeError, match="cannot write"):
+        realnode._toml({"x": 1.5})
+
+
+def test_mountinfo_escapes_are_decoded() -> None:
+    assert hostres._unescape(r"/var/tmp/a\040b\134c") == "/var/tmp/a b\\c"
+
+
+def test_a_component_that_dies_reports_its_log_tail(tmp_path: Path) -> None:
+    log = tmp_path / "c.log"
+    rec = procs.start("broken", ["sh", "-c", "echo 'bind: address already in use'; exit 3"], log)
+    with pytest.raises(procs.ComponentError, match="address already in use") as err:
+        procs.wait_ready(rec, lambda: False, timeout=10, what="/healthz")
+    assert "broken exited before it was ready (/healthz)" in str(err.value)
+
+
+def test_a_component_that_never_gets_ready_times_out_with_the_last_error(tmp_path: Path) -> None:
+    rec = procs.start("slow", ["sh", "-c", "echo starting; sleep 30"], tmp_path / "s.log")
+
+    def probe() -> bool:
+        raise ConnectionRefusedError("connection refused")
+
+    try:
+        with pytest.raises(procs.ComponentError, match="not ready after 1s") as err:
+            procs.wait_ready(rec, probe, timeout=1, what="/readyz")
+        assert "connection refused" in str(err.value)
+        assert "starting" in str(err.value)
+    finally:
+        procs.stop(rec, grace=1)
+    assert not procs.is_alive(rec)
