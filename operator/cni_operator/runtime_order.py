@@ -68,9 +68,12 @@ def parse_config(name: str, data: bytes | None) -> ParsedConfig:
         return ParsedConfig(name, error="cannot be read")
     try:
         raw = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        detail = "unexpected end of JSON input" if not data.strip() else str(error)
+    except json.JSONDecodeError as error:
+        truncated = error.pos >= len(data.decode("utf-8", "replace").rstrip())
+        detail = "unexpected end of JSON input (truncated?)" if truncated else str(error)
         return ParsedConfig(name, error=f"invalid JSON: {detail}")
+    except UnicodeDecodeError as error:
+        return ParsedConfig(name, error=f"invalid JSON: {error}")
     if not isinstance(raw, dict):
         return ParsedConfig(name, error="invalid JSON: top level is not an object")
     version = raw.get("cniVersion", "0.1.0")

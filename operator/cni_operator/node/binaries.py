@@ -12,7 +12,7 @@ import json
 import os
 import subprocess
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,9 +58,20 @@ def fetch_declared(binary: DeclaredBinary) -> bytes:
 
 
 def install(
-    paths: HostPaths, manifest: Manifest, name: str, data: bytes, source: str
+    paths: HostPaths,
+    manifest: Manifest,
+    name: str,
+    data: bytes,
+    source: str,
+    *,
+    before_write: Callable[[], None] | None = None,
 ) -> InstallResult:
-    """Install one binary; updates `manifest` (the caller saves it)."""
+    """Install one binary; updates `manifest` (the caller saves it).
+
+    `before_write` runs after the manifest records the binary as ours and before
+    the file is written (the caller persists the manifest there), so a crash in
+    between never leaves a binary of ours that a restart takes for foreign.
+    """
     target = paths.bin_dir / name
     wanted = sha256_bytes(data)
     owned = manifest.binaries.get(name)
@@ -80,6 +91,9 @@ def install(
                 manifest.binaries[name] = OwnedBinary(wanted, source)
             return InstallResult(name, True, False, "up to date")
     paths.bin_dir.mkdir(parents=True, exist_ok=True)
+    manifest.binaries[name] = OwnedBinary(wanted, source)
+    if before_write is not None:
+        before_write()
     atomic_write(target, data, mode=0o755)
     landed = sha256_file(target)
     if landed != wanted:

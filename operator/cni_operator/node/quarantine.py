@@ -23,12 +23,9 @@ from cni_operator.journal import (
     outstanding,
     parse_lines,
 )
+from cni_operator.kube_time import now_iso
 from cni_operator.node.atomic import atomic_write, fsync_dir, remove, sha256_bytes, sha256_file
 from cni_operator.node.paths import HostPaths
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)

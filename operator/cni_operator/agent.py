@@ -1,0 +1,192 @@
+"""The node agent: kopf watches the CNINetworks, the kernel watches the directories,
+and one loop runs the Reconciler and publishes this node's CNINodeState.
+
+Several agents may share an API server (and, in tests, one machine): each runs
+kopf standalone (no peering, so no agent pauses another), uses only watching
+handlers (`on.event`: no finalizers, no progress annotations written on the
+shared CNINetwork objects), and writes only the CNINodeState named after its
+node. Its own Node is watched with a field selector, so an agent does not
+receive every other node's heartbeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import kopf
+
+from cni_operator import api
+from cni_operator.kube import Kube
+from cni_operator.kube_time import now_iso
+from cni_operator.node.own_binaries import default_source
+from cni_operator.node.paths import HostPaths
+from cni_operator.node.watcher import DirectoryWatcher
+from cni_operator.reconciler import PassResult, Reconciler
+
+log = logging.getLogger("cniwarden.agent")
+COMPONENT = "cniwarden-agent"
+
+
+@dataclass
+class AgentSettings:
+    node_name: str
+    host_root: Path = Path("/")
+    kubeconfig: str | None = None
+    resync_seconds: float = 30.0
+    heartbeat_seconds: float = 20.0
+    debounce_seconds: float = 0.05
+
+
+@dataclass
+class Agent:
+    settings: AgentSettings
+    networks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    node: dict[str, Any] | None = None
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _task: asyncio.Task[None] | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _last_status: dict[str, Any] | None = None
+    _last_publish: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.paths = HostPaths(self.settings.host_root)
+        self.reconciler = Reconciler(self.paths, self.settings.node_name, default_source())
+        self.kube = Kube(self.settings.kubeconfig)
+
+    # -------------------------------------------------------------- inputs
+    def on_network(self, event_type: str | None, body: dict[str, Any]) -> None:
+        name = body.get("metadata", {}).get("name")
+        if not name:
+            return
+        if event_type == "DELETED":
+            self.networks.pop(name, None)
+        else:
+            self.networks[name] = body
+        self.wake.set()
+
+    def _watch_node(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Own Node only (field selector), in a thread; restarts on any error."""
+
+        def changed(node: dict[str, Any] | None) -> None:
+            if node != self.node:
+                self.node = node
+                loop.call_soon_threadsafe(self.wake.set)
+
+        while not self._stop.is_set():
+            try:
+                self.kube.watch_node(self.settings.node_name, changed, self._stop)
+            except Exception as error:  # the API server may be restarting
+                log.warning("node watch: %s; retrying", error)
+                self._stop.wait(1.0)
+
+    # ---------------------------------------------------------------- loop
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.paths.ensure()
+        for extra in (self.paths.networks_dir, self.paths.results_dir):
+            extra.mkdir(parents=True, exist_ok=True)
+        threading.Thread(target=self._watch_node, args=(loop,), daemon=True).start()
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def _watched_dirs(self) -> list[Path]:
+        dirs = [
+            self.paths.conf_dir,
+            self.paths.bin_dir,
+            self.paths.networks_dir,
+            self.paths.results_dir,
+        ]
+        if self.paths.networks_dir.is_dir():
+            dirs += sorted(p for p in self.paths.networks_dir.iterdir() if p.is_dir())
+        return dirs
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        watcher = DirectoryWatcher(self._watched_dirs())
+
+        def readable() -> None:
+            if watcher.read_events():
+                self.wake.set()
+
+        loop.add_reader(watcher.fd, readable)
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), self.settings.resync_seconds)
+                await asyncio.sleep(self.settings.debounce_seconds)
+                self.wake.clear()
+                try:
+                    await self._pass()
+                except Exception:
+                    log.exception("reconcile pass failed; retrying")
+                    await asyncio.sleep(1.0)
+                    self.wake.set()
+                watcher.directories = self._watched_dirs()
+                watcher.rearm()
+        finally:
+            loop.remove_reader(watcher.fd)
+            watcher.close()
+
+    async def _pass(self) -> None:
+        snapshot = {name: dict(body) for name, body in self.networks.items()}
+        result = await asyncio.to_thread(self.reconciler.reconcile, snapshot, self.node)
+        await asyncio.to_thread(self._publish, result, snapshot)
+
+    def _publish(self, result: PassResult, snapshot: dict[str, dict[str, Any]]) -> None:
+        import time  # noqa: PLC0415
+
+        now = time.monotonic()
+        due = now - self._last_publish > self.settings.heartbeat_seconds
+        if result.status != self._last_status or due:
+            self.kube.ensure_node_state(self.node, self.settings.node_name)
+            status = dict(result.status, heartbeatTime=now_iso())
+            self.kube.patch_node_state_status(self.settings.node_name, status)
+            self._last_status = result.status
+            self._last_publish = now
+        for event in result.events:
+            body = snapshot.get(event.network)
+            if body is not None:
+                self.kube.post_event(body, event.type, event.reason, event.message, COMPONENT)
+
+
+def build_registry(agent: Agent) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> Any:
+        return kopf.login_via_client(**kwargs)
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.posting.enabled = False  # our Events say what happened; kopf's would be noise
+        settings.watching.server_timeout = 300
+        settings.networking.request_timeout = 30
+        await agent.start()
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_: Any) -> None:
+        await agent.stop()
+
+    @kopf.on.event(api.GROUP, api.VERSION, api.NETWORK_PLURAL, registry=registry)
+    def network_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        agent.on_network(event.get("type"), dict(body))
+
+    return registry
+
+
+def run(settings: AgentSettings) -> None:
+    agent = Agent(settings)
+    registry = build_registry(agent)
+    asyncio.run(kopf.operator(registry=registry, clusterwide=True, standalone=True))

@@ -1,0 +1,121 @@
+"""`cniwarden`: a thin dispatcher. Each subcommand imports its module lazily, so
+`cniwarden doctor` does not pay for kopf, and new subcommands (e.g.
+`cni-server`) are one entry in COMMANDS plus one small function."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+
+def _host_root(value: str | None) -> Path:
+    return Path(value or os.environ.get("CNIWARDEN_HOST_ROOT") or "/")
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    from cni_operator import controller  # noqa: PLC0415
+
+    _logging(args.verbose)
+    controller.run(
+        controller.ControllerSettings(
+            kubeconfig=args.kubeconfig,
+            stale_agent_seconds=args.stale_agent_seconds,
+        )
+    )
+    return 0
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from cni_operator import agent  # noqa: PLC0415
+
+    _logging(args.verbose)
+    node_name = args.node_name or os.environ.get("NODE_NAME")
+    if not node_name:
+        print("cniwarden agent: --node-name (or NODE_NAME) is required", file=sys.stderr)
+        return 2
+    agent.run(
+        agent.AgentSettings(
+            node_name=node_name,
+            host_root=_host_root(args.host_root),
+            kubeconfig=args.kubeconfig,
+            resync_seconds=args.resync_seconds,
+        )
+    )
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from cni_operator import doctor  # noqa: PLC0415
+
+    return doctor.main(_host_root(args.host_root), as_json=args.json, runtime=args.runtime)
+
+
+def _add_kube(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
+    parser.add_argument("-v", "--verbose", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cniwarden", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("operator", help="run the cluster controller")
+    _add_kube(p)
+    p.add_argument(
+        "--stale-agent-seconds",
+        type=float,
+        default=float(os.environ.get("CNIWARDEN_STALE_AGENT_SECONDS", "120")),
+        help="an agent silent this long no longer holds up a deletion",
+    )
+    p.set_defaults(func=cmd_operator)
+
+    p = sub.add_parser("agent", help="run the node agent for one node")
+    _add_kube(p)
+    p.add_argument("--node-name", default=os.environ.get("NODE_NAME"))
+    p.add_argument("--host-root", help="prefix of /etc/cni/net.d, /opt/cni/bin, /var/lib/cni")
+    p.add_argument(
+        "--resync-seconds",
+        type=float,
+        default=float(os.environ.get("CNIWARDEN_RESYNC_SECONDS", "30")),
+    )
+    p.set_defaults(func=cmd_agent)
+
+    p = sub.add_parser("doctor", help="scan this node's CNI setup and print a fix per problem")
+    p.add_argument("--host-root", help="prefix of /etc/cni/net.d, /opt/cni/bin, /var/lib/cni")
+    p.add_argument("--json", action="store_true", help="print the scan as JSON")
+    p.add_argument(
+        "--runtime",
+        choices=("auto", "containerd", "crio"),
+        default="auto",
+        help="judge the node by this runtime's rules (auto: both)",
+    )
+    p.set_defaults(func=cmd_doctor)
+    return parser
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "operator": cmd_operator,
+    "agent": cmd_agent,
+    "doctor": cmd_doctor,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    return func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

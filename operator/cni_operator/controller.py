@@ -1,0 +1,282 @@
+"""The cluster controller: validates CNINetworks, aggregates node reports into
+their status (Ready / Shadowed / SwitchBlocked / Degraded and counts), posts
+Events on transitions, and holds the finalizer until every node is clean.
+
+Thin kopf handlers over `conditions.build_status` and the agents' CNINodeStates.
+The per-node gate itself runs in each agent, at the moment it would write, with
+the attachments it reads from the node: no stale copy of cluster state can let
+an unsafe change through. The controller turns those per-node holds into the
+`SwitchBlocked` condition naming the fields and the nodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from cni_operator import api
+from cni_operator.api import SpecError, parse_spec
+from cni_operator.conditions import SHADOWED, build_status, network_entry, same_status
+from cni_operator.kube import Kube
+from cni_operator.kube_time import now_iso
+from cni_operator.rendering import NodeFacts, render, selects
+
+log = logging.getLogger("cniwarden.controller")
+COMPONENT = "cniwarden-operator"
+
+
+@dataclass
+class ControllerSettings:
+    kubeconfig: str | None = None
+    # An agent silent for this long no longer holds up a deletion.
+    stale_agent_seconds: float = 120.0
+    aggregate_interval: float = 0.2
+
+
+def _parse_time(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return float(calendar.timegm(time.strptime(value, "%Y-%m-%dT%H:%M:%SZ")))
+    except ValueError:
+        return None
+
+
+@dataclass
+class SpecCheck:
+    error: str | None
+    selected: list[str]
+    render_errors: list[str] = field(default_factory=list)
+
+    @property
+    def problem(self) -> str | None:
+        if self.error:
+            return self.error
+        return "; ".join(self.render_errors) or None
+
+
+@dataclass
+class Controller:
+    settings: ControllerSettings
+    networks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    reports: dict[str, dict[str, Any]] = field(default_factory=dict)
+    dirty: set[str] = field(default_factory=set)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _task: asyncio.Task[None] | None = None
+
+    def __post_init__(self) -> None:
+        self.kube = Kube(self.settings.kubeconfig)
+
+    # -------------------------------------------------------------- views
+    def selected_nodes(self, spec: api.NetworkSpec) -> list[str]:
+        return sorted(
+            name
+            for name, node in self.nodes.items()
+            if selects(spec.nodeSelector, (node.get("metadata") or {}).get("labels") or {})
+        )
+
+    def check_spec(self, name: str, body: dict[str, Any]) -> SpecCheck:
+        """The spec's own error, the selected nodes, and per-node render errors."""
+        try:
+            spec = parse_spec(dict(body.get("spec") or {}))
+        except SpecError as error:
+            return SpecCheck(str(error), [])
+        check = SpecCheck(None, self.selected_nodes(spec))
+        for node in check.selected:
+            try:
+                render(name, spec, NodeFacts.from_node(self.nodes[node]))
+            except SpecError as error:
+                check.render_errors.append(str(error))
+        return check
+
+    def compute_status(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        generation = int(body["metadata"].get("generation") or 0)
+        check = self.check_spec(name, body)
+        reports = {n: self.reports[n] for n in check.selected if n in self.reports}
+        previous = (body.get("status") or {}).get("conditions") or []
+        return build_status(
+            network=name,
+            generation=generation,
+            selected=check.selected,
+            reports=reports,
+            spec_error=check.problem,
+            previous_conditions=previous,
+            now=now_iso(),
+        )
+
+    # ------------------------------------------------------------ deletion
+    def nodes_not_clean(self, name: str) -> list[str]:
+        """Nodes whose agent still reports our files (or quarantined files) for `name`.
+        Nodes that are gone, and agents silent for too long, do not count."""
+        now = time.time()
+        waiting = []
+        for node, report in self.reports.items():
+            if node not in self.nodes:
+                continue
+            beat = _parse_time(report.get("heartbeatTime"))
+            if beat is not None and now - beat > self.settings.stale_agent_seconds:
+                continue
+            managed = {m.get("network") for m in report.get("managedFiles") or []}
+            quarantined = {q.get("network") for q in report.get("quarantined") or []}
+            entry = network_entry(report, name)
+            if (
+                name in managed
+                or name in quarantined
+                or (entry and entry.get("state") == "Blocked")
+            ):
+                waiting.append(node)
+        return sorted(waiting)
+
+    # ----------------------------------------------------------- aggregator
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def mark(self, names: set[str] | None = None) -> None:
+        self.dirty |= set(self.networks) if names is None else names
+        self.wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self.wake.wait()
+            await asyncio.sleep(self.settings.aggregate_interval)
+            self.wake.clear()
+            names, self.dirty = self.dirty, set()
+            for name in sorted(names):
+                body = self.networks.get(name)
+                if body is None:
+                    continue
+                try:
+                    await self._update(name, body)
+                except Exception:
+                    log.exception("status update of %s failed; retrying", name)
+                    self.mark({name})
+                    await asyncio.sleep(1.0)
+
+    async def _update(self, name: str, body: dict[str, Any]) -> None:
+        status = self.compute_status(name, body)
+        old = body.get("status") or {}
+        if same_status(old, status):
+            return
+        await asyncio.to_thread(self.kube.patch_network_status, name, status)
+        body["status"] = status
+        old_shadow: dict[str, Any] = next(
+            (c for c in old.get("conditions") or [] if c.get("type") == SHADOWED), {}
+        )
+        new_shadow = next(c for c in status["conditions"] if c["type"] == SHADOWED)
+        if new_shadow["status"] == "True" and (
+            old_shadow.get("status") != "True" or old_shadow.get("message") != new_shadow["message"]
+        ):
+            await asyncio.to_thread(
+                self.kube.post_event,
+                body,
+                "Warning",
+                "Shadowed",
+                new_shadow["message"],
+                COMPONENT,
+            )
+
+
+def build_registry(controller: Controller) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+    plural = (api.GROUP, api.VERSION, api.NETWORK_PLURAL)
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> Any:
+        return kopf.login_via_client(**kwargs)
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.persistence.finalizer = api.FINALIZER
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+            prefix="cniwarden.io"
+        )
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix="cniwarden.io", key="last-handled-configuration"
+        )
+        settings.posting.level = logging.WARNING
+        settings.watching.server_timeout = 300
+        await controller.start()
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_: Any) -> None:
+        await controller.stop()
+
+    @kopf.on.event(*plural, registry=registry)
+    def network_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        name = body["metadata"]["name"]
+        if event.get("type") == "DELETED":
+            controller.networks.pop(name, None)
+            return
+        controller.networks[name] = dict(body)
+        controller.mark({name})
+
+    @kopf.on.create(*plural, registry=registry)
+    @kopf.on.update(*plural, field="spec", registry=registry)
+    @kopf.on.resume(*plural, registry=registry)
+    def validate(body: kopf.Body, name: str, **_: Any) -> dict[str, Any]:
+        """Validate the spec once per change; the verdict lands in the conditions."""
+        spec_error = controller.check_spec(name, dict(body)).problem
+        if spec_error:
+            # Permanent: the spec must change; the last good files stay on the nodes.
+            kopf.warn(body, reason="InvalidSpec", message=spec_error)
+            raise kopf.PermanentError(spec_error)
+        return {"validatedGeneration": body["metadata"].get("generation")}
+
+    @kopf.on.delete(*plural, registry=registry)
+    def cleanup_nodes(name: str, **_: Any) -> None:
+        """Hold the finalizer until every live node has removed our files."""
+        waiting = controller.nodes_not_clean(name)
+        if waiting:
+            raise kopf.TemporaryError(
+                f"waiting for {len(waiting)} node(s) to remove network {name}: "
+                + ", ".join(waiting[:10]),
+                delay=1,
+            )
+
+    @kopf.on.event("", "v1", "nodes", registry=registry)
+    def node_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        name = body["metadata"]["name"]
+        old = controller.nodes.get(name)
+        if event.get("type") == "DELETED":
+            controller.nodes.pop(name, None)
+            controller.mark()
+            return
+        meta, spec = body.get("metadata") or {}, body.get("spec") or {}
+        slim = {
+            "metadata": {"name": name, "labels": dict(meta.get("labels") or {})},
+            "spec": {"podCIDR": spec.get("podCIDR"), "podCIDRs": list(spec.get("podCIDRs") or [])},
+        }
+        controller.nodes[name] = slim
+        if old != slim:  # heartbeats change nothing we use
+            controller.mark()
+
+    @kopf.on.event(api.GROUP, api.VERSION, api.NODE_STATE_PLURAL, registry=registry)
+    def node_state_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        name = body["metadata"]["name"]
+        if event.get("type") == "DELETED":
+            controller.reports.pop(name, None)
+        else:
+            controller.reports[name] = dict(body.get("status") or {})
+        controller.mark()
+
+    return registry
+
+
+def run(settings: ControllerSettings) -> None:
+    controller = Controller(settings)
+    registry = build_registry(controller)
+    asyncio.run(kopf.operator(registry=registry, clusterwide=True, standalone=True))

@@ -1,0 +1,127 @@
+"""`cniwarden doctor`: the agent's node scan, printed for a person.
+
+Works without the API server (reads the agent's manifest to know which files
+are ours). Exit codes: 0 when the node is fine (warnings allowed), 1 when there
+are errors but the runtime can still start pods (e.g. a foreign file wins over
+ours), 2 when the runtime cannot start pods at all (the node is broken).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from cni_operator.node import manifest as manifest_io
+from cni_operator.node.binaries import VersionProber
+from cni_operator.node.paths import HostPaths
+from cni_operator.node.scan import ERROR, NodeScan, report_dict, scan_node
+from cni_operator.runtime_order import RuntimeView
+
+EXIT_OK, EXIT_PROBLEMS, EXIT_BROKEN = 0, 1, 2
+RUNTIME_SOCKETS = {
+    "containerd": ("run/containerd/containerd.sock",),
+    "crio": ("run/crio/crio.sock", "var/run/crio/crio.sock"),
+}
+
+
+def detect_runtimes(paths: HostPaths, choice: str) -> list[str]:
+    if choice != "auto":
+        return [choice]
+    found = [
+        runtime
+        for runtime, sockets in RUNTIME_SOCKETS.items()
+        if any((paths.root / s).exists() for s in sockets)
+    ]
+    return found or ["containerd", "crio"]
+
+
+def _versions(values: object) -> str:
+    if not isinstance(values, list) or not values:
+        return "VERSION: no answer"
+    return f"CNI {values[0]}..{values[-1]}" if len(values) > 1 else f"CNI {values[0]}"
+
+
+def render_text(scan: NodeScan, runtimes: list[str], out: TextIO) -> None:
+    paths = scan.paths
+    manifest = manifest_io.load(paths)
+    w = out.write
+    w(f"cniwarden doctor: {paths.conf_dir}  (bin dir {paths.bin_dir})\n\n")
+    views: dict[str, RuntimeView] = {
+        "containerd": scan.analysis.containerd,
+        "crio": scan.analysis.crio,
+    }
+    for runtime, view in views.items():
+        marker = "" if runtime in runtimes else "  (not this node's runtime)"
+        label = "CRI-O" if runtime == "crio" else runtime
+        used = view.file or "nothing"
+        if view.network:
+            used += f" (network {view.network})"
+        ok = "ok" if view.healthy else "BROKEN"
+        w(f"{label:<11} uses {used}: {ok}, {view.message}{marker}\n")
+    w("\nOur files:\n")
+    if not manifest.networks:
+        w("  none (no cniwarden agent has written here)\n")
+    for network, managed in sorted(manifest.networks.items()):
+        w(f"  {managed.file}  network {network}, generation {managed.generation}\n")
+    w("\nForeign files:\n")
+    if not scan.analysis.foreign:
+        w("  none\n")
+    for verdict in scan.analysis.foreign:
+        tags = ", ".join(str(v) for v in verdict.verdicts) or "in use"
+        w(f"  {verdict.file}  [{tags}] {verdict.detail}\n")
+    w("\nBinaries named by configs (and ours):\n")
+    if not scan.binaries:
+        w("  none\n")
+    for binary in scan.binaries:
+        if not binary.get("present"):
+            w(f"  {binary['name']}  MISSING\n")
+            continue
+        owner = "ours" if binary.get("owned") else "not ours"
+        w(
+            f"  {binary['name']}  sha256 {str(binary['sha256'])[:16]}...  "
+            f"{_versions(binary.get('versions'))}  ({owner})\n"
+        )
+    if scan.attachments.by_network:
+        w("\nLive attachments:\n")
+        for network, items in sorted(scan.attachments.by_network.items()):
+            w(f"  {network}: {len(items)}\n")
+    if scan.quarantined:
+        w("\nQuarantined by cniwarden (restored when the network is deleted):\n")
+        for entry in scan.quarantined:
+            w(f"  {entry.original} -> {entry.stored}  ({entry.time}, network {entry.network})\n")
+    w(f"\nProblems ({len(scan.problems)}):\n")
+    if not scan.problems:
+        w("  none\n")
+    for problem in scan.problems:
+        w(f"  {problem.severity.upper():<7} {problem.code}: {problem.message}\n")
+        w(f"          fix: {problem.fix}\n")
+
+
+def verdict(scan: NodeScan, runtimes: list[str]) -> int:
+    views = {"containerd": scan.analysis.containerd, "crio": scan.analysis.crio}
+    if any(not views[r].healthy for r in runtimes):
+        return EXIT_BROKEN
+    if any(p.severity == ERROR for p in scan.problems):
+        return EXIT_PROBLEMS
+    return EXIT_OK
+
+
+def main(host_root: Path, *, as_json: bool = False, runtime: str = "auto") -> int:
+    paths = HostPaths(host_root)
+    manifest = manifest_io.load(paths)
+    scan = scan_node(paths, manifest, VersionProber())
+    runtimes = detect_runtimes(paths, runtime)
+    code = verdict(scan, runtimes)
+    if as_json:
+        report = report_dict(scan, manifest)
+        report["runtimesJudged"] = runtimes
+        report["exitCode"] = code
+        json.dump(report, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        render_text(scan, runtimes, sys.stdout)
+        summary = {EXIT_OK: "OK", EXIT_PROBLEMS: "PROBLEMS", EXIT_BROKEN: "BROKEN"}[code]
+        sys.stdout.write(f"\nVerdict: {summary} (judged by {', '.join(runtimes)})\n")
+    return code

@@ -1,0 +1,157 @@
+"""A thin, synchronous wrapper over the official client for the few writes we do
+outside kopf's handlers: our CRs' status, and Events. Call it from a thread
+(`asyncio.to_thread`), never from the event loop directly."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+from cni_operator import api
+from cni_operator.kube_time import now_iso
+
+
+class Kube:
+    def __init__(self, kubeconfig: str | None = None) -> None:
+        if kubeconfig:
+            kubernetes.config.load_kube_config(config_file=kubeconfig)
+        else:
+            try:
+                kubernetes.config.load_incluster_config()
+            except kubernetes.config.ConfigException:
+                kubernetes.config.load_kube_config()
+        self.client = kubernetes.client.ApiClient()
+        self.custom = kubernetes.client.CustomObjectsApi(self.client)
+        self.core = kubernetes.client.CoreV1Api(self.client)
+
+    # --- CNINetwork -------------------------------------------------------------
+    def patch_network_status(self, name: str, status: dict[str, Any]) -> None:
+        try:
+            self.custom.patch_cluster_custom_object_status(
+                api.GROUP, api.VERSION, api.NETWORK_PLURAL, name, {"status": status}
+            )
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+    def list_networks(self) -> list[dict[str, Any]]:
+        listing: dict[str, Any] = self.custom.list_cluster_custom_object(  # type: ignore[assignment]
+            api.GROUP, api.VERSION, api.NETWORK_PLURAL
+        )
+        return list(listing.get("items", []))
+
+    # --- CNINodeState -----------------------------------------------------------
+    def get_node_state(self, name: str) -> dict[str, Any] | None:
+        try:
+            result: dict[str, Any] = self.custom.get_cluster_custom_object(  # type: ignore[assignment]
+                api.GROUP, api.VERSION, api.NODE_STATE_PLURAL, name
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return result
+
+    def ensure_node_state(self, node: dict[str, Any] | None, name: str) -> None:
+        if self.get_node_state(name) is not None:
+            return
+        body: dict[str, Any] = {
+            "apiVersion": api.API_VERSION,
+            "kind": api.NODE_STATE_KIND,
+            "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "cniwarden"}},
+            "spec": {"nodeName": name},
+        }
+        if node is not None:
+            # Garbage-collected with its Node, so a node that is gone leaves no report.
+            body["metadata"]["ownerReferences"] = [
+                {
+                    "apiVersion": "v1",
+                    "kind": "Node",
+                    "name": name,
+                    "uid": node["metadata"]["uid"],
+                }
+            ]
+        try:
+            self.custom.create_cluster_custom_object(
+                api.GROUP, api.VERSION, api.NODE_STATE_PLURAL, body
+            )
+        except ApiException as error:
+            if error.status != 409:
+                raise
+
+    def patch_node_state_status(self, name: str, status: dict[str, Any]) -> None:
+        self.custom.patch_cluster_custom_object_status(
+            api.GROUP, api.VERSION, api.NODE_STATE_PLURAL, name, {"status": status}
+        )
+
+    # --- Nodes and Events -------------------------------------------------------
+    def get_node(self, name: str) -> dict[str, Any] | None:
+        try:
+            node = self.core.read_node(name)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        result: dict[str, Any] = self.client.sanitize_for_serialization(node)
+        return result
+
+    def watch_node(
+        self,
+        name: str,
+        on_change: Callable[[dict[str, Any] | None], None],
+        stop: threading.Event,
+    ) -> None:
+        """Stream one Node (field selector) until `stop` is set or the watch ends."""
+        watch = kubernetes.watch.Watch()
+        try:
+            for event in watch.stream(
+                self.core.list_node, field_selector=f"metadata.name={name}", timeout_seconds=60
+            ):
+                if event["type"] == "DELETED":
+                    on_change(None)
+                else:
+                    on_change(self.client.sanitize_for_serialization(event["object"]))
+                if stop.is_set():
+                    break
+        finally:
+            watch.stop()
+
+    def post_event(
+        self, obj: dict[str, Any], kind: str, reason: str, message: str, component: str
+    ) -> None:
+        """An Event about a cluster-scoped object (stored in `default`, as kubectl expects)."""
+        meta = obj.get("metadata", {})
+        stamp = now_iso()
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "generateName": f"{meta.get('name', 'cniwarden')}.",
+                "namespace": "default",
+            },
+            "involvedObject": {
+                "apiVersion": obj.get("apiVersion", api.API_VERSION),
+                "kind": obj.get("kind", api.NETWORK_KIND),
+                "name": meta.get("name"),
+                "uid": meta.get("uid"),
+            },
+            "type": kind,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": component, "host": socket.gethostname()},
+            "reportingComponent": component,
+            "reportingInstance": f"{component}-{os.getpid()}",
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        # Events are best effort: the condition and the node report carry the truth.
+        with contextlib.suppress(ApiException):
+            self.core.create_namespaced_event("default", body)  # type: ignore[arg-type]
