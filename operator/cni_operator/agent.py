@@ -170,6 +170,8 @@ def build_registry(agent: Agent) -> kopf.OperatorRegistry:
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        # kopf logs every handled watch event at INFO; keep the log for what matters.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
         settings.posting.enabled = False  # our Events say what happened; kopf's would be noise
         settings.watching.server_timeout = 300
         settings.networking.request_timeout = 30

@@ -200,6 +200,8 @@ def build_registry(controller: Controller) -> kopf.OperatorRegistry:
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        # kopf logs every handled watch event at INFO; keep the log for what matters.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
         settings.persistence.finalizer = api.FINALIZER
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
             prefix="cniwarden.io"
@@ -224,19 +226,18 @@ def build_registry(controller: Controller) -> kopf.OperatorRegistry:
         controller.networks[name] = dict(body)
         controller.mark({name})
 
-    @kopf.on.create(*plural, registry=registry)
-    @kopf.on.update(*plural, field="spec", registry=registry)
-    @kopf.on.resume(*plural, registry=registry)
-    def validate(body: kopf.Body, name: str, **_: Any) -> dict[str, Any]:
+    @kopf.on.create(*plural, id="validate", registry=registry)
+    @kopf.on.update(*plural, id="validate", field="spec", registry=registry)
+    @kopf.on.resume(*plural, id="validate", registry=registry)
+    def validate(body: kopf.Body, name: str, **_: Any) -> None:
         """Validate the spec once per change; the verdict lands in the conditions."""
         spec_error = controller.check_spec(name, dict(body)).problem
         if spec_error:
             # Permanent: the spec must change; the last good files stay on the nodes.
             kopf.warn(body, reason="InvalidSpec", message=spec_error)
             raise kopf.PermanentError(spec_error)
-        return {"validatedGeneration": body["metadata"].get("generation")}
 
-    @kopf.on.delete(*plural, registry=registry)
+    @kopf.on.delete(*plural, id="cleanup-nodes", registry=registry)
     def cleanup_nodes(name: str, **_: Any) -> None:
         """Hold the finalizer until every live node has removed our files."""
         waiting = controller.nodes_not_clean(name)

@@ -170,7 +170,7 @@ class Reconciler:
             entry["desiredGeneration"] = _generation(body)
         if managed is not None:
             entry["appliedGeneration"] = managed.generation
-            entry["file"] = str(self.paths.conf_dir / managed.file)
+            entry["file"] = self.paths.host_view(self.paths.conf_dir / managed.file)
         entry.update(extra)
         return entry
 

@@ -49,6 +49,13 @@ class HostPaths:
     def journal(self) -> Path:
         return self.quarantine_dir / "journal.jsonl"
 
+    def host_view(self, path: Path | str) -> str:
+        """How the node itself names `path` (without the host root prefix)."""
+        try:
+            return "/" + str(Path(path).relative_to(self.root))
+        except ValueError:
+            return str(path)
+
     def ensure(self) -> None:
         for directory in (self.conf_dir, self.bin_dir, self.state_dir, self.quarantine_dir):
             directory.mkdir(parents=True, exist_ok=True)

@@ -241,6 +241,12 @@ def report_dict(scan: NodeScan, manifest: Manifest) -> dict[str, Any]:
             "message": v.message,
         }
 
+    problems = []
+    for problem in scan.problems:
+        item = problem.to_dict()
+        if "path" in item:
+            item["path"] = scan.paths.host_view(item["path"])
+        problems.append(item)
     return {
         "runtimes": {
             "containerd": view(scan.analysis.containerd),
@@ -248,7 +254,7 @@ def report_dict(scan: NodeScan, manifest: Manifest) -> dict[str, Any]:
         },
         "managedFiles": [
             {
-                "path": str(scan.paths.conf_dir / m.file),
+                "path": scan.paths.host_view(scan.paths.conf_dir / m.file),
                 "network": network,
                 "generation": m.generation,
                 "sha256": m.sha256,
@@ -257,14 +263,16 @@ def report_dict(scan: NodeScan, manifest: Manifest) -> dict[str, Any]:
         ],
         "foreignFiles": [
             {
-                "path": str(scan.paths.conf_dir / v.file),
+                "path": scan.paths.host_view(scan.paths.conf_dir / v.file),
                 "verdicts": [str(x) for x in v.verdicts],
                 "nodeKiller": v.node_killer,
                 "detail": v.detail,
             }
             for v in scan.analysis.foreign
         ],
-        "shadowingFiles": [str(scan.paths.conf_dir / f) for f in scan.analysis.shadowing_files],
+        "shadowingFiles": [
+            scan.paths.host_view(scan.paths.conf_dir / f) for f in scan.analysis.shadowing_files
+        ],
         "binaries": scan.binaries,
         "attachments": [
             {
@@ -284,5 +292,5 @@ def report_dict(scan: NodeScan, manifest: Manifest) -> dict[str, Any]:
             }
             for e in scan.quarantined
         ],
-        "problems": [p.to_dict() for p in scan.problems],
+        "problems": problems,
     }

@@ -178,7 +178,7 @@ def test_quarantine_moves_winner_aside_and_restores_exactly(
     payload = b'{"cniVersion":"1.0.0","name":"podman","plugins":[{"type":"bridge"}]}\n'
     planted.write_bytes(payload)
     report = reconciler.reconcile({"podnet": network()}, NODE)
-    assert report.status["shadowingFiles"] == [str(planted)]
+    assert report.status["shadowingFiles"] == ["/etc/cni/net.d/00-podman.conflist"]
     assert planted.exists()
 
     quarantined = reconciler.reconcile(
