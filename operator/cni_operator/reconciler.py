@@ -143,7 +143,7 @@ class Reconciler:
         self._cleanup_binaries(desired, manifest)
         manifest_io.save(self.paths, manifest)
 
-        scan = scan_node(self.paths, manifest, self.prober)
+        scan = scan_node(self.paths, manifest, self.prober, node_view=True)
         status = report_dict(scan, manifest)
         status["problems"] = [p.to_dict() for p in problems] + status["problems"]
         status["networks"] = [entries[name] for name in sorted(entries)]

@@ -69,7 +69,9 @@ def parse_config(name: str, data: bytes | None) -> ParsedConfig:
     try:
         raw = json.loads(data)
     except json.JSONDecodeError as error:
-        truncated = error.pos >= len(data.decode("utf-8", "replace").rstrip())
+        truncated = error.msg.startswith("Unterminated string") or error.pos >= len(
+            data.decode("utf-8", "replace").rstrip()
+        )
         detail = "unexpected end of JSON input (truncated?)" if truncated else str(error)
         return ParsedConfig(name, error=f"invalid JSON: {detail}")
     except UnicodeDecodeError as error:

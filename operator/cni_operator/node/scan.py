@@ -87,7 +87,11 @@ def read_config_dir(conf_dir: Path) -> dict[str, bytes | None]:
     return files
 
 
-def scan_node(paths: HostPaths, manifest: Manifest, prober: VersionProber) -> NodeScan:
+def scan_node(
+    paths: HostPaths, manifest: Manifest, prober: VersionProber, *, node_view: bool = False
+) -> NodeScan:
+    """Scan the node. `node_view`: name paths as the node does (for the API report)
+    rather than as this process sees them (for the doctor's copy-paste fixes)."""
     files = read_config_dir(paths.conf_dir)
     wanted_types: set[str] = set()
     for name, data in files.items():
@@ -104,16 +108,28 @@ def scan_node(paths: HostPaths, manifest: Manifest, prober: VersionProber) -> No
         attachments=scan_attachments(paths),
         quarantined=Quarantine(paths).entries(),
     )
-    scan.problems = find_problems(scan, manifest)
+    scan.problems = find_problems(scan, manifest, node_view=node_view)
     return scan
 
 
-def find_problems(scan: NodeScan, manifest: Manifest) -> list[Problem]:
+class _Shown:
+    """A path as it is printed: with or without the host root prefix."""
+
+    def __init__(self, paths: HostPaths, node_view: bool) -> None:
+        self.paths, self.node_view = paths, node_view
+
+    def __call__(self, path: Path | str) -> str:
+        return self.paths.host_view(path) if self.node_view else str(path)
+
+
+def find_problems(scan: NodeScan, manifest: Manifest, *, node_view: bool = False) -> list[Problem]:
     paths = scan.paths
+    show = _Shown(paths, node_view)
     problems: list[Problem] = []
-    conf = paths.conf_dir
+    conf = show(paths.conf_dir)
+    bin_dir = show(paths.bin_dir)
     for network, managed in sorted(manifest.networks.items()):
-        path = conf / managed.file
+        path = show(paths.conf_dir / managed.file)
         data = scan.files.get(managed.file)
         if managed.file not in scan.files:
             problems.append(
@@ -137,7 +153,7 @@ def find_problems(scan: NodeScan, manifest: Manifest) -> list[Problem]:
             )
     containerd_file = scan.analysis.containerd.file
     for verdict in scan.analysis.foreign:
-        path = conf / verdict.file
+        path = show(paths.conf_dir / verdict.file)
         if Verdict.INVALID in verdict.verdicts:
             problems.append(
                 Problem(
@@ -168,7 +184,7 @@ def find_problems(scan: NodeScan, manifest: Manifest) -> list[Problem]:
                 continue
             in_use = verdict.file == containerd_file
             fix = (
-                f"Install the plugin binary into {paths.bin_dir}, or remove {path}."
+                f"Install the plugin binary into {bin_dir}, or remove {path}."
                 if kind is Verdict.MISSING_BINARY
                 else f"Set cniVersion in {path} to a version the plugin lists, or upgrade it."
             )
@@ -199,14 +215,15 @@ def find_problems(scan: NodeScan, manifest: Manifest) -> list[Problem]:
                     "OurConfigUnusable",
                     ERROR,
                     f"{view.runtime}: {view.message}",
-                    f"Check the binaries in {paths.bin_dir} (`cniwarden doctor` lists their "
+                    f"Check the binaries in {bin_dir} (`cniwarden doctor` lists their "
                     "versions) and the CNINetwork's conditions.",
-                    str(conf / view.file),
+                    show(paths.conf_dir / view.file),
                 )
             )
     for name, owned in sorted(manifest.binaries.items()):
-        path = paths.bin_dir / name
-        if path.is_file() and sha256_file(path) != owned.sha256:
+        local = paths.bin_dir / name
+        path = show(local)
+        if local.is_file() and sha256_file(local) != owned.sha256:
             problems.append(
                 Problem(
                     "OwnedBinaryModified",
@@ -216,7 +233,7 @@ def find_problems(scan: NodeScan, manifest: Manifest) -> list[Problem]:
                     str(path),
                 )
             )
-    for cache in scan.attachments.empty_cache_files:
+    for cache in map(show, scan.attachments.empty_cache_files):
         problems.append(
             Problem(
                 "EmptyResultCache",

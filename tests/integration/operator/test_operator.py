@@ -1,0 +1,399 @@
+"""The operator against the real local API server: a controller and three agents,
+each agent on its own tmp host root, driven with `kubectl apply`."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cni_operator.node.atomic import sha256_file
+
+from .conftest import Fleet
+
+pytestmark = [
+    pytest.mark.cluster("fake-nodes"),
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not Path("/usr/lib/cni/host-local").exists(), reason="containernetworking-plugins missing"
+    ),
+]
+REFERENCE = Path("/usr/lib/cni")
+
+
+def declared(*names: str) -> list[dict[str, Any]]:
+    return [
+        {"name": n, "sha256": sha256_file(REFERENCE / n), "source": {"file": str(REFERENCE / n)}}
+        for n in names
+    ]
+
+
+def bridge_spec(
+    priority: int = 10, subnet: str = "usePodCIDR", bridge: str = "cw0"
+) -> dict[str, Any]:
+    return {
+        "priority": priority,
+        "cniVersion": "1.0.0",
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": bridge,
+                "mtu": 1500,
+                "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]]},
+            }
+        ],
+        "binaries": declared("bridge", "host-local"),
+    }
+
+
+def host_local_add(fleet: Fleet, node: str, network: str, container: str) -> dict[str, Any]:
+    """A real IPAM allocation by the reference host-local, in the node's lease store:
+    this is what a runtime leaves behind for an attached sandbox."""
+    conf = json.loads((fleet.conf_dir(node) / f"10-{network}.conflist").read_bytes())
+    ipam = dict(conf["plugins"][0]["ipam"], dataDir=str(fleet.roots[node] / "var/lib/cni/networks"))
+    stdin = {"cniVersion": conf["cniVersion"], "name": conf["name"], "ipam": ipam}
+    env = {
+        "CNI_COMMAND": "ADD",
+        "CNI_CONTAINERID": container,
+        "CNI_NETNS": "/var/run/netns/unused",
+        "CNI_IFNAME": "eth0",
+        "CNI_PATH": str(REFERENCE),
+        "PATH": os.environ["PATH"],
+    }
+    out = subprocess.run(
+        [str(REFERENCE / "host-local")],
+        input=json.dumps(stdin).encode(),
+        env=env,
+        capture_output=True,
+        check=True,
+    )
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+def test_apply_writes_ordered_files_on_every_selected_node(fleet: Fleet) -> None:
+    first, second = fleet.name("order-a"), fleet.name("order-b")
+    a, b, c = fleet.nodes
+    fleet.cluster.kubectl("label", "node", a, b, "cniwarden.io/pool=blue", "--overwrite")
+    try:
+        fleet.apply(second, bridge_spec(priority=20, bridge="cw2"))
+        spec = bridge_spec(priority=5, bridge="cw1")
+        spec["nodeSelector"] = {"cniwarden.io/pool": "blue"}
+        fleet.apply(first, spec)
+        fleet.wait(lambda: fleet.ready(first) and fleet.ready(second), "both networks Ready")
+        for node in (a, b):
+            assert fleet.conf_files(node) == [f"05-{first}.conflist", f"20-{second}.conflist"]
+            state = fleet.node_state(node)
+            assert state["runtimes"]["containerd"]["file"] == f"05-{first}.conflist"
+            assert state["runtimes"]["crio"]["file"] == f"05-{first}.conflist"
+            managed = {m["network"]: m for m in state["managedFiles"]}
+            assert managed[first]["sha256"] == sha256_file(
+                fleet.conf_dir(node) / f"05-{first}.conflist"
+            )
+            versions = {x["name"]: x["versions"] for x in state["binaries"]}
+            assert "1.0.0" in versions["bridge"]
+        assert fleet.conf_files(c) == [f"20-{second}.conflist"]
+        # usePodCIDR became each node's own range.
+        node_cidr = fleet.cluster.kubectl("get", "node", c, "-o", "jsonpath={.spec.podCIDR}").stdout
+        conf = json.loads((fleet.conf_dir(c) / f"20-{second}.conflist").read_bytes())
+        assert conf["plugins"][0]["ipam"]["ranges"] == [[{"subnet": node_cidr}]]
+        status = fleet.network(first)["status"]
+        assert (status["nodesSelected"], status["nodesReady"]) == (2, 2)
+        assert fleet.network(second)["status"]["nodesReady"] == 3
+    finally:
+        fleet.delete(first)
+        fleet.delete(second)
+        fleet.cluster.kubectl("label", "node", a, b, "cniwarden.io/pool-", check=False)
+    for node in fleet.nodes:
+        assert fleet.conf_files(node) == []
+
+
+def test_foreign_file_is_reported_then_quarantined_and_restored(fleet: Fleet) -> None:
+    name = fleet.name("shadow")
+    node = fleet.nodes[1]
+    planted = fleet.conf_dir(node) / "00-podman.conflist"
+    payload = (
+        b'{"cniVersion":"1.0.0","name":"podman","plugins":[{"type":"bridge","bridge":"podman0"}]}\n'
+    )
+    fleet.apply(name, bridge_spec())
+    fleet.wait(lambda: fleet.ready(name), "Ready")
+    try:
+        start = time.monotonic()
+        planted.write_bytes(payload)
+        shadowed = fleet.wait(
+            lambda: (
+                fleet.condition(name, "Shadowed").get("status") == "True"
+                and fleet.condition(name, "Shadowed")
+            ),
+            "Shadowed=True",
+            timeout=10,
+        )
+        elapsed = time.monotonic() - start
+        assert elapsed < 5, f"Shadowed took {elapsed:.1f}s"
+        assert f"{node}: /etc/cni/net.d/00-podman.conflist" in shadowed["message"]
+        state = fleet.node_state(node)
+        assert state["runtimes"]["containerd"]["file"] == "00-podman.conflist"
+        (foreign,) = state["foreignFiles"]
+        assert foreign["verdicts"] == ["WinsOverOurs"]
+        assert planted.exists()  # Report only reports
+
+        spec = bridge_spec()
+        spec["shadowPolicy"] = "Quarantine"
+        fleet.apply(name, spec)
+        fleet.wait(lambda: not planted.exists(), "quarantine moved the file", timeout=10)
+        fleet.wait(
+            lambda: fleet.condition(name, "Shadowed").get("status") == "False", "Shadowed=False"
+        )
+        (moved,) = fleet.node_state(node)["quarantined"]
+        assert moved["original"] == "/etc/cni/net.d/00-podman.conflist"
+        stored = fleet.roots[node] / moved["stored"].lstrip("/")
+        assert stored.read_bytes() == payload
+
+        # A new foreign file appearing later is caught within seconds too.
+        second = fleet.conf_dir(node) / "01-late.conf"
+        second.write_text('{"cniVersion":"1.0.0","name":"late","type":"bridge"}')
+        fleet.wait(lambda: not second.exists(), "late file quarantined", timeout=5)
+    finally:
+        fleet.delete(name)
+    assert planted.read_bytes() == payload
+    assert (fleet.conf_dir(node) / "01-late.conf").exists()
+    assert fleet.conf_files(node) == ["00-podman.conflist", "01-late.conf"]
+    planted.unlink()
+    (fleet.conf_dir(node) / "01-late.conf").unlink()
+
+
+def test_truncated_json_is_a_node_killer_for_containerd(fleet: Fleet) -> None:
+    name = fleet.name("trunc")
+    node = fleet.nodes[2]
+    fleet.apply(name, bridge_spec())
+    fleet.wait(lambda: fleet.ready(name), "Ready")
+    truncated = fleet.conf_dir(node) / "00-broken.conflist"
+    try:
+        truncated.write_bytes(b'{"cniVersion":"1.0.0","name":"broken","plugins":[{"type":"bri')
+
+        def killer_reported() -> dict[str, Any] | None:
+            state = fleet.node_state(node)
+            files = {f["path"]: f for f in state.get("foreignFiles") or []}
+            entry = files.get("/etc/cni/net.d/00-broken.conflist")
+            return state if entry and entry["nodeKiller"] else None
+
+        state = fleet.wait(killer_reported, "node-killer reported", timeout=10)
+        assert state["healthy"] is False
+        assert state["runtimes"]["containerd"]["healthy"] is False
+        assert "NotReady" in state["runtimes"]["containerd"]["message"]
+        assert state["runtimes"]["crio"]["file"] == f"10-{name}.conflist"  # CRI-O skips it
+        problem = next(p for p in state["problems"] if p["code"] == "InvalidConfig")
+        assert (
+            problem["severity"] == "error" and "unexpected end of JSON input" in problem["message"]
+        )
+        assert "json.tool" in problem["fix"]
+        cond = fleet.wait(
+            lambda: fleet.condition(name, "Shadowed").get("status") == "True", "Shadowed"
+        )
+        assert cond
+    finally:
+        truncated.unlink(missing_ok=True)
+        fleet.delete(name)
+
+
+def test_unsafe_switch_is_held_per_node_until_acknowledged(fleet: Fleet) -> None:
+    name = fleet.name("gate")
+    attached, free = fleet.nodes[0], fleet.nodes[1]
+    fleet.apply(name, bridge_spec(subnet="10.77.0.0/24"))
+    fleet.wait(lambda: fleet.ready(name), "Ready")
+    try:
+        lease = host_local_add(fleet, attached, name, "sandbox-1")
+        assert lease["ips"][0]["address"].startswith("10.77.0.")
+        fleet.wait(
+            lambda: any(
+                a["network"] == name and a["count"] == 1
+                for a in fleet.node_state(attached).get("attachments") or []
+            ),
+            "attachment reported",
+        )
+        path = fleet.conf_dir(attached) / f"10-{name}.conflist"
+        before = path.read_bytes()
+
+        fleet.apply(name, bridge_spec(subnet="10.78.0.0/24"))
+        generation = fleet.network(name)["metadata"]["generation"]
+        blocked = fleet.wait(
+            lambda: (
+                fleet.condition(name, "SwitchBlocked").get("status") == "True"
+                and fleet.condition(name, "SwitchBlocked")
+            ),
+            "SwitchBlocked=True",
+        )
+        assert "plugins[0].ipam.ranges" in blocked["message"]
+        assert f"{attached} (1 attachment(s))" in blocked["message"]
+        # The other nodes have no attachment: the change rolls out there.
+        fleet.wait(
+            lambda: b"10.78.0.0/24" in (fleet.conf_dir(free) / f"10-{name}.conflist").read_bytes(),
+            "free node updated",
+        )
+        time.sleep(1)
+        assert path.read_bytes() == before
+        assert fleet.network(name)["status"]["blockedNodes"] == [attached]
+        assert fleet.condition(name, "Ready")["status"] == "False"
+
+        # An acknowledgement of another generation does nothing; this one lets it through.
+        fleet.cluster.kubectl(
+            "annotate",
+            "cninetwork",
+            name,
+            f"cniwarden.io/proceed-generation={generation - 1}",
+            f"cniwarden.io/proceed-nodes={attached}",
+            "--overwrite",
+        )
+        time.sleep(1.5)
+        assert path.read_bytes() == before
+        fleet.cluster.kubectl(
+            "annotate",
+            "cninetwork",
+            name,
+            f"cniwarden.io/proceed-generation={generation}",
+            "--overwrite",
+        )
+        fleet.wait(lambda: b"10.78.0.0/24" in path.read_bytes(), "acknowledged node updated")
+        fleet.wait(lambda: fleet.ready(name), "Ready after acknowledgement")
+        assert fleet.condition(name, "SwitchBlocked")["status"] == "False"
+    finally:
+        fleet.delete(name)
+    assert fleet.conf_files(attached) == []
+
+
+def test_safe_change_rolls_out_while_attached(fleet: Fleet) -> None:
+    name = fleet.name("safe")
+    node = fleet.nodes[0]
+    spec = bridge_spec(subnet="10.79.0.0/24")
+    fleet.apply(name, spec)
+    fleet.wait(lambda: fleet.ready(name), "Ready")
+    try:
+        host_local_add(fleet, node, name, "sandbox-2")
+        fleet.wait(
+            lambda: any(
+                a["network"] == name for a in fleet.node_state(node).get("attachments") or []
+            ),
+            "attached",
+        )
+        safe = copy.deepcopy(spec)
+        safe["plugins"][0]["mtu"] = 1400
+        safe["plugins"][0]["hairpinMode"] = True
+        safe["plugins"].append({"type": "loopback"})
+        safe["binaries"] = declared("bridge", "host-local", "loopback")
+        fleet.apply(name, safe)
+        fleet.wait(lambda: fleet.ready(name), "Ready with the safe change")
+        conf = json.loads((fleet.conf_dir(node) / f"10-{name}.conflist").read_bytes())
+        assert conf["plugins"][0]["mtu"] == 1400 and conf["plugins"][1]["type"] == "loopback"
+    finally:
+        fleet.delete(name)
+
+
+def test_invalid_config_keeps_last_good_file(fleet: Fleet) -> None:
+    name = fleet.name("invalid")
+    node = fleet.nodes[1]
+    fleet.apply(name, bridge_spec())
+    fleet.wait(lambda: fleet.ready(name), "Ready")
+    path = fleet.conf_dir(node) / f"10-{name}.conflist"
+    good = path.read_bytes()
+    try:
+        bad = bridge_spec()
+        bad["cniVersion"] = "1.1.0"  # Debian's reference plugins stop at 1.0.0
+        fleet.apply(name, bad)
+        degraded = fleet.wait(
+            lambda: (
+                fleet.condition(name, "Degraded").get("status") == "True"
+                and fleet.condition(name, "Degraded")
+            ),
+            "Degraded",
+        )
+        assert "config asks for 1.1.0" in degraded["message"]
+        assert path.read_bytes() == good
+        # The API server itself refuses what the schema can decide.
+        refused = fleet.cluster.kubectl(
+            "apply",
+            "-f",
+            "-",
+            check=False,
+            input=json.dumps(
+                {
+                    "apiVersion": "cniwarden.io/v1alpha1",
+                    "kind": "CNINetwork",
+                    "metadata": {"name": name},
+                    "spec": {
+                        **bridge_spec(),
+                        "plugins": [
+                            {
+                                "type": "bridge",
+                                "ipam": {
+                                    "type": "host-local",
+                                    "ranges": [[{"subnet": "usePodCIDR", "gateway": "10.0.0.1"}]],
+                                },
+                            }
+                        ],
+                    },
+                }
+            ),
+        )
+        assert refused.returncode != 0 and "usePodCIDR must be alone" in refused.stderr
+    finally:
+        fleet.delete(name)
+
+
+def test_restarts_converge_without_duplicates(fleet: Fleet) -> None:
+    name = fleet.name("restart")
+    node = fleet.nodes[2]
+    fleet.apply(name, bridge_spec(priority=30))
+    fleet.wait(lambda: fleet.ready(name), "Ready")
+    try:
+        fleet.stop_agent(node)
+        fleet.stop_operator()
+        fleet.apply(name, bridge_spec(priority=31))  # renames the file on every node
+        time.sleep(1)
+        assert fleet.conf_files(node) == [f"30-{name}.conflist"]
+        fleet.start_operator()
+        fleet.start_agent(node)
+        fleet.wait(lambda: fleet.ready(name), "Ready after restarts", timeout=40)
+        for each in fleet.nodes:
+            assert fleet.conf_files(each) == [f"31-{name}.conflist"]
+        # A second restart changes nothing.
+        fleet.stop_agent(node)
+        fleet.start_agent(node)
+        time.sleep(4)
+        assert fleet.conf_files(node) == [f"31-{name}.conflist"]
+        assert fleet.ready(name)
+    finally:
+        fleet.delete(name)
+
+
+def test_delete_completes_when_a_node_is_gone(fleet: Fleet) -> None:
+    name = fleet.name("ghost")
+    ghost = fleet.name("ghost-node")
+    node_body = {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": ghost, "labels": fleet.label},
+        "spec": {"podCIDR": "10.250.9.0/24", "podCIDRs": ["10.250.9.0/24"]},
+    }
+    fleet.cluster.kubectl("apply", "-f", "-", input=json.dumps(node_body))
+    fleet.roots[ghost] = fleet.workdir / ghost
+    fleet.start_agent(ghost)
+    try:
+        fleet.apply(name, bridge_spec())
+        fleet.wait(lambda: fleet.ready(name), "Ready on 4 nodes", timeout=30)
+        assert fleet.network(name)["status"]["nodesSelected"] == 4
+        fleet.stop_agent(ghost)
+        fleet.cluster.kubectl("delete", "node", ghost)
+        fleet.delete(name, timeout=30)
+        for node in fleet.nodes:
+            assert fleet.conf_files(node) == []
+            assert "bridge" not in os.listdir(fleet.roots[node] / "opt/cni/bin")
+    finally:
+        fleet.stop_agent(ghost)
+        fleet.roots.pop(ghost, None)
+        fleet.cluster.kubectl("delete", "node", ghost, "--ignore-not-found", check=False)
+        fleet.cluster.kubectl("delete", "cninodestate", ghost, "--ignore-not-found", check=False)
