@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(CURDIR)/.tools/bin:$(PATH)
 
-.PHONY: setup debs venv tools test lint typecheck unit integration e2e bench plugins \
+.PHONY: setup debs venv tools test lint typecheck unit integration e2e bench plugins bench-fastpath \
         cluster-up cluster-down demo clean
 
 setup: debs venv tools
@@ -48,6 +48,12 @@ build/shim/cniwarden-shim: shim/cniwarden-shim.c shim/versions.h
 $(CNI_BIN)/cniwarden-%: build/shim/cniwarden-shim
 	@mkdir -p $(@D)
 	cp $< $@.tmp && mv $@.tmp $@
+
+# Reference vs standalone vs shim+server, side by side (root; see bench/fastpath.py).
+bench-fastpath: setup plugins
+	$(BIN)/python bench/fastpath.py $(BENCH_ARGS)
+
+bench: bench-fastpath
 
 # The whole suite, as CI runs it.
 test: setup lint typecheck plugins
