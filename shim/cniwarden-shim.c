@@ -59,7 +59,7 @@ static void die_oom(void)
 {
 	static const char msg[] = "cniwarden-shim: out of memory\n";
 	(void)!write(STDERR_FILENO, msg, sizeof(msg) - 1);
-	_exit(CNI_ERR_IO);
+	_exit(1);
 }
 
 static void buf_reserve(struct buf *b, size_t extra)
@@ -152,16 +152,20 @@ static void log_msg(const char *plugin, const char *fmt, const char *a, const ch
 	(void)write_all(STDERR_FILENO, line, len);
 }
 
-/* ---- the network config's cniVersion, for error replies --------------------------- */
+/* ---- reading two fields of a JSON object without a JSON library -------------------- */
 
-/* Finds the top-level "cniVersion" string of a JSON object without a JSON library. It
- * only has to be right for well-formed configs; anything odd yields NULL. */
-static const char *config_version(const struct buf *in, char *out, size_t out_size)
+/* Finds the value of a top-level key of a JSON object: a string's contents (escapes not
+ * supported) or a bare token such as a number. Only needs to be right for well-formed
+ * input; anything odd yields NULL. */
+static int is_space(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; }
+
+static int is_token(char c) { return (c >= '0' && c <= '9') || (c && strchr("-+.eE", c)); }
+
+static const char *top_level(const char *p, size_t len, const char *want, size_t *out_len)
 {
-	const char *p = in->data, *end = in->data + in->len;
+	const char *end = p + len, *key = NULL;
+	size_t key_len = 0, want_len = strlen(want);
 	int depth = 0;
-	const char *key = NULL;
-	size_t key_len = 0;
 	for (; p < end; p++) {
 		char c = *p;
 		if (c == '"') {
@@ -174,19 +178,28 @@ static const char *config_version(const struct buf *in, char *out, size_t out_si
 			if (p >= end)
 				return NULL;
 			const char *q = p + 1;
-			while (q < end && (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r'))
+			while (q < end && is_space(*q))
 				q++;
 			if (depth == 1 && q < end && *q == ':') {
 				key = s;
 				key_len = (size_t)(p - s);
-			} else if (depth == 1 && key && key_len == 10 &&
-				   memcmp(key, "cniVersion", 10) == 0) {
-				size_t n = (size_t)(p - s);
-				if (n == 0 || n >= out_size || strspn(s, "0123456789.") < n)
+				if (key_len == want_len && memcmp(key, want, want_len) == 0) {
+					for (q++; q < end && is_space(*q); q++)
+						;
+					if (q < end && *q != '"') { /* a bare token */
+						const char *t = q;
+						while (t < end && is_token(*t))
+							t++;
+						*out_len = (size_t)(t - q);
+						return *out_len ? q : NULL;
+					}
+				}
+			} else if (depth == 1 && key && key_len == want_len &&
+				   memcmp(key, want, want_len) == 0) {
+				if (memchr(s, '\\', (size_t)(p - s)))
 					return NULL;
-				memcpy(out, s, n);
-				out[n] = '\0';
-				return out;
+				*out_len = (size_t)(p - s);
+				return s;
 			}
 		} else if (c == '{' || c == '[') {
 			depth++;
@@ -197,6 +210,31 @@ static const char *config_version(const struct buf *in, char *out, size_t out_si
 		}
 	}
 	return NULL;
+}
+
+/* The config's cniVersion, for our own error replies. */
+static const char *config_version(const struct buf *in, char *out, size_t out_size)
+{
+	size_t n;
+	const char *v = top_level(in->data, in->len, "cniVersion", &n);
+	if (!v || n == 0 || n >= out_size || strspn(v, "0123456789.") < n)
+		return NULL;
+	memcpy(out, v, n);
+	out[n] = '\0';
+	return out;
+}
+
+/* The CNI error code of a plugin's error reply (plugins exit 1 whatever the code). */
+static long error_code(const struct buf *out)
+{
+	size_t n;
+	const char *v = top_level(out->data, out->len, "code", &n);
+	if (!v || n == 0 || n > 9)
+		return -1;
+	char num[12];
+	memcpy(num, v, n);
+	num[n] = '\0';
+	return strtol(num, NULL, 10);
 }
 
 static void json_escape(struct buf *b, const char *s)
@@ -216,7 +254,8 @@ static void json_escape(struct buf *b, const char *s)
 	}
 }
 
-/* Prints a CNI error object on stdout (where libcni reads it) and exits with `code`. */
+/* Prints a CNI error object on stdout (where libcni reads it) and exits 1, as the
+ * plugins do whatever the code. */
 static _Noreturn void fail(const struct buf *in, int code, const char *msg, const char *details)
 {
 	char version[32];
@@ -230,11 +269,13 @@ static _Noreturn void fail(const struct buf *in, int code, const char *msg, cons
 	buf_puts(&out, num);
 	buf_puts(&out, ",\"msg\":\"");
 	json_escape(&out, msg);
-	buf_puts(&out, "\",\"details\":\"");
-	json_escape(&out, details);
+	if (*details) {
+		buf_puts(&out, "\",\"details\":\"");
+		json_escape(&out, details);
+	}
 	buf_puts(&out, "\"}\n");
 	(void)write_all(STDOUT_FILENO, out.data, out.len);
-	exit(code);
+	exit(1);
 }
 
 /* ---- input ---------------------------------------------------------------------- */
@@ -568,17 +609,12 @@ int main(int argc, char **argv)
 	const char *sock = env_or("CNIWARDEN_SOCKET", DEFAULT_SOCKET);
 
 	if (!command || !*command) {
-		fprintf(stderr,
-			"CNI %s plugin (cniwarden shim, served by %s)\n"
-			"CNI protocol versions supported: " CNIWARDEN_SUPPORTED_VERSIONS_TEXT "\n",
-			plugin, sock);
+		fprintf(stderr, CNIWARDEN_ABOUT_FORMAT, plugin);
 		return 0;
 	}
 	if (strcmp(command, "VERSION") == 0) {
-		static const char version[] = "{\"cniVersion\":\"" CNIWARDEN_CURRENT_VERSION
-					      "\",\"supportedVersions\":"
-					      CNIWARDEN_SUPPORTED_VERSIONS_JSON "}\n";
-		return write_all(STDOUT_FILENO, version, sizeof(version) - 1) < 0 ? CNI_ERR_IO : 0;
+		static const char version[] = CNIWARDEN_VERSION_REPLY;
+		return write_all(STDOUT_FILENO, version, sizeof(version) - 1) < 0 ? 1 : 0;
 	}
 
 	int64_t deadline = now_ms() + timeout_ms();
@@ -598,16 +634,17 @@ int main(int argc, char **argv)
 	int err = 0;
 	enum outcome o = exchange(sock, &req, &rep, deadline, &err);
 	int is_del = strcmp(command, "DEL") == 0;
-	if (o == OK && !(is_del && rep.code == CNI_ERR_TRY_AGAIN)) {
+	int busy = o == OK && rep.code != 0 && error_code(&rep.out) == CNI_ERR_TRY_AGAIN;
+	if (o == OK && !(is_del && busy)) {
 		if (rep.err.len)
 			(void)write_all(STDERR_FILENO, rep.err.data, rep.err.len);
 		if (write_all(STDOUT_FILENO, rep.out.data, rep.out.len) < 0)
-			return CNI_ERR_IO;
+			return 1;
 		return (int)rep.code;
 	}
 
 	char msg[600];
-	const char *cause = o == OK		 ? "it answered 11 (busy or timed out)"
+	const char *cause = o == OK		 ? "it answered code 11 (busy or timed out)"
 			    : o == SERVER_GARBLED ? "protocol mismatch"
 						  : strerror(err);
 	snprintf(msg, sizeof(msg), describe(o), sock, cause);

@@ -1,24 +1,38 @@
 """Binds the server to node_plugin: the same code the standalone plugins run.
 
 Importing this module is cheap; `node_plugin_handler()` does the heavy imports (the
-plugins, pyroute2) once at server start so that no request pays for them.
+plugin modules, pyroute2, pydantic) once at server start so that no request pays them.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Callable
 
+from node_plugin import api
 from node_plugin.server.protocol import Reply, Request
+
+log = logging.getLogger("cniwarden.cni_server")
 
 Handler = Callable[[Request], Reply]
 
+# What a standalone plugin imports lazily, per verb; the server imports it all up front.
+WARM_MODULES = ("node_plugin.skel", "node_plugin.bridge", "node_plugin.hostlocal", "pyroute2")
+
+
+def warm_up() -> None:
+    for name in WARM_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+            log.warning("warm-up: %s is not available", name)
+
 
 def node_plugin_handler() -> Handler:
-    api = importlib.import_module("node_plugin.api")
-    warm_up = getattr(api, "warm_up", None)
-    if callable(warm_up):
-        warm_up()
+    warm_up()
 
     def handle(request: Request) -> Reply:
         response = api.handle(

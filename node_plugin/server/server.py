@@ -83,10 +83,12 @@ def _config_version(stdin: bytes) -> str:
 
 
 def error_reply(request: Request | None, code: int, msg: str, details: str = "") -> Reply:
-    """A CNI error object on stdout, as a plugin would print it."""
+    """A CNI error object on stdout and exit 1, as the plugins answer."""
     version = _config_version(request.stdin) if request else "1.1.0"
-    body = {"cniVersion": version, "code": code, "msg": msg, "details": details}
-    return Reply(exit_code=code if code < 256 else 1, stdout=json.dumps(body).encode() + b"\n")
+    body: dict[str, object] = {"cniVersion": version, "code": code, "msg": msg}
+    if details:
+        body["details"] = details
+    return Reply(exit_code=1, stdout=json.dumps(body).encode() + b"\n")
 
 
 class _AttachmentLocks:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -40,6 +41,14 @@ class ShimRun:
     code: int
     stdout: bytes
     stderr: bytes
+
+    @property
+    def error_code(self) -> int:
+        """The CNI error code on stdout; like the plugins, the shim exits 1 on any error."""
+        assert self.code == 1, f"expected a failure, got {self.code}: {self.stdout!r}"
+        code = json.loads(self.stdout)["code"]
+        assert isinstance(code, int)
+        return code
 
 
 @dataclass

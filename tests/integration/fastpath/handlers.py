@@ -27,20 +27,25 @@ def describe(request: Request) -> bytes:
     ).encode()
 
 
-def _requested_exit(request: Request) -> int:
+def _requested(request: Request, name: str) -> int:
     for item in request.env.get("CNI_ARGS", "").split(";"):
         key, _, value = item.partition("=")
-        if key == "EXIT":
+        if key == name:
             return int(value)
     return 0
 
 
 def echo() -> Handler:
-    """Describes the request on stdout; `EXIT=n` in CNI_ARGS picks the exit code."""
+    """Describes the request on stdout; in CNI_ARGS `EXIT=n` picks the exit code and
+    `CODE=n` makes it a CNI error n (exit 1), as a plugin would answer."""
 
     def handle(request: Request) -> Reply:
+        code = _requested(request, "CODE")
+        if code:
+            error = {"cniVersion": "1.1.0", "code": code, "msg": "echo error"}
+            return Reply(exit_code=1, stdout=json.dumps(error).encode())
         return Reply(
-            exit_code=_requested_exit(request),
+            exit_code=_requested(request, "EXIT"),
             stdout=describe(request),
             stderr=f"echo handler saw {request.command}\n".encode(),
         )

@@ -108,7 +108,7 @@ def test_peers_with_another_uid_are_refused(shim: ShimEnv, start_server: ServerF
     queue.mkdir()
     os.chown(queue, 65534, 65534)
     run = shim.run("ADD", user=65534, extra_env={"CNIWARDEN_DEL_QUEUE": str(queue)})
-    assert run.code == 5
+    assert run.error_code == 5
     assert "refuses requests from uid 65534" in json.loads(run.stdout)["msg"]
     assert recorder.events == []
 
@@ -164,7 +164,7 @@ def test_malformed_requests_get_a_protocol_error(
     recorder = Recorder()
     start_server(recorder)
     reply = raw_exchange(shim.socket_path, payload)
-    assert reply.exit_code == 5
+    assert reply.exit_code == 1
     error = json.loads(reply.stdout)
     assert error["code"] == 5
     assert says in error["msg"]
@@ -222,7 +222,7 @@ def test_an_overrunning_request_is_answered_try_again_and_ordered_before_the_nex
     started = time.monotonic()
     add = shim.run("ADD")
     assert time.monotonic() - started < 0.95
-    assert add.code == 11
+    assert add.error_code == 11
     assert "did not finish within 0.7s" in json.loads(add.stdout)["msg"]
     # The runtime answers a failed ADD with a DEL; it must not overtake the running ADD.
     assert shim.run("DEL").code == 0
@@ -262,7 +262,7 @@ def test_stop_finishes_in_flight_requests_then_removes_the_socket(
         server.stop(grace=5)
         assert pending.result().code == 0
     assert not shim.socket_path.exists()
-    assert shim.run("ADD").code == 11
+    assert shim.run("ADD").error_code == 11
     assert shim.run("DEL").code == 0
     assert len(shim.queued()) == 1
 

@@ -54,7 +54,7 @@ def test_sigterm_stops_cleanly(shim: ShimEnv, workdir: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
         assert not shim.socket_path.exists()
-        assert shim.run("ADD").code == 11
+        assert shim.run("ADD").error_code == 11
     finally:
         proc.kill()
         proc.wait()
@@ -75,7 +75,7 @@ def test_a_server_killed_mid_request_loses_no_del(shim: ShimEnv, workdir: Path) 
     finally:
         proc.kill()
         proc.wait()
-    assert add_run.code == 11
+    assert add_run.error_code == 11
     assert "closed the connection" in json.loads(add_run.stdout)["msg"]
     assert del_run.code == 0
     assert len(shim.queued()) == 1

@@ -7,12 +7,15 @@ import os
 import socket
 import stat
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from node_plugin import api
 from node_plugin.server.protocol import (
     MAGIC,
     Reply,
@@ -34,7 +37,7 @@ CONFIG = b'{"cniVersion":"0.4.0","name":"net","prevResult":{"cniVersion":"1.0.0"
 def cni_error(out: bytes) -> dict[str, object]:
     error = json.loads(out)
     assert isinstance(error, dict)
-    assert set(error) == {"cniVersion", "code", "msg", "details"}
+    assert {"cniVersion", "code", "msg"} <= set(error) <= {"cniVersion", "code", "msg", "details"}
     return error
 
 
@@ -51,19 +54,26 @@ def test_version_is_answered_without_a_server(shim: ShimEnv, plugin: str) -> Non
     assert not shim.socket_path.exists()
 
 
-def test_no_command_prints_about_text_on_stderr(shim: ShimEnv) -> None:
-    run = shim.run("", stdin=b"")
-    assert run.code == 0
-    assert run.stdout == b""
-    assert b"CNI cniwarden-bridge plugin" in run.stderr
-    assert b"1.1.0" in run.stderr
+@pytest.mark.parametrize("plugin", ["cniwarden-bridge", "cniwarden-host-local"])
+def test_version_and_about_are_byte_for_byte_the_python_plugins(shim: ShimEnv, plugin: str) -> None:
+    """The shim answers these itself, so it must not drift from node_plugin."""
+    version = api.handle(api.CniRequest(plugin, {"CNI_COMMAND": "VERSION"}, b""))
+    assert shim.run("VERSION", stdin=b"", plugin=plugin).stdout == version.stdout
+    script = Path(sys.executable).parent / plugin
+    standalone = subprocess.run(
+        [script], env={"PATH": os.environ["PATH"]}, capture_output=True, check=False
+    )
+    about = shim.run("", stdin=b"", plugin=plugin)
+    assert (about.code, about.stdout) == (0, b"")
+    assert about.stderr == standalone.stderr
+    assert standalone.stderr.startswith(f"CNI {plugin} plugin".encode())
 
 
 def test_add_with_server_down_fails_fast_with_code_11(shim: ShimEnv) -> None:
     started = time.monotonic()
     run = shim.run("ADD", stdin=CONFIG)
     assert time.monotonic() - started < 2
-    assert run.code == 11
+    assert run.error_code == 11
     error = cni_error(run.stdout)
     assert error["code"] == 11
     assert error["cniVersion"] == "0.4.0", "the config's version, not prevResult's"
@@ -75,14 +85,14 @@ def test_add_with_server_down_fails_fast_with_code_11(shim: ShimEnv) -> None:
 @pytest.mark.parametrize("command", ["CHECK", "GC"])
 def test_other_verbs_with_server_down_are_try_again(shim: ShimEnv, command: str) -> None:
     run = shim.run(command)
-    assert run.code == 11
+    assert run.error_code == 11
     assert cni_error(run.stdout)["code"] == 11
     assert not shim.queued()
 
 
 def test_status_with_server_down_is_not_available(shim: ShimEnv) -> None:
     run = shim.run("STATUS")
-    assert run.code == 50
+    assert run.error_code == 50
     error = cni_error(run.stdout)
     assert error["code"] == 50
     assert "server is down" in str(error["msg"])
@@ -120,14 +130,14 @@ def test_del_fails_when_it_can_be_neither_delivered_nor_queued(
     blocker = workdir / "file"
     blocker.write_text("not a directory")
     run = shim.run("DEL", extra_env={"CNIWARDEN_DEL_QUEUE": str(blocker / "queue")})
-    assert run.code == 11
+    assert run.error_code == 11
     error = cni_error(run.stdout)
     assert "DEL queue" in str(error["details"])
 
 
 def test_oversized_stdin_is_refused_before_contacting_the_server(shim: ShimEnv) -> None:
     run = shim.run("ADD", stdin=b" " * (4 << 20) + b"{}")
-    assert run.code == 7
+    assert run.error_code == 7
     assert "too large" in str(cni_error(run.stdout)["msg"])
 
 
@@ -142,7 +152,7 @@ def test_round_trip_forwards_cni_env_stdin_and_relays_the_reply(
     run = shim.run(
         "ADD", stdin=CONFIG, plugin=plugin, extra_env={"CNI_ARGS": "EXIT=7", "HOME": "/x"}
     )
-    assert run.code == 7
+    assert run.code == 7, "the exit code is relayed as is"
     seen = json.loads(run.stdout)
     assert seen["plugin"] == plugin
     assert seen["env"] == {
@@ -169,7 +179,7 @@ def test_large_binary_payloads_survive_byte_for_byte(
 
 def test_del_answered_try_again_is_queued(shim: ShimEnv, start_server: ServerFactory) -> None:
     start_server(handlers.echo())
-    run = shim.run("DEL", extra_env={"CNI_ARGS": "EXIT=11"})
+    run = shim.run("DEL", extra_env={"CNI_ARGS": "CODE=11"})
     assert run.code == 0
     assert len(shim.queued()) == 1
 
@@ -178,8 +188,8 @@ def test_del_answered_with_a_real_error_is_not_queued(
     shim: ShimEnv, start_server: ServerFactory
 ) -> None:
     start_server(handlers.echo())
-    run = shim.run("DEL", extra_env={"CNI_ARGS": "EXIT=7"})
-    assert run.code == 7
+    run = shim.run("DEL", extra_env={"CNI_ARGS": "CODE=7"})
+    assert run.error_code == 7
     assert shim.queued() == []
 
 
@@ -233,11 +243,11 @@ def test_a_broken_server_never_hangs_the_shim(
     started = time.monotonic()
     add = shim.run("ADD", stdin=CONFIG, extra_env=timeout)
     assert time.monotonic() - started < 3
-    assert add.code == 11
+    assert add.error_code == 11
     assert says in str(cni_error(add.stdout)["msg"])
 
     status = shim.run("STATUS", extra_env=timeout)
-    assert status.code == 50
+    assert status.error_code == 50
 
     dele = shim.run("DEL", stdin=CONFIG, extra_env=timeout)
     assert dele.code == 0
@@ -253,7 +263,7 @@ def test_a_large_request_to_a_server_that_stops_reading_times_out(
     started = time.monotonic()
     run = shim.run("ADD", stdin=b" " * (3 << 20), extra_env={"CNIWARDEN_TIMEOUT_MS": "500"})
     assert time.monotonic() - started < 3
-    assert run.code == 11
+    assert run.error_code == 11
     assert "in time" in str(cni_error(run.stdout)["msg"])
 
 
@@ -277,7 +287,7 @@ def test_a_full_listen_backlog_is_retried_until_the_deadline(shim: ShimEnv, work
         started = time.monotonic()
         run = shim.run("ADD", extra_env={"CNIWARDEN_TIMEOUT_MS": "400"})
         assert 0.3 < time.monotonic() - started < 3
-        assert run.code == 11
+        assert run.error_code == 11
     finally:
         for filler in fillers:
             filler.close()

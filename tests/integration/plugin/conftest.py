@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 import pytest
 
+from tests.integration.fastpath.pluginpath import build_shim_path
 from tests.integration.plugin.kernel import Netns, create_netns, delete_netns
 
 REFERENCE_DIR = Path("/usr/lib/cni")
@@ -53,6 +54,7 @@ def build_standalone(directory: Path, request: pytest.FixtureRequest) -> None:
 # `cniwarden-host-local` executables into `directory`.
 PLUGIN_PATHS: dict[str, Callable[[Path, pytest.FixtureRequest], None]] = {
     "standalone": build_standalone,
+    "shim+server": build_shim_path,  # static shims + one resident cni-server (fast path)
 }
 
 

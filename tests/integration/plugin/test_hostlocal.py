@@ -124,6 +124,7 @@ def test_requested_addresses(
     run_cni: RunCni, tmp_path: Path, how: dict[str, Any], expected: str
 ) -> None:
     c = conf(tmp_path, subnet="10.77.4.0/24")
+    how = dict(how)  # the parameter is shared by every plugin path: do not mutate it
     kw = {}
     if "cni_args" in how:
         kw["cni_args"] = how.pop("cni_args")
@@ -251,6 +252,8 @@ def test_parallel_adds_never_share_an_address(
 def test_killed_add_leaves_no_lease_after_gc(
     cni_bin_dir: Path, cni_host: Netns, tmp_path: Path, run_cni: RunCni
 ) -> None:
+    if cni_bin_dir.name.startswith("cni-bin-shim"):
+        pytest.skip("killing a shim leaves the server's work running: see fastpath/test_crash.py")
     c = conf(tmp_path)
     marker = tmp_path / "paused"
     proc = subprocess.Popen(
