@@ -29,6 +29,11 @@ export GOTOOLCHAIN=${GOTOOLCHAIN:-local}
 
 log() { printf 'tools: %s\n' "$*" >&2; }
 
+if ! command -v go >/dev/null; then
+  log "the Go toolchain is missing (go >= 1.24 on PATH is needed to build the pinned tools)"
+  exit 1
+fi
+
 # ensure <tool> <version> <recipe hash> <builder>
 # Builds into the cache unless it already holds a complete build of the same
 # recipe, then symlinks every binary of that build into .tools/bin.

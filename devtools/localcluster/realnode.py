@@ -20,6 +20,7 @@ runtime's CNI directories (what the node agent's `--host-root` prefixes).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import ipaddress
 import json
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import yaml
 
-from . import hostres, images, kubeconfig, procs
+from . import hostres, images, kubeconfig, procs, slots
 from .layout import BUSYBOX_IMAGE, PAUSE_IMAGE, Layout, NodeLayout
 from .pki import CertificateAuthority
 from .state import ClusterState, NodeRecord
@@ -111,6 +112,10 @@ def _containerd_config(node: NodeLayout) -> str:
             "io.containerd.grpc.v1.cri": {
                 "sandbox_image": PAUSE_IMAGE,
                 "disable_apparmor": True,
+                # The VM's root lacks CAP_SYS_RESOURCE, so no process may lower its
+                # oom_score_adj (runc fails on the -998 CRI asks for sandboxes):
+                # cap every container at containerd's own score instead.
+                "restrict_oom_score_adj": True,
                 # Pod netns bind mounts under our state dir, not the global /run/netns.
                 "netns_mounts_under_state_dir": True,
                 "stream_server_address": "127.0.0.1",
@@ -252,12 +257,16 @@ def _kubelet_config(node: NodeLayout, ca_cert: Path) -> dict[str, object]:
         },
         "resolvConf": str(node.kubelet_dir / "resolv.conf"),
         "clusterDomain": "cluster.local",
+        # No cluster DNS runs; pods resolve via their own loopback, which fails fast.
+        "clusterDNS": ["127.0.0.1"],
         "podLogsDir": str(node.dir / "pod-logs"),
         "shutdownGracePeriod": "0s",
         "shutdownGracePeriodCriticalPods": "0s",
         "rotateCertificates": False,
         "serializeImagePulls": False,
         "maxPods": 110,
+        # Lowering oom_score_adj needs CAP_SYS_RESOURCE, which this VM's root lacks.
+        "oomScoreAdj": 0,
     }
 
 
@@ -312,9 +321,25 @@ def _start_kubelet(layout: Layout, state: ClusterState, node: NodeLayout) -> Non
 
 
 def _save_sysctls(state: ClusterState) -> None:
+    """Remember the machine's values before our first kubelet changes them.
+
+    When another cluster's kubelet already runs, the live values are its changes:
+    inherit the originals that cluster saved instead.
+    """
+    if state.saved_sysctls:
+        return
+    for workdir in slots.claimed_workdirs(Path(state.root)):
+        other = workdir / "state.json"
+        if workdir == Path(state.workdir) or not other.exists():
+            continue
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            saved = ClusterState.load(other).saved_sysctls
+            if saved:
+                state.saved_sysctls = dict(saved)
+                break
     if not state.saved_sysctls:
         state.saved_sysctls = {k: hostres.read_sysctl(k) for k in KUBELET_SYSCTLS}
-        state.save()
+    state.save()
 
 
 def node_status(kubectl: Kubectl, name: str) -> dict[str, object] | None:

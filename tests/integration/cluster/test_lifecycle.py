@@ -1,0 +1,117 @@
+"""`make cluster-up` / `make cluster-down`: a second cluster next to the session's one,
+and nothing left behind once it is down."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from devtools.localcluster import LocalCluster, attach, hostres, procs
+from devtools.localcluster.cluster import default_root
+from devtools.localcluster.layout import BUSYBOX_IMAGE
+from devtools.localcluster.toolpaths import REPO_ROOT
+
+pytestmark = [pytest.mark.cluster("real-node"), pytest.mark.slow]
+
+
+def _make(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["make", "--no-print-directory", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+def _footprint(second: LocalCluster) -> dict[str, list[str]]:
+    """Everything of `second` a leak could leave on the host."""
+    state = second.state
+    socks = [n.containerd_socket for n in state.nodes]
+    return {
+        "processes": [str(p.pid) for p in state.processes if procs.is_alive(p)],
+        "shims": [
+            str(pid)
+            for pid in procs.processes_matching(
+                lambda _pid, cmd, _cg: "containerd-shim" in cmd and any(s in cmd for s in socks)
+            )
+        ],
+        "mounts": hostres.mounts_under(second.workdir),
+        "netns": [n.netns for n in state.nodes if hostres.netns_exists(n.netns)],
+        "links": [
+            name
+            for name in [state.bridge or "", *(n.veth_host for n in state.nodes)]
+            if name and hostres.link_exists(name)
+        ],
+        "cgroups": [str(d) for n in state.nodes for d in hostres.cgroup_dirs(n.cgroup_root)],
+    }
+
+
+def test_second_cluster_side_by_side_then_down_leaves_nothing(cluster: LocalCluster) -> None:
+    name = f"lc{secrets.token_hex(3)}"
+    up = _make("cluster-up", f"CLUSTER={name}", "TIER=real-node", "FAKE_NODES=1", "CNI=bridge")
+    try:
+        assert up.returncode == 0, up.stderr[-3000:]
+        last = up.stdout.strip().splitlines()[-1]
+        assert last.startswith("KUBECONFIG="), up.stdout
+        kubeconfig = Path(last.removeprefix("KUBECONFIG="))
+        second = attach(name)
+        assert second.kubeconfig == kubeconfig
+        assert second.state.slot != cluster.state.slot
+        assert second.server != cluster.server
+
+        # Both clusters answer, each with its own nodes.
+        mine = set(cluster.kubectl("get", "nodes", "-o", "name").stdout.split())
+        theirs = set(second.kubectl("get", "nodes", "-o", "name").stdout.split())
+        assert mine and theirs and not mine & theirs
+
+        # A running pod gives the teardown containers, shims, mounts and a pod netns.
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "sleeper", "namespace": "default"},
+            "spec": {
+                "nodeName": second.real_nodes[0].name,
+                "containers": [
+                    {
+                        "name": "c",
+                        "image": BUSYBOX_IMAGE,
+                        "imagePullPolicy": "Never",
+                        "command": ["sleep", "3600"],
+                    }
+                ],
+            },
+        }
+        second.kubectl("apply", "-f", "-", input=json.dumps(pod))
+        second.kubectl("wait", "--for=condition=Ready", "pod/sleeper", "--timeout=90s")
+        before = _footprint(second)
+        assert before["processes"] and before["shims"] and before["mounts"]
+        assert before["netns"] and before["links"] and before["cgroups"]
+    finally:
+        down = _make("cluster-down", f"CLUSTER={name}")
+    assert down.returncode == 0, down.stderr[-3000:]
+
+    # Reaped zombies of our own children may linger for a moment.
+    deadline = time.monotonic() + 10
+    while (after := _footprint(second))["processes"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert after == {k: [] for k in after}, f"left behind: {after}"
+    assert not second.workdir.exists()
+    slots = default_root() / ".slots"
+    assert all(
+        p.read_text().strip() != str(second.workdir) for p in slots.iterdir() if p.name.isdigit()
+    )
+    # The session's cluster is untouched.
+    assert cluster.kubectl("get", "--raw", "/readyz").stdout.strip() == "ok"
+
+
+def test_cluster_down_of_an_unknown_cluster_is_a_no_op() -> None:
+    down = _make("cluster-down", f"CLUSTER=absent{secrets.token_hex(3)}")
+    assert down.returncode == 0
+    assert "no cluster" in down.stderr

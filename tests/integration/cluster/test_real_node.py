@@ -1,0 +1,178 @@
+"""The real-node tier: pods really start and take their network from the CNI conf dir."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devtools.localcluster import LocalCluster, RealNode
+from devtools.localcluster.layout import BUSYBOX_IMAGE
+
+pytestmark = pytest.mark.cluster("real-node")
+
+REFERENCE_PLUGINS = Path("/usr/lib/cni")
+
+
+def _node_json(cluster: LocalCluster, name: str) -> dict[str, object]:
+    node: dict[str, object] = json.loads(cluster.kubectl("get", "node", name, "-o", "json").stdout)
+    return node
+
+
+def _pod_cidr(cluster: LocalCluster, name: str) -> ipaddress.IPv4Network:
+    spec = _node_json(cluster, name)["spec"]
+    assert isinstance(spec, dict)
+    return ipaddress.IPv4Network(spec["podCIDR"])
+
+
+def _is_ready(cluster: LocalCluster, name: str) -> bool:
+    status = _node_json(cluster, name)["status"]
+    assert isinstance(status, dict)
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in status["conditions"])
+
+
+def _wait(what: str, predicate: object, timeout: float = 90.0) -> None:
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.5)
+
+
+def _install_reference_plugin(node: RealNode, name: str) -> None:
+    target = node.cni_bin_dir / name
+    tmp = node.cni_bin_dir / f".{name}.tmp"
+    shutil.copy2(REFERENCE_PLUGINS / name, tmp)
+    os.replace(tmp, target)
+
+
+@pytest.fixture
+def bridge_network(cluster: LocalCluster) -> Iterator[tuple[RealNode, str, str]]:
+    """A plain bridge + host-local conflist over the node's podCIDR, written first in order."""
+    node = cluster.real_nodes[0]
+    for plugin in ("bridge", "host-local", "loopback"):
+        _install_reference_plugin(node, plugin)
+    suffix = secrets.token_hex(3)
+    net, bridge = f"itest-{suffix}", f"itb{suffix}"
+    pod_cidr = _pod_cidr(cluster, node.name)
+    conflist = {
+        "cniVersion": "1.0.0",
+        "name": net,
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": bridge,
+                "isGateway": True,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": str(pod_cidr)}]],
+                    "dataDir": str(node.cni_state_dir / "networks"),
+                },
+            }
+        ],
+    }
+    path = node.cni_conf_dir / f"00-{net}.conflist"
+    tmp = node.cni_conf_dir / f".{net}.tmp"
+    tmp.write_text(json.dumps(conflist))
+    os.replace(tmp, path)
+    try:
+        _wait(
+            f"node {node.name} Ready with the bridge config", lambda: _is_ready(cluster, node.name)
+        )
+        yield node, net, bridge
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def test_busybox_pod_runs_with_an_ip_from_bridge_host_local(
+    cluster: LocalCluster, bridge_network: tuple[RealNode, str, str]
+) -> None:
+    node, net, bridge = bridge_network
+    name = f"bb-{secrets.token_hex(4)}"
+    marker = f"hello-{secrets.token_hex(4)}"
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "nodeName": node.name,
+            "terminationGracePeriodSeconds": 1,
+            "containers": [
+                {
+                    "name": "c",
+                    "image": BUSYBOX_IMAGE,
+                    "imagePullPolicy": "Never",
+                    "command": ["sh", "-c", f"echo {marker}; exec sleep 3600"],
+                }
+            ],
+        },
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(pod))
+    try:
+        cluster.kubectl("wait", "--for=condition=Ready", f"pod/{name}", "--timeout=90s")
+        got = json.loads(cluster.kubectl("get", "pod", name, "-o", "json").stdout)
+        pod_ip = ipaddress.IPv4Address(got["status"]["podIP"])
+        assert pod_ip in _pod_cidr(cluster, node.name)
+
+        # The address is a host-local lease in the node's state dir, on our bridge.
+        lease = node.cni_state_dir / "networks" / net / str(pod_ip)
+        assert lease.exists(), f"no host-local lease {lease}"
+        gateway = subprocess.run(
+            ["nsenter", f"--net={node.netns}", "ip", "-4", "-o", "addr", "show", "dev", bridge],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert str(next(_pod_cidr(cluster, node.name).hosts())) in gateway
+
+        logs = cluster.kubectl("logs", name).stdout
+        assert marker in logs
+        inside = cluster.kubectl(
+            "exec", name, "--", "sh", "-c", "ip -4 -o addr show eth0; ip route"
+        )
+        assert str(pod_ip) in inside.stdout
+        resolv = cluster.kubectl("exec", name, "--", "cat", "/etc/resolv.conf").stdout
+        assert "nameserver 127.0.0.1" in resolv
+    finally:
+        cluster.kubectl("delete", "pod", name, "--wait=true", "--timeout=60s", check=False)
+    # CNI DEL ran on deletion: the lease is released.
+    _wait("the host-local lease to be released", lambda: not lease.exists(), timeout=30)
+
+
+def test_pod_network_has_no_way_out(
+    cluster: LocalCluster, bridge_network: tuple[RealNode, str, str]
+) -> None:
+    node, _, _ = bridge_network
+    routes = subprocess.run(
+        ["nsenter", f"--net={node.netns}", "ip", "-4", "route", "show", "default"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert routes.strip() == "", f"node namespace has a default route: {routes}"
+
+
+def test_node_is_isolated_in_its_namespace_and_reaches_the_api(cluster: LocalCluster) -> None:
+    node = cluster.real_nodes[0]
+    got = _node_json(cluster, node.name)
+    status = got["status"]
+    assert isinstance(status, dict)
+    addresses = {a["type"]: a["address"] for a in status["addresses"]}
+    assert addresses["InternalIP"] == node.ip
+    info = status["nodeInfo"]
+    assert info["kubeletVersion"].startswith("v1.33.")
+    assert info["containerRuntimeVersion"].startswith("containerd://")
+    # The runtime's CNI dirs are exactly <host_root>/etc/cni/net.d and <host_root>/opt/cni/bin.
+    config = (node.containerd_socket.parent / "config.toml").read_text()
+    assert f'conf_dir = "{node.cni_conf_dir}"' in config
+    assert f'bin_dir = "{node.cni_bin_dir}"' in config
+    assert node.host_root / "var/lib/cni" == node.cni_state_dir
