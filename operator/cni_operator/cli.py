@@ -61,6 +61,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return doctor.main(_host_root(args.host_root), as_json=args.json, runtime=args.runtime)
 
 
+def cmd_cni_server(args: argparse.Namespace) -> int:
+    from node_plugin.server.cli import main as cni_server_main  # noqa: PLC0415
+
+    return cni_server_main(args.server_args)
+
+
 def _add_kube(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -101,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="judge the node by this runtime's rules (auto: both)",
     )
     p.set_defaults(func=cmd_doctor)
+
+    # Its options belong to node_plugin.server.cli; main() hands them over unparsed.
+    p = sub.add_parser("cni-server", help="serve the CNI plugins to the static shim (node)")
+    p.set_defaults(func=cmd_cni_server, server_args=[])
     return parser
 
 
@@ -108,10 +118,14 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "operator": cmd_operator,
     "agent": cmd_agent,
     "doctor": cmd_doctor,
+    "cni-server": cmd_cni_server,
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["cni-server"]:
+        return cmd_cni_server(argparse.Namespace(server_args=argv[1:]))
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     return func(args)

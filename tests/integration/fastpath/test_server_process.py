@@ -12,18 +12,27 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 from tests.integration.fastpath.conftest import ShimEnv
 from tests.integration.fastpath.shimbuild import ROOT
 
+ENTRY_POINTS = {
+    "python -m": [sys.executable, "-m", "node_plugin.server"],
+    "cniwarden cni-server": [str(Path(sys.executable).parent / "cniwarden"), "cni-server"],
+}
 
-def spawn_server(shim: ShimEnv, log: Path, delay: float = 0) -> subprocess.Popen[str]:
+
+def spawn_server(
+    shim: ShimEnv, log: Path, delay: float = 0, entry: str = "python -m"
+) -> subprocess.Popen[str]:
     env = {
         **os.environ,
         "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'operator'}",
         "CNIWARDEN_TEST_LOG": str(log),
         "CNIWARDEN_TEST_DELAY": str(delay),
     }
-    argv = [sys.executable, "-m", "node_plugin.server", "--socket", str(shim.socket_path)]
+    argv = [*ENTRY_POINTS[entry], "--socket", str(shim.socket_path)]
     argv += ["--del-queue", str(shim.queue), "--handler"]
     argv += ["tests.integration.fastpath.handlers:recording"]
     proc = subprocess.Popen(argv, env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
@@ -46,9 +55,10 @@ def logged(log: Path) -> list[tuple[str, str]]:
     return [(line["command"], line["container"]) for line in lines]
 
 
-def test_sigterm_stops_cleanly(shim: ShimEnv, workdir: Path) -> None:
+@pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
+def test_sigterm_stops_cleanly(shim: ShimEnv, workdir: Path, entry: str) -> None:
     log = workdir / "log"
-    proc = spawn_server(shim, log)
+    proc = spawn_server(shim, log, entry=entry)
     try:
         assert shim.run("ADD").code == 0
         proc.send_signal(signal.SIGTERM)
