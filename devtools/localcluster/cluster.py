@@ -135,11 +135,15 @@ class LocalCluster:
             raise ClusterError(f"cluster {self.name} runs tier {self.tier.value}: no kwok")
         return fakenodes.add_fake_nodes(self.layout, self.state, self.kubectl, count)
 
-    def add_real_node(self, cni: str = "none") -> RealNode:
+    def add_real_node(self, cni: str | None = None) -> RealNode:
+        """Add one more real node (same CNI mode as the cluster unless given)."""
+        cni = cni or self.state.cni
         if not self.tier.includes(Tier.REAL_NODE):
             raise ClusterError(f"cluster {self.name} runs tier {self.tier.value}: no real nodes")
         index = max((n.index for n in self.state.nodes), default=-1) + 1
         node = realnode.add_node(self.layout, self.state, self.kubectl, index, cni=cni)
+        if cni == "bridge":
+            realnode.route_pod_cidrs(self.state, self.kubectl)
         return next(n for n in self.real_nodes if n.name == node.name)
 
     def pids(self) -> list[int]:
@@ -210,6 +214,7 @@ def up(
         kubeconfig=str(layout.kubeconfig),
         server=f"https://{api_address}:{layout.ports.apiserver}",
         owner_pid=owner_pid,
+        cni=cni,
     )
     state.save()
     cluster = LocalCluster(state)
@@ -237,6 +242,8 @@ def up(
             for i in range(real_nodes):
                 node: NodeLayout = realnode.add_node(layout, state, cluster.kubectl, i, cni=cni)
                 _log(f"{name}: real node {node.name} up ({node.ip})")
+            if cni == "bridge":
+                realnode.route_pod_cidrs(state, cluster.kubectl)
             state.timings["real_nodes_up_s"] = round(time.monotonic() - t0, 2)
         state.timings["total_up_s"] = round(time.monotonic() - started, 2)
         state.save()

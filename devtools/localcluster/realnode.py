@@ -33,7 +33,7 @@ from pathlib import Path
 import yaml
 
 from . import hostres, images, kubeconfig, procs, slots
-from .layout import BUSYBOX_IMAGE, PAUSE_IMAGE, Layout, NodeLayout
+from .layout import BUSYBOX_IMAGE, PAUSE_IMAGE, POD_CIDR, Layout, NodeLayout
 from .pki import CertificateAuthority
 from .state import ClusterState, NodeRecord
 from .toolpaths import system_tool, tool
@@ -409,6 +409,8 @@ def bridge_conflist(pod_cidr: str, data_dir: Path, name: str = "localcluster") -
                 "ipam": {
                     "type": "host-local",
                     "ranges": [[{"subnet": pod_cidr, "gateway": gateway}]],
+                    # Other nodes' pods via the node; still no default route.
+                    "routes": [{"dst": POD_CIDR}],
                     "dataDir": str(data_dir),
                 },
             },
@@ -463,6 +465,29 @@ def add_node(
     state.timings[f"node_{node.name}_up_s"] = round(time.monotonic() - started, 2)
     state.save()
     return node
+
+
+def route_pod_cidrs(state: ClusterState, kubectl: Kubectl) -> dict[str, str]:
+    """A routed datapath between real nodes: in each node's namespace, a route to
+    every other node's podCIDR via that node's IP on the cluster bridge.
+
+    Only for the tooling's own `bridge` network; with `cni=none` the network
+    (and its routes) is the business of whatever is under test.
+    """
+    cidrs: dict[str, str] = {}
+    for rec in state.nodes:
+        obj = node_status(kubectl, rec.name)
+        spec = obj.get("spec") if obj else None
+        if isinstance(spec, dict) and spec.get("podCIDR"):
+            cidrs[rec.name] = str(spec["podCIDR"])
+    for here in state.nodes:
+        netns = hostres.NETNS_DIR / here.netns
+        for there in state.nodes:
+            if there.name != here.name and there.name in cidrs:
+                procs.run(
+                    ["ip", "route", "replace", cidrs[there.name], "via", there.ip], netns=netns
+                )
+    return cidrs
 
 
 def _shim_sockets(node: NodeLayout) -> list[Path]:

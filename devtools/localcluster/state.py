@@ -48,6 +48,7 @@ class ClusterState:
     kubeconfig: str
     server: str
     owner_pid: int | None = None
+    cni: str = "none"
     processes: list[ProcessRecord] = field(default_factory=list)
     bridge: str | None = None
     nodes: list[NodeRecord] = field(default_factory=list)

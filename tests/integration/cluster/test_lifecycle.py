@@ -55,7 +55,14 @@ def _footprint(second: LocalCluster) -> dict[str, list[str]]:
 
 def test_second_cluster_side_by_side_then_down_leaves_nothing(cluster: LocalCluster) -> None:
     name = f"lc{secrets.token_hex(3)}"
-    up = _make("cluster-up", f"CLUSTER={name}", "TIER=real-node", "FAKE_NODES=1", "CNI=bridge")
+    up = _make(
+        "cluster-up",
+        f"CLUSTER={name}",
+        "TIER=real-node",
+        "REAL_NODES=2",
+        "FAKE_NODES=1",
+        "CNI=bridge",
+    )
     try:
         assert up.returncode == 0, up.stderr[-3000:]
         last = up.stdout.strip().splitlines()[-1]
@@ -71,25 +78,36 @@ def test_second_cluster_side_by_side_then_down_leaves_nothing(cluster: LocalClus
         theirs = set(second.kubectl("get", "nodes", "-o", "name").stdout.split())
         assert mine and theirs and not mine & theirs
 
-        # A running pod gives the teardown containers, shims, mounts and a pod netns.
-        pod = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": "sleeper", "namespace": "default"},
-            "spec": {
-                "nodeName": second.real_nodes[0].name,
-                "containers": [
-                    {
-                        "name": "c",
-                        "image": BUSYBOX_IMAGE,
-                        "imagePullPolicy": "Never",
-                        "command": ["sleep", "3600"],
-                    }
-                ],
-            },
-        }
-        second.kubectl("apply", "-f", "-", input=json.dumps(pod))
-        second.kubectl("wait", "--for=condition=Ready", "pod/sleeper", "--timeout=90s")
+        # Running pods give the teardown containers, shims, mounts and pod netns;
+        # one per node, reaching each other over the routed node-to-node datapath.
+        workers = [n.name for n in second.real_nodes]
+        assert len(workers) == 2
+        for i, node in enumerate(workers):
+            pod = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": f"sleeper{i}", "namespace": "default"},
+                "spec": {
+                    "nodeName": node,
+                    "containers": [
+                        {
+                            "name": "c",
+                            "image": BUSYBOX_IMAGE,
+                            "imagePullPolicy": "Never",
+                            "command": ["sleep", "3600"],
+                        }
+                    ],
+                },
+            }
+            second.kubectl("apply", "-f", "-", input=json.dumps(pod))
+        second.kubectl(
+            "wait", "--for=condition=Ready", "pod/sleeper0", "pod/sleeper1", "--timeout=90s"
+        )
+        far_ip = second.kubectl(
+            "get", "pod", "sleeper1", "-o", "jsonpath={.status.podIP}"
+        ).stdout.strip()
+        ping = second.kubectl("exec", "sleeper0", "--", "ping", "-c", "1", "-W", "5", far_ip)
+        assert "1 packets received" in ping.stdout, ping.stdout
         before = _footprint(second)
         assert before["processes"] and before["shims"] and before["mounts"]
         assert before["netns"] and before["links"] and before["cgroups"]
