@@ -12,6 +12,7 @@ from node_plugin import api
 def _main(plugin: str) -> None:
     level = os.environ.get("CNIWARDEN_LOG_LEVEL", "WARNING").upper()
     logging.basicConfig(stream=sys.stderr, level=level, format=f"{plugin}: %(message)s")
+    logging.getLogger("pyroute2").setLevel(max(logging.getLogger().level, logging.INFO))
     command = os.environ.get("CNI_COMMAND", "")
     # VERSION (and the bare "about" call) need no stdin; never block on it.
     stdin = b"" if command in ("", "VERSION") else sys.stdin.buffer.read()

@@ -81,8 +81,8 @@ def config_error(exc: ValidationError, prefix: str = "") -> CniError:
     """The first validation problem as code 7, naming the field the way the user wrote it."""
     problems = []
     for item in exc.errors(include_url=False):
-        path = field_path(tuple(item["loc"]), prefix) or "config"
+        path = field_path(tuple(item["loc"]), prefix)
         msg = item["msg"].removeprefix("Value error, ")
-        problems.append(f"{path}: {msg}")
+        problems.append(f"{path}: {msg}" if path else msg)
     first = problems[0] if problems else str(exc)
     return CniError(INVALID_CONFIG, f"invalid network config: {first}", "; ".join(problems[1:]))

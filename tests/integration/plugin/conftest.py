@@ -86,6 +86,24 @@ def cni_host() -> Iterator[Netns]:
 
 
 @pytest.fixture
+def make_host() -> Iterator[Callable[[], Netns]]:
+    """More "node" namespaces, e.g. one per implementation in differential tests."""
+    _require_root()
+    made: list[Netns] = []
+
+    def make() -> Netns:
+        ns = create_netns("cwh-")
+        made.append(ns)
+        return ns
+
+    try:
+        yield make
+    finally:
+        for ns in made:
+            delete_netns(ns)
+
+
+@pytest.fixture
 def sandbox() -> Iterator[Callable[[], Netns]]:
     _require_root()
     made: list[Netns] = []
@@ -141,6 +159,7 @@ class RunCni(Protocol):
         cni_args: str = ...,
         env: dict[str, str] | None = ...,
         timeout: float = ...,
+        host: Netns | None = ...,
     ) -> CniRun: ...
 
 
@@ -185,10 +204,11 @@ def run_cni(cni_bin_dir: Path, cni_host: Netns) -> RunCni:
         cni_args: str = "",
         env: dict[str, str] | None = None,
         timeout: float = 60,
+        host: Netns | None = None,
     ) -> CniRun:
         stdin = config if isinstance(config, bytes) else json.dumps(config or {}).encode()
         proc = subprocess.run(
-            exec_argv(cni_bin_dir, cni_host, plugin_type),
+            exec_argv(cni_bin_dir, host or cni_host, plugin_type),
             input=stdin,
             capture_output=True,
             env=cni_env(

@@ -52,6 +52,11 @@ class Netns:
         links = [x for x in self.ip("-d", "link", "show") if x.get("ifname") == name]
         return links[0] if links else None
 
+    def must_link(self, name: str) -> dict[str, Any]:
+        link = self.link(name)
+        assert link is not None, f"{name} not found in {self.name}"
+        return link
+
     def links(self) -> list[dict[str, Any]]:
         return list(self.ip("-d", "link", "show"))
 
@@ -80,3 +85,86 @@ def create_netns(prefix: str) -> Netns:
 def delete_netns(ns: Netns) -> None:
     if ns.exists():
         run("ip", "netns", "del", ns.name, check=False)
+
+
+def iptables_nat(host: Netns, family: int = 4) -> list[str]:
+    tool = "iptables" if family == 4 else "ip6tables"
+    return [ln for ln in host.exec(tool, "-w", "-t", "nat", "-S").splitlines() if "CNI-" in ln]
+
+
+def nft_ruleset(host: Netns) -> str:
+    return host.exec("nft", "list", "ruleset")
+
+
+def host_veth_of(host: Netns, sb: Netns, ifname: str) -> dict[str, Any] | None:
+    """The host-side peer of a sandbox veth (found by ifindex, names are random)."""
+    cont = sb.link(ifname)
+    if cont is None:
+        return None
+    peer_index = cont.get("link_index")
+    for link in host.links():
+        if (
+            link.get("ifindex") == peer_index
+            and link.get("linkinfo", {}).get("info_kind") == "veth"
+        ):
+            return link
+    return None
+
+
+def _routes(ns: Netns, family: str) -> list[tuple[str, ...]]:
+    out = []
+    for r in ns.routes(family):
+        if str(r.get("dst", "")).startswith("fe80"):
+            continue
+        out.append(
+            (
+                str(r.get("dst")),
+                str(r.get("gateway", "")),
+                str(r.get("dev", "")),
+                str(r.get("protocol", "boot")),
+                str(r.get("scope", "")),
+                str(r.get("metric", "")),
+            )
+        )
+    return sorted(out)
+
+
+def attachment_state(host: Netns, sb: Netns, ifname: str, bridge: str) -> dict[str, Any]:
+    """Kernel state of one attachment, normalized (random names and MACs left out)."""
+    cont = sb.link(ifname)
+    hv = host_veth_of(host, sb, ifname)
+    br = host.link(bridge)
+    slave = (hv or {}).get("linkinfo", {}).get("info_slave_data", {})
+    has_v6 = any(":" in a for a in (sb.addrs(ifname) if cont else []))
+    return {
+        "container": None
+        if cont is None
+        else {
+            "kind": cont.get("linkinfo", {}).get("info_kind"),
+            "mtu": cont.get("mtu"),
+            "up": "UP" in cont.get("flags", []),
+            "addresses": sb.addrs(ifname),
+            "accept_dad": sb.sysctl(f"net/ipv6/conf/{ifname}/accept_dad") if has_v6 else None,
+        },
+        "routes4": _routes(sb, "-4"),
+        "routes6": _routes(sb, "-6"),
+        "host_veth": None
+        if hv is None
+        else {
+            "master": hv.get("master"),
+            "mtu": hv.get("mtu"),
+            "up": "UP" in hv.get("flags", []),
+            "operstate": hv.get("operstate"),
+            "hairpin": slave.get("hairpin"),
+            "isolated": slave.get("isolated"),
+        },
+        "bridge": None
+        if br is None
+        else {
+            "kind": br.get("linkinfo", {}).get("info_kind"),
+            "mtu": br.get("mtu"),
+            "up": "UP" in br.get("flags", []),
+            "promisc": "PROMISC" in br.get("flags", []),
+            "addresses": host.addrs(bridge),
+        },
+    }

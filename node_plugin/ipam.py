@@ -1,0 +1,74 @@
+"""IPAM for the bridge: cniwarden-host-local in-process, anything else delegated by exec."""
+
+from __future__ import annotations
+
+import logging
+
+from node_plugin import delegate, hostlocal
+from node_plugin.errors import INCOMPATIBLE_VERSION, INVALID_ENV, CniError
+from node_plugin.hostlocal_config import IpamConfig
+from node_plugin.result import Result
+from node_plugin.skel import CmdArgs
+
+log = logging.getLogger(__name__)
+IN_PROCESS = "cniwarden-host-local"
+# CNI_ARGS keys the bridge owns; the in-process host-local must not reject them.
+BRIDGE_ARGS = ("MAC",)
+
+
+def preload(args: CmdArgs, ipam_type: str) -> IpamConfig | None:
+    """Validate an in-process IPAM config before the bridge changes anything on the node."""
+    return hostlocal.load(args, BRIDGE_ARGS) if ipam_type == IN_PROCESS else None
+
+
+def add(args: CmdArgs, ipam_type: str, preloaded: IpamConfig | None = None) -> Result:
+    if ipam_type == IN_PROCESS:
+        return hostlocal.allocate(args, preloaded or hostlocal.load(args, BRIDGE_ARGS))
+    return delegate.add(args, ipam_type)
+
+
+def delete(args: CmdArgs, ipam_type: str) -> None:
+    if ipam_type == IN_PROCESS:
+        hostlocal.release(args, hostlocal.load(args, BRIDGE_ARGS))
+    else:
+        delegate.invoke(args, ipam_type, "DEL")
+
+
+def check(args: CmdArgs, ipam_type: str) -> None:
+    if ipam_type == IN_PROCESS:
+        hostlocal.check(args)
+    else:
+        delegate.invoke(args, ipam_type, "CHECK")
+
+
+def gc(args: CmdArgs, ipam_type: str) -> None:
+    if ipam_type == IN_PROCESS:
+        hostlocal.gc(args)
+        return
+    try:
+        delegate.invoke(args, ipam_type, "GC")
+    except CniError as err:
+        if _predates_verb(err):
+            log.info("IPAM plugin %s does not implement GC: %s", ipam_type, err.msg)
+            return
+        raise
+
+
+def status(args: CmdArgs, ipam_type: str) -> None:
+    if ipam_type == IN_PROCESS:
+        hostlocal.status(args)
+        return
+    try:
+        delegate.invoke(args, ipam_type, "STATUS")
+    except CniError as err:
+        if _predates_verb(err):
+            log.info("IPAM plugin %s does not implement STATUS: %s", ipam_type, err.msg)
+            return
+        raise
+
+
+def _predates_verb(err: CniError) -> bool:
+    """A delegate older than CNI 1.1.0 rejects GC/STATUS (version or unknown command)."""
+    return err.code == INCOMPATIBLE_VERSION or (
+        err.code == INVALID_ENV and "CNI_COMMAND" in err.msg
+    )
