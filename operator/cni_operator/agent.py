@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import kopf
+from kubernetes.client.exceptions import ApiException
 
 from cni_operator import api
 from cni_operator.kube import Kube
@@ -53,6 +54,7 @@ class Agent:
     _stop: threading.Event = field(default_factory=threading.Event)
     _last_status: dict[str, Any] | None = None
     _last_publish: float = 0.0
+    _state_exists: bool = False
 
     def __post_init__(self) -> None:
         self.paths = HostPaths(self.settings.host_root)
@@ -150,9 +152,16 @@ class Agent:
         now = time.monotonic()
         due = now - self._last_publish > self.settings.heartbeat_seconds
         if result.status != self._last_status or due:
-            self.kube.ensure_node_state(self.node, self.settings.node_name)
+            if not self._state_exists:
+                self.kube.ensure_node_state(self.node, self.settings.node_name)
+                self._state_exists = True
             status = dict(result.status, heartbeatTime=now_iso())
-            self.kube.patch_node_state_status(self.settings.node_name, status)
+            try:
+                self.kube.patch_node_state_status(self.settings.node_name, status)
+            except ApiException as error:
+                if error.status == 404:  # deleted under us (e.g. by GC): recreate next pass
+                    self._state_exists = False
+                raise
             self._last_status = result.status
             self._last_publish = now
         for event in result.events:

@@ -1,0 +1,226 @@
+"""Operator rollout benchmark: time from `kubectl apply` of a CNINetwork to every
+selected node ready, for N agents (each on its own tmp host root, against kwok
+fake nodes of a real local API server), plus the RSS of the controller and of
+the agents.
+
+    .venv/bin/python -m bench.operator_rollout --agents 3 --agents 30 [--rounds 3]
+
+Uses the cluster named by CNIWARDEN_CLUSTER (`make cluster-up TIER=fake-nodes`)
+or starts a fake-nodes cluster of its own and stops it afterwards. Writes
+bench/results/operator_rollout.json and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from devtools.localcluster import LocalCluster, Tier, attach, up
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = Path("/usr/lib/cni")
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@contextlib.contextmanager
+def a_cluster() -> Iterator[LocalCluster]:
+    name = os.environ.get("CNIWARDEN_CLUSTER")
+    if name:
+        yield attach(name)
+        return
+    cluster = up(f"bench-{os.getpid()}", Tier.FAKE_NODES, fake_nodes=0, owner_pid=os.getpid())
+    try:
+        yield cluster
+    finally:
+        cluster.down()
+
+
+class Processes:
+    def __init__(self, cluster: LocalCluster, workdir: Path) -> None:
+        self.cluster, self.workdir = cluster, workdir
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def spawn(self, key: str, *args: str) -> None:
+        log = (self.workdir / f"{key}.log").open("ab")
+        self.procs[key] = subprocess.Popen(
+            [sys.executable, "-m", "cni_operator.cli", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig)},
+            cwd=ROOT,
+            start_new_session=True,
+        )
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def kubectl_json(cluster: LocalCluster, *args: str) -> Any:
+    return json.loads(cluster.kubectl(*args, "-o", "json").stdout)
+
+
+def run_once(cluster: LocalCluster, agents: int, rounds: int) -> dict[str, Any]:
+    run_id = secrets.token_hex(3)
+    label = f"cniwarden.io/bench={run_id}"
+    cluster.kubectl("apply", "-f", str(ROOT / "crds"))
+    nodes = cluster.add_fake_nodes(agents)
+    cluster.kubectl("label", "node", *nodes, label, "--overwrite")
+    workdir = Path(tempfile.mkdtemp(prefix=f"cniwarden-bench-{run_id}-"))
+    procs = Processes(cluster, workdir)
+    result: dict[str, Any] = {"agents": agents, "rounds": []}
+    try:
+        started = time.monotonic()
+        procs.spawn("operator", "operator")
+        for node in nodes:
+            procs.spawn(
+                f"agent-{node}", "agent", "--node-name", node, "--host-root", str(workdir / node)
+            )
+        # Every agent up: it has published its CNINodeState.
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            states = kubectl_json(cluster, "get", "cninodestates")["items"]
+            if {s["metadata"]["name"] for s in states} >= set(nodes):
+                break
+            time.sleep(0.5)
+        else:
+            raise RuntimeError("agents did not all report within 600s")
+        result["agents_up_s"] = round(time.monotonic() - started, 2)
+        time.sleep(2)  # let the start-up burst settle before measuring
+        for index in range(rounds):
+            name = f"bench-{run_id}-{index}"
+            spec = {
+                "priority": 10,
+                "cniVersion": "1.0.0",
+                "nodeSelector": {"cniwarden.io/bench": run_id},
+                "plugins": [
+                    {
+                        "type": "bridge",
+                        "bridge": "cwb0",
+                        "ipam": {"type": "host-local", "ranges": [[{"subnet": "usePodCIDR"}]]},
+                    }
+                ],
+                "binaries": [
+                    {
+                        "name": n,
+                        "sha256": sha(REFERENCE / n),
+                        "source": {"file": str(REFERENCE / n)},
+                    }
+                    for n in ("bridge", "host-local")
+                ],
+            }
+            body = {
+                "apiVersion": "cniwarden.io/v1alpha1",
+                "kind": "CNINetwork",
+                "metadata": {"name": name},
+                "spec": spec,
+            }
+            t0 = time.monotonic()
+            cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
+            files_at = None
+            while True:
+                now = time.monotonic()
+                if files_at is None and all(
+                    (workdir / n / "etc/cni/net.d" / f"10-{name}.conflist").exists() for n in nodes
+                ):
+                    files_at = now - t0
+                status = kubectl_json(cluster, "get", "cninetwork", name).get("status") or {}
+                ready = next(
+                    (c for c in status.get("conditions") or [] if c["type"] == "Ready"), {}
+                )
+                if ready.get("status") == "True" and status.get("nodesReady") == agents:
+                    ready_at = time.monotonic() - t0
+                    break
+                if now - t0 > 300:
+                    raise RuntimeError(f"{name} not Ready after 300s: {status}")
+                time.sleep(0.05)
+            rss = {key: rss_kib(p.pid) for key, p in procs.procs.items()}
+            agent_rss = [v for k, v in rss.items() if k.startswith("agent-")]
+            result["rounds"].append(
+                {
+                    "files_on_all_nodes_s": round(files_at or ready_at, 3),
+                    "status_ready_s": round(ready_at, 3),
+                    "operator_rss_mib": round(rss["operator"] / 1024, 1),
+                    "agent_rss_mib_mean": round(statistics.mean(agent_rss) / 1024, 1),
+                    "agent_rss_mib_max": round(max(agent_rss) / 1024, 1),
+                }
+            )
+            t1 = time.monotonic()
+            cluster.kubectl("delete", "cninetwork", name, "--timeout=300s")
+            result["rounds"][-1]["delete_clean_s"] = round(time.monotonic() - t1, 3)
+    finally:
+        procs.stop()
+        for node in nodes:
+            cluster.kubectl("delete", "cninodestate", node, "--ignore-not-found", check=False)
+        cluster.kubectl("label", "node", *nodes, "cniwarden.io/bench-", check=False)
+        shutil.rmtree(workdir, ignore_errors=True)
+    rounds_ = result["rounds"]
+    for key in ("files_on_all_nodes_s", "status_ready_s", "delete_clean_s"):
+        result[f"{key}_median"] = statistics.median(r[key] for r in rounds_)
+    for key in ("operator_rss_mib", "agent_rss_mib_mean", "agent_rss_mib_max"):
+        result[key] = max(r[key] for r in rounds_)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--agents", type=int, action="append", help="agent counts (repeatable)")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    counts = args.agents or [3, 30]
+    results = []
+    with a_cluster() as cluster:
+        for count in counts:
+            print(f"operator_rollout: {count} agents...", file=sys.stderr)
+            results.append(run_once(cluster, count, args.rounds))
+    out = ROOT / "bench/results/operator_rollout.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(
+        "| agents | apply → files on all nodes (median) | apply → Ready status (median) "
+        "| delete → clean | agents up | operator RSS | agent RSS mean / max |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        print(
+            f"| {r['agents']} | {r['files_on_all_nodes_s_median']:.2f} s "
+            f"| {r['status_ready_s_median']:.2f} s | {r['delete_clean_s_median']:.2f} s "
+            f"| {r['agents_up_s']:.0f} s | {r['operator_rss_mib']:.0f} MiB "
+            f"| {r['agent_rss_mib_mean']:.0f} / {r['agent_rss_mib_max']:.0f} MiB |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
