@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ class AgentSettings:
 class Agent:
     settings: AgentSettings
     networks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    listed: bool = False  # networks holds a full list (not just the first events)
     node: dict[str, Any] | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
@@ -55,6 +57,7 @@ class Agent:
     _last_status: dict[str, Any] | None = None
     _last_publish: float = 0.0
     _state_exists: bool = False
+    _last_list: float = 0.0
 
     def __post_init__(self) -> None:
         self.paths = HostPaths(self.settings.host_root)
@@ -95,6 +98,7 @@ class Agent:
             extra.mkdir(parents=True, exist_ok=True)
         threading.Thread(target=self._watch_node, args=(loop,), daemon=True).start()
         self._task = asyncio.create_task(self._run())
+        self.wake.set()  # a first pass right away: report this node even with no network
 
     async def stop(self) -> None:
         self._stop.set()
@@ -141,14 +145,24 @@ class Agent:
             loop.remove_reader(watcher.fd)
             watcher.close()
 
+    def _relist(self) -> None:
+        """A full list of CNINetworks: the authoritative set at this moment. Until
+        the first one, no file is removed for being absent (kopf's watch streams
+        the initial objects one by one)."""
+        listed_rv, items = self.kube.list_networks_with_version()
+        self.networks = merge_listing(self.networks, items, listed_rv)
+        self.listed = True
+
     async def _pass(self) -> None:
+        now = time.monotonic()
+        if not self.listed or now - self._last_list > self.settings.resync_seconds:
+            await asyncio.to_thread(self._relist)
+            self._last_list = now
         snapshot = {name: dict(body) for name, body in self.networks.items()}
         result = await asyncio.to_thread(self.reconciler.reconcile, snapshot, self.node)
         await asyncio.to_thread(self._publish, result, snapshot)
 
     def _publish(self, result: PassResult, snapshot: dict[str, dict[str, Any]]) -> None:
-        import time  # noqa: PLC0415
-
         now = time.monotonic()
         due = now - self._last_publish > self.settings.heartbeat_seconds
         if result.status != self._last_status or due:
@@ -168,6 +182,29 @@ class Agent:
             body = snapshot.get(event.network)
             if body is not None:
                 self.kube.post_event(body, event.type, event.reason, event.message, COMPONENT)
+
+
+def _rv(body: dict[str, Any]) -> int:
+    try:
+        return int(body.get("metadata", {}).get("resourceVersion") or 0)
+    except ValueError:
+        return 0
+
+
+def merge_listing(
+    current: dict[str, dict[str, Any]], items: list[dict[str, Any]], listed_rv: int
+) -> dict[str, dict[str, Any]]:
+    """Merge a fresh list into what watch events already delivered, keeping the
+    newer copy of each object (events may overtake a list in flight)."""
+    merged = {}
+    listed = {item["metadata"]["name"]: item for item in items}
+    for name, item in listed.items():
+        known = current.get(name)
+        merged[name] = known if known is not None and _rv(known) > _rv(item) else item
+    for name, known in current.items():
+        if name not in listed and _rv(known) > listed_rv:
+            merged[name] = known  # created after the list was taken
+    return merged
 
 
 def build_registry(agent: Agent) -> kopf.OperatorRegistry:

@@ -47,6 +47,16 @@ class Kube:
         )
         return list(listing.get("items", []))
 
+    def list_networks_with_version(self) -> tuple[int, list[dict[str, Any]]]:
+        listing: dict[str, Any] = self.custom.list_cluster_custom_object(  # type: ignore[assignment]
+            api.GROUP, api.VERSION, api.NETWORK_PLURAL
+        )
+        try:
+            version = int(listing.get("metadata", {}).get("resourceVersion") or 0)
+        except ValueError:
+            version = 0
+        return version, list(listing.get("items", []))
+
     # --- CNINodeState -----------------------------------------------------------
     def get_node_state(self, name: str) -> dict[str, Any] | None:
         try:

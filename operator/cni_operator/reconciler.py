@@ -93,8 +93,12 @@ class Reconciler:
 
     # ------------------------------------------------------------------ pass
     def reconcile(
-        self, networks: Mapping[str, Mapping[str, Any]], node: Mapping[str, Any] | None
+        self,
+        networks: Mapping[str, Mapping[str, Any]] | None,
+        node: Mapping[str, Any] | None,
     ) -> PassResult:
+        """One pass. `networks` is None until the agent has listed them once; `node`
+        is None until it has seen its Node: either way the pass only reports."""
         self.paths.ensure()
         manifest = manifest_io.load(self.paths)
         facts = NodeFacts.from_node(node) if node is not None else None
@@ -105,7 +109,7 @@ class Reconciler:
 
         desired: dict[str, tuple[Mapping[str, Any], NetworkSpec]] = {}
         invalid_specs: set[str] = set()
-        for name, body in sorted(networks.items()):
+        for name, body in sorted((networks or {}).items()):
             if _meta(body).get("deletionTimestamp"):
                 continue
             try:
@@ -117,6 +121,10 @@ class Reconciler:
             if facts is not None and selects(spec.nodeSelector, facts.labels):
                 desired[name] = (body, spec)
 
+        if facts is None or networks is None:
+            # Without this node's labels, or before the first full list of networks,
+            # absence proves nothing: change no file, just report what is there.
+            return self._report(manifest, entries, problems, events)
         self._remove_gone(
             networks=networks,
             desired=desired,
@@ -142,7 +150,15 @@ class Reconciler:
         self._shadow_guard(desired, manifest, attachments, problems, events)
         self._cleanup_binaries(desired, manifest)
         manifest_io.save(self.paths, manifest)
+        return self._report(manifest, entries, problems, events)
 
+    def _report(
+        self,
+        manifest: Manifest,
+        entries: dict[str, dict[str, Any]],
+        problems: list[Problem],
+        events: list[AgentEvent],
+    ) -> PassResult:
         scan = scan_node(self.paths, manifest, self.prober, node_view=True)
         status = report_dict(scan, manifest)
         status["problems"] = [p.to_dict() for p in problems] + status["problems"]

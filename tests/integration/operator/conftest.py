@@ -176,7 +176,7 @@ class Fleet:
             self.wait(lambda: self.gone(name), f"{name} deleted", timeout)
 
     def wait(
-        self, check: Callable[[], Any], what: str, timeout: float = 20, interval: float = 0.1
+        self, check: Callable[[], Any], what: str, timeout: float = 30, interval: float = 0.1
     ) -> Any:
         """Poll `check` until it returns something truthy, and return that."""
         deadline = time.monotonic() + timeout
@@ -217,6 +217,11 @@ def fleet(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> It
         fleet.start_operator()
         for node in nodes:
             fleet.start_agent(node)
+        fleet.wait(
+            lambda: all(fleet.node_state(n).get("heartbeatTime") for n in nodes),
+            "every agent's first report",
+            timeout=60,
+        )
         yield fleet
     finally:
         if fleet.operator is None:

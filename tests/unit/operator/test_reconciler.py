@@ -251,3 +251,15 @@ def test_own_binaries_come_from_the_source(host: HostPaths, tmp_path: Path) -> N
     assert entry(result.status, "podnet")["state"] == "Applied"
     binary = next(b for b in result.status["binaries"] if b["name"] == "cniwarden-bridge")
     assert binary["owned"] and binary["versions"] == ["1.0.0", "1.1.0"]
+
+
+def test_unknown_node_or_unlisted_networks_change_nothing(
+    host: HostPaths, reconciler: Reconciler
+) -> None:
+    reconciler.reconcile({"podnet": network()}, NODE)
+    before = sorted(os.listdir(host.conf_dir)), sorted(os.listdir(host.bin_dir))
+    # A restarted agent before its first list, or before it has seen its Node.
+    for networks, node in ((None, NODE), ({}, None), ({"podnet": network()}, None)):
+        result = reconciler.reconcile(networks, node)
+        assert (sorted(os.listdir(host.conf_dir)), sorted(os.listdir(host.bin_dir))) == before
+        assert result.status["managedFiles"]
