@@ -36,13 +36,19 @@ def rss_kib(pid: int) -> int:
 
 
 class Fleet:
-    def __init__(self, cluster: LocalCluster, workdir: Path, nodes: list[str]) -> None:
+    def __init__(
+        self,
+        cluster: LocalCluster,
+        workdir: Path,
+        nodes: list[str],
+        roots: dict[str, Path] | None = None,
+    ) -> None:
         self.cluster = cluster
         self.run_id = secrets.token_hex(3)
         self.workdir = workdir
         self.nodes = nodes
         self.label = {"cniwarden.io/test-fleet": self.run_id}
-        self.roots = {node: workdir / node for node in nodes}
+        self.roots = roots or {node: workdir / node for node in nodes}
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
         self.operator: subprocess.Popen[bytes] | None = None
         self.created: set[str] = set()
@@ -197,8 +203,12 @@ class Fleet:
         return sorted(os.listdir(directory)) if directory.is_dir() else []
 
 
-@pytest.fixture(scope="module")
-def fleet(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+@contextlib.contextmanager
+def running_fleet(
+    cluster: LocalCluster, workdir: Path, nodes: list[str], roots: dict[str, Path] | None = None
+) -> Iterator[Fleet]:
+    """Controller + one agent per node; on exit every CNINetwork the test made is
+    deleted (agents clean the nodes), processes stopped, reports and labels removed."""
     cluster.kubectl("apply", "-f", str(ROOT / "crds"))
     cluster.kubectl(
         "wait",
@@ -206,9 +216,7 @@ def fleet(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> It
         "crd/cninetworks.cniwarden.io",
         "crd/cninodestates.cniwarden.io",
     )
-    nodes = cluster.add_fake_nodes(3)
-    workdir = tmp_path_factory.mktemp("fleet")
-    fleet = Fleet(cluster, workdir, nodes)
+    fleet = Fleet(cluster, workdir, nodes, roots)
     for node in nodes:
         cluster.kubectl(
             "label", "node", node, f"cniwarden.io/test-fleet={fleet.run_id}", "--overwrite"
@@ -233,7 +241,7 @@ def fleet(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> It
             try:
                 fleet.delete(name, timeout=30)
             except AssertionError:
-                fleet.cluster.kubectl(
+                cluster.kubectl(
                     "patch",
                     "cninetwork",
                     name,
@@ -246,3 +254,10 @@ def fleet(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> It
         for node in nodes:
             cluster.kubectl("delete", "cninodestate", node, "--ignore-not-found", check=False)
             cluster.kubectl("label", "node", node, "cniwarden.io/test-fleet-", check=False)
+
+
+@pytest.fixture(scope="module")
+def fleet(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    nodes = cluster.add_fake_nodes(3)
+    with running_fleet(cluster, tmp_path_factory.mktemp("fleet"), nodes) as running:
+        yield running
