@@ -165,12 +165,31 @@ def run_once(cluster: LocalCluster, agents: int, rounds: int) -> dict[str, Any]:
                 if now - t0 > 300:
                     raise RuntimeError(f"{name} not Ready after 300s: {status}")
                 time.sleep(0.05)
+            # A foreign file that wins: time until the network's Shadowed condition says so.
+            planted = workdir / nodes[0] / "etc/cni/net.d" / f"00-foreign-{index}.conflist"
+            t2 = time.monotonic()
+            planted.write_text(
+                '{"cniVersion":"1.0.0","name":"foreign","plugins":[{"type":"bridge"}]}'
+            )
+            while True:
+                status = kubectl_json(cluster, "get", "cninetwork", name).get("status") or {}
+                shadow = next(
+                    (c for c in status.get("conditions") or [] if c["type"] == "Shadowed"), {}
+                )
+                if shadow.get("status") == "True":
+                    shadowed_at = time.monotonic() - t2
+                    break
+                if time.monotonic() - t2 > 60:
+                    raise RuntimeError("Shadowed not reported within 60s")
+                time.sleep(0.05)
+            planted.unlink()
             rss = {key: rss_kib(p.pid) for key, p in procs.procs.items()}
             agent_rss = [v for k, v in rss.items() if k.startswith("agent-")]
             result["rounds"].append(
                 {
                     "files_on_all_nodes_s": round(files_at or ready_at, 3),
                     "status_ready_s": round(ready_at, 3),
+                    "shadowed_s": round(shadowed_at, 3),
                     "operator_rss_mib": round(rss["operator"] / 1024, 1),
                     "agent_rss_mib_mean": round(statistics.mean(agent_rss) / 1024, 1),
                     "agent_rss_mib_max": round(max(agent_rss) / 1024, 1),
@@ -186,7 +205,7 @@ def run_once(cluster: LocalCluster, agents: int, rounds: int) -> dict[str, Any]:
         cluster.kubectl("label", "node", *nodes, "cniwarden.io/bench-", check=False)
         shutil.rmtree(workdir, ignore_errors=True)
     rounds_ = result["rounds"]
-    for key in ("files_on_all_nodes_s", "status_ready_s", "delete_clean_s"):
+    for key in ("files_on_all_nodes_s", "status_ready_s", "shadowed_s", "delete_clean_s"):
         result[f"{key}_median"] = statistics.median(r[key] for r in rounds_)
     for key in ("operator_rss_mib", "agent_rss_mib_mean", "agent_rss_mib_max"):
         result[key] = max(r[key] for r in rounds_)
@@ -208,14 +227,15 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(
-        "| agents | apply → files on all nodes (median) | apply → Ready status (median) "
+        "| agents | apply → files on all nodes | apply → Ready status | foreign file → Shadowed "
         "| delete → clean | agents up | operator RSS | agent RSS mean / max |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
         print(
             f"| {r['agents']} | {r['files_on_all_nodes_s_median']:.2f} s "
-            f"| {r['status_ready_s_median']:.2f} s | {r['delete_clean_s_median']:.2f} s "
+            f"| {r['status_ready_s_median']:.2f} s | {r['shadowed_s_median']:.2f} s "
+            f"| {r['delete_clean_s_median']:.2f} s "
             f"| {r['agents_up_s']:.0f} s | {r['operator_rss_mib']:.0f} MiB "
             f"| {r['agent_rss_mib_mean']:.0f} / {r['agent_rss_mib_max']:.0f} MiB |"
         )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from cni_operator.api import NetworkSpec, SpecError, parse_spec
@@ -102,7 +103,7 @@ class Reconciler:
         self.paths.ensure()
         manifest = manifest_io.load(self.paths)
         facts = NodeFacts.from_node(node) if node is not None else None
-        attachments = scan_attachments(self.paths)
+        attachments = scan_attachments(self.paths, self._extra_lease_stores(manifest))
         entries: dict[str, dict[str, Any]] = {}
         problems: list[Problem] = []
         events: list[AgentEvent] = []
@@ -169,6 +170,16 @@ class Reconciler:
         status["problemCount"] = len(status["problems"])
         events.extend(self._transition_events(entries))
         return PassResult(status, events)
+
+    def _extra_lease_stores(self, manifest: Manifest) -> list[Path]:
+        """host-local stores named by `ipam.dataDir` in the configs we applied."""
+        stores = []
+        for managed in manifest.networks.values():
+            for plugin in managed.spec.get("plugins") or []:
+                data_dir = ((plugin or {}).get("ipam") or {}).get("dataDir")
+                if isinstance(data_dir, str) and data_dir.startswith("/"):
+                    stores.append(self.paths.root / data_dir.lstrip("/"))
+        return stores
 
     # ------------------------------------------------------------- entries
     def _entry(

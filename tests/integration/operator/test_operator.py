@@ -340,6 +340,19 @@ def test_invalid_config_keeps_last_good_file(fleet: Fleet) -> None:
             ),
         )
         assert refused.returncode != 0 and "usePodCIDR must be alone" in refused.stderr
+        # CEL transition rules: the CNI name pods are attached under cannot change.
+        renamed = fleet.cluster.kubectl(
+            "patch",
+            "cninetwork",
+            name,
+            "--type=merge",
+            "-p",
+            '{"spec":{"networkName":"other"}}',
+            check=False,
+        )
+        assert (
+            renamed.returncode != 0 and "networkName cannot be added or removed" in renamed.stderr
+        )
     finally:
         fleet.delete(name)
 

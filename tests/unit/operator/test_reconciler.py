@@ -263,3 +263,18 @@ def test_unknown_node_or_unlisted_networks_change_nothing(
         result = reconciler.reconcile(networks, node)
         assert (sorted(os.listdir(host.conf_dir)), sorted(os.listdir(host.bin_dir))) == before
         assert result.status["managedFiles"]
+
+
+def test_custom_data_dir_counts_as_a_lease_store(host: HostPaths, reconciler: Reconciler) -> None:
+    custom = network()
+    custom["spec"]["plugins"][0]["ipam"]["dataDir"] = "/run/cni-leases"
+    reconciler.reconcile({"podnet": custom}, NODE)
+    store = host.root / "run/cni-leases/podnet"
+    store.mkdir(parents=True)
+    (store / "10.244.1.9").write_text("c9\r\neth0")
+    changed = network(generation=2)
+    changed["spec"]["plugins"][0]["ipam"]["dataDir"] = "/run/cni-leases"
+    changed["spec"]["plugins"][0]["bridge"] = "cw7"
+    held = reconciler.reconcile({"podnet": changed}, NODE)
+    assert entry(held.status, "podnet")["state"] == "Blocked"
+    assert entry(held.status, "podnet")["attachments"] == 1
