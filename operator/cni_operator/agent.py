@@ -156,10 +156,18 @@ class Agent:
     async def _pass(self) -> None:
         now = time.monotonic()
         if not self.listed or now - self._last_list > self.settings.resync_seconds:
-            await asyncio.to_thread(self._relist)
-            self._last_list = now
+            try:
+                await asyncio.to_thread(self._relist)
+                self._last_list = now
+            except Exception as error:
+                if not self.listed:
+                    raise
+                # The API server is away: keep guarding the node with what we know.
+                log.warning("cannot list CNINetworks (%s); using the last known set", error)
         snapshot = {name: dict(body) for name, body in self.networks.items()}
-        result = await asyncio.to_thread(self.reconciler.reconcile, snapshot, self.node)
+        result = await asyncio.to_thread(
+            self.reconciler.reconcile, snapshot if self.listed else None, self.node
+        )
         await asyncio.to_thread(self._publish, result, snapshot)
 
     def _publish(self, result: PassResult, snapshot: dict[str, dict[str, Any]]) -> None:

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 from cni_operator.node.atomic import sha256_file
 
+from devtools.localcluster import procs
+
 from .conftest import Fleet
 
 pytestmark = [
@@ -410,3 +412,52 @@ def test_delete_completes_when_a_node_is_gone(fleet: Fleet) -> None:
         fleet.roots.pop(ghost, None)
         fleet.cluster.kubectl("delete", "node", ghost, "--ignore-not-found", check=False)
         fleet.cluster.kubectl("delete", "cninodestate", ghost, "--ignore-not-found", check=False)
+
+
+def test_api_server_restart_loses_nothing(fleet: Fleet) -> None:
+    name = fleet.name("apirestart")
+    node = fleet.nodes[0]
+    spec = bridge_spec(priority=40)
+    spec["shadowPolicy"] = "Quarantine"
+    fleet.apply(name, spec)
+    fleet.wait(lambda: fleet.ready(name), "Ready")
+    planted = fleet.conf_dir(node) / "00-during-outage.conflist"
+    try:
+        state = fleet.cluster.state
+        record = next(p for p in state.processes if p.name == "kube-apiserver")
+        argv = [
+            a.decode() for a in Path(f"/proc/{record.pid}/cmdline").read_bytes().split(b"\0")[:-1]
+        ]
+        procs.stop(record)
+        try:
+            # The node is still guarded while the API server is away.
+            planted.write_text('{"cniVersion":"1.0.0","name":"x","plugins":[{"type":"bridge"}]}')
+            deadline = time.monotonic() + 10
+            while planted.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not planted.exists(), "agent did not quarantine while the API server was down"
+        finally:
+            index = state.processes.index(record)
+            state.processes[index] = procs.start("kube-apiserver", argv, Path(record.log))
+            state.save()
+        fleet.wait(
+            lambda: fleet.cluster.kubectl("get", "--raw", "/readyz", check=False).returncode == 0,
+            "API server back",
+            timeout=60,
+        )
+        # Everything reconnects: a change made now reaches every node.
+        changed = bridge_spec(priority=40)
+        changed["shadowPolicy"] = "Quarantine"
+        changed["plugins"][0]["mtu"] = 1450
+        fleet.apply(name, changed)
+        fleet.wait(lambda: fleet.ready(name), "Ready after the API server restart", timeout=60)
+        for each in fleet.nodes:
+            conf = json.loads((fleet.conf_dir(each) / f"40-{name}.conflist").read_bytes())
+            assert conf["plugins"][0]["mtu"] == 1450
+            assert fleet.conf_files(each).count(f"40-{name}.conflist") == 1
+        moved = fleet.node_state(node)["quarantined"]
+        assert [m["original"] for m in moved] == ["/etc/cni/net.d/00-during-outage.conflist"]
+    finally:
+        fleet.delete(name, timeout=60)
+    assert planted.exists()  # restored on delete
+    planted.unlink()
