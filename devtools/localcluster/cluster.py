@@ -282,6 +282,7 @@ def down(state: ClusterState) -> None:
     steps: list[tuple[str, Callable[[], None]]] = [
         ("restore sysctls", functools.partial(_restore_sysctls, state)),
         ("unmount", functools.partial(hostres.unmount_under, workdir)),
+        ("remove host dirs", functools.partial(slots.release_host_dirs, Path(state.root), workdir)),
     ]
     if state.bridge:
         steps.append(("delete bridge", functools.partial(hostres.delete_link, state.bridge)))

@@ -137,6 +137,25 @@ def delete_netns(name: str) -> None:
                 (NETNS_DIR / name).unlink()
 
 
+def create_mount_ns(ns_dir: Path, binds: dict[Path, Path]) -> Path:
+    """A persistent mount namespace for one node, bound at `ns_dir/mnt`.
+
+    It starts as a slave copy of the host's mounts (host mounts flow in, the
+    node's never flow out), then gets `binds` (target -> source) so the node
+    sees its own directories at the standard paths. Everything mounted inside
+    (container rootfs, pod volumes, netns files) goes away with the namespace.
+    """
+    ns_dir.mkdir(parents=True, exist_ok=True)
+    # The namespace file may only be bound on a private mount (no loops).
+    procs.run(["mount", "--bind", str(ns_dir), str(ns_dir)])
+    procs.run(["mount", "--make-private", str(ns_dir)])
+    ns_file = ns_dir / "mnt"
+    ns_file.touch()
+    script = "set -e\n" + "".join(f"mount --bind '{src}' '{dst}'\n" for dst, src in binds.items())
+    procs.run(["unshare", f"--mount={ns_file}", "--propagation", "slave", "sh", "-c", script])
+    return ns_file
+
+
 def read_sysctl(key: str) -> str:
     return Path("/proc/sys", key.replace(".", "/")).read_text().strip()
 

@@ -96,6 +96,15 @@ class NodeLayout:
         return Path("/run/netns") / self.netns
 
     @property
+    def mntns_dir(self) -> Path:
+        """A private bind mount holding the node's mount namespace file."""
+        return self.dir / "ns"
+
+    @property
+    def mntns(self) -> Path:
+        return self.mntns_dir / "mnt"
+
+    @property
     def containerd_dir(self) -> Path:
         return self.dir / "containerd"
 

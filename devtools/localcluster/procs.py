@@ -40,6 +40,12 @@ def log_tail(path: Path | str, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def _nsenter(argv: Sequence[str], netns: Path | None, mntns: Path | None) -> list[str]:
+    flags = [f"--net={netns}"] if netns is not None else []
+    flags += [f"--mount={mntns}"] if mntns is not None else []
+    return ["nsenter", *flags, "--", *argv] if flags else list(argv)
+
+
 def _stat_fields(pid: int) -> list[str] | None:
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
@@ -74,18 +80,18 @@ def start(
     log: Path,
     *,
     netns: Path | None = None,
+    mntns: Path | None = None,
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
     node: str | None = None,
 ) -> ProcessRecord:
     """Start `argv` in its own session (it outlives the caller), output to `log`.
 
-    With `netns`, the process joins that network namespace through
-    `nsenter --net=`, which execs in place (so the pid is the daemon's) and,
-    unlike `ip netns exec`, leaves /sys and the cgroup mounts alone.
+    With `netns`/`mntns`, the process joins those namespaces through `nsenter`,
+    which execs in place (so the pid is the daemon's) and, unlike
+    `ip netns exec`, leaves /sys and the cgroup mounts alone.
     """
-    if netns is not None:
-        argv = ["nsenter", f"--net={netns}", "--", *argv]
+    argv = _nsenter(argv, netns, mntns)
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         proc = subprocess.Popen(
@@ -160,6 +166,21 @@ def wait_ready(
         time.sleep(interval)
 
 
+def pids_in_namespace(kind: str, ns_file: Path) -> list[int]:
+    """Pids whose `kind` namespace ("net", "mnt") is the one bound at `ns_file`."""
+    try:
+        target = ns_file.stat().st_ino
+    except OSError:
+        return []
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "ns" / kind).stat().st_ino == target:
+                    found.append(int(entry.name))
+    return found
+
+
 def processes_matching(predicate: Callable[[int, str, str], bool]) -> list[int]:
     """Pids whose (pid, cmdline, cgroup file text) satisfy `predicate`."""
     found = []
@@ -207,12 +228,12 @@ def run(
     *,
     check: bool = True,
     netns: Path | None = None,
+    mntns: Path | None = None,
     input: str | None = None,
     timeout: float = 120,
 ) -> subprocess.CompletedProcess[str]:
     """Run a short command and capture its output; errors say what failed and why."""
-    if netns is not None:
-        argv = ["nsenter", f"--net={netns}", "--", *argv]
+    argv = _nsenter(argv, netns, mntns)
     proc = subprocess.run(
         list(argv), capture_output=True, text=True, input=input, timeout=timeout, check=False
     )

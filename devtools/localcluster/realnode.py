@@ -24,6 +24,7 @@ import contextlib
 import functools
 import ipaddress
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -92,6 +93,34 @@ def _plumb_netns(layout: Layout, node: NodeLayout) -> None:
         ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"],
     ):
         procs.run(argv, netns=netns)
+
+
+# Standard paths each node sees as its own (inside its mount namespace).
+NODE_PRIVATE_PATHS = (Path("/var/lib/cni"), Path("/var/lib/kubelet"), Path("/var/log/containers"))
+
+
+def _node_binds(node: NodeLayout) -> dict[Path, Path]:
+    """Where each node-private standard path comes from.
+
+    /var/lib/cni is the node's `<host_root>/var/lib/cni`, so plugins that use the
+    default host-local dataDir or libcni's result cache (/var/lib/cni/results)
+    write into the node, where the node agent (`--host-root`) looks. kubelet's
+    hard-coded /var/lib/kubelet/device-plugins and /var/log/containers links
+    stay per node too.
+    """
+    return {
+        Path("/var/lib/cni"): node.cni_state_dir,
+        Path("/var/lib/kubelet"): node.dir / "var-lib-kubelet",
+        Path("/var/log/containers"): node.dir / "var-log-containers",
+    }
+
+
+def _make_mount_ns(layout: Layout, node: NodeLayout) -> None:
+    binds = _node_binds(node)
+    for src in binds.values():
+        src.mkdir(parents=True, exist_ok=True)
+    slots.ensure_host_dirs(layout.root, list(binds))
+    hostres.create_mount_ns(node.mntns_dir, binds)
 
 
 def _containerd_config(node: NodeLayout) -> str:
@@ -191,6 +220,7 @@ def _start_containerd(state: ClusterState, node: NodeLayout) -> None:
         [str(system_tool("containerd")), "--config", str(cfg)],
         Path(state.workdir) / "logs" / f"{node.name}-containerd.log",
         netns=node.netns_path,
+        mntns=node.mntns,
         node=node.name,
     )
     state.processes.append(rec)
@@ -308,6 +338,7 @@ def _start_kubelet(layout: Layout, state: ClusterState, node: NodeLayout) -> Non
         ],
         Path(state.workdir) / "logs" / f"{node.name}-kubelet.log",
         netns=node.netns_path,
+        mntns=node.mntns,
         node=node.name,
     )
     state.processes.append(rec)
@@ -443,6 +474,7 @@ def add_node(
             dir=str(node.dir),
             cgroup_root=node.cgroup_root,
             containerd_socket=str(node.containerd_socket),
+            mntns=str(node.mntns),
         )
     )
     state.save()
@@ -454,6 +486,7 @@ def add_node(
     for plugin in sorted(REFERENCE_PLUGINS.iterdir()):
         shutil.copy2(plugin, node.cni_bin_dir / plugin.name)
     _plumb_netns(layout, node)
+    _make_mount_ns(layout, node)
     _start_containerd(state, node)
     _import_images(layout, node)
     _save_sysctls(state)
@@ -490,22 +523,11 @@ def route_pod_cidrs(state: ClusterState, kubectl: Kubectl) -> dict[str, str]:
     return cidrs
 
 
-def _shim_sockets(node: NodeLayout) -> list[Path]:
-    """Sockets the runc shims of this containerd made under the global /run/containerd/s."""
-    tasks = node.containerd_dir / "state" / "io.containerd.runtime.v2.task"
-    found = []
-    if tasks.is_dir():
-        for address in tasks.glob("*/*/address"):
-            text = address.read_text().strip()
-            if text.startswith("unix://"):
-                found.append(Path(text.removeprefix("unix://")))
-    return found
-
-
 def teardown_node(state: ClusterState, record: NodeRecord) -> list[str]:
     """Stop and remove one node; returns the errors met (every step is attempted)."""
     errors: list[str] = []
     node_dir = Path(record.dir)
+    netns_file = hostres.NETNS_DIR / record.netns
 
     def attempt(what: str, fn: Callable[[], object]) -> None:
         try:
@@ -516,49 +538,38 @@ def teardown_node(state: ClusterState, record: NodeRecord) -> list[str]:
     mine = [p for p in state.processes if p.node == record.name]
     for rec in [p for p in mine if p.name == "kubelet"]:
         attempt("stop kubelet", functools.partial(procs.stop, rec))
-    # Containers first (they live in the kubelet's cgroup tree), then their shims.
+    for rec in [p for p in mine if p.name == "containerd"]:
+        attempt("stop containerd", functools.partial(procs.stop, rec))
+    # Containers live in the kubelet's cgroup tree; shims, and anything a CNI
+    # plugin may have left running, in the node's namespaces.
+    shim_sockets: list[Path] = []
+    try:
+        shim_sockets = _shim_sockets(node_dir / "containerd" / "state")
+    except OSError as exc:
+        errors.append(f"{record.name}: read shim addresses: {exc}")
     attempt(
         "kill pod processes", lambda: procs.kill_pids(hostres.pids_in_cgroups(record.cgroup_root))
     )
-    shim_sockets = []
-    with_layout = NodeLayout(
-        index=record.index,
-        name=record.name,
-        netns=record.netns,
-        veth_host=record.veth_host,
-        ip=record.ip,
-        dir=node_dir,
-        cgroup_root=record.cgroup_root,
-    )
-    try:
-        shim_sockets = _shim_sockets(with_layout)
-    except OSError as exc:
-        errors.append(f"{record.name}: read shim addresses: {exc}")
-    address = f"-address {record.containerd_socket} "
-    attempt(
-        "kill shims",
-        lambda: procs.kill_pids(
-            procs.processes_matching(
-                lambda _pid, cmd, _cg: "containerd-shim" in cmd and address in cmd + " "
-            )
-        ),
-    )
-    for rec in [p for p in mine if p.name == "containerd"]:
-        attempt("stop containerd", functools.partial(procs.stop, rec))
+    leftovers: set[int] = set(procs.pids_in_namespace("net", netns_file))
+    if record.mntns:
+        leftovers |= set(procs.pids_in_namespace("mnt", Path(record.mntns)))
+    attempt("kill node processes", lambda: procs.kill_pids(sorted(leftovers - {os.getpid()})))
     for sock in shim_sockets:
         attempt(f"remove {sock}", functools.partial(sock.unlink, missing_ok=True))
     attempt("unmount", lambda: hostres.unmount_under(node_dir))
     attempt("remove cgroups", lambda: hostres.remove_cgroup_tree(record.cgroup_root))
     attempt("delete netns", lambda: hostres.delete_netns(record.netns))
     attempt("delete veth", lambda: hostres.delete_link(record.veth_host))
-    attempt("remove /var/log/containers links", lambda: _remove_log_links(node_dir))
     return errors
 
 
-def _remove_log_links(node_dir: Path) -> None:
-    legacy = Path("/var/log/containers")
-    if not legacy.is_dir():
-        return
-    for link in legacy.iterdir():
-        if link.is_symlink() and str(link.readlink()).startswith(str(node_dir) + "/"):
-            link.unlink()
+def _shim_sockets(containerd_state: Path) -> list[Path]:
+    """Sockets the runc shims made under the host's /run/containerd/s (a fixed path)."""
+    tasks = containerd_state / "io.containerd.runtime.v2.task"
+    found = []
+    if tasks.is_dir():
+        for address in tasks.glob("*/*/address"):
+            text = address.read_text().strip()
+            if text.startswith("unix://"):
+                found.append(Path(text.removeprefix("unix://")))
+    return found

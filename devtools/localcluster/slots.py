@@ -103,3 +103,54 @@ def claimed_workdirs(root: Path) -> list[Path]:
     if not slots.is_dir():
         return []
     return [Path(p.read_text().strip()) for p in sorted(slots.iterdir()) if p.name.isdigit()]
+
+
+def _created_paths_file(slots_dir: Path) -> Path:
+    return slots_dir / "created-host-dirs"
+
+
+def ensure_host_dirs(root: Path, paths: list[Path]) -> None:
+    """Create missing host directories (mount points for node namespaces), and
+    remember which ones we created so the last cluster can remove them."""
+    with _registry_lock(root) as slots_dir:
+        record = _created_paths_file(slots_dir)
+        created = set(record.read_text().split()) if record.exists() else set()
+        for path in paths:
+            missing = []
+            probe = path
+            while not probe.exists():
+                missing.append(probe)
+                probe = probe.parent
+            for d in reversed(missing):
+                d.mkdir()
+                created.add(str(d))
+        if created:
+            record.write_text("".join(f"{p}\n" for p in sorted(created)))
+
+
+def release_host_dirs(root: Path, leaving: Path) -> None:
+    """Remove the host directories clusters created, once no other cluster has
+    real nodes (only empty ones: anything someone else put there stays)."""
+    with _registry_lock(root) as slots_dir:
+        others = [
+            Path(p.read_text().strip())
+            for p in slots_dir.iterdir()
+            if p.name.isdigit() and Path(p.read_text().strip()) != leaving
+        ]
+        if any((w / "nodes").is_dir() for w in others):
+            return
+        record = _created_paths_file(slots_dir)
+        if not record.exists():
+            return
+        kept = []
+        for path in sorted(record.read_text().split(), key=lambda p: p.count("/"), reverse=True):
+            try:
+                Path(path).rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError:
+                kept.append(path)
+        if kept:
+            record.write_text("".join(f"{p}\n" for p in sorted(kept)))
+        else:
+            record.unlink()

@@ -35,6 +35,7 @@ class NodeRecord:
     dir: str
     cgroup_root: str
     containerd_socket: str
+    mntns: str = ""
 
 
 @dataclass

@@ -50,6 +50,13 @@ def _footprint(second: LocalCluster) -> dict[str, list[str]]:
             if name and hostres.link_exists(name)
         ],
         "cgroups": [str(d) for n in state.nodes for d in hostres.cgroup_dirs(n.cgroup_root)],
+        "mount namespaces": [n.mntns for n in state.nodes if Path(n.mntns).exists()],
+        "node processes": [
+            str(pid)
+            for n in state.nodes
+            for pid in procs.pids_in_namespace("mnt", Path(n.mntns))
+            + procs.pids_in_namespace("net", hostres.NETNS_DIR / n.netns)
+        ],
     }
 
 
@@ -111,6 +118,7 @@ def test_second_cluster_side_by_side_then_down_leaves_nothing(cluster: LocalClus
         before = _footprint(second)
         assert before["processes"] and before["shims"] and before["mounts"]
         assert before["netns"] and before["links"] and before["cgroups"]
+        assert before["mount namespaces"] and before["node processes"]
     finally:
         down = _make("cluster-down", f"CLUSTER={name}")
     assert down.returncode == 0, down.stderr[-3000:]

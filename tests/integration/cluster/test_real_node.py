@@ -126,6 +126,9 @@ def test_busybox_pod_runs_with_an_ip_from_bridge_host_local(
         # The address is a host-local lease in the node's state dir, on our bridge.
         lease = node.cni_state_dir / "networks" / net / str(pod_ip)
         assert lease.exists(), f"no host-local lease {lease}"
+        # The runtime's /var/lib/cni is the node's: libcni caches the result there.
+        cached = list((node.cni_state_dir / "results").glob(f"{net}-*-eth0"))
+        assert len(cached) == 1, cached
         gateway = subprocess.run(
             ["nsenter", f"--net={node.netns}", "ip", "-4", "-o", "addr", "show", "dev", bridge],
             capture_output=True,
