@@ -7,6 +7,7 @@ import secrets
 import time
 
 import pytest
+from kubernetes import client, config
 
 from devtools.localcluster import LocalCluster
 
@@ -125,3 +126,15 @@ def test_admin_kubeconfig_is_self_contained(cluster: LocalCluster) -> None:
     assert "certificate-authority-data" in text
     assert "client-key-data" in text
     assert cluster.kubeconfig.stat().st_mode & 0o077 == 0
+
+
+def test_official_python_client_can_use_the_kubeconfig(cluster: LocalCluster) -> None:
+    api_client = config.new_client_from_config(  # type: ignore[no-untyped-call]
+        config_file=str(cluster.kubeconfig)
+    )
+    try:
+        items = client.CoreV1Api(api_client).list_namespace().items
+        names = {ns.metadata.name for ns in items if ns.metadata is not None}
+    finally:
+        api_client.close()
+    assert {"default", "kube-system"} <= names
