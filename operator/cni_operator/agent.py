@@ -41,7 +41,7 @@ class AgentSettings:
     host_root: Path = Path("/")
     kubeconfig: str | None = None
     resync_seconds: float = 30.0
-    heartbeat_seconds: float = 20.0
+    heartbeat_seconds: float = 10.0
     debounce_seconds: float = 0.05
 
 
@@ -130,7 +130,10 @@ class Agent:
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), self.settings.resync_seconds)
+                    await asyncio.wait_for(
+                        self.wake.wait(),
+                        min(self.settings.resync_seconds, self.settings.heartbeat_seconds),
+                    )
                 await asyncio.sleep(self.settings.debounce_seconds)
                 self.wake.clear()
                 try:
@@ -168,6 +171,8 @@ class Agent:
         result = await asyncio.to_thread(
             self.reconciler.reconcile, snapshot if self.listed else None, self.node
         )
+        if result.recheck_in is not None:
+            asyncio.get_running_loop().call_later(result.recheck_in + 0.05, self.wake.set)
         await asyncio.to_thread(self._publish, result, snapshot)
 
     def _publish(self, result: PassResult, snapshot: dict[str, dict[str, Any]]) -> None:

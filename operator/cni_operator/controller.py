@@ -38,6 +38,7 @@ class ControllerSettings:
     # An agent silent for this long no longer holds up a deletion.
     stale_agent_seconds: float = 120.0
     aggregate_interval: float = 0.2
+    recheck_seconds: float = 30.0
 
 
 def _parse_time(value: str | None) -> float | None:
@@ -100,7 +101,11 @@ class Controller:
     def compute_status(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
         generation = int(body["metadata"].get("generation") or 0)
         check = self.check_spec(name, body)
-        reports = {n: self.reports[n] for n in check.selected if n in self.reports}
+        reports = {
+            n: self.reports[n]
+            for n in check.selected
+            if n in self.reports and not self.is_stale(self.reports[n])
+        }
         previous = (body.get("status") or {}).get("conditions") or []
         return build_status(
             network=name,
@@ -112,17 +117,20 @@ class Controller:
             now=now_iso(),
         )
 
+    def is_stale(self, report: dict[str, Any]) -> bool:
+        """An agent silent for too long: its report no longer vouches for the node."""
+        beat = _parse_time(report.get("heartbeatTime"))
+        return beat is not None and time.time() - beat > self.settings.stale_agent_seconds
+
     # ------------------------------------------------------------ deletion
     def nodes_not_clean(self, name: str) -> list[str]:
         """Nodes whose agent still reports our files (or quarantined files) for `name`.
         Nodes that are gone, and agents silent for too long, do not count."""
-        now = time.time()
         waiting = []
         for node, report in self.reports.items():
             if node not in self.nodes:
                 continue
-            beat = _parse_time(report.get("heartbeatTime"))
-            if beat is not None and now - beat > self.settings.stale_agent_seconds:
+            if self.is_stale(report):
                 continue
             managed = {m.get("network") for m in report.get("managedFiles") or []}
             quarantined = {q.get("network") for q in report.get("quarantined") or []}
@@ -151,7 +159,10 @@ class Controller:
 
     async def _run(self) -> None:
         while True:
-            await self.wake.wait()
+            try:
+                await asyncio.wait_for(self.wake.wait(), self.settings.recheck_seconds)
+            except TimeoutError:
+                self.mark()  # a silent agent sends no event: look again now and then
             await asyncio.sleep(self.settings.aggregate_interval)
             self.wake.clear()
             names, self.dirty = self.dirty, set()

@@ -18,6 +18,7 @@ Node, and publishes the returned report. Order of work per pass:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,9 @@ from cni_operator.rendering import (
 from cni_operator.runtime_order import analyze, parse_config
 from cni_operator.switch_gate import acknowledged, classify, decide
 
+# A foreign file younger than this is not moved yet: it may still be being written.
+QUARANTINE_SETTLE_SECONDS = 0.5
+
 
 @dataclass(frozen=True)
 class AgentEvent:
@@ -58,6 +62,7 @@ class AgentEvent:
 class PassResult:
     status: dict[str, Any]
     events: list[AgentEvent] = field(default_factory=list)
+    recheck_in: float | None = None  # run another pass after this many seconds
 
 
 def _meta(body: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -86,6 +91,7 @@ class Reconciler:
         self.prober = prober or binaries.VersionProber()
         self._own_cache: Mapping[str, bytes] | None = None
         self._last_states: dict[str, tuple[str, str]] = {}
+        self.recheck_in: float | None = None
 
     def own_binaries(self) -> Mapping[str, bytes]:
         if self._own_cache is None:
@@ -101,6 +107,7 @@ class Reconciler:
         """One pass. `networks` is None until the agent has listed them once; `node`
         is None until it has seen its Node: either way the pass only reports."""
         self.paths.ensure()
+        self.recheck_in = None
         manifest = manifest_io.load(self.paths)
         facts = NodeFacts.from_node(node) if node is not None else None
         attachments = scan_attachments(self.paths, self._extra_lease_stores(manifest))
@@ -169,7 +176,7 @@ class Reconciler:
         status["healthy"] = not scan.broken
         status["problemCount"] = len(status["problems"])
         events.extend(self._transition_events(entries))
-        return PassResult(status, events)
+        return PassResult(status, events, self.recheck_in)
 
     def _extra_lease_stores(self, manifest: Manifest) -> list[Path]:
         """host-local stores named by `ipam.dataDir` in the configs we applied."""
@@ -259,7 +266,7 @@ class Reconciler:
                     continue
             remove(self.paths.conf_dir / managed.file)
             del manifest.networks[name]
-            restored = Quarantine(self.paths).restore(name)
+            restored = Quarantine(self.paths).restore(name, final=deleting)
             message = "removed from this node"
             if restored:
                 message += "; restored " + ", ".join(
@@ -270,7 +277,10 @@ class Reconciler:
         # A network deleted while never applied here may still have quarantined files.
         for entry in Quarantine(self.paths).entries():
             if entry.network not in desired and entry.network not in manifest.networks:
-                Quarantine(self.paths).restore(entry.network)
+                gone = entry.network not in networks or bool(
+                    _meta(networks[entry.network]).get("deletionTimestamp")
+                )
+                Quarantine(self.paths).restore(entry.network, final=gone)
 
     # --------------------------------------------------------------- apply
     def _install_binaries(
@@ -448,6 +458,15 @@ class Reconciler:
             return
         for file_name in analysis.shadowing_files:
             path = self.paths.conf_dir / file_name
+            try:
+                age = time.time() - path.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            if age < QUARANTINE_SETTLE_SECONDS:
+                # Perhaps still being written (create, then write): look again soon
+                # rather than move half a file.
+                self.recheck_in = min(self.recheck_in or 1e9, QUARANTINE_SETTLE_SECONDS - age)
+                continue
             foreign_net = parse_config(file_name, files.get(file_name)).network
             count = attachments.count(foreign_net) if foreign_net else 0
             if count:

@@ -84,46 +84,65 @@ class Quarantine:
             remove(file)
         return entry
 
-    def restore(self, network: str | None = None) -> list[RestoreOutcome]:
+    def restore(self, network: str | None = None, *, final: bool = False) -> list[RestoreOutcome]:
+        """Put back what was moved for `network` (every network when None).
+
+        When one path was quarantined more than once (someone rewrote it after the
+        first move), the latest copy is what the path held last and is the one
+        restored; the older copies are retired from the journal but kept on disk.
+        `final`: the network is going away, so a copy that cannot go back (another
+        file now sits at its path) is retired too, left in the quarantine folder and
+        reported, instead of holding the network's cleanup forever.
+        """
         outcomes = []
+        latest: dict[str, JournalEntry] = {}
         for entry in self.entries():
             if network is not None and entry.network != network:
                 continue
-            original, stored = self._local(entry.original), self._local(entry.stored)
-            if original.exists():
-                if sha256_file(original) == entry.sha256:
-                    self._finish(entry, OP_DISCARD, stored)
-                    outcomes.append(RestoreOutcome(entry, True, "already back in place"))
-                else:
-                    outcomes.append(
-                        RestoreOutcome(
-                            entry,
-                            False,
-                            f"{entry.original} now holds another file; the quarantined copy stays "
-                            f"at {entry.stored}",
-                        )
-                    )
-                continue
-            try:
-                data = stored.read_bytes()
-            except FileNotFoundError:
-                outcomes.append(RestoreOutcome(entry, False, f"{entry.stored} is gone"))
-                continue
-            if sha256_bytes(data) != entry.sha256:
+            older = latest.get(entry.original)
+            if older is not None:
+                self._finish(older, OP_DISCARD, None)
                 outcomes.append(
-                    RestoreOutcome(entry, False, f"{entry.stored} changed since quarantine")
+                    RestoreOutcome(
+                        older, False, f"superseded by a later copy; kept at {older.stored}"
+                    )
                 )
-                continue
-            original.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(original, data, mode=0o644)
-            self._finish(entry, OP_RESTORE, stored)
-            outcomes.append(RestoreOutcome(entry, True, "restored"))
+            latest[entry.original] = entry
+        for entry in latest.values():
+            outcome = self._restore_one(entry)
+            if not outcome.restored and final:
+                self._finish(entry, OP_DISCARD, None)
+            outcomes.append(outcome)
         return outcomes
 
-    def _finish(self, entry: JournalEntry, op: str, stored: Path) -> None:
+    def _restore_one(self, entry: JournalEntry) -> RestoreOutcome:
+        original, stored = self._local(entry.original), self._local(entry.stored)
+        if original.exists():
+            if sha256_file(original) == entry.sha256:
+                self._finish(entry, OP_DISCARD, stored)
+                return RestoreOutcome(entry, True, "already back in place")
+            return RestoreOutcome(
+                entry,
+                False,
+                f"{entry.original} now holds another file; the quarantined copy stays "
+                f"at {entry.stored}",
+            )
+        try:
+            data = stored.read_bytes()
+        except FileNotFoundError:
+            return RestoreOutcome(entry, False, f"{entry.stored} is gone")
+        if sha256_bytes(data) != entry.sha256:
+            return RestoreOutcome(entry, False, f"{entry.stored} changed since quarantine")
+        original.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(original, data, mode=0o644)
+        self._finish(entry, OP_RESTORE, stored)
+        return RestoreOutcome(entry, True, "restored")
+
+    def _finish(self, entry: JournalEntry, op: str, stored: Path | None) -> None:
+        """Journal the end of an entry; `stored` (if given) is no longer needed."""
         self._append(
             JournalEntry(op, entry.original, entry.stored, entry.sha256, now_iso(), entry.network)
         )
-        if stored.exists():
+        if stored is not None and stored.exists():
             stored.unlink()
             fsync_dir(stored.parent)

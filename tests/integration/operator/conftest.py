@@ -78,7 +78,7 @@ class Fleet:
         )
 
     def start_operator(self) -> None:
-        self.operator = self._spawn(["operator", "--stale-agent-seconds", "20"], "operator")
+        self.operator = self._spawn(["operator", "--stale-agent-seconds", "45"], "operator")
 
     @staticmethod
     def _stop(proc: subprocess.Popen[bytes] | None) -> None:

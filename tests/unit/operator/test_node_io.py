@@ -262,3 +262,30 @@ def test_scan_reports_each_problem_with_a_fix(host: HostPaths) -> None:
     assert killer.severity == "error" and "node-killer" in killer.message
     assert scan.broken
     assert sha256_file(host.conf_dir / "10-podnet.conflist") == sha256_bytes(ours)
+
+
+def test_same_path_quarantined_twice_restores_the_latest(host: HostPaths) -> None:
+    original = host.conf_dir / "01-late.conf"
+    quarantine = Quarantine(host)
+    original.write_bytes(b"")  # caught while its writer had only created it
+    first = quarantine.quarantine(original, "net")
+    original.write_bytes(b"finished")
+    quarantine.quarantine(original, "net")
+    outcomes = quarantine.restore("net")
+    assert original.read_bytes() == b"finished"
+    assert quarantine.entries() == []
+    assert [o.restored for o in outcomes] == [False, True]
+    assert (host.root / first.stored.lstrip("/")).exists(), "older copy kept, not deleted"
+
+
+def test_final_restore_never_blocks_on_a_conflict(host: HostPaths) -> None:
+    original = host.conf_dir / "00-x.conflist"
+    original.write_bytes(b"old")
+    quarantine = Quarantine(host)
+    entry = quarantine.quarantine(original, "net")
+    original.write_bytes(b"new")
+    (outcome,) = quarantine.restore("net", final=True)
+    assert not outcome.restored
+    assert original.read_bytes() == b"new"
+    assert quarantine.entries() == []
+    assert (host.root / entry.stored.lstrip("/")).read_bytes() == b"old"

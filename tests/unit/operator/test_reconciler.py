@@ -178,6 +178,11 @@ def test_quarantine_moves_winner_aside_and_restores_exactly(
     payload = b'{"cniVersion":"1.0.0","name":"podman","plugins":[{"type":"bridge"}]}\n'
     planted.write_bytes(payload)
     report = reconciler.reconcile({"podnet": network()}, NODE)
+    fresh = reconciler.reconcile({"podnet": network(generation=2, shadowPolicy="Quarantine")}, NODE)
+    assert planted.exists(), "a file that may still be being written is not moved yet"
+    assert fresh.recheck_in is not None and 0 < fresh.recheck_in <= 0.5
+    old = planted.stat().st_mtime - 5
+    os.utime(planted, (old, old))
     assert report.status["shadowingFiles"] == ["/etc/cni/net.d/00-podman.conflist"]
     assert planted.exists()
 
