@@ -129,6 +129,9 @@ def _add(
     )
 
     if conf.ipam_type:
+        if ipam_conf is None:
+            # A delegate may need the link up (dhcp talks on it), as the reference leaves it.
+            _set_container_up(sandbox_fd, args.ifname)
         ipam_result = ipam.add(args, conf.ipam_type, ipam_conf)
         undo.push("IPAM release", lambda: ipam.delete(args, conf.ipam_type))
         if not ipam_result.ips:
@@ -151,11 +154,7 @@ def _add(
             )
             masq.setup(backend, conf.name, args.ifname, args.container_id, addrs)
     elif not raw.disable_container_interface:
-        with links.sandbox_socket(sandbox_fd) as sb:
-            link = links.get(sb, args.ifname)
-            if link is None:
-                raise CniError(INTERNAL, f"{args.ifname} vanished from the sandbox")
-            links.set_link(sb, f"set {args.ifname} up", index=link.index, state="up")
+        _set_container_up(sandbox_fd, args.ifname)
 
     if not raw.disable_container_interface:
         _wait_port_up(host, hv.index, host_name)
@@ -169,6 +168,14 @@ def _add(
     if conf.dns.is_set():
         result.dns = conf.dns
     return result
+
+
+def _set_container_up(sandbox_fd: int, ifname: str) -> None:
+    with links.sandbox_socket(sandbox_fd) as sb:
+        link = links.get(sb, ifname)
+        if link is None:
+            raise CniError(INTERNAL, f"{ifname} vanished from the sandbox")
+        links.set_link(sb, f"set {ifname} up", index=link.index, state="up")
 
 
 def random_mac() -> str:
@@ -427,7 +434,9 @@ def check(args: CmdArgs) -> None:
         raise _check(
             f"bridge {conf.bridge} not found" if br is None else f"{conf.bridge} is not a bridge"
         )
-    if br_if.mac and br_if.mac != br.mac:
+    # Only a gateway bridge has its MAC pinned; otherwise it follows the lowest port MAC
+    # and changes whenever containers come and go (the reference fails CHECK then).
+    if conf.is_gateway and br_if.mac and br_if.mac != br.mac:
         raise _check(f"bridge {conf.bridge} MAC {br.mac} does not match prevResult {br_if.mac}")
     if br.promisc != conf.raw.promisc_mode:
         raise _check(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from node_plugin import delegate, hostlocal
-from node_plugin.errors import INCOMPATIBLE_VERSION, INVALID_ENV, CniError
+from node_plugin.errors import INCOMPATIBLE_VERSION, INVALID_ENV, UNKNOWN_CONTAINER, CniError
 from node_plugin.hostlocal_config import IpamConfig
 from node_plugin.result import Result
 from node_plugin.skel import CmdArgs
@@ -68,7 +68,8 @@ def status(args: CmdArgs, ipam_type: str) -> None:
 
 
 def _predates_verb(err: CniError) -> bool:
-    """A delegate older than CNI 1.1.0 rejects GC/STATUS (version or unknown command)."""
-    return err.code == INCOMPATIBLE_VERSION or (
+    """A delegate older than CNI 1.1.0 rejects GC/STATUS: incompatible version, unknown
+    command, or (reference 1.1.1's skel) "missing containerID" since GC/STATUS send none."""
+    return err.code in (INCOMPATIBLE_VERSION, UNKNOWN_CONTAINER) or (
         err.code == INVALID_ENV and "CNI_COMMAND" in err.msg
     )
