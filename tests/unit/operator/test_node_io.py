@@ -3,10 +3,13 @@ VERSION probes (Debian's reference plugins and a tiny test plugin), quarantine
 with exact restore, attachment discovery, the inotify watcher and the scan."""
 
 import asyncio
+import functools
+import http.server
 import json
 import os
 import shutil
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -289,3 +292,23 @@ def test_final_restore_never_blocks_on_a_conflict(host: HostPaths) -> None:
     assert original.read_bytes() == b"new"
     assert quarantine.entries() == []
     assert (host.root / entry.stored.lstrip("/")).read_bytes() == b"old"
+
+
+def test_declared_binary_from_a_url_is_verified(tmp_path: Path) -> None:
+    (tmp_path / "plugin").write_bytes(b"served plugin")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/plugin"
+        good = DeclaredBinary(
+            name="p", sha256=sha256_bytes(b"served plugin"), source=BinarySource(url=url)
+        )
+        assert binaries.fetch_declared(good) == b"served plugin"
+        bad = DeclaredBinary(name="p", sha256="1" * 64, source=BinarySource(url=url))
+        with pytest.raises(binaries.BinaryError, match="not installed"):
+            binaries.fetch_declared(bad)
+    finally:
+        server.shutdown()
+        server.server_close()
