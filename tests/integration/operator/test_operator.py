@@ -268,6 +268,35 @@ def test_unsafe_switch_is_held_per_node_until_acknowledged(fleet: Fleet) -> None
     assert fleet.conf_files(attached) == []
 
 
+def test_new_network_that_would_win_is_held_where_pods_are_attached(fleet: Fleet) -> None:
+    current, newcomer = fleet.name("current"), fleet.name("newcomer")
+    attached, free = fleet.nodes[0], fleet.nodes[1]
+    fleet.apply(current, bridge_spec(subnet="10.81.0.0/24"))
+    fleet.wait(lambda: fleet.ready(current), "Ready")
+    try:
+        host_local_add(fleet, attached, current, "sandbox-3")
+        fleet.wait(
+            lambda: any(
+                a["network"] == current for a in fleet.node_state(attached).get("attachments") or []
+            ),
+            "attached",
+        )
+        fleet.apply(newcomer, bridge_spec(priority=5, subnet="10.82.0.0/24", bridge="cw5"))
+        blocked = fleet.wait(lambda: fleet.when(newcomer, "SwitchBlocked"), "newcomer held")
+        assert f"new pods would move from network {current} to {newcomer}" in blocked["message"]
+        assert fleet.network(newcomer)["status"]["blockedNodes"] == [attached]
+        fleet.wait(
+            lambda: f"05-{newcomer}.conflist" in fleet.conf_files(free), "written where free"
+        )
+        assert fleet.conf_files(attached) == [f"10-{current}.conflist"]
+        assert (
+            fleet.node_state(attached)["runtimes"]["containerd"]["file"] == f"10-{current}.conflist"
+        )
+    finally:
+        fleet.delete(newcomer)
+        fleet.delete(current)
+
+
 def test_safe_change_rolls_out_while_attached(fleet: Fleet) -> None:
     name = fleet.name("safe")
     node = fleet.nodes[0]
