@@ -73,8 +73,14 @@ class Controller:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
 
-    def __post_init__(self) -> None:
-        self.kube = Kube(self.settings.kubeconfig)
+    _kube: Kube | None = None
+
+    @property
+    def kube(self) -> Kube:
+        """The API client, made on first use (the views need none)."""
+        if self._kube is None:
+            self._kube = Kube(self.settings.kubeconfig)
+        return self._kube
 
     # -------------------------------------------------------------- views
     def selected_nodes(self, spec: api.NetworkSpec) -> list[str]:

@@ -1,0 +1,90 @@
+"""The controller's views over its caches: selection, spec checks, status, and
+when a deletion may complete. No API calls (the client is made on first use)."""
+
+import time
+from typing import Any
+
+from cni_operator.controller import Controller, ControllerSettings
+from cni_operator.kube_time import now_iso
+
+
+def node(name: str, cidr: str | None = "10.1.0.0/24", **labels: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"podCIDR": cidr, "podCIDRs": [cidr] if cidr else []},
+    }
+
+
+def network(generation: int = 1, **spec: Any) -> dict[str, Any]:
+    body = {
+        "priority": 10,
+        "plugins": [
+            {
+                "type": "bridge",
+                "ipam": {"type": "host-local", "ranges": [[{"subnet": "usePodCIDR"}]]},
+            }
+        ],
+    }
+    body.update(spec)
+    return {"metadata": {"name": "net", "generation": generation}, "spec": body}
+
+
+def controller() -> Controller:
+    c = Controller(ControllerSettings(stale_agent_seconds=60))
+    c.nodes = {
+        "a": node("a", pool="x"),
+        "b": node("b", pool="y"),
+        "c": node("c", cidr=None, pool="x"),
+    }
+    return c
+
+
+def conditions(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in status["conditions"]}
+
+
+def test_selection_and_render_errors_per_node() -> None:
+    c = controller()
+    check = c.check_spec("net", network(nodeSelector={"pool": "x"}))
+    assert check.selected == ["a", "c"]
+    assert check.problem and "node c has no spec.podCIDRs" in check.problem
+    assert c.check_spec("net", network(priority=300)).error
+
+
+def test_status_from_reports_and_stale_agents() -> None:
+    c = controller()
+    applied = {
+        "networks": [
+            {"name": "net", "state": "Applied", "appliedGeneration": 1, "desiredGeneration": 1}
+        ]
+    }
+    c.reports = {
+        "a": {**applied, "heartbeatTime": now_iso()},
+        "b": {**applied, "heartbeatTime": now_iso()},
+    }
+    body = network(nodeSelector={"pool": "x"})
+    body["spec"]["nodeSelector"] = {}
+    c.nodes.pop("c")
+    status = c.compute_status("net", body)
+    assert conditions(status)["Ready"]["status"] == "True"
+    old = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 600))
+    c.reports["b"]["heartbeatTime"] = old
+    status = c.compute_status("net", body)
+    assert conditions(status)["Ready"]["status"] == "False"
+    assert "no agent report from b" in conditions(status)["Degraded"]["message"]
+
+
+def test_deletion_waits_only_for_live_nodes_with_our_files() -> None:
+    c = controller()
+    beat = now_iso()
+    c.reports = {
+        "a": {"heartbeatTime": beat, "managedFiles": [{"network": "net"}]},
+        "b": {"heartbeatTime": beat, "quarantined": [{"network": "net"}]},
+        "c": {"heartbeatTime": beat, "managedFiles": [{"network": "other"}]},
+        "gone": {"heartbeatTime": beat, "managedFiles": [{"network": "net"}]},
+    }
+    assert c.nodes_not_clean("net") == ["a", "b"]
+    c.reports["a"]["heartbeatTime"] = time.strftime(
+        "%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 600)
+    )
+    assert c.nodes_not_clean("net") == ["b"]
