@@ -248,11 +248,15 @@ def build_registry(controller: Controller) -> kopf.OperatorRegistry:
     @kopf.on.resume(*plural, id="validate", registry=registry)
     def validate(body: kopf.Body, name: str, **_: Any) -> None:
         """Validate the spec once per change; the verdict lands in the conditions."""
-        spec_error = controller.check_spec(name, dict(body)).problem
-        if spec_error:
+        check = controller.check_spec(name, dict(body))
+        if check.error:
             # Permanent: the spec must change; the last good files stay on the nodes.
-            kopf.warn(body, reason="InvalidSpec", message=spec_error)
-            raise kopf.PermanentError(spec_error)
+            kopf.warn(body, reason="InvalidSpec", message=check.error)
+            raise kopf.PermanentError(check.error)
+        if check.render_errors:
+            # Depends on the nodes (e.g. a podCIDR not allocated yet): the conditions
+            # follow the nodes; say it once here.
+            kopf.warn(body, reason="NotRenderable", message="; ".join(check.render_errors))
 
     @kopf.on.delete(*plural, id="cleanup-nodes", registry=registry)
     def cleanup_nodes(name: str, **_: Any) -> None:
