@@ -283,3 +283,19 @@ def test_custom_data_dir_counts_as_a_lease_store(host: HostPaths, reconciler: Re
     held = reconciler.reconcile({"podnet": changed}, NODE)
     assert entry(held.status, "podnet")["state"] == "Blocked"
     assert entry(held.status, "podnet")["attachments"] == 1
+
+
+def test_policy_back_to_report_restores(host: HostPaths, reconciler: Reconciler) -> None:
+    host.conf_dir.mkdir(parents=True)
+    planted = host.conf_dir / "00-podman.conflist"
+    payload = b'{"cniVersion":"1.0.0","name":"podman","plugins":[{"type":"bridge"}]}'
+    planted.write_bytes(payload)
+    old = planted.stat().st_mtime - 5
+    os.utime(planted, (old, old))
+    reconciler.reconcile({"podnet": network(shadowPolicy="Quarantine")}, NODE)
+    assert not planted.exists()
+    back = reconciler.reconcile({"podnet": network(generation=2, shadowPolicy="Report")}, NODE)
+    assert planted.read_bytes() == payload
+    assert back.status["quarantined"] == []
+    assert back.status["shadowingFiles"] == ["/etc/cni/net.d/00-podman.conflist"]
+    assert any(e.reason == "Restored" for e in back.events)
