@@ -10,7 +10,8 @@ The rules mirror the readers (see shared/notes/runtimes-and-peers.md):
   binary, or asks for a version its binaries do not support is skipped, and the
   first valid file is the network.
 - libcni/cnitool: looks a network up by name in `.conflist` files first, then in
-  `.conf`/`.json`; an invalid `.conflist` met on the way fails the lookup.
+  `.conf`/`.json`; an invalid `.conflist` met on the way fails the lookup. Its
+  parsing rules are the ones `parse_config` applies; no separate view is kept.
 """
 
 from __future__ import annotations
