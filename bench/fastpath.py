@@ -144,6 +144,8 @@ def spawn(
         "CNI_PATH": str(impl.bin_dir),
         **impl.env,
     }
+    if "PYTHONPATH" in os.environ:  # a bench of a source tree that is not the installed one
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     started = time.perf_counter()
     proc = subprocess.Popen(
         [str(impl.bin_dir / config["type"])],
@@ -153,8 +155,9 @@ def spawn(
         env=env,
     )
     assert proc.stdin is not None
-    proc.stdin.write(json.dumps(config).encode())
-    proc.stdin.close()
+    with contextlib.suppress(BrokenPipeError):  # /bin/true does not read it
+        proc.stdin.write(json.dumps(config).encode())
+        proc.stdin.close()
     proc.stdin = None  # so that communicate() only reads
     return proc, started
 
@@ -193,7 +196,7 @@ def start_server(work: Path, handler: str | None = None) -> tuple[subprocess.Pop
     if handler:
         argv += ["--handler", handler]
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'operator'}"}
-    proc = subprocess.Popen(argv, env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(argv, env=env, cwd=ROOT, stderr=subprocess.DEVNULL, text=True)
     deadline = time.monotonic() + 60
     while not sock.exists():
         if proc.poll() is not None or time.monotonic() > deadline:

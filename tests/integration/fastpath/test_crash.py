@@ -1,0 +1,231 @@
+"""Killing the cni-server in the middle of a burst of ADDs and DELs loses nothing.
+
+The server, the shims and the bridge all live in a namespace the test owns (the "node"),
+with one sandbox namespace per pod. After a SIGKILL mid-burst and a restart, and after the
+runtime did what runtimes do (DEL every pod whose ADD failed), the lease store, the links
+and GC must agree: every pod that got its network still has its address and its veth, and
+nothing else holds an address or a link.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.fastpath.conftest import ShimEnv
+from tests.integration.fastpath.shimbuild import ROOT
+from tests.integration.plugin.kernel import Netns, create_netns, delete_netns, unique
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+PODS = 24
+ESTABLISHED = 10  # pods attached before the burst; the burst deletes some of them
+DELETED_IN_BURST = 6
+
+
+@dataclass
+class Node:
+    """The test's stand-in for a node: its netns, the server in it, the shims' settings."""
+
+    host: Netns
+    shim: ShimEnv
+    work: Path
+    server: subprocess.Popen[bytes] | None = None
+
+    def start_server(self) -> None:
+        log = self.work / "server.log"
+        mark = log.stat().st_size if log.exists() else 0
+        argv = ["nsenter", f"--net={self.host.path}", sys.executable, "-m", "node_plugin.server"]
+        argv += ["--socket", str(self.shim.socket_path), "--del-queue", str(self.shim.queue)]
+        env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'operator'}"}
+        with log.open("ab") as out:
+            self.server = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=out, stderr=out)
+        deadline = time.monotonic() + 60
+        while "serving CNI requests" not in log.read_bytes()[mark:].decode(errors="replace"):
+            assert self.server.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.05)
+
+    def kill_server(self) -> None:
+        assert self.server is not None
+        self.server.send_signal(signal.SIGKILL)
+        self.server.wait()
+
+    def stop_server(self) -> None:
+        if self.server is not None and self.server.poll() is None:
+            self.server.send_signal(signal.SIGTERM)
+            try:
+                self.server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.server.kill()
+                self.server.wait()
+
+    def cni(
+        self, command: str, config: dict[str, Any], pod: Netns | None, container: str
+    ) -> subprocess.CompletedProcess[bytes]:
+        env = {
+            "PATH": os.environ["PATH"],
+            "CNI_COMMAND": command,
+            "CNI_CONTAINERID": container,
+            "CNI_NETNS": pod.path if pod else "",
+            "CNI_IFNAME": "eth0" if pod else "",
+            "CNI_PATH": str(self.shim.shim_dir),
+            "CNIWARDEN_SOCKET": str(self.shim.socket_path),
+            "CNIWARDEN_DEL_QUEUE": str(self.shim.queue),
+        }
+        argv = ["nsenter", f"--net={self.host.path}", str(self.shim.shim_dir / config["type"])]
+        return subprocess.run(
+            argv,
+            input=json.dumps(config).encode(),
+            env=env,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+
+
+@pytest.fixture
+def node(shim: ShimEnv, workdir: Path) -> Iterator[Node]:
+    host = create_netns("cwfh-")
+    the_node = Node(host, shim, workdir)
+    try:
+        host.exec("ip", "link", "set", "lo", "up")
+        yield the_node
+    finally:
+        the_node.stop_server()
+        delete_netns(host)
+
+
+@pytest.fixture
+def pods() -> Iterator[list[Netns]]:
+    made = [create_netns("cwfp-") for _ in range(PODS)]
+    try:
+        yield made
+    finally:
+        for ns in made:
+            delete_netns(ns)
+
+
+def leases(store: Path) -> dict[str, str]:
+    """address -> container id, from the host-local store layout."""
+    return {
+        p.name: p.read_bytes().decode().split("\r\n")[0]
+        for p in store.iterdir()
+        if p.name[0].isdigit() or ":" in p.name
+    }
+
+
+def host_veths(host: Netns) -> set[str]:
+    return {
+        link["ifname"]
+        for link in host.links()
+        if link.get("linkinfo", {}).get("info_kind") == "veth"
+    }
+
+
+def test_killing_the_server_mid_burst_loses_no_lease_and_leaks_nothing(
+    node: Node, pods: list[Netns], workdir: Path
+) -> None:
+    network = unique("crash")
+    config = {
+        "cniVersion": "1.1.0",
+        "name": network,
+        "type": "cniwarden-bridge",
+        "bridge": unique("cwbr"),
+        "isGateway": True,
+        "ipam": {
+            "type": "cniwarden-host-local",
+            "subnet": "10.79.0.0/24",
+            "dataDir": str(workdir / "ipam"),
+        },
+    }
+    store = workdir / "ipam" / network
+    node.start_server()
+    results: dict[str, dict[str, Any]] = {}
+
+    def add(i: int) -> tuple[str, subprocess.CompletedProcess[bytes]]:
+        run = node.cni("ADD", config, pods[i], f"pod{i}")
+        if run.returncode == 0:
+            results[f"pod{i}"] = json.loads(run.stdout)
+        return "ADD", run
+
+    def delete(i: int) -> tuple[str, subprocess.CompletedProcess[bytes]]:
+        prev = {**config, "prevResult": results[f"pod{i}"]}
+        return "DEL", node.cni("DEL", prev, pods[i], f"pod{i}")
+
+    for i in range(ESTABLISHED):
+        assert add(i)[1].returncode == 0
+
+    # The burst: new pods come while old ones go; the server dies in the middle of it.
+    burst = [(add, i) for i in range(ESTABLISHED, PODS)] + [
+        (delete, i) for i in range(DELETED_IN_BURST)
+    ]
+    random.Random(7).shuffle(burst)
+    outcomes: dict[str, tuple[str, subprocess.CompletedProcess[bytes]]] = {}
+    with ThreadPoolExecutor(12) as pool:
+        futures = {pool.submit(fn, i): f"pod{i}" for fn, i in burst}
+        for done, future in enumerate(as_completed(futures), start=1):
+            outcomes[futures[future]] = future.result()
+            if done == 4:
+                node.kill_server()
+    interrupted = [
+        pod
+        for pod, (verb, run) in outcomes.items()
+        if b"closed the connection" in run.stdout + run.stderr
+    ]
+    assert interrupted, "the kill hit no request in flight: the test proved nothing"
+    for pod, (verb, run) in outcomes.items():
+        if verb == "DEL":
+            assert run.returncode == 0, f"DEL of {pod} failed: {run.stdout!r}"
+        else:
+            assert run.returncode == 0 or json.loads(run.stdout)["code"] == 11, run.stdout
+
+    # Back up: the queued DELs run first; then the runtime DELs every pod whose ADD failed.
+    node.start_server()
+    assert node.shim.queued() == []
+    failed_adds = [
+        pod for pod, (verb, run) in outcomes.items() if verb == "ADD" and run.returncode != 0
+    ]
+    for pod in failed_adds:
+        i = int(pod[3:])
+        run = node.cni("DEL", config, pods[i], pod)
+        assert run.returncode == 0, run.stdout
+
+    deleted = {f"pod{i}" for i in range(DELETED_IN_BURST)}
+    kept = {pod: result for pod, result in results.items() if pod not in deleted}
+    assert len(kept) == PODS - DELETED_IN_BURST - len(failed_adds)
+
+    def assert_exactly_the_kept_pods() -> None:
+        held = leases(store)
+        assert sorted(held.values()) == sorted(kept), "a lease was lost or leaked"
+        for pod, result in kept.items():
+            address = result["ips"][0]["address"]
+            assert held[address.split("/")[0]] == pod
+            sandbox = pods[int(pod[3:])]
+            assert sandbox.addrs("eth0") == [address], f"{pod} lost its address"
+        for i, sandbox in enumerate(pods):
+            if f"pod{i}" not in kept:
+                assert sandbox.link("eth0") is None, f"pod{i} kept a leaked interface"
+        assert len(host_veths(node.host)) == len(kept), "leaked or missing host veths"
+
+    assert_exactly_the_kept_pods()
+    # GC with the runtime's list of live attachments changes nothing: nothing was leaked.
+    gc = {
+        **config,
+        "cni.dev/valid-attachments": [{"containerID": p, "ifname": "eth0"} for p in kept],
+    }
+    run = node.cni("GC", gc, None, "")
+    assert run.returncode == 0, run.stdout
+    assert_exactly_the_kept_pods()
