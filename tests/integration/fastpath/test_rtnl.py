@@ -1,0 +1,210 @@
+"""node_plugin.rtnl against the kernel, checked with iproute2 (an independent implementation)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import subprocess
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from node_plugin import rtnl
+from node_plugin.rtnl import Rtnl, RtnlError
+from node_plugin.server import netns
+from tests.integration.plugin.kernel import Netns, create_netns, delete_netns
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def ns() -> Iterator[Netns]:
+    made = create_netns("cwrt-")
+    try:
+        yield made
+    finally:
+        delete_netns(made)
+
+
+@pytest.fixture
+def sock(ns: Netns) -> Iterator[Rtnl]:
+    """A socket opened inside `ns` (a netlink socket stays bound to where it was opened)."""
+    fd = os.open(ns.path, os.O_RDONLY)
+    try:
+        with netns.entered(fd):
+            opened = Rtnl()
+    finally:
+        os.close(fd)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def ip_json(ns: Netns, *args: str) -> Any:
+    out = subprocess.run(
+        ["ip", "-n", ns.name, "-d", "-j", *args], capture_output=True, check=True, text=True
+    ).stdout
+    return json.loads(out) if out.strip() else []
+
+
+def test_links_are_created_looked_up_changed_and_deleted(ns: Netns, sock: Rtnl) -> None:
+    assert sock.get_link(name="nope0") is None
+    assert sock.get_link(index=999_999) is None
+    sock.add_bridge("cwbr0", mtu=1450)
+    br = sock.get_link(name="cwbr0")
+    assert br is not None
+    assert (br.kind, br.attr_u32(rtnl.IFLA_MTU), br.operstate) == ("bridge", 1450, "DOWN")
+    sock.set_link(br.index, up=True, promisc=True)
+
+    sock.add_veth("cwv0", "cwp0", mtu=1400, peer_mac="02:11:22:33:44:55")
+    host, peer = sock.get_link(name="cwv0"), sock.get_link(name="cwp0")
+    assert host is not None and peer is not None
+    assert host.attr_u32(rtnl.IFLA_LINK) == peer.index
+    sock.set_link(host.index, master=br.index, up=True)
+    sock.set_brport(host.index, hairpin=True, isolated=True)
+
+    shown = {link["ifname"]: link for link in ip_json(ns, "link", "show")}
+    assert shown["cwbr0"]["linkinfo"]["info_kind"] == "bridge"
+    assert "UP" in shown["cwbr0"]["flags"] and shown["cwbr0"]["promiscuity"] == 1
+    assert shown["cwv0"]["master"] == "cwbr0"
+    assert shown["cwv0"]["mtu"] == 1400
+    assert shown["cwp0"]["address"] == "02:11:22:33:44:55"
+    port = shown["cwv0"]["linkinfo"]["info_slave_data"]
+    assert port["hairpin"] is True and port["isolated"] is True
+    looked_up = sock.get_link(index=host.index)
+    assert (
+        looked_up is not None
+        and looked_up.name == "cwv0"
+        and looked_up.mac == shown["cwv0"]["address"]
+    )
+    brport = sock.brport(host.index)
+    assert brport is not None
+    assert brport.brport_flag(rtnl.IFLA_BRPORT_MODE) is True
+    assert brport.brport_flag(rtnl.IFLA_BRPORT_ISOLATED) is True
+    assert {link.name for link in sock.links()} == set(shown)
+
+    with pytest.raises(RtnlError) as exists:
+        sock.add_veth("cwv0", "cwp9")
+    assert exists.value.code == 17
+    sock.del_link(host.index)
+    assert sock.get_link(name="cwp0") is None, "deleting one end deletes the pair"
+
+
+def test_the_peer_lands_in_another_namespace(ns: Netns, sock: Rtnl) -> None:
+    other = create_netns("cwrt-")
+    try:
+        fd = os.open(other.path, os.O_RDONLY)
+        try:
+            sock.add_veth("cwv1", "eth0", peer_netns_fd=fd, peer_mac="02:aa:bb:cc:dd:ee")
+        finally:
+            os.close(fd)
+        assert other.link("eth0") is not None
+        assert other.link("eth0")["address"] == "02:aa:bb:cc:dd:ee"  # type: ignore[index]
+        assert sock.get_link(name="eth0") is None
+        with pytest.raises(RtnlError) as exists:
+            fd = os.open(other.path, os.O_RDONLY)
+            try:
+                sock.add_veth("cwv2", "eth0", peer_netns_fd=fd)
+            finally:
+                os.close(fd)
+        assert exists.value.code == 17
+        assert sock.get_link(name="cwv2") is None, "nothing left behind"
+    finally:
+        delete_netns(other)
+
+
+def test_addresses_and_routes(ns: Netns, sock: Rtnl) -> None:
+    sock.add_veth("cwv0", "cwp0")
+    link = sock.get_link(name="cwp0")
+    assert link is not None
+    sock.set_link(link.index, up=True)
+    v4 = ipaddress.ip_interface("10.5.0.2/24")
+    v6 = ipaddress.ip_interface("fd00:5::2/64")
+    sock.add_addr(link.index, v4, broadcast=True)
+    sock.add_addr(link.index, v6)
+    shown = ip_json(ns, "addr", "show", "dev", "cwp0")[0]["addr_info"]
+    assert {
+        "family": "inet",
+        "local": "10.5.0.2",
+        "prefixlen": 24,
+        "broadcast": "10.5.0.255",
+    }.items() <= next(a for a in shown if a["family"] == "inet").items()
+    assert any(a["local"] == "fd00:5::2" for a in shown)
+    ours = {str(a.interface) for a in sock.addrs() if a.index == link.index}
+    assert {"10.5.0.2/24", "fd00:5::2/64"} <= ours
+    with pytest.raises(RtnlError, match="File exists"):
+        sock.add_addr(link.index, v4)
+
+    gateway = ipaddress.ip_address("10.5.0.1")
+    sock.add_route(ipaddress.ip_network("0.0.0.0/0"), oif=link.index, gateway=gateway, proto=3)
+    sock.add_route(
+        ipaddress.ip_network("10.6.0.0/16"),
+        oif=link.index,
+        priority=7,
+        mtu=1300,
+        advmss=1200,
+        table=100,
+        proto=3,
+    )
+    routes = {
+        (r["dst"], r.get("table", "main")): r
+        for r in ip_json(ns, "route", "show", "table", "all")
+        if r.get("type") == "unicast" and r.get("protocol") == "boot"
+    }
+    default = routes["default", "main"]
+    assert default["gateway"] == "10.5.0.1" and default["dev"] == "cwp0"
+    assert default["scope"] == "global"
+    other = routes["10.6.0.0/16", "100"]
+    assert other["metric"] == 7
+    assert {"mtu": 1300, "advmss": 1200}.items() <= {
+        k: v for m in other["metrics"] for k, v in m.items()
+    }.items()
+    ours_routes = {(r.dst, r.dst_len, r.gateway, r.table) for r in sock.routes(rtnl.AF_INET)}
+    assert (None, 0, "10.5.0.1", 254) in ours_routes
+    assert ("10.6.0.0", 16, None, 100) in ours_routes
+    with pytest.raises(RtnlError, match="unreachable"):
+        sock.add_route(
+            ipaddress.ip_network("10.9.0.0/16"),
+            oif=link.index,
+            gateway=ipaddress.ip_address("10.99.0.1"),
+        )
+    sock.del_addr(link.index, v6)
+    assert "fd00:5::2/64" not in {str(a.interface) for a in sock.addrs() if a.index == link.index}
+
+
+def test_dumps_spanning_many_datagrams_are_complete(ns: Netns, sock: Rtnl) -> None:
+    batch = "".join(f"link add cwm{i} type veth peer name cwn{i}\n" for i in range(200))
+    subprocess.run(["ip", "-n", ns.name, "-batch", "-"], input=batch, text=True, check=True)
+    names = {link.name for link in sock.links()}
+    assert {f"cwm{i}" for i in range(200)} | {f"cwn{i}" for i in range(200)} <= names
+    assert len(names) == 401
+
+
+def test_sockets_are_independent_per_thread(ns: Netns, sock: Rtnl) -> None:
+    """The server's workers each hold their own socket; requests never cross."""
+    sock.add_bridge("cwbr1")
+    errors: list[BaseException] = []
+
+    def hammer(name: str) -> None:
+        try:
+            fd = os.open(ns.path, os.O_RDONLY)
+            try:
+                with netns.entered(fd), Rtnl() as own:
+                    for _ in range(200):
+                        link = own.get_link(name=name)
+                        assert link is not None and link.name == name
+            finally:
+                os.close(fd)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=hammer, args=(n,)) for n in ("lo", "cwbr1") * 3]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
