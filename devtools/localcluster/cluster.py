@@ -249,6 +249,11 @@ def up(
         state.save()
     except BaseException:
         _log(f"{name}: bring-up failed, tearing down what was started")
+        keep = os.environ.get("CNIWARDEN_KEEP_FAILED_LOGS")
+        if keep:
+            dest = Path(keep) / f"{name}-{int(time.time())}"
+            shutil.copytree(layout.logs_dir, dest, dirs_exist_ok=True)
+            _log(f"{name}: logs kept in {dest}")
         try:
             down(state)
         except Exception as exc:
@@ -298,7 +303,7 @@ def down(state: ClusterState) -> None:
 
 
 def _restore_sysctls(state: ClusterState) -> None:
-    """Put back the kernel tunables kubelet changed, unless another cluster's nodes run."""
+    """Put back the kernel tunables real nodes changed, unless another cluster's nodes run."""
     if not state.saved_sysctls:
         return
     others = [
@@ -308,8 +313,7 @@ def _restore_sysctls(state: ClusterState) -> None:
     ]
     if others:
         return
-    for key, value in state.saved_sysctls.items():
-        hostres.write_sysctl(key, value)
+    realnode.restore_sysctls(state.saved_sysctls)
 
 
 def down_by_name(name: str, root: Path | None = None) -> bool:

@@ -114,8 +114,12 @@ def link_exists(name: str, netns: Path | None = None) -> bool:
 
 
 def delete_link(name: str) -> None:
-    if link_exists(name):
-        procs.run(["ip", "link", "del", "dev", name])
+    """Delete a link; one that vanishes meanwhile (its peer's netns went) is fine."""
+    result = procs.run(["ip", "link", "del", "dev", name], check=False)
+    if result.returncode != 0 and link_exists(name):
+        raise procs.CommandError(
+            result.returncode, result.args, output=result.stdout, stderr=result.stderr
+        )
 
 
 def netns_exists(name: str) -> bool:

@@ -18,6 +18,10 @@ from pathlib import Path
 from .state import ProcessRecord
 
 LOG_TAIL_LINES = 40
+# Children started by this process, kept so their exit status is ours to read
+# (and not reaped by subprocess' own cleanup), and how they ended.
+_children: dict[int, subprocess.Popen[bytes]] = {}
+_exit_statuses: dict[int, str] = {}
 
 
 class ComponentError(RuntimeError):
@@ -64,6 +68,16 @@ def starttime(pid: int) -> int:
 
 def is_alive(record: ProcessRecord) -> bool:
     """True while the recorded process (not a later one reusing its pid) runs."""
+    child = _children.get(record.pid)
+    if child is not None:
+        code = child.poll()
+        if code is None:
+            return True
+        del _children[record.pid]
+        _exit_statuses[record.pid] = (
+            f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        )
+        return False
     fields = _stat_fields(record.pid)
     if fields is None or int(fields[19]) != record.starttime:
         return False
@@ -72,6 +86,11 @@ def is_alive(record: ProcessRecord) -> bool:
             os.waitpid(record.pid, os.WNOHANG)
         return False
     return True
+
+
+def exit_status(record: ProcessRecord) -> str:
+    """How a process we started ended, when we reaped it ourselves."""
+    return _exit_statuses.get(record.pid, "exit status unknown (not our child)")
 
 
 def start(
@@ -103,6 +122,7 @@ def start(
             env={**os.environ, **(env or {})},
             cwd=cwd,
         )
+    _children[proc.pid] = proc
     # Popen returns after exec; /proc/PID/stat is there until the process is reaped.
     try:
         started = starttime(proc.pid)
@@ -149,7 +169,8 @@ def wait_ready(
     while True:
         if not is_alive(record):
             raise ComponentError(
-                f"{record.name} exited before it was ready ({what or 'probe'}); "
+                f"{record.name} exited before it was ready ({what or 'probe'}; "
+                f"{exit_status(record)}); "
                 f"last log lines of {record.log}:\n{log_tail(record.log)}"
             )
         try:

@@ -42,15 +42,23 @@ from .toolpaths import system_tool, tool
 READY_TIMEOUT = 180.0
 REFERENCE_PLUGINS = Path("/usr/lib/cni")
 NAMESPACE = "k8s.io"
-# The kernel tunables kubelet sets machine-wide; restored when the last real node goes.
-KUBELET_SYSCTLS = (
-    "vm.overcommit_memory",
-    "vm.panic_on_oom",
-    "kernel.panic",
-    "kernel.panic_on_oops",
-    "kernel.keys.root_maxkeys",
-    "kernel.keys.root_maxbytes",
-)
+# Machine-wide kernel tunables a real node changes, with the value it sets:
+# kubelet's own (setupKernelTunables), and inotify limits raised like kind
+# advises (every kubelet and containerd holds several inotify instances; the
+# Debian default of 128 per user makes the second or third kubelet fail with
+# "inotify_init: too many open files"). Restored when the last real node goes.
+KUBELET_SYSCTLS = {
+    "vm.overcommit_memory": "1",
+    "vm.panic_on_oom": "0",
+    "kernel.panic": "10",
+    "kernel.panic_on_oops": "1",
+    "kernel.keys.root_maxkeys": "1000000",
+    "kernel.keys.root_maxbytes": "25000000",
+}
+RAISED_SYSCTLS = {
+    "fs.inotify.max_user_instances": 1024,
+    "fs.inotify.max_user_watches": 524288,
+}
 
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -369,8 +377,21 @@ def _save_sysctls(state: ClusterState) -> None:
                 state.saved_sysctls = dict(saved)
                 break
     if not state.saved_sysctls:
-        state.saved_sysctls = {k: hostres.read_sysctl(k) for k in KUBELET_SYSCTLS}
+        keys = [*KUBELET_SYSCTLS, *RAISED_SYSCTLS]
+        state.saved_sysctls = {k: hostres.read_sysctl(k) for k in keys}
     state.save()
+    for key, minimum in RAISED_SYSCTLS.items():
+        if int(hostres.read_sysctl(key)) < minimum:
+            hostres.write_sysctl(key, str(minimum))
+
+
+def restore_sysctls(saved: dict[str, str]) -> None:
+    """Put back what we (or kubelet) changed, unless someone changed it since."""
+    ours = {**KUBELET_SYSCTLS, **{k: str(v) for k, v in RAISED_SYSCTLS.items()}}
+    for key, original in saved.items():
+        current = hostres.read_sysctl(key)
+        if current != original and current == ours.get(key):
+            hostres.write_sysctl(key, original)
 
 
 def node_status(kubectl: Kubectl, name: str) -> dict[str, object] | None:
@@ -558,8 +579,10 @@ def teardown_node(state: ClusterState, record: NodeRecord) -> list[str]:
         attempt(f"remove {sock}", functools.partial(sock.unlink, missing_ok=True))
     attempt("unmount", lambda: hostres.unmount_under(node_dir))
     attempt("remove cgroups", lambda: hostres.remove_cgroup_tree(record.cgroup_root))
-    attempt("delete netns", lambda: hostres.delete_netns(record.netns))
+    # The veth first: deleting it removes both ends at once, whereas a netns
+    # deletion destroys its links asynchronously.
     attempt("delete veth", lambda: hostres.delete_link(record.veth_host))
+    attempt("delete netns", lambda: hostres.delete_netns(record.netns))
     return errors
 
 

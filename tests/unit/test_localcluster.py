@@ -145,7 +145,7 @@ def test_a_component_that_dies_reports_its_log_tail(tmp_path: Path) -> None:
     rec = procs.start("broken", ["sh", "-c", "echo 'bind: address already in use'; exit 3"], log)
     with pytest.raises(procs.ComponentError, match="address already in use") as err:
         procs.wait_ready(rec, lambda: False, timeout=10, what="/healthz")
-    assert "broken exited before it was ready (/healthz)" in str(err.value)
+    assert "broken exited before it was ready (/healthz; exit code 3)" in str(err.value)
 
 
 def test_a_component_that_never_gets_ready_times_out_with_the_last_error(tmp_path: Path) -> None:
@@ -162,3 +162,21 @@ def test_a_component_that_never_gets_ready_times_out_with_the_last_error(tmp_pat
     finally:
         procs.stop(rec, grace=1)
     assert not procs.is_alive(rec)
+
+
+def test_sysctls_are_restored_only_where_still_ours(monkeypatch: pytest.MonkeyPatch) -> None:
+    live = {
+        "kernel.panic": "10",  # kubelet's value: restore
+        "vm.overcommit_memory": "2",  # someone changed it since: leave
+        "fs.inotify.max_user_instances": "1024",  # raised by us: restore
+    }
+    monkeypatch.setattr(hostres, "read_sysctl", live.__getitem__)
+    monkeypatch.setattr(hostres, "write_sysctl", live.__setitem__)
+    realnode.restore_sysctls(
+        {"kernel.panic": "1", "vm.overcommit_memory": "0", "fs.inotify.max_user_instances": "128"}
+    )
+    assert live == {
+        "kernel.panic": "1",
+        "vm.overcommit_memory": "2",
+        "fs.inotify.max_user_instances": "128",
+    }
