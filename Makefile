@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(CURDIR)/.tools/bin:$(PATH)
 
-.PHONY: setup debs venv tools test lint typecheck unit integration e2e bench plugins bench-fastpath \
+.PHONY: setup debs venv tools test lint typecheck unit integration e2e bench plugins bench-fastpath bench-plugin \
         cluster-up cluster-down demo clean
 
 setup: debs venv tools
@@ -53,7 +53,11 @@ $(CNI_BIN)/cniwarden-%: build/shim/cniwarden-shim
 bench-fastpath: setup plugins
 	$(BIN)/python bench/fastpath.py $(BENCH_ARGS)
 
-bench: bench-fastpath
+# Reference vs the standalone Python plugins, exec to exit (root; see bench/plugin.py).
+bench-plugin: setup
+	$(BIN)/python -m bench.plugin $(BENCH_ARGS)
+
+bench: bench-plugin bench-fastpath
 
 # The whole suite, as CI runs it.
 test: setup lint typecheck plugins

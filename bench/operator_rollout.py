@@ -156,7 +156,7 @@ def run_once(cluster: LocalCluster, agents: int, rounds: int) -> dict[str, Any]:
                 ):
                     files_at = now - t0
                 status = kubectl_json(cluster, "get", "cninetwork", name).get("status") or {}
-                ready = next(
+                ready: dict[str, Any] = next(
                     (c for c in status.get("conditions") or [] if c["type"] == "Ready"), {}
                 )
                 if ready.get("status") == "True" and status.get("nodesReady") == agents:
@@ -173,7 +173,7 @@ def run_once(cluster: LocalCluster, agents: int, rounds: int) -> dict[str, Any]:
             )
             while True:
                 status = kubectl_json(cluster, "get", "cninetwork", name).get("status") or {}
-                shadow = next(
+                shadow: dict[str, Any] = next(
                     (c for c in status.get("conditions") or [] if c["type"] == "Shadowed"), {}
                 )
                 if shadow.get("status") == "True":

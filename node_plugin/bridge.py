@@ -156,13 +156,10 @@ def _add(
     elif not raw.disable_container_interface:
         _set_container_up(sandbox_fd, args.ifname)
 
-    if not raw.disable_container_interface:
-        _wait_port_up(host, hv.index, host_name)
     # The host veth's and the bridge's MAC may change as ports come and go: report now.
-    hv_now = links.get(host, host_name)
-    br_now = links.get(host, conf.bridge)
-    if hv_now is not None:
-        result.interfaces[1].mac = hv_now.mac
+    hv_now = _wait_port_up(host, hv.index, host_name, raw.disable_container_interface)
+    result.interfaces[1].mac = hv_now.mac
+    br_now = links.get_index(host, br.index)
     if br_now is not None:
         result.interfaces[0].mac = br_now.mac
     if conf.dns.is_set():
@@ -334,7 +331,9 @@ def _ensure_vlan_gateway(host: Any, br: links.Link, conf: BridgeConfig) -> links
     return refreshed
 
 
-def _wait_port_up(host: Any, index: int, name: str, timeout: float = 2.5) -> None:
+def _wait_port_up(
+    host: Any, index: int, name: str, container_down: bool, timeout: float = 2.5
+) -> links.Link:
     """Like the reference: do not report success while the bridge port is not up."""
     deadline = time.monotonic() + timeout
     delay = 0.001
@@ -342,8 +341,8 @@ def _wait_port_up(host: Any, index: int, name: str, timeout: float = 2.5) -> Non
         link = links.get_index(host, index)
         if link is None:
             raise CniError(INTERNAL, f"host veth {name} vanished")
-        if link.operstate == "UP":
-            return
+        if link.operstate == "UP" or container_down:
+            return link
         if time.monotonic() > deadline:
             raise CniError(INTERNAL, f"bridge port {name} in error state: {link.operstate}")
         time.sleep(delay)

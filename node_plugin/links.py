@@ -8,6 +8,7 @@ Every kernel error becomes a CniError that says what was being done.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import ipaddress
 import logging
@@ -151,13 +152,15 @@ def ensure_bridge(
         spec["mtu"] = mtu
     if vlan_filtering:
         spec["br_vlan_filtering"] = 1
-    try:
-        ipr.link("add", **spec)
-    except NetlinkError as exc:
-        if exc.code != errno.EEXIST:
-            hint = " (this kernel has no bridge VLAN filtering)" if vlan_filtering else ""
-            raise failure(f"create bridge {name}{hint}", exc) from None
     br = get(ipr, name)
+    if br is None:
+        try:
+            ipr.link("add", **spec)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:  # EEXIST: created concurrently, fine
+                hint = " (this kernel has no bridge VLAN filtering)" if vlan_filtering else ""
+                raise failure(f"create bridge {name}{hint}", exc) from None
+        br = get(ipr, name)
     if br is None:
         raise CniError(INTERNAL, f"bridge {name} vanished right after creation")
     if br.kind != "bridge":
@@ -173,6 +176,7 @@ def ensure_bridge(
             kind="bridge",
             br_vlan_filtering=1,
         )
+    flags = br.flags
     if promisc and not br.promisc:
         _set(
             ipr,
@@ -181,11 +185,11 @@ def ensure_bridge(
             flags=IFF_PROMISC,
             change=IFF_PROMISC,
         )
+        flags |= IFF_PROMISC
     if not br.up:
         _set(ipr, f"set {name} up", index=br.index, state="up")
-    refreshed = get(ipr, name)
-    assert refreshed is not None
-    return refreshed
+        flags |= IFF_UP
+    return dataclasses.replace(br, flags=flags)
 
 
 def create_veth(host: IPRoute, *, sandbox_fd: int, ifname: str, mtu: int, mac: str) -> str:

@@ -14,7 +14,7 @@ import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from node_plugin import versions
 from node_plugin.api import BRIDGE, HOST_LOCAL, CniRequest, CniResponse
@@ -25,7 +25,9 @@ from node_plugin.errors import (
     INVALID_ENV,
     CniError,
 )
-from node_plugin.result import Result
+
+if TYPE_CHECKING:  # VERSION and bad-input answers need no result model
+    from node_plugin.result import Result
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,194 @@
+"""Plugin latency: Debian's reference bridge + host-local against cniwarden's standalone plugins.
+
+One run, the same kind of sandboxes for both: each implementation gets its own bridge,
+subnet and store in one private "node" namespace, and ADD, CHECK and DEL of N
+attachments are timed as whole processes, from exec to exit, as a runtime sees them.
+The order alternates per sandbox so machine noise hits both sides alike.
+
+    sudo .venv/bin/python -m bench.plugin [--sandboxes 40] [--ours DIR]
+
+`--ours DIR` times other executables named cniwarden-bridge/cniwarden-host-local
+(default: this venv's console scripts). Everything is created in namespaces of its
+own and deleted at the end, even on failure. Prints a Markdown table with p50/p90 and
+ratios (ours / reference) and writes bench/results/plugin.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = Path("/usr/lib/cni")
+RESULTS = ROOT / "bench" / "results"
+VERSION = "1.0.0"  # the newest CNI version Debian's reference plugins (1.1.1) speak
+VERBS = ("ADD", "CHECK", "DEL")
+IFNAMES = {"reference": "eth0", "cniwarden": "eth1"}  # both attach to every sandbox
+
+
+def sh(*argv: str) -> None:
+    subprocess.run(argv, check=True, capture_output=True)
+
+
+def enter_netns(name: str) -> None:
+    """Move this single-threaded process into `name`; exec'd plugins start there too."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, 0x40000000) != 0:
+            raise OSError(ctypes.get_errno(), "setns")
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def namespaces(prefix: str, count: int) -> Iterator[tuple[str, list[str]]]:
+    host, made = f"{prefix}-node", []
+    try:
+        for name in [host, *(f"{prefix}-s{i}" for i in range(count))]:
+            sh("ip", "netns", "add", name)
+            made.append(name)
+        yield host, made[1:]
+    finally:
+        for name in reversed(made):
+            subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
+
+
+def config(kind: str, run_id: str, n: int, store: Path) -> dict[str, Any]:
+    bridge_type, ipam_type = (
+        ("bridge", "host-local")
+        if kind == "reference"
+        else ("cniwarden-bridge", "cniwarden-host-local")
+    )
+    return {
+        "cniVersion": VERSION,
+        "name": f"bench-{kind}-{run_id}",
+        "type": bridge_type,
+        "bridge": f"bb{n}{run_id}"[:15],
+        "isGateway": True,
+        "ipam": {"type": ipam_type, "subnet": f"10.{200 + n}.0.0/16", "dataDir": str(store)},
+    }
+
+
+def exec_plugin(
+    exe: Path,
+    command: str,
+    conf: dict[str, Any],
+    cni_path: str,
+    cid: str,
+    netns: str,
+    ifname: str = "eth0",
+) -> tuple[float, bytes]:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+        "CNI_COMMAND": command,
+        "CNI_CONTAINERID": cid,
+        "CNI_NETNS": f"/run/netns/{netns}",
+        "CNI_IFNAME": ifname,
+        "CNI_PATH": cni_path,
+    }
+    stdin = json.dumps(conf).encode()
+    started = time.perf_counter()
+    proc = subprocess.run([str(exe)], input=stdin, env=env, capture_output=True, check=False)
+    elapsed = (time.perf_counter() - started) * 1000
+    if proc.returncode != 0:
+        raise RuntimeError(f"{exe.name} {command} failed: {proc.stdout!r} {proc.stderr!r}")
+    return elapsed, proc.stdout
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def run(count: int, ours_dir: Path) -> dict[str, Any]:
+    run_id = secrets.token_hex(3)
+    impls = {"reference": REFERENCE / "bridge", "cniwarden": ours_dir / "cniwarden-bridge"}
+    cni_path = f"{ours_dir}:{REFERENCE}"
+    samples: dict[str, dict[str, list[float]]] = {k: {v: [] for v in VERBS} for k in impls}
+    with (
+        tempfile.TemporaryDirectory(prefix="cw-bench-") as tmp,
+        namespaces(f"cwb{run_id}", count) as (host, sandboxes),
+    ):
+        enter_netns(host)
+        confs = {k: config(k, run_id, n, Path(tmp) / k) for n, k in enumerate(impls)}
+        prev: dict[tuple[str, int], bytes] = {}
+        for verb in VERBS:
+            for i, sb in enumerate(sandboxes):
+                order = list(impls) if i % 2 == 0 else list(reversed(impls))
+                for kind in order:
+                    conf = confs[kind]
+                    if verb == "CHECK":
+                        conf = dict(conf, prevResult=json.loads(prev[(kind, i)]))
+                    ifname = IFNAMES[kind]
+                    ms, out = exec_plugin(impls[kind], verb, conf, cni_path, f"b{i}", sb, ifname)
+                    samples[kind][verb].append(ms)
+                    if verb == "ADD":
+                        prev[(kind, i)] = out
+        version_ms = {
+            k: statistics.median(
+                exec_plugin(exe, "VERSION", {}, cni_path, "", sandboxes[0])[0] for _ in range(10)
+            )
+            for k, exe in impls.items()
+        }
+    return {"sandboxes": count, "ours": str(ours_dir), "samples": samples, "version": version_ms}
+
+
+def report(data: dict[str, Any]) -> str:
+    s = data["samples"]
+    head = "| verb | reference p50 | reference p90 | cniwarden p50 | cniwarden p90 | ratio p50 "
+    rows = [head + "| ratio p90 |", "|---|---|---|---|---|---|---|"]
+    for verb in VERBS:
+        ref, ours = s["reference"][verb], s["cniwarden"][verb]
+        r50, r90, o50, o90 = (
+            percentile(ref, 0.5),
+            percentile(ref, 0.9),
+            percentile(ours, 0.5),
+            percentile(ours, 0.9),
+        )
+        rows.append(
+            f"| {verb} | {r50:.1f} ms | {r90:.1f} ms | {o50:.1f} ms | {o90:.1f} ms "
+            f"| {o50 / r50:.1f}x | {o90 / r90:.1f}x |"
+        )
+    v = data["version"]
+    rows.append(
+        f"| VERSION (start-up floor) | {v['reference']:.1f} ms | | {v['cniwarden']:.1f} ms | "
+        f"| {v['cniwarden'] / v['reference']:.1f}x | |"
+    )
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sandboxes", type=int, default=40)
+    parser.add_argument(
+        "--ours",
+        type=Path,
+        default=Path(sys.executable).parent,
+        help="directory holding cniwarden-bridge and cniwarden-host-local",
+    )
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench/plugin.py needs root (network namespaces)")
+    data = run(args.sandboxes, args.ours.resolve())
+    table = report(data)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "plugin.json").write_text(json.dumps({**data, "table": table}, indent=2))
+    print(f"{data['sandboxes']} sandboxes, one bridge per implementation, exec to exit:\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
