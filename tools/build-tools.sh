@@ -39,11 +39,16 @@ fi
 # recipe, then symlinks every binary of that build into .tools/bin.
 ensure() {
   local tool=$1 version=$2 recipe=$3 builder=$4
-  local dest=$cache/$tool-$version want=$recipe have=""
+  local dest=$cache/$tool-$version want=$recipe have="" lock
+  # One build per tool at a time across clones sharing the cache; the others
+  # wait, then find it cached.
+  exec {lock}>"$cache/.$tool.lock"
+  flock "$lock"
   [ -f "$dest/.stamp" ] && have=$(cat "$dest/.stamp")
   if [ "$have" != "$want" ]; then
     local tmp start
     tmp=$(mktemp -d "$cache/.$tool-$version.XXXXXX")
+    chmod 755 "$tmp"
     start=$(date +%s)
     log "building $tool $version (cold build; cached afterwards in $dest)"
     if ! "$builder" "$version" "$tmp/bin"; then
@@ -61,6 +66,8 @@ ensure() {
   for b in "$dest"/bin/*; do
     ln -sfn "$b" "$bindir/$(basename "$b")"
   done
+  flock -u "$lock"
+  exec {lock}>&-
 }
 
 # Version strings, as Kubernetes' own hack/lib/version.sh sets them. The
