@@ -190,9 +190,13 @@ def wait_ready(
 def pids_in_namespace(kind: str, ns_file: Path) -> list[int]:
     """Pids whose `kind` namespace ("net", "mnt") is the one bound at `ns_file`."""
     try:
-        target = ns_file.stat().st_ino
+        bound = ns_file.stat()
+        nsfs = Path("/proc/self/ns/net").stat().st_dev
     except OSError:
         return []
+    if bound.st_dev != nsfs:
+        return []  # a plain file: the namespace was never bound there (or is gone)
+    target = bound.st_ino
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
