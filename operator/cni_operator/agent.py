@@ -24,6 +24,7 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from cni_operator import api
+from cni_operator.hostgw_node import HostGatewayNode
 from cni_operator.kube import Kube
 from cni_operator.kube_time import now_iso
 from cni_operator.node.own_binaries import default_source
@@ -43,6 +44,7 @@ class AgentSettings:
     resync_seconds: float = 30.0
     heartbeat_seconds: float = 10.0
     debounce_seconds: float = 0.05
+    liveness_endpoint: str | None = None
 
 
 @dataclass
@@ -63,6 +65,7 @@ class Agent:
         self.paths = HostPaths(self.settings.host_root)
         self.reconciler = Reconciler(self.paths, self.settings.node_name, default_source())
         self.kube = Kube(self.settings.kubeconfig)
+        self.host_gw = HostGatewayNode(self.paths, self.settings.node_name)
 
     # -------------------------------------------------------------- inputs
     def on_network(self, event_type: str | None, body: dict[str, Any]) -> None:
@@ -173,6 +176,9 @@ class Agent:
         )
         if result.recheck_in is not None:
             asyncio.get_running_loop().call_later(result.recheck_in + 0.05, self.wake.set)
+        pod_routes = await asyncio.to_thread(self.host_gw.sync)
+        if pod_routes is not None:
+            result.status["podRoutes"] = pod_routes
         await asyncio.to_thread(self._publish, result, snapshot)
 
     def _publish(self, result: PassResult, snapshot: dict[str, dict[str, Any]]) -> None:
@@ -244,10 +250,23 @@ def build_registry(agent: Agent) -> kopf.OperatorRegistry:
     def network_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         agent.on_network(event.get("type"), dict(body))
 
+    @kopf.on.event("", "v1", "nodes", registry=registry)
+    async def node_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        """Every Node's podCIDRs and InternalIP, for the host-gw routes."""
+        if agent.host_gw.on_node(event.get("type"), dict(body)):
+            agent.wake.set()
+
     return registry
 
 
 def run(settings: AgentSettings) -> None:
     agent = Agent(settings)
     registry = build_registry(agent)
-    asyncio.run(kopf.operator(registry=registry, clusterwide=True, standalone=True))
+    asyncio.run(
+        kopf.operator(
+            registry=registry,
+            clusterwide=True,
+            standalone=True,
+            liveness_endpoint=settings.liveness_endpoint,
+        )
+    )

@@ -7,6 +7,7 @@ same rules; `validate_spec` repeats the ones a node needs before it writes.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Any, Literal
 
@@ -71,6 +72,26 @@ class DeclaredBinary(BaseModel):
         return value
 
 
+class Routing(BaseModel):
+    """`spec.routing`: pod networking between nodes (see `hostgw`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["None", "HostGateway"] = "None"
+    ipMasq: bool = False
+    clusterCIDRs: list[str] = Field(default_factory=list, max_length=8)
+
+    @field_validator("clusterCIDRs")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"clusterCIDRs: {cidr!r} is not a CIDR") from None
+        return value
+
+
 class NetworkSpec(BaseModel):
     """`CNINetwork.spec`. Plugin objects stay plain dicts: unknown keys pass through."""
 
@@ -85,6 +106,7 @@ class NetworkSpec(BaseModel):
     binaries: list[DeclaredBinary] = Field(default_factory=list)
     disableCheck: bool | None = None
     disableGC: bool | None = None
+    routing: Routing | None = None
 
     @field_validator("networkName")
     @classmethod

@@ -31,6 +31,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
         controller.ControllerSettings(
             kubeconfig=args.kubeconfig,
             stale_agent_seconds=args.stale_agent_seconds,
+            liveness_endpoint=args.liveness,
         )
     )
     return 0
@@ -50,6 +51,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
             host_root=_host_root(args.host_root),
             kubeconfig=args.kubeconfig,
             resync_seconds=args.resync_seconds,
+            liveness_endpoint=args.liveness,
         )
     )
     return 0
@@ -70,6 +72,12 @@ def cmd_cni_server(args: argparse.Namespace) -> int:
 def _add_kube(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument(
+        "--liveness",
+        default=os.environ.get("CNIWARDEN_LIVENESS"),
+        metavar="URL",
+        help="serve kopf's health endpoint there, e.g. http://0.0.0.0:9810/healthz",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

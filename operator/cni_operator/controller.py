@@ -39,6 +39,7 @@ class ControllerSettings:
     stale_agent_seconds: float = 120.0
     aggregate_interval: float = 0.2
     recheck_seconds: float = 30.0
+    liveness_endpoint: str | None = None
 
 
 def _parse_time(value: str | None) -> float | None:
@@ -301,4 +302,11 @@ def build_registry(controller: Controller) -> kopf.OperatorRegistry:
 def run(settings: ControllerSettings) -> None:
     controller = Controller(settings)
     registry = build_registry(controller)
-    asyncio.run(kopf.operator(registry=registry, clusterwide=True, standalone=True))
+    asyncio.run(
+        kopf.operator(
+            registry=registry,
+            clusterwide=True,
+            standalone=True,
+            liveness_endpoint=settings.liveness_endpoint,
+        )
+    )

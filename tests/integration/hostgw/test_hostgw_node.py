@@ -1,0 +1,230 @@
+"""Host-gw against a real kernel: routes and the masquerade table in a node namespace.
+
+Two namespaces stand for two nodes on one L2 segment (a veth pair). The agent's
+host-gw side runs inside node A (as it does on a node: in the host network),
+driven by a manifest like the agent's and by Node objects, exactly as the agent
+feeds it. Traffic only flows between the test's own namespaces.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cni_operator import hostgw
+from cni_operator.node import manifest as manifest_io
+from cni_operator.node.manifest import ManagedNetwork, Manifest
+from cni_operator.node.paths import HostPaths
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)"),
+]
+ROOT = Path(__file__).resolve().parents[3]
+
+DRIVER = """
+import json, sys
+from pathlib import Path
+from cni_operator.hostgw_node import HostGatewayNode
+from cni_operator.node.paths import HostPaths
+args = json.loads(sys.argv[1])
+node = HostGatewayNode(HostPaths(Path(args["root"])), args["me"])
+for body in args["nodes"]:
+    node.on_node("ADDED", body)
+print(json.dumps(node.sync()))
+"""
+
+
+def sh(*argv: str, check: bool = True) -> str:
+    out = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)}: {out.stderr.strip()}")
+    return out.stdout
+
+
+class TwoNodes:
+    def __init__(self, tmp: Path) -> None:
+        tag = secrets.token_hex(3)
+        self.a, self.b = f"hgwa-{tag}", f"hgwb-{tag}"
+        self.root = tmp / "node-a"
+        self.paths = HostPaths(self.root)
+        self.paths.ensure()
+        self.subnet = f"10.{200 + secrets.randbelow(50)}.{secrets.randbelow(250)}"
+
+    def up(self) -> None:
+        sh("ip", "netns", "add", self.a)
+        sh("ip", "netns", "add", self.b)
+        sh(
+            "ip",
+            "-n",
+            self.a,
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "eth0",
+            "netns",
+            self.b,
+        )
+        for ns, host in ((self.a, 10), (self.b, 11)):
+            sh("ip", "-n", ns, "addr", "add", f"{self.subnet}.{host}/24", "dev", "eth0")
+            sh("ip", "-n", ns, "link", "set", "eth0", "up")
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        # Node B's "pod": an address of B's podCIDR on B's loopback.
+        sh("ip", "-n", self.b, "addr", "add", "10.244.1.7/32", "dev", "lo")
+
+    def down(self) -> None:
+        for ns in (self.a, self.b):
+            sh("ip", "netns", "del", ns, check=False)
+
+    def node(self, name: str, ip: str, cidr: str) -> dict[str, Any]:
+        return {
+            "metadata": {"name": name},
+            "spec": {"podCIDRs": [cidr]},
+            "status": {"addresses": [{"type": "InternalIP", "address": ip}]},
+        }
+
+    def nodes(self, b_ip: str | None = None, extra: bool = True) -> list[dict[str, Any]]:
+        out = [
+            self.node("a", f"{self.subnet}.10", "10.244.0.0/24"),
+            self.node("b", b_ip or f"{self.subnet}.11", "10.244.1.0/24"),
+        ]
+        if extra:
+            out.append(self.node("c", f"{self.subnet}.12", "10.244.2.0/24"))
+        return out
+
+    def manifest(self, routing: dict[str, Any] | None) -> None:
+        spec: dict[str, Any] = {
+            "priority": 10,
+            "plugins": [
+                {
+                    "type": "cniwarden-bridge",
+                    "ipam": {
+                        "type": "cniwarden-host-local",
+                        "ranges": [[{"subnet": "usePodCIDR"}]],
+                    },
+                }
+            ],
+        }
+        manifest = Manifest()
+        if routing is not None:
+            spec["routing"] = routing
+            manifest.networks["pods"] = ManagedNetwork("10-pods.conflist", "0" * 64, 1, spec)
+        manifest_io.save(self.paths, manifest)
+
+    def sync(self, nodes: list[dict[str, Any]]) -> dict[str, Any] | None:
+        args = json.dumps({"root": str(self.root), "me": "a", "nodes": nodes})
+        out = sh(
+            "nsenter",
+            f"--net=/run/netns/{self.a}",
+            sys.executable,
+            "-c",
+            DRIVER,
+            args,
+        )
+        result: dict[str, Any] | None = json.loads(out.strip().splitlines()[-1])
+        return result
+
+    def routes(self) -> list[tuple[str, str]]:
+        listing = json.loads(
+            sh("ip", "-n", self.a, "-j", "route", "show", "proto", str(hostgw.ROUTE_PROTOCOL))
+        )
+        return sorted((r["dst"], r["gateway"]) for r in listing)
+
+    def nft_table(self) -> str:
+        return sh(
+            "ip",
+            "netns",
+            "exec",
+            self.a,
+            "nft",
+            "list",
+            "table",
+            "inet",
+            hostgw.NFT_TABLE,
+            check=False,
+        )
+
+
+@pytest.fixture
+def nodes(tmp_path: Path) -> Iterator[TwoNodes]:
+    pair = TwoNodes(tmp_path)
+    try:
+        pair.up()
+        yield pair
+    finally:
+        pair.down()
+
+
+def test_routes_follow_the_nodes_and_go_with_the_network(nodes: TwoNodes) -> None:
+    nodes.manifest({"mode": "HostGateway", "ipMasq": True})
+    report = nodes.sync(nodes.nodes())
+    assert report is not None and report["applied"], report
+    s = nodes.subnet
+    assert nodes.routes() == [("10.244.1.0/24", f"{s}.11"), ("10.244.2.0/24", f"{s}.12")]
+    # The route carries traffic: node A reaches the pod address on node B.
+    sh("ip", "-n", nodes.b, "route", "add", "10.244.0.0/24", "via", f"{s}.10")
+    sh("ip", "netns", "exec", nodes.a, "ping", "-c", "1", "-W", "2", "10.244.1.7")
+    table = nodes.nft_table()
+    assert "masquerade" in table and "10.244.0.0/24" in table, table
+    assert report["masquerade"]["from"] == ["10.244.0.0/24"]
+
+    # Node c leaves, node b changes its address: routes follow, nothing else is touched.
+    sh("ip", "-n", nodes.a, "route", "add", "10.99.0.0/24", "via", f"{s}.11")  # not ours
+    report = nodes.sync(nodes.nodes(b_ip=f"{s}.21", extra=False))
+    assert report is not None
+    assert nodes.routes() == [("10.244.1.0/24", f"{s}.21")]
+    others = sh("ip", "-n", nodes.a, "route", "show", "10.99.0.0/24")
+    assert f"via {s}.11" in others
+
+    # Masquerade off: the table goes, the routes stay.
+    nodes.manifest({"mode": "HostGateway", "ipMasq": False})
+    nodes.sync(nodes.nodes())
+    assert nodes.routes() == [("10.244.1.0/24", f"{s}.11"), ("10.244.2.0/24", f"{s}.12")]
+    assert "masquerade" not in nodes.nft_table()
+
+    # The network is deleted (no routed network in the manifest): everything of ours goes.
+    nodes.manifest(None)
+    assert nodes.sync(nodes.nodes()) is None
+    assert nodes.routes() == []
+    assert "masquerade" not in nodes.nft_table()
+    assert "10.99.0.0/24" in sh("ip", "-n", nodes.a, "route", "show")
+
+
+def test_a_fresh_agent_removes_routes_left_by_a_previous_one(nodes: TwoNodes) -> None:
+    s = nodes.subnet
+    sh(
+        "ip",
+        "-n",
+        nodes.a,
+        "route",
+        "add",
+        "10.244.9.0/24",
+        "via",
+        f"{s}.11",
+        "proto",
+        str(hostgw.ROUTE_PROTOCOL),
+    )
+    nodes.manifest(None)
+    assert nodes.sync(nodes.nodes()) is None
+    assert nodes.routes() == []
+
+
+def test_unreachable_peers_are_reported_not_routed(nodes: TwoNodes) -> None:
+    nodes.manifest({"mode": "HostGateway"})
+    far = nodes.node("far", "192.0.2.9", "10.244.5.0/24")
+    report = nodes.sync([*nodes.nodes(extra=False), far])
+    assert report is not None and report["applied"]
+    assert nodes.routes() == [("10.244.1.0/24", f"{nodes.subnet}.11")]
+    assert any(
+        "far: InternalIP 192.0.2.9 is not on a directly connected" in s for s in report["skipped"]
+    )

@@ -1,0 +1,385 @@
+"""The Helm chart, offline: lint, rendering, schema, CRDs, RBAC, workloads, images.
+
+The e2e installs the same chart into a real API server and runs the rendered
+commands; these tests pin the properties a reviewer would check by eye.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+import yaml
+from cni_operator.api import parse_spec
+from cni_operator.rendering import NodeFacts, render
+
+from tests.chartlib import CHART, ROOT, container, find, helm, set_args
+from tests.chartlib import render as render_chart
+
+EXAMPLE_ON = {"exampleNetwork": {"enabled": True}}
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {},
+        EXAMPLE_ON,
+        {"agent": {"cniServer": {"enabled": False}}, "uninstall": {"deleteNetworks": False}},
+        {"controller": {"hostNetwork": False}, "image": {"tag": "dev", "pullPolicy": "Never"}},
+    ],
+    ids=["defaults", "example-network", "no-server-no-hook", "pod-network-controller"],
+)
+def test_helm_lint_strict(values: dict[str, Any]) -> None:
+    out = helm("lint", "--strict", str(CHART), *set_args(values), check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "0 chart(s) failed" in out.stdout
+
+
+def test_chart_crds_are_the_repository_crds_byte_for_byte() -> None:
+    repo = {p.name: p.read_bytes() for p in sorted((ROOT / "crds").glob("*.yaml"))}
+    chart = {p.name: p.read_bytes() for p in sorted((CHART / "crds").glob("*.yaml"))}
+    assert repo, "no CRDs in crds/"
+    assert chart == repo, "charts/cniwarden/crds/ differs from crds/: cp crds/*.yaml there"
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        ({"imgae": {"tag": "x"}}, "additional properties 'imgae' not allowed"),
+        ({"image": {"pullpolicy": "Never"}}, "'pullpolicy' not allowed"),
+        ({"image": {"pullPolicy": "Sometimes"}}, "pullPolicy"),
+        ({"controller": {"replicas": 2}}, "'replicas' not allowed"),
+        ({"controller": {"healthPort": 70000}}, "healthPort"),
+        ({"agent": {"helthPort": 1}}, "'helthPort' not allowed"),
+        ({"agent": {"hostPaths": {"cniConfDir": "etc/cni"}}}, "cniConfDir"),
+        ({"agent": {"hostPaths": {"cniConfdir": "/etc/cni"}}}, "'cniConfdir' not allowed"),
+        ({"agent": {"cniServer": {"worker": 2}}}, "'worker' not allowed"),
+        ({"agent": {"tolerations": [{"operater": "Exists"}]}}, "'operater' not allowed"),
+        ({"agent": {"resources": {"limit": {"memory": "1Gi"}}}}, "'limit' not allowed"),
+        ({"exampleNetwork": {"enable": True}}, "'enable' not allowed"),
+        ({"exampleNetwork": {"routing": "hostgw"}}, "routing"),
+        ({"exampleNetwork": {"clusterCIDRs": ["10.244.0.0"]}}, "clusterCIDRs"),
+        ({"exampleNetwork": {"priority": 100}}, "priority"),
+        ({"uninstall": {"timeout": 10}}, "'timeout' not allowed"),
+    ],
+)
+def test_schema_rejects_typos_and_bad_values(values: dict[str, Any], complaint: str) -> None:
+    out = helm("template", "t", str(CHART), *set_args(values), check=False)
+    assert out.returncode != 0, f"accepted {values}"
+    assert "don't meet the specifications of the schema" in out.stderr
+    assert complaint in out.stderr, out.stderr
+
+
+def test_every_default_value_is_described_by_the_schema() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+
+    def walk(node: dict[str, Any], data: dict[str, Any], path: str) -> None:
+        assert node.get("additionalProperties") is False, f"{path or '/'} accepts unknown keys"
+        for key, value in data.items():
+            assert key in node["properties"], f"{path}/{key} is not in the schema"
+            child = node["properties"][key]
+            if "$ref" in child:
+                child = schema["definitions"][child["$ref"].rsplit("/", 1)[1]]
+            if isinstance(value, dict) and child.get("type") == "object" and "properties" in child:
+                walk(child, value, f"{path}/{key}")
+
+    walk(schema, values, "")
+
+
+# ---------------------------------------------------------------- RBAC
+def rules(objects: list[dict[str, Any]], name_suffix: str) -> set[tuple[str, str, str]]:
+    role = find(objects, "ClusterRole", name_suffix)
+    return {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def grants(*entries: tuple[str, str, list[str]]) -> set[tuple[str, str, str]]:
+    return {(g, r, v) for g, r, verbs in entries for v in verbs}
+
+
+def test_rbac_has_no_wildcards_no_cluster_admin_no_secrets() -> None:
+    objects = render_chart(EXAMPLE_ON)
+    for obj in objects:
+        if obj["kind"] in ("ClusterRole", "Role"):
+            for rule in obj["rules"]:
+                for field in ("apiGroups", "resources", "verbs"):
+                    assert "*" not in rule[field], f"{obj['metadata']['name']}: wildcard {field}"
+                assert "secrets" not in rule["resources"]
+                assert "pods" not in rule["resources"]
+                assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"])
+        if obj["kind"] in ("ClusterRoleBinding", "RoleBinding"):
+            assert obj["roleRef"]["name"] not in ("cluster-admin", "admin", "edit")
+            rendered_roles = {
+                o["metadata"]["name"] for o in objects if o["kind"] in ("ClusterRole", "Role")
+            }
+            assert obj["roleRef"]["name"] in rendered_roles
+
+
+def test_controller_rbac_is_exactly_what_it_calls() -> None:
+    # kopf watches CNINetworks and patches finalizers/annotations; Kube.patch_network_status;
+    # kopf watches Nodes and CNINodeStates (controller.build_registry).
+    assert rules(render_chart(), "-controller") == grants(
+        ("cniwarden.io", "cninetworks", ["list", "watch", "patch"]),
+        ("cniwarden.io", "cninetworks/status", ["patch"]),
+        ("cniwarden.io", "cninodestates", ["list", "watch"]),
+        ("", "nodes", ["list", "watch"]),
+    )
+
+
+def test_agent_rbac_is_exactly_what_it_calls() -> None:
+    # kopf on.event CNINetworks (read only) and Nodes (host-gw); Kube.watch_node (list+watch
+    # with a field selector); Kube.ensure_node_state (get, create);
+    # Kube.patch_node_state_status.
+    assert rules(render_chart(), "-agent") == grants(
+        ("cniwarden.io", "cninetworks", ["list", "watch"]),
+        ("cniwarden.io", "cninodestates", ["get", "create"]),
+        ("cniwarden.io", "cninodestates/status", ["patch"]),
+        ("", "nodes", ["list", "watch"]),
+    )
+
+
+def test_events_are_created_in_default_only() -> None:
+    objects = render_chart()
+    role = find(objects, "Role", "-events")
+    assert role["metadata"]["namespace"] == "default"
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}]
+    binding = find(objects, "RoleBinding", "-events")
+    assert {s["name"] for s in binding["subjects"]} == {
+        "cniwarden-controller",
+        "cniwarden-agent",
+    }
+
+
+def test_uninstall_hook_may_only_list_and_delete_networks() -> None:
+    objects = render_chart()
+    assert rules(objects, "-uninstall") == grants(
+        ("cniwarden.io", "cninetworks", ["list", "delete"])
+    )
+    job = find(objects, "Job", "-uninstall")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete"
+    main = container(job, "uninstall")
+    assert main["command"] == ["python", "-m", "cni_operator.teardown", "networks"]
+    hooks = [o for o in objects if "helm.sh/hook" in o["metadata"].get("annotations", {})]
+    assert {o["kind"] for o in hooks} == {
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Job",
+    }
+    assert not any("-uninstall" in o["metadata"]["name"] for o in render_chart(hooks=False)), (
+        "the hook objects must all be hooks"
+    )
+
+
+# ---------------------------------------------------------- workloads
+def test_controller_is_one_recreated_replica_with_probes() -> None:
+    deployment = find(render_chart(), "Deployment", "-controller")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    main = container(deployment, "controller")
+    assert main["command"] == ["cniwarden", "operator"]
+    port = main["ports"][0]["containerPort"]
+    assert f"--liveness=http://$(POD_IP):{port}/healthz" in main["args"]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert main[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    ctx = main["securityContext"]
+    assert ctx["runAsNonRoot"] and ctx["readOnlyRootFilesystem"]
+    assert ctx["capabilities"] == {"drop": ["ALL"]}
+    assert not ctx["allowPrivilegeEscalation"]
+
+
+def test_agent_daemonset_runs_everywhere_with_only_the_host_paths_it_needs() -> None:
+    daemonset = find(render_chart(), "DaemonSet", "-agent")
+    pod = daemonset["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] is True
+    assert pod["tolerations"] == [{"operator": "Exists"}]
+    host_paths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"]}
+    assert host_paths == {
+        "cni-conf": "/etc/cni/net.d",
+        "cni-bin": "/opt/cni/bin",
+        "cni-state": "/var/lib/cni",
+        "cni-run": "/run/cniwarden",
+        "cniwarden-state": "/var/lib/cniwarden",
+        "netns": "/run/netns",
+        "xtables-lock": "/run/xtables.lock",
+    }
+    agent = container(daemonset, "agent")
+    assert agent["command"] == ["cniwarden", "agent"]
+    env = {e["name"]: e for e in agent["env"]}
+    assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    assert env["CNIWARDEN_OWN_BIN_DIR"]["value"] == "/usr/lib/cniwarden/cni-bin"
+    assert {m["mountPath"] for m in agent["volumeMounts"]} == {
+        "/etc/cni/net.d",
+        "/opt/cni/bin",
+        "/var/lib/cni",
+    }
+    ctx = agent["securityContext"]
+    assert ctx["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN"]}
+    assert not ctx.get("privileged") and ctx["readOnlyRootFilesystem"]
+    port = agent["ports"][0]["containerPort"]
+    assert f"--liveness=http://$(POD_IP):{port}/healthz" in agent["args"]
+    server = container(daemonset, "cni-server")
+    assert server["command"] == ["cniwarden", "cni-server"]
+    assert "--socket=/run/cniwarden/cni.sock" in server["args"]
+    assert server["livenessProbe"]["exec"]["command"][:3] == [
+        "python",
+        "-m",
+        "cni_operator.healthcheck",
+    ]
+
+
+def test_pre_stop_hooks_never_remove_the_nodes_config() -> None:
+    daemonset = find(render_chart(), "DaemonSet", "-agent")
+    for c in daemonset["spec"]["template"]["spec"]["containers"]:
+        command = c["lifecycle"]["preStop"]["exec"]["command"]
+        text = " ".join(command)
+        assert not re.search(r"\brm\b|net\.d|/opt/cni|uninstall", text), text
+    agent = container(daemonset, "agent")
+    assert agent["lifecycle"]["preStop"]["exec"]["command"] == [
+        "python",
+        "-m",
+        "cni_operator.teardown",
+        "node",
+        "--host-root=/",
+    ]
+
+
+def test_host_paths_follow_the_runtime_but_mount_at_the_standard_paths() -> None:
+    k3s = "/var/lib/rancher/k3s/agent/etc/cni/net.d"
+    values = {
+        "agent": {
+            "hostPaths": {"cniConfDir": k3s, "cniBinDir": "/bin/cni", "cniStateDir": "/var/lib/cni"}
+        }
+    }
+    daemonset = find(render_chart(values), "DaemonSet", "-agent")
+    volumes = {
+        v["name"]: v["hostPath"]["path"] for v in daemonset["spec"]["template"]["spec"]["volumes"]
+    }
+    assert volumes["cni-conf"] == k3s and volumes["cni-bin"] == "/bin/cni"
+    mounts = {m["name"]: m["mountPath"] for m in container(daemonset, "agent")["volumeMounts"]}
+    assert mounts["cni-conf"] == "/etc/cni/net.d"
+
+
+def test_server_can_be_switched_off() -> None:
+    daemonset = find(render_chart({"agent": {"cniServer": {"enabled": False}}}), "DaemonSet")
+    pod = daemonset["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["containers"]] == ["agent"]
+    assert {v["name"] for v in pod["volumes"]} == {"cni-conf", "cni-bin", "cni-state"}
+
+
+def test_images_come_from_values() -> None:
+    objects = render_chart({"image": {"registry": "localhost:5000/x/", "tag": "dev"}})
+    images = {
+        c["image"]
+        for o in objects
+        if o["kind"] in ("Deployment", "DaemonSet", "Job")
+        for c in o["spec"]["template"]["spec"]["containers"]
+    }
+    assert images == {
+        "localhost:5000/x/cniwarden-controller:dev",
+        "localhost:5000/x/cniwarden-agent:dev",
+    }
+    default = find(render_chart(), "Deployment", "-controller")
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert container(default, "controller")["image"].endswith(f":{chart['appVersion']}")
+
+
+# ------------------------------------------------------ example network
+def test_example_network_is_off_by_default_and_valid_when_on() -> None:
+    assert not [o for o in render_chart() if o["kind"] == "CNINetwork"]
+    network = find(render_chart(EXAMPLE_ON), "CNINetwork")
+    spec = parse_spec(network["spec"])
+    assert spec.routing is not None and spec.routing.mode == "HostGateway"
+    assert spec.routing.ipMasq is True
+    node = NodeFacts("n1", {}, ("10.244.1.0/24",))
+    conflist = render(network["metadata"]["name"], spec, node).conflist
+    bridge = conflist["plugins"][0]
+    assert bridge["type"] == "cniwarden-bridge"
+    assert bridge["ipam"]["type"] == "cniwarden-host-local"
+    assert bridge["ipam"]["ranges"] == [[{"subnet": "10.244.1.0/24"}]]
+    assert "ipMasq" not in bridge, "the bridge's own ipMasq would NAT pod-to-pod traffic"
+
+
+def test_example_network_values_reach_the_spec() -> None:
+    values = {
+        "exampleNetwork": {
+            "enabled": True,
+            "name": "demo",
+            "bridge": "cwd0",
+            "podRoutes": ["10.244.0.0/16"],
+            "clusterCIDRs": ["10.244.0.0/16"],
+            "nodeSelector": {"cniwarden.io/demo": "yes"},
+            "shadowPolicy": "Quarantine",
+        }
+    }
+    network = find(render_chart(values), "CNINetwork")
+    assert network["metadata"]["name"] == "demo"
+    spec = network["spec"]
+    assert spec["nodeSelector"] == {"cniwarden.io/demo": "yes"}
+    assert spec["shadowPolicy"] == "Quarantine"
+    assert spec["routing"]["clusterCIDRs"] == ["10.244.0.0/16"]
+    assert spec["plugins"][0]["bridge"] == "cwd0"
+    assert spec["plugins"][0]["ipam"]["routes"] == [{"dst": "10.244.0.0/16"}]
+
+
+# --------------------------------------------------------------- images
+@pytest.mark.parametrize("image", ["controller", "agent"])
+def test_dockerfiles_are_multi_stage_pinned_and_copy_what_exists(image: str) -> None:
+    text = (ROOT / "images" / image / "Dockerfile").read_text()
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)$", text, re.MULTILINE))
+    bases = re.findall(r"^FROM (\S+)", text, re.MULTILINE)
+    assert len(bases) >= 2, "multi-stage"
+    for base in bases:
+        ref = args.get(base.strip("${}"), base)
+        if ref in ("build", "shim"):
+            continue
+        _, _, tag = ref.partition(":")
+        assert re.search(r"\d+\.\d+", tag), f"{ref}: pin a versioned tag, never latest"
+    for source in re.findall(r"^COPY (?!--from)(.+) \S+$", text, re.MULTILINE):
+        for path in source.split():
+            assert (ROOT / path).exists(), f"COPY {path}: not in the repository"
+    if image == "controller":
+        assert re.search(r"^USER 65532:65532$", text, re.MULTILINE), "non-root"
+    else:
+        assert "/usr/lib/cniwarden/cni-bin" in text
+        assert "CNIWARDEN_OWN_BIN_DIR=/usr/lib/cniwarden/cni-bin" in text
+        assert "make plugins" in text
+
+
+def test_the_images_entry_points_are_in_the_package() -> None:
+    """What the chart runs inside the images: console script and modules."""
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'cniwarden = "cni_operator.cli:main"' in pyproject
+    for module in ("teardown", "healthcheck", "cli", "hostgw", "hostgw_node"):
+        assert (ROOT / "operator" / "cni_operator" / f"{module}.py").exists()
+
+
+def test_kind_config_disables_the_default_cni_and_has_two_workers() -> None:
+    config = yaml.safe_load((ROOT / "kind-config.yaml").read_text())
+    assert config["networking"]["disableDefaultCNI"] is True
+    assert config["networking"]["podSubnet"] == "10.244.0.0/16"
+    roles = [n["role"] for n in config["nodes"]]
+    assert roles == ["control-plane", "worker", "worker"]
+
+
+def test_chart_directory_has_no_stray_files() -> None:
+    expected = {
+        "Chart.yaml",
+        "values.yaml",
+        "values.schema.json",
+        ".helmignore",
+        "crds",
+        "templates",
+    }
+    assert {p.name for p in CHART.iterdir()} == expected
+    assert all(p.suffix in (".yaml", ".tpl", ".txt") for p in (CHART / "templates").iterdir())
