@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(CURDIR)/.tools/bin:$(PATH)
 
 .PHONY: setup debs venv tools test lint typecheck unit integration e2e bench plugins bench-fastpath bench-plugin \
-        cluster-up cluster-down demo clean
+        cluster-up cluster-down demo demo-down bench-rtt clean
 
 setup: debs venv tools
 
@@ -78,6 +78,14 @@ cluster-up: setup
 
 cluster-down: venv
 	@$(BIN)/python -m devtools.localcluster down --name $(CLUSTER)
+
+# One command from a fresh machine: a two-node local cluster, the chart installed,
+# the example network, two pods talking across nodes, the status (README "Demo").
+demo: setup plugins
+	@$(BIN)/python -m devtools.ship.demo
+
+demo-down: venv
+	@$(BIN)/python -m devtools.ship.demo --down
 
 clean:
 	rm -rf build dist .mypy_cache .ruff_cache .pytest_cache

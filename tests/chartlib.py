@@ -2,39 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-from devtools.localcluster.toolpaths import tool
+from devtools.localcluster.toolpaths import REPO_ROOT as ROOT
+from devtools.ship.helm import CHART, helm, set_args
 
-ROOT = Path(__file__).resolve().parents[1]
-CHART = ROOT / "charts" / "cniwarden"
-
-
-def helm(
-    *args: str, check: bool = True, env: Mapping[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(tool("helm")), *args],
-        capture_output=True,
-        text=True,
-        check=check,
-        env=dict(env) if env is not None else None,
-        timeout=300,
-    )
-
-
-def set_args(values: Mapping[str, Any]) -> list[str]:
-    """`--set-json` arguments for nested values: {"agent": {"healthPort": 1}}."""
-    args = []
-    for key, value in values.items():
-        args += ["--set-json", f"{key}={json.dumps(value)}"]
-    return args
+__all__ = ["CHART", "ROOT", "container", "find", "helm", "render", "set_args"]
 
 
 def render(

@@ -104,7 +104,13 @@ def _plumb_netns(layout: Layout, node: NodeLayout) -> None:
 
 
 # Standard paths each node sees as its own (inside its mount namespace).
-NODE_PRIVATE_PATHS = (Path("/var/lib/cni"), Path("/var/lib/kubelet"), Path("/var/log/containers"))
+NODE_PRIVATE_PATHS = (
+    Path("/var/lib/cni"),
+    Path("/var/lib/kubelet"),
+    Path("/var/log/containers"),
+    Path("/run/cniwarden"),
+    Path("/var/lib/cniwarden"),
+)
 
 
 def _node_binds(node: NodeLayout) -> dict[Path, Path]:
@@ -114,12 +120,17 @@ def _node_binds(node: NodeLayout) -> dict[Path, Path]:
     default host-local dataDir or libcni's result cache (/var/lib/cni/results)
     write into the node, where the node agent (`--host-root`) looks. kubelet's
     hard-coded /var/lib/kubelet/device-plugins and /var/log/containers links
-    stay per node too.
+    stay per node too. /run/cniwarden (the cni-server's socket, which the shim
+    plugins dial at that fixed path) and /var/lib/cniwarden (the shim's DEL
+    queue) are the node's `<host_root>/run/cniwarden` and
+    `<host_root>/var/lib/cniwarden`, so every node has its own cni-server.
     """
     return {
         Path("/var/lib/cni"): node.cni_state_dir,
         Path("/var/lib/kubelet"): node.dir / "var-lib-kubelet",
         Path("/var/log/containers"): node.dir / "var-log-containers",
+        Path("/run/cniwarden"): node.host_root / "run/cniwarden",
+        Path("/var/lib/cniwarden"): node.host_root / "var/lib/cniwarden",
     }
 
 
@@ -394,6 +405,21 @@ def restore_sysctls(saved: dict[str, str]) -> None:
             hostres.write_sysctl(key, original)
 
 
+# Every kubelet, API server and node agent holds a few inotify instances; the
+# kernel's default of 128 per user runs out with a handful of nodes (kind's known
+# issue "too many open files"). Raised while real nodes run, like kind advises.
+INOTIFY_MINIMUMS = {"fs.inotify.max_user_instances": 1024, "fs.inotify.max_user_watches": 524288}
+
+
+def _raise_inotify_limits(state: ClusterState) -> None:
+    for key, minimum in INOTIFY_MINIMUMS.items():
+        current = int(hostres.read_sysctl(key))
+        if current < minimum:
+            state.saved_sysctls.setdefault(key, str(current))
+            hostres.write_sysctl(key, str(minimum))
+    state.save()
+
+
 def node_status(kubectl: Kubectl, name: str) -> dict[str, object] | None:
     out = kubectl("get", "node", name, "-o", "json", check=False)
     if out.returncode != 0:
@@ -511,6 +537,7 @@ def add_node(
     _start_containerd(state, node)
     _import_images(layout, node)
     _save_sysctls(state)
+    _raise_inotify_limits(state)
     _start_kubelet(layout, state, node)
     pod_cidr = wait_node_registered(state, kubectl, node, need_ready=False)
     if cni == "bridge":

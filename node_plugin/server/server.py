@@ -208,6 +208,10 @@ class CniServer:
         for thread in self._threads:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
         if self._lock_fd is not None:
+            # Removed while still held, so a stopped server leaves no file on the node
+            # (a server starting meanwhile fails on the held lock and is restarted).
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{self._config.socket_path}.lock")
             os.close(self._lock_fd)
             self._lock_fd = None
         if abandoned:

@@ -16,9 +16,10 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import kopf
 from kubernetes.client.exceptions import ApiException
@@ -31,8 +32,10 @@ from cni_operator.node.own_binaries import default_source
 from cni_operator.node.paths import HostPaths
 from cni_operator.node.watcher import DirectoryWatcher
 from cni_operator.reconciler import PassResult, Reconciler
+from cni_operator.teardown import tidy_node
 
 log = logging.getLogger("cniwarden.agent")
+T = TypeVar("T")
 COMPONENT = "cniwarden-agent"
 
 
@@ -56,6 +59,7 @@ class Agent:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
+    _io_lock: threading.Lock = field(default_factory=threading.Lock)
     _last_status: dict[str, Any] | None = None
     _last_publish: float = 0.0
     _state_exists: bool = False
@@ -109,6 +113,18 @@ class Agent:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        # An agent that manages nothing here (e.g. after `helm uninstall`) leaves no
+        # state behind; never a config or a binary (see teardown.tidy_node).
+        await asyncio.to_thread(self._tidy)
+
+    def _tidy(self) -> None:
+        with self._io_lock:
+            _, message = tidy_node(self.settings.host_root)
+        log.info("%s", message)
+
+    def _locked(self, fn: Callable[..., T], *args: Any) -> T:
+        with self._io_lock:
+            return fn(*args)
 
     def _watched_dirs(self) -> list[Path]:
         dirs = [
@@ -172,7 +188,7 @@ class Agent:
                 log.warning("cannot list CNINetworks (%s); using the last known set", error)
         snapshot = {name: dict(body) for name, body in self.networks.items()}
         result = await asyncio.to_thread(
-            self.reconciler.reconcile, snapshot if self.listed else None, self.node
+            self._locked, self.reconciler.reconcile, snapshot if self.listed else None, self.node
         )
         if result.recheck_in is not None:
             asyncio.get_running_loop().call_later(result.recheck_in + 0.05, self.wake.set)

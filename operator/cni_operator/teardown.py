@@ -5,10 +5,10 @@ deletes every CNINetwork while the controller and the agents still run, and
 waits until the finalizers are gone, i.e. every node has removed our config
 files and binaries and restored what it had quarantined.
 
-`python -m cni_operator.teardown node` is the agent's preStop: it removes the
-agent's own state directory only when it holds nothing (no managed network or
-binary, no quarantined file). It never removes a config or a binary: an agent
-that is merely restarted or upgraded leaves running pods and new pods alone.
+`tidy_node` runs when an agent exits: it removes the agent's own state
+directory only when it holds nothing (no managed network or binary, no
+quarantined file). It never removes a config or a binary: an agent that is
+merely restarted or upgraded leaves running pods and new pods alone.
 """
 
 from __future__ import annotations
@@ -98,15 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("networks", help="delete every CNINetwork and wait until nodes are clean")
     p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
     p.add_argument("--timeout", type=float, default=300.0)
-    p = sub.add_parser("node", help="remove the agent's state dir if it holds nothing")
-    p.add_argument("--host-root", default=os.environ.get("CNIWARDEN_HOST_ROOT") or "/")
     args = parser.parse_args(argv)
-    if args.what == "networks":
-        return delete_networks(args.kubeconfig, args.timeout)
-    _, message = tidy_node(Path(args.host_root))
-    print(message, flush=True)
-    return 0
-
+    return delete_networks(args.kubeconfig, args.timeout)
 
 if __name__ == "__main__":
     sys.exit(main())

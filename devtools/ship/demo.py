@@ -1,0 +1,193 @@
+"""`make demo`: cniwarden on a two-node local cluster, from nothing, narrated.
+
+1. a local Kubernetes with two real nodes (containerd + kubelet each in its own
+   network and mount namespace), no CNI config on them yet;
+2. `helm install` of the chart with the example CNINetwork; the chart's
+   controller, agents and cni-servers run as processes (no image registry here);
+3. the nodes become Ready once the agents have written their config;
+4. two pods on different nodes get addresses from their node's pod CIDR and
+   talk (ping, and a TCP request/response with busybox nc) over host-gw routes;
+5. the status a user looks at: `kubectl get cninetworks`, `kubectl get
+   cninodestates`, the nodes, and each node's routes.
+
+The cluster and the product stay up afterwards; the last lines say how to look
+around and how to remove everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+from devtools.localcluster import LocalCluster
+from devtools.localcluster.cluster import ClusterError, attach, down_by_name, up
+from devtools.localcluster.layout import BUSYBOX_IMAGE
+from devtools.localcluster.tiers import Tier
+from devtools.ship.localinstall import LocalInstall, LocalNode, wait_for
+
+NAMESPACE = "cniwarden-system"
+RELEASE = "cniwarden"
+NETWORK = "pods"
+
+
+def say(text: str) -> None:
+    print(f"\n==> {text}", flush=True)
+
+
+def show(cluster: LocalCluster, *args: str) -> str:
+    print(f"$ kubectl {' '.join(args)}", flush=True)
+    out = cluster.kubectl(*args).stdout
+    print(out.rstrip(), flush=True)
+    return out
+
+
+def pod(name: str, node: str, script: str) -> dict[str, object]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "nodeName": node,
+            "terminationGracePeriodSeconds": 0,
+            "containers": [
+                {
+                    "name": "c",
+                    "image": BUSYBOX_IMAGE,
+                    "imagePullPolicy": "Never",
+                    "command": ["sh", "-c", script],
+                }
+            ],
+        },
+    }
+
+
+def node_ready(cluster: LocalCluster, name: str) -> bool:
+    node = json.loads(cluster.kubectl("get", "node", name, "-o", "json").stdout)
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in node["status"]["conditions"])
+
+
+def network_ready(cluster: LocalCluster) -> bool:
+    body = json.loads(cluster.kubectl("get", "cninetwork", NETWORK, "-o", "json").stdout)
+    status = body.get("status") or {}
+    return status.get("nodesReady") == 2 and any(
+        c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions") or []
+    )
+
+
+def demo(name: str) -> int:
+    started = time.monotonic()
+    say(f"1/6 Starting a local Kubernetes cluster {name!r} with two real nodes (no Docker)")
+    print(
+        "    etcd, kube-apiserver, controller-manager (node CIDRs from 10.244.0.0/16), scheduler;\n"
+        "    each node: containerd + kubelet in its own network and mount namespace.",
+        flush=True,
+    )
+    if down_by_name(name):
+        print(f"    (removed a previous {name!r} cluster first)", flush=True)
+    cluster = up(name, Tier.REAL_NODE, fake_nodes=0, real_nodes=2)
+    print(f"    up in {cluster.state.timings.get('total_up_s')}s", flush=True)
+    show(cluster, "get", "nodes", "-o", "wide")
+    print('    The nodes are NotReady: no CNI config yet ("cni plugin not initialized").')
+
+    say("2/6 helm install cniwarden (charts/cniwarden) with the example CNINetwork")
+    nodes = [LocalNode.of(cluster, n.name) for n in cluster.real_nodes]
+    product = LocalInstall(
+        cluster,
+        cluster.workdir / "cniwarden",
+        nodes,
+        namespace=NAMESPACE,
+        release=RELEASE,
+    )
+    values = product.local_values()
+    values["exampleNetwork"]["name"] = NETWORK
+    print(f"$ helm install {RELEASE} charts/cniwarden -n {NAMESPACE} --create-namespace \\")
+    print(f"    --set-json exampleNetwork='{json.dumps(values['exampleNetwork'])}' \\")
+    print("    --set image.pullPolicy=Never")
+    notes = product.install(values)
+    print(notes.rstrip(), flush=True)
+    print(
+        "\n    No image registry here, so the chart's pods wait on their images; their containers\n"
+        "    run as processes instead, with the rendered command, env and ServiceAccount token:\n"
+        f"    controller on {nodes[0].name}; agent + cni-server on each node (in its namespaces).",
+        flush=True,
+    )
+
+    say("3/6 The agents write the CNI config and install the plugins; the nodes become Ready")
+    for node in nodes:
+        wait_for(lambda n=node.name: node_ready(cluster, n), f"{node.name} Ready", 120)  # type: ignore[misc]
+    wait_for(lambda: network_ready(cluster), "CNINetwork pods Ready", 90)
+    show(cluster, "get", "nodes")
+    for node in nodes:
+        files = ", ".join(node.listdir("/etc/cni/net.d"))
+        ours = ", ".join(f for f in node.listdir("/opt/cni/bin") if f.startswith("cniwarden-"))
+        print(f"    {node.name}: /etc/cni/net.d: {files}; /opt/cni/bin: {ours} (static shims)")
+
+    say("4/6 Two pods, one per node")
+    a, b = nodes
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(pod("demo-a", a.name, "exec sleep 3600")))
+    # demo-b answers with its name and the connection as it sees it (no NAT between pods).
+    reply = "echo hello from $(hostname), I see:; netstat -tn | grep ':8080 '"
+    server = f'exec nc -ll -p 8080 -e sh -c "{reply}"'
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(pod("demo-b", b.name, server)))
+    cluster.kubectl("wait", "--for=condition=Ready", "pod/demo-a", "pod/demo-b", "--timeout=120s")
+    show(cluster, "get", "pods", "-o", "wide")
+
+    say("5/6 They talk across nodes (host-gw: each node routes the other's pod CIDR)")
+    ip_b = cluster.kubectl("get", "pod", "demo-b", "-o", "jsonpath={.status.podIP}").stdout
+    for command in (f"ping -c 3 {ip_b}", f"echo hi | nc -w 5 {ip_b} 8080"):
+        print(f"$ kubectl exec demo-a -- {command}")
+        print(cluster.kubectl("exec", "demo-a", "--", "sh", "-c", command).stdout.rstrip())
+    for node in nodes:
+        print(f"$ ip route   # in {node.name}'s network namespace")
+        print(node.sh("ip route | grep -v linkdown").rstrip())
+
+    say("6/6 What a user looks at")
+    show(cluster, "get", "cninetworks")
+    show(cluster, "get", "cninodestates")
+    state = json.loads(cluster.kubectl("get", "cninodestate", a.name, "-o", "json").stdout)
+    status = state.get("status") or {}
+    summary = {
+        "runtimes": status.get("runtimes"),
+        "managedFiles": status.get("managedFiles"),
+        "attachments": status.get("attachments"),
+        "podRoutes": status.get("podRoutes"),
+    }
+    print(f"$ kubectl get cninodestate {a.name} -o json   # (excerpt)")
+    print(json.dumps(summary, indent=2))
+
+    print(f"\nDone in {time.monotonic() - started:.0f}s. The cluster and cniwarden keep running:")
+    print(f"  export KUBECONFIG={cluster.kubeconfig}")
+    print("  kubectl get cninetworks,cninodestates")
+    print("  make demo-down        # helm uninstall (nodes cleaned), then the cluster goes")
+    return 0
+
+
+def demo_down(name: str) -> int:
+    try:
+        cluster = attach(name)
+    except ClusterError:
+        print(f"no demo cluster {name!r} is running")
+        return 0
+    if (cluster.workdir / "cniwarden" / "install.json").exists():
+        say("helm uninstall: every CNINetwork is deleted and the nodes are cleaned first")
+        cluster.kubectl("delete", "pod", "demo-a", "demo-b", "--ignore-not-found", "--wait=true")
+        product = LocalInstall.attach(cluster, cluster.workdir / "cniwarden")
+        print(product.uninstall())
+    say(f"stopping the local cluster {name!r}")
+    down_by_name(name)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devtools.ship.demo", description=__doc__)
+    parser.add_argument("--name", default="demo")
+    parser.add_argument("--down", action="store_true", help="uninstall and stop the demo cluster")
+    args = parser.parse_args(argv)
+    return demo_down(args.name) if args.down else demo(args.name)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

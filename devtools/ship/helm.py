@@ -1,0 +1,34 @@
+"""The pinned helm and the chart."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from devtools.localcluster.toolpaths import REPO_ROOT, tool
+
+CHART = REPO_ROOT / "charts" / "cniwarden"
+
+
+def helm(
+    *args: str, check: bool = True, kubeconfig: Path | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """Run the pinned helm; a failure raises with helm's own message."""
+    argv = [str(tool("helm")), *args]
+    if kubeconfig is not None:
+        argv += ["--kubeconfig", str(kubeconfig)]
+    out = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=timeout)
+    if check and out.returncode != 0:
+        raise RuntimeError(f"helm {' '.join(args)} failed ({out.returncode}):\n{out.stderr}")
+    return out
+
+
+def set_args(values: Mapping[str, Any]) -> list[str]:
+    """`--set-json` arguments for nested values: {"agent": {"healthPort": 1}}."""
+    args = []
+    for key, value in values.items():
+        args += ["--set-json", f"{key}={json.dumps(value)}"]
+    return args

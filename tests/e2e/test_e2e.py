@@ -1,0 +1,468 @@
+"""End to end: the chart installed into a cluster, pods on two nodes, the guard and the gate.
+
+Runs on kind when Docker and kind are present, else on the local cluster (real
+nodes: containerd + kubelet each in its own network and mount namespace); see
+providers.py. The scenarios run in order on one installation; the last one
+uninstalls and checks that the nodes are clean.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import ipaddress
+import json
+import re
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e import providers
+from tests.e2e.providers import KindProvider, LocalProvider, Node, Provider, run, wait_for
+
+PROVIDER = providers.choose()
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+if PROVIDER == "local":
+    pytestmark.append(pytest.mark.cluster("real-node"))
+
+# Node paths whose files must be exactly as before install once uninstalled.
+NODE_DIRS = (
+    "/etc/cni/net.d",
+    "/opt/cni/bin",
+    "/var/lib/cni",
+    "/run/cniwarden",
+    "/var/lib/cniwarden",
+)
+ROUTE_PROTOCOL = 157
+
+
+@pytest.fixture(scope="module")
+def provider(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Provider]:
+    workdir = tmp_path_factory.mktemp("e2e")
+    made: LocalProvider | KindProvider
+    if PROVIDER == "local":
+        run(["make", "-C", str(ROOT), "plugins"])  # the shims the agent installs
+        made = LocalProvider(request.getfixturevalue("cluster"), workdir)
+    else:
+        made = KindProvider(workdir)
+    try:
+        made.add_nodes(2)
+        yield made
+    finally:
+        made.close()
+
+
+class Installed:
+    def __init__(self, provider: Provider, notes: str) -> None:
+        self.p = provider
+        self.notes = notes
+        self.network = f"pods-{provider.run_id}"
+        self.file = f"10-{self.network}.conflist"
+        self.pods: list[str] = []
+        self.baseline: dict[str, dict[str, list[str]]] = {}
+
+    def network_obj(self) -> dict[str, Any]:
+        result: dict[str, Any] = json.loads(
+            self.p.kubectl("get", "cninetwork", self.network, "-o", "json").stdout
+        )
+        return result
+
+    def condition(self, kind: str) -> dict[str, Any]:
+        status = self.network_obj().get("status") or {}
+        return next((c for c in status.get("conditions") or [] if c["type"] == kind), {})
+
+    def node_state(self, node: str) -> dict[str, Any]:
+        body = json.loads(self.p.kubectl("get", "cninodestate", node, "-o", "json").stdout)
+        status: dict[str, Any] = body.get("status") or {}
+        return status
+
+    def ready(self) -> bool:
+        obj = self.network_obj()
+        cond = self.condition("Ready")
+        return (
+            cond.get("status") == "True"
+            and cond.get("observedGeneration") == obj["metadata"]["generation"]
+            and (obj.get("status") or {}).get("nodesReady") == len(self.p.nodes)
+        )
+
+    def pod_cidr(self, node: str) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network(
+            self.p.kubectl("get", "node", node, "-o", "jsonpath={.spec.podCIDR}").stdout
+        )
+
+    def start_pod(self, name: str, node: str, script: str, host_network: bool = False) -> None:
+        body = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": name,
+                "namespace": "default",
+                "labels": {"cniwarden-e2e": self.p.run_id},
+            },
+            "spec": {
+                "nodeName": node,
+                "hostNetwork": host_network,
+                "terminationGracePeriodSeconds": 0,
+                "containers": [
+                    {
+                        "name": "c",
+                        "image": self.p.busybox_image,
+                        "imagePullPolicy": self.p.image_pull_policy,
+                        "command": ["sh", "-c", script],
+                    }
+                ],
+            },
+        }
+        self.pods.append(name)
+        self.p.kubectl("apply", "-f", "-", input=json.dumps(body))
+
+    def wait_pods(self, *names: str) -> dict[str, str]:
+        self.p.kubectl(
+            "wait",
+            "--for=condition=Ready",
+            *[f"pod/{n}" for n in names],
+            "--timeout=120s",
+            timeout=150,
+        )
+        ips = {}
+        for name in names:
+            pod = json.loads(self.p.kubectl("get", "pod", name, "-o", "json").stdout)
+            ips[name] = pod["status"]["podIP"]
+        return ips
+
+    def exec(self, pod: str, script: str, check: bool = True) -> str:
+        return self.p.kubectl("exec", pod, "--", "sh", "-c", script, check=check, timeout=60).stdout
+
+    def delete_pods(self) -> None:
+        if self.pods:
+            self.p.kubectl(
+                "delete",
+                "pod",
+                *self.pods,
+                "--wait=true",
+                "--timeout=90s",
+                "--ignore-not-found",
+                timeout=120,
+            )
+            self.pods = []
+
+
+def node_files(node: Node) -> dict[str, list[str]]:
+    return {d: node.files_under(d) for d in NODE_DIRS}
+
+
+@pytest.fixture(scope="module")
+def installed(provider: Provider) -> Iterator[Installed]:
+    baseline = {n.name: node_files(n) for n in provider.nodes}
+    notes = provider.install(provider.base_values())
+    state = Installed(provider, notes)
+    state.baseline = baseline
+    try:
+        yield state
+    finally:
+        state.delete_pods()
+
+
+def routes(node: Node) -> list[str]:
+    return [
+        line.strip()
+        for line in node.sh(f"ip -4 route show proto {ROUTE_PROTOCOL}").splitlines()
+        if line.strip()
+    ]
+
+
+def seen(local: str, port: int, peer: str) -> str:
+    """A busybox netstat line: the server at local:port sees a connection from `peer`."""
+    v4 = r"(?:::ffff:)?"
+    return rf"{v4}{re.escape(local)}:{port}\s+{v4}{re.escape(peer)}:\d+\s"
+
+
+def has_route(node: Node, text: str, present: bool) -> bool:
+    return (text in "\n".join(routes(node))) == present
+
+
+def node_ready(p: Provider, name: str) -> bool:
+    node = json.loads(p.kubectl("get", "node", name, "-o", "json").stdout)
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in node["status"]["conditions"])
+
+
+def state_with_routes(installed: Installed, node: str) -> dict[str, Any] | None:
+    state = installed.node_state(node)
+    return state if (state.get("podRoutes") or {}).get("routes") else None
+
+
+def no_leases(node: Node, network: str) -> bool:
+    return not [f for f in node.listdir(f"/var/lib/cni/networks/{network}") if f[0].isdigit()]
+
+
+# =================================================================== scenarios
+def test_install_brings_the_nodes_ready(installed: Installed) -> None:
+    p = installed.p
+    assert "kubectl get cninetworks" in installed.notes
+    for node in p.nodes:
+        wait_for(functools.partial(node_ready, p, node.name), f"node {node.name} Ready", 120)
+    wait_for(installed.ready, f"CNINetwork {installed.network} Ready on both nodes", timeout=90)
+    table = p.kubectl("get", "cninetworks", installed.network).stdout
+    assert installed.network in table and "Ready" in table
+
+    shim = hashlib.sha256((ROOT / "build/cni-bin/cniwarden-bridge").read_bytes()).hexdigest()
+    for node in p.nodes:
+        other = next(n for n in p.nodes if n.name != node.name)
+        state = wait_for(
+            functools.partial(state_with_routes, installed, node.name),
+            f"{node.name} reports its host-gw routes",
+        )
+        assert state["healthy"] is True, state.get("problems")
+        assert state["runtimes"]["containerd"]["file"] == installed.file
+        owned = {b["name"]: b for b in state["binaries"] if b.get("owned")}
+        assert {"cniwarden-bridge", "cniwarden-host-local"} <= set(owned)
+        if isinstance(p, LocalProvider):
+            # The static shim, not a Python launcher: pods go through the cni-server.
+            assert owned["cniwarden-bridge"]["sha256"] == shim
+        other_cidr = str(installed.pod_cidr(other.name))
+        assert {"destination": other_cidr, "via": other.ip, "node": other.name} in state[
+            "podRoutes"
+        ]["routes"]
+        assert any(r.startswith(f"{other_cidr} via {other.ip}") for r in routes(node))
+
+    if isinstance(p, LocalProvider):
+        # The chart's probes, run as kubelet would run them.
+        for node in p.local_nodes:
+            p.probe(node, "agent")
+            p.probe(node, "cni-server")
+        for key in ["controller"] + [
+            f"{c}-{n.name}" for n in p.nodes for c in ("agent", "cni-server")
+        ]:
+            assert p.process_alive(key), f"{key} died:\n{p.logs()}"
+
+
+def test_pods_on_two_nodes_get_their_nodes_addresses_and_talk(installed: Installed) -> None:
+    p = installed.p
+    n0, n1 = p.nodes
+    port = 20000 + secrets.randbelow(10000)
+    # The server answers with its name and the connection as it sees it (the peer's address).
+    peer = "echo pong-$(hostname); netstat -tn | grep ':{port} '"
+    installed.start_pod("e2e-a1", n0.name, "exec sleep 3600")
+    installed.start_pod("e2e-a2", n0.name, "exec sleep 3600")
+    installed.start_pod(
+        "e2e-b", n1.name, f'exec nc -ll -p 8080 -e sh -c "{peer.format(port=8080)}"'
+    )
+    installed.start_pod(
+        "e2e-host1",
+        n1.name,
+        f'exec nc -ll -p {port} -e sh -c "{peer.format(port=port)}"',
+        host_network=True,
+    )
+    ips = installed.wait_pods("e2e-a1", "e2e-a2", "e2e-b", "e2e-host1")
+    a1, a2, b = ips["e2e-a1"], ips["e2e-a2"], ips["e2e-b"]
+    assert ipaddress.IPv4Address(a1) in installed.pod_cidr(n0.name)
+    assert ipaddress.IPv4Address(a2) in installed.pod_cidr(n0.name)
+    assert ipaddress.IPv4Address(b) in installed.pod_cidr(n1.name)
+    assert ips["e2e-host1"] == n1.ip
+
+    # ICMP: across nodes both ways, on one node, and to both nodes.
+    for source, target in (
+        ("e2e-a1", b),
+        ("e2e-b", a1),
+        ("e2e-a1", a2),
+        ("e2e-a1", n0.ip),
+        ("e2e-a1", n1.ip),
+        ("e2e-b", n0.ip),
+    ):
+        out = installed.exec(source, f"ping -c 2 -W 3 {target}")
+        assert " 0% packet loss" in out, out
+
+    # TCP request/response across nodes: pod to pod keeps the pod's address (no NAT).
+    reply = installed.exec("e2e-a1", "echo hi | nc -w 5 " + b + " 8080")
+    assert "pong-e2e-b" in reply, reply
+    assert re.search(seen(b, 8080, a1), reply), reply
+    # Pod to the other node: leaves the pod network, so it is masqueraded (routing.ipMasq).
+    reply = installed.exec("e2e-a1", f"echo hi | nc -w 5 {n1.ip} {port}")
+    assert "pong-" in reply, reply
+    assert re.search(seen(n1.ip, port, n0.ip), reply), reply
+    # Pod to its own node: delivered locally, never NATed.
+    reply = installed.exec("e2e-b", f"echo hi | nc -w 5 {n1.ip} {port}")
+    assert re.search(seen(n1.ip, port, b), reply), reply
+
+    if isinstance(p, LocalProvider):
+        for node, ip in ((p.local_nodes[0], a1), (p.local_nodes[1], b)):
+            # host-local's lease sits in the node's own store, written via the shim + cni-server.
+            lease = node.read(f"/var/lib/cni/networks/{installed.network}/{ip}")
+            assert lease is not None and lease.split(b"\r\n")[1] == b"eth0"
+        server_log = (p.workdir / f"cni-server-{n0.name}.log").read_text()
+        assert "cniwarden-bridge ADD" in server_log, server_log[-2000:]
+
+
+def test_host_gw_routes_follow_nodes_as_they_come_and_go(installed: Installed) -> None:
+    p = installed.p
+    n0, n1 = p.nodes
+    gw = str(ipaddress.IPv4Interface(f"{n0.ip}/24").network.network_address + 250)
+    name = f"e2e-ghost-{p.run_id}"
+    cidr = "10.244.250.0/24"
+    node = {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name},
+        "spec": {"podCIDR": cidr, "podCIDRs": [cidr]},
+    }
+    p.kubectl("create", "-f", "-", input=json.dumps(node))
+    try:
+        status = {"status": {"addresses": [{"type": "InternalIP", "address": gw}]}}
+        p.kubectl(
+            "patch", "node", name, "--subresource=status", "--type=merge", "-p", json.dumps(status)
+        )
+        for n in (n0, n1):
+            wait_for(
+                functools.partial(has_route, n, f"{cidr} via {gw}", True),
+                f"route to {cidr} on {n.name}",
+                timeout=30,
+            )
+    finally:
+        p.kubectl("delete", "node", name, "--ignore-not-found")
+    for n in (n0, n1):
+        wait_for(
+            functools.partial(has_route, n, cidr, False),
+            f"route to {cidr} gone from {n.name}",
+            timeout=30,
+        )
+    # The other nodes' routes are untouched.
+    assert any(str(installed.pod_cidr(n1.name)) in r for r in routes(n0))
+
+
+def test_a_planted_shadow_file_is_reported(installed: Installed) -> None:
+    p = installed.p
+    node = p.nodes[1]
+    shadow = f"00-e2e-shadow-{p.run_id}.conflist"
+    conflist = {
+        "cniVersion": "1.0.0",
+        "name": "shadow",
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": "shd0",
+                "ipam": {"type": "host-local", "subnet": "10.99.0.0/24"},
+            }
+        ],
+    }
+    node.write(f"/etc/cni/net.d/{shadow}", json.dumps(conflist).encode())
+    try:
+        cond = wait_for(
+            lambda: (c := installed.condition("Shadowed")).get("status") == "True" and c,
+            "Shadowed=True",
+            timeout=30,
+        )
+        assert shadow in cond["message"] and node.name in cond["message"], cond
+        state = installed.node_state(node.name)
+        assert state["runtimes"]["containerd"]["file"] == shadow
+        assert any(shadow in json.dumps(f) for f in state["shadowingFiles"]), state[
+            "shadowingFiles"
+        ]
+        events = p.kubectl(
+            "get",
+            "events",
+            "-n",
+            "default",
+            "--field-selector",
+            f"involvedObject.name={installed.network}",
+            "-o",
+            "json",
+        ).stdout
+        assert any(e["reason"] == "Shadowed" for e in json.loads(events)["items"])
+    finally:
+        node.remove(f"/etc/cni/net.d/{shadow}")
+    wait_for(
+        lambda: installed.condition("Shadowed").get("status") == "False",
+        "Shadowed=False again",
+        timeout=30,
+    )
+    wait_for(
+        lambda: installed.node_state(node.name)["runtimes"]["containerd"]["file"] == installed.file,
+        "our file wins again",
+    )
+
+
+def test_an_unsafe_change_is_refused_while_pods_are_attached(installed: Installed) -> None:
+    p = installed.p
+    n0, n1 = p.nodes
+    if not installed.pods:
+        installed.start_pod("e2e-a1", n0.name, "exec sleep 3600")
+        installed.start_pod("e2e-b", n1.name, "exec sleep 3600")
+        installed.wait_pods("e2e-a1", "e2e-b")
+    before = {n.name: n.read(f"/etc/cni/net.d/{installed.file}") for n in p.nodes}
+    assert all(before.values())
+    original = installed.network_obj()["spec"]["plugins"][0]["bridge"]
+    patch = [{"op": "replace", "path": "/spec/plugins/0/bridge", "value": f"cwz{p.run_id}"}]
+    p.kubectl("patch", "cninetwork", installed.network, "--type=json", "-p", json.dumps(patch))
+    try:
+        blocked = wait_for(
+            lambda: (c := installed.condition("SwitchBlocked")).get("status") == "True" and c,
+            "SwitchBlocked=True",
+            timeout=30,
+        )
+        assert "plugins[0].bridge" in blocked["message"], blocked
+        assert n0.name in blocked["message"] and n1.name in blocked["message"], blocked
+        for n in p.nodes:
+            assert n.read(f"/etc/cni/net.d/{installed.file}") == before[n.name], (
+                "the node file changed"
+            )
+        # The API server itself refuses what it can decide: the network's CNI name is immutable.
+        refused = p.kubectl(
+            "patch",
+            "cninetwork",
+            installed.network,
+            "--type=merge",
+            "-p",
+            '{"spec":{"networkName":"other"}}',
+            check=False,
+        )
+        assert refused.returncode != 0 and "networkName" in refused.stderr, refused.stderr
+        # Running pods keep working.
+        ip_b = json.loads(p.kubectl("get", "pod", "e2e-b", "-o", "json").stdout)["status"]["podIP"]
+        assert " 0% packet loss" in installed.exec("e2e-a1", f"ping -c 1 -W 3 {ip_b}")
+    finally:
+        patch = [{"op": "replace", "path": "/spec/plugins/0/bridge", "value": original}]
+        p.kubectl("patch", "cninetwork", installed.network, "--type=json", "-p", json.dumps(patch))
+    wait_for(
+        lambda: installed.condition("SwitchBlocked").get("status") == "False",
+        "SwitchBlocked=False",
+        timeout=30,
+    )
+    wait_for(installed.ready, "Ready again", timeout=30)
+
+
+def test_uninstall_cleans_the_nodes(installed: Installed) -> None:
+    p = installed.p
+    installed.delete_pods()
+    for node in p.nodes:
+        wait_for(
+            functools.partial(no_leases, node, installed.network),
+            f"leases on {node.name} released",
+            timeout=60,
+        )
+    log = p.uninstall()
+    assert "every CNINetwork is gone" in log, log
+    gone = p.kubectl("get", "cninetwork", installed.network, check=False)
+    assert gone.returncode != 0 and "NotFound" in gone.stderr
+    for node in p.nodes:
+        after = node_files(node)
+        before = installed.baseline[node.name]
+        for directory in NODE_DIRS:
+            extra = sorted(set(after[directory]) - set(before[directory]))
+            # libcni's result cache and host-local's last-reserved marker belong to the
+            # runtime and to pods that ran; nothing else may be left.
+            extra = [f for f in extra if not f.startswith(("results/", "networks/"))]
+            assert extra == [], f"{node.name}:{directory} still holds {extra}\n{log}"
+        assert not [f for f in after["/opt/cni/bin"] if f.startswith("cniwarden-")]
+        assert routes(node) == [], f"{node.name} keeps host-gw routes"
+        table = node.sh("nft list tables 2>/dev/null || true")
+        assert "cniwarden_hostgw" not in table, table
+    releases = p.kubectl(
+        "get", "secrets", "-n", p.namespace, "-l", "owner=helm", "-o", "name", check=False
+    )
+    assert p.release not in releases.stdout
