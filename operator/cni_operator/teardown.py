@@ -101,5 +101,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     return delete_networks(args.kubeconfig, args.timeout)
 
+
 if __name__ == "__main__":
     sys.exit(main())
