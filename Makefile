@@ -57,7 +57,11 @@ bench-fastpath: setup plugins
 bench-plugin: setup
 	$(BIN)/python -m bench.plugin $(BENCH_ARGS)
 
-bench: bench-plugin bench-fastpath
+# Pod-to-pod RTT, cniwarden vs the reference bridge, on a 4-node local cluster (root).
+bench-rtt: setup plugins
+	$(BIN)/python bench/pod_rtt.py $(BENCH_ARGS)
+
+bench: bench-plugin bench-fastpath bench-rtt
 
 # The whole suite, as CI runs it.
 test: setup lint typecheck plugins

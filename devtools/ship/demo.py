@@ -17,6 +17,7 @@ around and how to remove everything.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -117,7 +118,7 @@ def demo(name: str) -> int:
 
     say("3/6 The agents write the CNI config and install the plugins; the nodes become Ready")
     for node in nodes:
-        wait_for(lambda n=node.name: node_ready(cluster, n), f"{node.name} Ready", 120)  # type: ignore[misc]
+        wait_for(functools.partial(node_ready, cluster, node.name), f"{node.name} Ready", 120)
     wait_for(lambda: network_ready(cluster), "CNINetwork pods Ready", 90)
     show(cluster, "get", "nodes")
     for node in nodes:
