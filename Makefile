@@ -59,7 +59,7 @@ bench-plugin: setup
 
 # Pod-to-pod RTT, cniwarden vs the reference bridge, on a 4-node local cluster (root).
 bench-rtt: setup plugins
-	$(BIN)/python bench/pod_rtt.py $(BENCH_ARGS)
+	$(BIN)/python -m bench.pod_rtt $(BENCH_ARGS)
 
 bench: bench-plugin bench-fastpath bench-rtt
 

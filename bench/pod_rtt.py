@@ -19,7 +19,7 @@ shared machine hits both alike. Prints p50/p99 per side and the ratios
 cniwarden / reference (below 1.0 = faster), and writes bench/results/pod_rtt.json.
 
 Root only; sends traffic only between the cluster's own namespaces.
-    python bench/pod_rtt.py [--samples 1000] [--rounds 5]
+    python -m bench.pod_rtt [--samples 1000] [--rounds 5]   (or: make bench-rtt)
 """
 
 from __future__ import annotations
