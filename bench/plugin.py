@@ -20,6 +20,7 @@ import contextlib
 import ctypes
 import json
 import os
+import resource
 import secrets
 import statistics
 import subprocess
@@ -90,7 +91,8 @@ def exec_plugin(
     cid: str,
     netns: str,
     ifname: str = "eth0",
-) -> tuple[float, bytes]:
+) -> tuple[float, float, bytes]:
+    """Wall time and CPU time (user + system, ms) of one exec, and its stdout."""
     env = {
         "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
         "CNI_COMMAND": command,
@@ -100,12 +102,15 @@ def exec_plugin(
         "CNI_PATH": cni_path,
     }
     stdin = json.dumps(conf).encode()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     proc = subprocess.run([str(exe)], input=stdin, env=env, capture_output=True, check=False)
     elapsed = (time.perf_counter() - started) * 1000
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise RuntimeError(f"{exe.name} {command} failed: {proc.stdout!r} {proc.stderr!r}")
-    return elapsed, proc.stdout
+    cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) * 1000
+    return elapsed, cpu, proc.stdout
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -118,6 +123,7 @@ def run(count: int, ours_dir: Path) -> dict[str, Any]:
     impls = {"reference": REFERENCE / "bridge", "cniwarden": ours_dir / "cniwarden-bridge"}
     cni_path = f"{ours_dir}:{REFERENCE}"
     samples: dict[str, dict[str, list[float]]] = {k: {v: [] for v in VERBS} for k in impls}
+    cpu: dict[str, dict[str, list[float]]] = {k: {v: [] for v in VERBS} for k in impls}
     with (
         tempfile.TemporaryDirectory(prefix="cw-bench-") as tmp,
         namespaces(f"cwb{run_id}", count) as (host, sandboxes),
@@ -133,8 +139,11 @@ def run(count: int, ours_dir: Path) -> dict[str, Any]:
                     if verb == "CHECK":
                         conf = dict(conf, prevResult=json.loads(prev[(kind, i)]))
                     ifname = IFNAMES[kind]
-                    ms, out = exec_plugin(impls[kind], verb, conf, cni_path, f"b{i}", sb, ifname)
+                    ms, cpu_ms, out = exec_plugin(
+                        impls[kind], verb, conf, cni_path, f"b{i}", sb, ifname
+                    )
                     samples[kind][verb].append(ms)
+                    cpu[kind][verb].append(cpu_ms)
                     if verb == "ADD":
                         prev[(kind, i)] = out
         version_ms = {
@@ -143,28 +152,37 @@ def run(count: int, ours_dir: Path) -> dict[str, Any]:
             )
             for k, exe in impls.items()
         }
-    return {"sandboxes": count, "ours": str(ours_dir), "samples": samples, "version": version_ms}
+    return {
+        "sandboxes": count,
+        "ours": str(ours_dir),
+        "samples": samples,
+        "cpu": cpu,
+        "version": version_ms,
+        "loadavg": os.getloadavg(),
+    }
 
 
 def report(data: dict[str, Any]) -> str:
-    s = data["samples"]
-    head = "| verb | reference p50 | reference p90 | cniwarden p50 | cniwarden p90 | ratio p50 "
-    rows = [head + "| ratio p90 |", "|---|---|---|---|---|---|---|"]
+    """Wall time (exec to exit) p50/p90 and CPU time p50, with ratios ours / reference."""
+    wall, cpu = data["samples"], data["cpu"]
+    rows = [
+        "| verb | reference p50 / p90 | cniwarden p50 / p90 | ratio p50 / p90 "
+        "| CPU p50 reference / cniwarden |",
+        "|---|---|---|---|---|",
+    ]
     for verb in VERBS:
-        ref, ours = s["reference"][verb], s["cniwarden"][verb]
-        r50, r90, o50, o90 = (
-            percentile(ref, 0.5),
-            percentile(ref, 0.9),
-            percentile(ours, 0.5),
-            percentile(ours, 0.9),
-        )
+        ref, ours = wall["reference"][verb], wall["cniwarden"][verb]
+        r50, r90 = percentile(ref, 0.5), percentile(ref, 0.9)
+        o50, o90 = percentile(ours, 0.5), percentile(ours, 0.9)
+        c_ref = percentile(cpu["reference"][verb], 0.5)
+        c_ours = percentile(cpu["cniwarden"][verb], 0.5)
         rows.append(
-            f"| {verb} | {r50:.1f} ms | {r90:.1f} ms | {o50:.1f} ms | {o90:.1f} ms "
-            f"| {o50 / r50:.1f}x | {o90 / r90:.1f}x |"
+            f"| {verb} | {r50:.1f} / {r90:.1f} ms | {o50:.1f} / {o90:.1f} ms "
+            f"| {o50 / r50:.1f}x / {o90 / r90:.1f}x | {c_ref:.0f} / {c_ours:.0f} ms |"
         )
     v = data["version"]
     rows.append(
-        f"| VERSION (start-up floor) | {v['reference']:.1f} ms | | {v['cniwarden']:.1f} ms | "
+        f"| VERSION (start-up floor) | {v['reference']:.1f} ms | {v['cniwarden']:.1f} ms "
         f"| {v['cniwarden'] / v['reference']:.1f}x | |"
     )
     return "\n".join(rows)
@@ -186,7 +204,8 @@ def main() -> None:
     table = report(data)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "plugin.json").write_text(json.dumps({**data, "table": table}, indent=2))
-    print(f"{data['sandboxes']} sandboxes, one bridge per implementation, exec to exit:\n")
+    load = ", ".join(f"{x:.1f}" for x in data["loadavg"])
+    print(f"{data['sandboxes']} sandboxes, one bridge per implementation, load average {load}:\n")
     print(table)
 
 

@@ -65,17 +65,34 @@ def failure(action: str, exc: NetlinkError) -> CniError:
     return CniError(INTERNAL, f"{action}: {exc.args[1] if len(exc.args) > 1 else exc}")
 
 
+class _CachedSocket:
+    """A thread's host socket; closed when the thread ends (its thread-local is dropped)."""
+
+    def __init__(self, ident: tuple[int, int]) -> None:
+        self.ident = ident
+        self.ipr = IPRoute(groups=0)
+
+    def close(self) -> None:
+        try:
+            self.ipr.close()
+        except Exception as exc:  # never raise from cleanup
+            log.debug("closing a cached netlink socket: %s", exc)
+
+    def __del__(self) -> None:
+        self.close()
+
+
 def host_socket() -> IPRoute:
     """The calling thread's socket for its current namespace (reused across requests)."""
     ident = netns.identity()
-    cached: tuple[tuple[int, int], IPRoute] | None = getattr(_local, "host", None)
+    cached: _CachedSocket | None = getattr(_local, "host", None)
     if cached is not None:
-        if cached[0] == ident:
-            return cached[1]
-        cached[1].close()
-    ipr = IPRoute(groups=0)
-    _local.host = (ident, ipr)
-    return ipr
+        if cached.ident == ident:
+            return cached.ipr
+        cached.close()
+    fresh = _CachedSocket(ident)
+    _local.host = fresh
+    return fresh.ipr
 
 
 @contextmanager

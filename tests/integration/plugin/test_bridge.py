@@ -394,6 +394,13 @@ def test_macspoofchk_rules_follow_the_attachment(
     assert f'iifname "{out["interfaces"][1]["name"]}"' in rules
     delete(run_cni, c, sb, "spoof").expect_ok()
     assert "cni-br-iface-spoof-eth0" not in nft_ruleset(cni_host)
+    # A sandbox that vanished without DEL: GC drops the rules of its vanished veth.
+    gone = sandbox()
+    add(run_cni, c, gone, "lost").expect_ok()
+    run("ip", "netns", "del", gone.name)
+    assert "cni-br-iface-lost-eth0" in nft_ruleset(cni_host)
+    run_cni(BR, "GC", dict(c, **{"cni.dev/valid-attachments": []})).expect_ok()
+    assert "cni-br-iface-lost-eth0" not in nft_ruleset(cni_host)
 
 
 def test_enabledad(run_cni: RunCni, cni_host: Netns, sandbox: Sandbox, tmp_path: Path) -> None:

@@ -37,6 +37,25 @@ def test_version_does_not_import_pydantic_or_pyroute2() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def test_host_local_add_does_not_import_pyroute2(tmp_path: Any) -> None:
+    config = {
+        "cniVersion": "1.1.0",
+        "name": "net",
+        "ipam": {"type": "cniwarden-host-local", "subnet": "10.9.0.0/24", "dataDir": str(tmp_path)},
+    }
+    probe = (
+        "import sys, json; from node_plugin.api import handle, CniRequest;"
+        "env = {'CNI_COMMAND': 'ADD', 'CNI_CONTAINERID': 'c', 'CNI_NETNS': '/x',"
+        " 'CNI_IFNAME': 'eth0', 'CNI_PATH': '/'};"
+        f"r = handle(CniRequest('cniwarden-host-local', env, json.dumps({config!r}).encode()));"
+        "assert r.exit_code == 0, r.stdout;"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pyroute2'))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, check=True, text=True)
+    assert out.stdout.strip() == "[]"
+    assert (tmp_path / "net" / "10.9.0.2").read_bytes() == b"c\r\neth0"
+
+
 @pytest.mark.parametrize(
     ("env", "code", "needle"),
     [
