@@ -45,8 +45,8 @@ def delete(args: CmdArgs) -> None:
     release(args, load(args))
 
 
-def check(args: CmdArgs) -> None:
-    conf = load(args)
+def check(args: CmdArgs, other_args: tuple[str, ...] = ()) -> None:
+    conf = load(args, other_args)
     prev = _prev_result(args)
     store = Store(conf.data_dir, conf.network)
     with store.locked(create=False):
@@ -75,10 +75,11 @@ def check(args: CmdArgs) -> None:
                 )
 
 
-def gc(args: CmdArgs) -> None:
-    conf = load(args)
+def gc(args: CmdArgs, other_args: tuple[str, ...] = ()) -> None:
+    conf = load(args, other_args)
     keep = args.valid_attachments()
     keep_ids = {cid for cid, _ in keep}
+    errors: list[str] = []
     store = Store(conf.data_dir, conf.network)
     with store.locked(create=False):
         if not store.exists():
@@ -91,11 +92,16 @@ def gc(args: CmdArgs) -> None:
                 stale = (lease.container_id, lease.ifname) not in keep
             if stale:
                 log.info("gc: releasing %s held by %s/%s", ip, lease.container_id, lease.ifname)
-                store.release(ip)
+                try:
+                    store.release(ip)
+                except CniError as err:  # keep going: release everything else we can
+                    errors.append(err.msg)
+    if errors:
+        raise CniError(IO_FAILURE, f"GC of network {conf.network!r} incomplete", "; ".join(errors))
 
 
-def status(args: CmdArgs) -> None:
-    conf = load(args)
+def status(args: CmdArgs, other_args: tuple[str, ...] = ()) -> None:
+    conf = load(args, other_args)
     _check_writable(conf.data_dir)
     store = Store(conf.data_dir, conf.network)
     with store.locked(create=False):

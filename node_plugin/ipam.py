@@ -36,14 +36,14 @@ def delete(args: CmdArgs, ipam_type: str) -> None:
 
 def check(args: CmdArgs, ipam_type: str) -> None:
     if ipam_type == IN_PROCESS:
-        hostlocal.check(args)
+        hostlocal.check(args, BRIDGE_ARGS)
     else:
         delegate.invoke(args, ipam_type, "CHECK")
 
 
 def gc(args: CmdArgs, ipam_type: str) -> None:
     if ipam_type == IN_PROCESS:
-        hostlocal.gc(args)
+        hostlocal.gc(args, BRIDGE_ARGS)
         return
     try:
         delegate.invoke(args, ipam_type, "GC")
@@ -56,7 +56,7 @@ def gc(args: CmdArgs, ipam_type: str) -> None:
 
 def status(args: CmdArgs, ipam_type: str) -> None:
     if ipam_type == IN_PROCESS:
-        hostlocal.status(args)
+        hostlocal.status(args, BRIDGE_ARGS)
         return
     try:
         delegate.invoke(args, ipam_type, "STATUS")

@@ -185,6 +185,15 @@ def test_mac_priority_runtime_config_then_args_then_cni_args(
         out = add(run_cni, c, sb, f"m{n}", cni_args=f"IgnoreUnknown=1;MAC={env_mac}").expect_ok()
         assert out["interfaces"][2]["mac"] == want
         assert sb.must_link("eth0")["address"] == want
+    # MAC alone (no IgnoreUnknown): the in-process host-local must accept the bridge's key.
+    c = bconf(tmp_path)
+    sb = sandbox()
+    out = add(run_cni, c, sb, "m9", cni_args=f"MAC={env_mac}").expect_ok()
+    checked = dict(c, prevResult=out)
+    run_cni(
+        BR, "CHECK", checked, container_id="m9", netns=sb, cni_args=f"MAC={env_mac}"
+    ).expect_ok()
+    delete(run_cni, c, sb, "m9", cni_args=f"MAC={env_mac}").expect_ok()
     bad = bconf(tmp_path, runtimeConfig={"mac": "01:00:00:00:00:01"})
     assert "runtimeConfig.mac" in add(run_cni, bad, sandbox()).expect_error(7)
     assert "MAC" in add(run_cni, bconf(tmp_path), sandbox(), cni_args="MAC=zz").expect_error(4)

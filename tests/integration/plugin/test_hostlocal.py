@@ -90,6 +90,13 @@ def test_dual_stack_range_sets_and_version_conversion(run_cni: RunCni, tmp_path:
     assert leases(tmp_path, c["name"]) == {}
 
 
+def test_runtime_ip_ranges_come_first(run_cni: RunCni, tmp_path: Path) -> None:
+    c = conf(tmp_path, subnet="10.77.10.0/24")
+    c["runtimeConfig"] = {"ipRanges": [[{"subnet": "10.77.11.0/24", "rangeStart": "10.77.11.9"}]]}
+    out = add(run_cni, c, "rr").expect_ok()
+    assert [ip["address"] for ip in out["ips"]] == ["10.77.11.9/24", "10.77.10.2/24"]
+
+
 def test_version_0_2_0_result_uses_ip4_ip6(run_cni: RunCni, tmp_path: Path) -> None:
     c = conf(
         tmp_path,
