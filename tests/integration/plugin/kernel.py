@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import secrets
 import subprocess
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,3 +170,12 @@ def attachment_state(host: Netns, sb: Netns, ifname: str, bridge: str) -> dict[s
             "addresses": host.addrs(bridge),
         },
     }
+
+
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    """Poll: the kernel destroys a deleted namespace's devices asynchronously."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)

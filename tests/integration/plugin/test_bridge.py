@@ -24,6 +24,7 @@ from tests.integration.plugin.kernel import (
     nft_ruleset,
     run,
     unique,
+    wait_until,
 )
 
 pytestmark = pytest.mark.root
@@ -337,7 +338,7 @@ def test_del_succeeds_when_netns_interface_or_prevresult_are_gone(
     delete(run_cni, c, sb2, "n2").expect_ok()
     delete(run_cni, c, "", "n2").expect_ok()  # no netns at all
     assert leases(tmp_path, c["name"]) == {} and iptables_nat(cni_host) == []
-    assert veths(cni_host) == []
+    wait_until(lambda: veths(cni_host) == [], "the deleted sandbox's veth to go")
 
 
 def test_dns_passthrough_and_prev_result_chaining(
@@ -405,8 +406,10 @@ def test_macspoofchk_rules_follow_the_attachment(
     assert "cni-br-iface-spoof-eth0" not in nft_ruleset(cni_host)
     # A sandbox that vanished without DEL: GC drops the rules of its vanished veth.
     gone = sandbox()
-    add(run_cni, c, gone, "lost").expect_ok()
+    add_out = add(run_cni, c, gone, "lost").expect_ok()
+    lost = add_out["interfaces"][1]["name"]
     run("ip", "netns", "del", gone.name)
+    wait_until(lambda: cni_host.link(lost) is None, f"{lost} to go with its namespace")
     assert "cni-br-iface-lost-eth0" in nft_ruleset(cni_host)
     run_cni(BR, "GC", dict(c, **{"cni.dev/valid-attachments": []})).expect_ok()
     assert "cni-br-iface-lost-eth0" not in nft_ruleset(cni_host)
@@ -608,6 +611,7 @@ def test_adds_killed_at_random_points_leak_nothing_after_gc(
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         run("ip", "netns", "del", sb.name)
+    wait_until(lambda: veths(cni_host) == [], "the killed ADDs' veths to go with their sandboxes")
     gc = dict(c, **{"cni.dev/valid-attachments": []})
     run_cni(BR, "GC", gc).expect_ok()
     assert leases(tmp_path, c["name"]) == {}
