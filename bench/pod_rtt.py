@@ -251,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--samples", type=int, default=1000, help="per test and round")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--swap", action="store_true", help="reference on nodes 2-3, cniwarden on nodes 0-1"
+    )
     args = parser.parse_args(argv)
     if not (ROOT / "build/cni-bin/cniwarden-bridge").exists():
         run(["make", "-C", str(ROOT), "plugins"])
@@ -260,8 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     cluster = up(name, Tier.REAL_NODE, fake_nodes=0, real_nodes=4)
     product: LocalInstall | None = None
     nodes = [LocalNode.of(cluster, n.name) for n in cluster.real_nodes]
-    reference = Side("ref", nodes[:2])
-    ours = Side("cw", nodes[2:])
+    first, second = (nodes[2:], nodes[:2]) if args.swap else (nodes[:2], nodes[2:])
+    reference = Side("ref", first)
+    ours = Side("cw", second)
     try:
         reference_network(cluster, reference.nodes)
         for node in ours.nodes:
@@ -312,7 +316,13 @@ def summarize(reference: Side, ours: Side, args: argparse.Namespace) -> dict[str
         row["reference_mean_us"] = round(statistics.fmean(ref), 1)
         row["cniwarden_mean_us"] = round(statistics.fmean(cw), 1)
         tests[key] = row
-    return {"samples_per_round": args.samples, "rounds": args.rounds, "tests": tests}
+    return {
+        "samples_per_round": args.samples,
+        "rounds": args.rounds,
+        "reference_nodes": [n.name for n in reference.nodes],
+        "cniwarden_nodes": [n.name for n in ours.nodes],
+        "tests": tests,
+    }
 
 
 def print_report(report: dict[str, Any]) -> None:

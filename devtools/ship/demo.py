@@ -116,6 +116,8 @@ def demo(name: str) -> int:
         flush=True,
     )
 
+    show(cluster, "-n", NAMESPACE, "get", "deployments,daemonsets,serviceaccounts")
+
     say("3/6 The agents write the CNI config and install the plugins; the nodes become Ready")
     for node in nodes:
         wait_for(functools.partial(node_ready, cluster, node.name), f"{node.name} Ready", 120)
@@ -139,7 +141,7 @@ def demo(name: str) -> int:
     say("5/6 They talk across nodes (host-gw: each node routes the other's pod CIDR)")
     ip_b = cluster.kubectl("get", "pod", "demo-b", "-o", "jsonpath={.status.podIP}").stdout
     for command in (f"ping -c 3 {ip_b}", f"echo hi | nc -w 5 {ip_b} 8080"):
-        print(f"$ kubectl exec demo-a -- {command}")
+        print(f"$ kubectl exec demo-a -- sh -c '{command}'")
         print(cluster.kubectl("exec", "demo-a", "--", "sh", "-c", command).stdout.rstrip())
     for node in nodes:
         print(f"$ ip route   # in {node.name}'s network namespace")
