@@ -312,10 +312,7 @@ def _ensure_vlan_gateway(host: Any, br: links.Link, conf: BridgeConfig) -> links
     if existing is not None:
         return existing
     peer = "veth" + secrets.token_hex(4)
-    try:
-        host.link("add", ifname=peer, kind="veth", peer={"ifname": name}, mtu=br.mtu)
-    except Exception as exc:
-        raise CniError(INTERNAL, f"create VLAN gateway {name}: {exc}") from None
+    links.create_veth_pair(host, peer, name, mtu=br.mtu)
     p = links.get(host, peer)
     gw = links.get(host, name)
     if p is None or gw is None:
@@ -482,9 +479,8 @@ def _check_routes(sb: Any, prev: Result) -> None:
         table = links.routes(sb, FAMILY[family])
         have = set()
         for m in table:
-            dst = m.get_attr("RTA_DST")
-            dst_s = f"{dst}/{m['dst_len']}" if dst else DEFAULT_DST[family].with_prefixlen
-            have.add((ipaddress.ip_interface(dst_s).network, m.get_attr("RTA_GATEWAY")))
+            dst_s = f"{m.dst}/{m.dst_len}" if m.dst else DEFAULT_DST[family].with_prefixlen
+            have.add((ipaddress.ip_interface(dst_s).network, m.gateway))
         for r in wanted:
             gws = {gw for net, gw in have if net == r.dst.network}
             if not gws or (r.gw is not None and str(r.gw) not in gws):
@@ -510,7 +506,7 @@ def gc(args: CmdArgs) -> None:
     errors += masq.gc(conf.name, keep)
     try:
         host = links.host_socket()
-        names = {m.get_attr("IFLA_IFNAME") for m in host.get_links()}
+        names = links.names(host)
         spoofcheck.remove(spoofcheck.stale_refs(names))
     except CniError as err:
         errors.append(err.msg)

@@ -1,4 +1,4 @@
-"""Netlink work for the bridge plugin, with pyroute2 (imported only by verbs that need it).
+"""Netlink work for the bridge plugin, through node_plugin.rtnl (pyroute2 only for VLANs).
 
 Host-side sockets are cached per thread and per network namespace (a resident
 server's worker may serve several "host" namespaces, e.g. in tests); sandbox
@@ -19,11 +19,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from pyroute2.iproute.linux import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 from node_plugin import netns
 from node_plugin.errors import BRIDGE_CONFLICT, INTERFACE_EXISTS, INTERNAL, CniError
+from node_plugin.rtnl import (
+    IFLA_BRPORT_ISOLATED,
+    IFLA_BRPORT_MODE,
+    IFLA_LINK,
+    IFLA_MASTER,
+    IFLA_MTU,
+    LinkMsg,
+    RouteMsg,
+    Rtnl,
+    RtnlError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +69,10 @@ class Link:
         return bool(self.flags & IFF_UP)
 
 
-def failure(action: str, exc: NetlinkError) -> CniError:
+IPRoute = Rtnl  # the socket type every function here takes
+
+
+def failure(action: str, exc: RtnlError) -> CniError:
     return CniError(INTERNAL, f"{action}: {exc.args[1] if len(exc.args) > 1 else exc}")
 
 
@@ -70,7 +81,7 @@ class _CachedSocket:
 
     def __init__(self, ident: tuple[int, int]) -> None:
         self.ident = ident
-        self.ipr = IPRoute(groups=0)
+        self.ipr = Rtnl()
 
     def close(self) -> None:
         try:
@@ -99,113 +110,94 @@ def host_socket() -> IPRoute:
 def sandbox_socket(target: int | str) -> Iterator[IPRoute]:
     """Enter the sandbox (fd or path) on this thread and hand out a socket bound to it."""
     with netns.entered(target):
-        ipr = IPRoute(groups=0)
+        ipr = Rtnl()
         try:
             yield ipr
         finally:
             ipr.close()
 
 
-def _link(msg: Any) -> Link:
-    info = msg.get_attr("IFLA_LINKINFO")
-    kind = info.get_attr("IFLA_INFO_KIND") if info is not None else ""
-    protinfo = msg.get_attr("IFLA_PROTINFO")
-    hairpin = isolated = None
-    if protinfo is not None:
-        mode = protinfo.get_attr("IFLA_BRPORT_MODE")
-        hairpin = bool(mode) if mode is not None else None
-        iso = protinfo.get_attr("IFLA_BRPORT_ISOLATED")
-        isolated = bool(iso) if iso is not None else None
+def _link(msg: LinkMsg) -> Link:
     return Link(
-        index=msg["index"],
-        name=msg.get_attr("IFLA_IFNAME"),
-        kind=kind or "",
-        mac=msg.get_attr("IFLA_ADDRESS") or "",
-        mtu=msg.get_attr("IFLA_MTU") or 0,
-        flags=msg["flags"],
-        master=msg.get_attr("IFLA_MASTER") or 0,
-        peer_index=msg.get_attr("IFLA_LINK") or 0,
-        operstate=msg.get_attr("IFLA_OPERSTATE") or "",
-        hairpin=hairpin,
-        isolated=isolated,
+        index=msg.index,
+        name=msg.name,
+        kind=msg.kind,
+        mac=msg.mac,
+        mtu=msg.attr_u32(IFLA_MTU),
+        flags=msg.flags,
+        master=msg.attr_u32(IFLA_MASTER),
+        peer_index=msg.attr_u32(IFLA_LINK),
+        operstate=msg.operstate,
+        hairpin=msg.brport_flag(IFLA_BRPORT_MODE),
+        isolated=msg.brport_flag(IFLA_BRPORT_ISOLATED),
     )
 
 
 def get(ipr: IPRoute, name: str) -> Link | None:
     try:
-        msgs = ipr.link("get", ifname=name)
-    except NetlinkError as exc:
-        if exc.code in (errno.ENODEV, errno.ENOENT):
-            return None
+        msg = ipr.get_link(name=name)
+    except RtnlError as exc:
         raise failure(f"look up link {name}", exc) from None
-    return _link(msgs[0])
+    return _link(msg) if msg is not None else None
 
 
 def get_index(ipr: IPRoute, index: int) -> Link | None:
     try:
-        msgs = ipr.link("get", index=index)
-    except NetlinkError as exc:
-        if exc.code in (errno.ENODEV, errno.ENOENT):
-            return None
+        msg = ipr.get_link(index=index)
+    except RtnlError as exc:
         raise failure(f"look up link #{index}", exc) from None
-    return _link(msgs[0])
+    return _link(msg) if msg is not None else None
 
 
 def brport(ipr: IPRoute, index: int) -> Link | None:
     """The link with its bridge-port flags (hairpin, isolated) filled in."""
     try:
-        msgs = ipr.brport("show", index=index)
-    except NetlinkError as exc:
+        msg = ipr.brport(index)
+    except RtnlError as exc:
         raise failure(f"read bridge port #{index}", exc) from None
-    return _link(msgs[0]) if msgs else None
+    return _link(msg) if msg is not None else None
+
+
+def names(ipr: IPRoute) -> set[str]:
+    """Every link name in the socket's namespace."""
+    try:
+        return {link.name for link in ipr.links()}
+    except RtnlError as exc:
+        raise failure("list links", exc) from None
 
 
 def ensure_bridge(
     ipr: IPRoute, name: str, *, mtu: int, promisc: bool, vlan_filtering: bool
 ) -> Link:
     """Create the bridge or reuse it; an existing non-bridge of that name is an error."""
-    spec: dict[str, Any] = {"ifname": name, "kind": "bridge"}
-    if mtu:
-        spec["mtu"] = mtu
-    if vlan_filtering:
-        spec["br_vlan_filtering"] = 1
     br = get(ipr, name)
     if br is None:
         try:
-            ipr.link("add", **spec)
-        except NetlinkError as exc:
-            if exc.code != errno.EEXIST:  # EEXIST: created concurrently, fine
+            ipr.add_bridge(name, mtu=mtu, vlan_filtering=vlan_filtering)
+        except RtnlError as exc:
+            if exc.code != errno.EEXIST:  # EEXIST: a parallel ADD made it first
                 hint = " (this kernel has no bridge VLAN filtering)" if vlan_filtering else ""
                 raise failure(f"create bridge {name}{hint}", exc) from None
         br = get(ipr, name)
-    if br is None:
-        raise CniError(INTERNAL, f"bridge {name} vanished right after creation")
+        if br is None:
+            raise CniError(INTERNAL, f"bridge {name} vanished right after creation")
     if br.kind != "bridge":
         raise CniError(
             BRIDGE_CONFLICT,
             f"{name!r} already exists but is not a bridge (it is a {br.kind or 'device'})",
         )
     if vlan_filtering:
-        _set(
-            ipr,
-            f"enable VLAN filtering on {name}",
-            index=br.index,
-            kind="bridge",
-            br_vlan_filtering=1,
-        )
+        try:
+            ipr.set_vlan_filtering(br.index)
+        except RtnlError as exc:
+            raise failure(f"enable VLAN filtering on {name}", exc) from None
     flags = br.flags
-    if promisc and not br.promisc:
-        _set(
-            ipr,
-            f"set promiscuous mode on {name}",
-            index=br.index,
-            flags=IFF_PROMISC,
-            change=IFF_PROMISC,
-        )
-        flags |= IFF_PROMISC
-    if not br.up:
-        _set(ipr, f"set {name} up", index=br.index, state="up")
-        flags |= IFF_UP
+    if (promisc and not br.promisc) or not br.up:
+        try:
+            ipr.set_link(br.index, up=True, promisc=True if promisc else None)
+        except RtnlError as exc:
+            raise failure(f"set {name} up", exc) from None
+        flags |= IFF_UP | (IFF_PROMISC if promisc else 0)
     return dataclasses.replace(br, flags=flags)
 
 
@@ -213,16 +205,10 @@ def create_veth(host: IPRoute, *, sandbox_fd: int, ifname: str, mtu: int, mac: s
     """A veth pair: `ifname` in the sandbox, `veth<8 hex>` in the host. Returns the host name."""
     for _ in range(8):
         host_name = "veth" + secrets.token_hex(4)
-        peer: dict[str, Any] = {"ifname": ifname, "net_ns_fd": sandbox_fd}
-        spec: dict[str, Any] = {"ifname": host_name, "kind": "veth", "peer": peer}
-        if mtu:
-            spec["mtu"] = peer["mtu"] = mtu
-        if mac:
-            peer["address"] = mac
         try:
-            host.link("add", **spec)
+            host.add_veth(host_name, ifname, peer_netns_fd=sandbox_fd, mtu=mtu, peer_mac=mac)
             return host_name
-        except NetlinkError as exc:
+        except RtnlError as exc:
             if exc.code == errno.EEXIST and get(host, host_name) is not None:
                 continue  # our random host-side name collided; the sandbox was checked
             if exc.code == errno.EEXIST:
@@ -233,66 +219,74 @@ def create_veth(host: IPRoute, *, sandbox_fd: int, ifname: str, mtu: int, mac: s
     raise CniError(INTERNAL, "could not find a free host-side veth name")
 
 
+def create_veth_pair(host: IPRoute, name: str, peer: str, *, mtu: int) -> None:
+    """A veth pair with both ends in the host (the VLAN gateway's)."""
+    try:
+        host.add_veth(name, peer, mtu=mtu)
+    except RtnlError as exc:
+        raise failure(f"create veth pair {name}/{peer}", exc) from None
+
+
 def delete(ipr: IPRoute, index: int, what: str) -> None:
     try:
-        ipr.link("del", index=index)
-    except NetlinkError as exc:
+        ipr.del_link(index)
+    except RtnlError as exc:
         if exc.code not in (errno.ENODEV, errno.ENOENT):
             raise failure(f"delete {what}", exc) from None
 
 
-def set_link(ipr: IPRoute, action: str, **spec: Any) -> None:
-    _set(ipr, action, **spec)
-
-
-def _set(ipr: IPRoute, action: str, **spec: Any) -> None:
+def set_link(
+    ipr: IPRoute,
+    action: str,
+    *,
+    index: int,
+    master: int | None = None,
+    state: str | None = None,
+    address: str = "",
+) -> None:
     try:
-        ipr.link("set", **spec)
-    except NetlinkError as exc:
+        ipr.set_link(index, master=master, up=None if state is None else state == "up", mac=address)
+    except RtnlError as exc:
         raise failure(action, exc) from None
 
 
 def set_port(ipr: IPRoute, index: int, *, hairpin: bool, isolated: bool) -> None:
-    spec: dict[str, Any] = {"mode": 1 if hairpin else 0}
-    if isolated:
-        spec["isolated"] = 1
     try:
-        ipr.brport("set", index=index, **spec)
-    except NetlinkError as exc:
+        ipr.set_brport(index, hairpin=hairpin, isolated=True if isolated else None)
+    except RtnlError as exc:
         raise failure("set bridge port flags (hairpin/isolated)", exc) from None
 
 
 def vlan(ipr: IPRoute, command: str, index: int, vid: int, *, pvid_untagged: bool = False) -> None:
+    """Bridge VLAN filter entries: rare, so through pyroute2 (imported only here)."""
+    from pyroute2.iproute.linux import IPRoute as PyIPRoute
+    from pyroute2.netlink.exceptions import NetlinkError as PyNetlinkError
+
     info: dict[str, Any] = {"vid": vid}
     if pvid_untagged:
         info["flags"] = ["pvid", "untagged"]
-    try:
-        ipr.vlan_filter(command, index=index, vlan_info=info)
-    except NetlinkError as exc:
-        if command == "del" and exc.code in (errno.ENOENT, errno.EINVAL):
-            return
-        raise failure(f"{command} VLAN {vid} on port #{index}", exc) from None
+    with PyIPRoute(groups=0) as py:
+        try:
+            py.vlan_filter(command, index=index, vlan_info=info)
+        except PyNetlinkError as exc:
+            if command == "del" and exc.code in (errno.ENOENT, errno.EINVAL):
+                return
+            raise CniError(
+                INTERNAL, f"{command} VLAN {vid} on port #{index}: {exc.args[-1]}"
+            ) from None
 
 
 def addresses(ipr: IPRoute, index: int, family: int | None = None) -> list[IPInterface]:
     """Global (non link-local) addresses on a link."""
-    kw: dict[str, Any] = {"index": index}
-    if family is not None:
-        kw["family"] = family
     try:
-        msgs = ipr.addr("dump", **kw)
-    except NetlinkError as exc:
+        msgs = ipr.addrs(family or 0)
+    except RtnlError as exc:
         raise failure(f"list addresses of #{index}", exc) from None
     out: list[IPInterface] = []
     for m in msgs:
-        if m["index"] != index:
+        if m.index != index:
             continue
-        addr = (
-            m.get_attr("IFA_ADDRESS")
-            if m["family"] == AF_INET6
-            else (m.get_attr("IFA_LOCAL") or m.get_attr("IFA_ADDRESS"))
-        )
-        iface = ipaddress.ip_interface(f"{addr}/{m['prefixlen']}")
+        iface = m.interface
         if iface.ip.is_link_local:
             continue
         out.append(iface)
@@ -301,38 +295,47 @@ def addresses(ipr: IPRoute, index: int, family: int | None = None) -> list[IPInt
 
 def add_address(ipr: IPRoute, index: int, address: IPInterface, what: str) -> None:
     """Add an address; IPv4 gets its broadcast, as iproute2 and the reference set it."""
-    spec: dict[str, Any] = {"address": str(address.ip), "prefixlen": address.network.prefixlen}
-    if address.version == 4 and address.network.prefixlen < 31:
-        spec["broadcast"] = str(address.network.broadcast_address)
+    broadcast = address.version == 4 and address.network.prefixlen < 31
     try:
-        ipr.addr("add", index=index, **spec)
-    except NetlinkError as exc:
+        ipr.add_addr(index, address, broadcast=broadcast)
+    except RtnlError as exc:
         if exc.code != errno.EEXIST:
             raise failure(f"add address {address} to {what}", exc) from None
 
 
 def del_address(ipr: IPRoute, index: int, address: IPInterface, what: str) -> None:
     try:
-        ipr.addr("del", index=index, address=str(address.ip), prefixlen=address.network.prefixlen)
-    except NetlinkError as exc:
+        ipr.del_addr(index, address)
+    except RtnlError as exc:
         if exc.code not in (errno.EADDRNOTAVAIL, errno.ENOENT):
             raise failure(f"remove address {address} from {what}", exc) from None
 
 
 def add_route(ipr: IPRoute, spec: dict[str, Any], what: str) -> bool:
     """Add a route (protocol "boot", like `ip route add`); False when it exists already."""
-    spec.setdefault("proto", RTPROT_BOOT)
+    gateway = spec.get("gateway")
+    metrics = spec.get("metrics") or {}
     try:
-        ipr.route("add", **spec)
-    except NetlinkError as exc:
+        ipr.add_route(
+            ipaddress.ip_network(spec["dst"]),
+            oif=spec.get("oif", 0),
+            gateway=ipaddress.ip_address(gateway) if gateway else None,
+            priority=spec.get("priority", 0),
+            table=spec.get("table"),
+            scope=spec.get("scope") or 0,
+            proto=spec.get("proto", RTPROT_BOOT),
+            mtu=metrics.get("mtu", 0),
+            advmss=metrics.get("advmss", 0),
+        )
+    except RtnlError as exc:
         if exc.code == errno.EEXIST:
             return False
         raise failure(f"add route {what}", exc) from None
     return True
 
 
-def routes(ipr: IPRoute, family: int) -> list[Any]:
+def routes(ipr: IPRoute, family: int) -> list[RouteMsg]:
     try:
-        return list(ipr.route("dump", family=family))
-    except NetlinkError as exc:
+        return ipr.routes(family)
+    except RtnlError as exc:
         raise failure("list routes", exc) from None

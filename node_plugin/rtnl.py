@@ -373,6 +373,7 @@ class Rtnl:
         promisc: bool | None = None,
         master: int | None = None,
         mtu: int = 0,
+        mac: str = "",
     ) -> None:
         flags = change = 0
         if up is not None:
@@ -386,6 +387,14 @@ class Rtnl:
             body += attr(IFLA_MASTER, _U32.pack(master))
         if mtu:
             body += attr(IFLA_MTU, _U32.pack(mtu))
+        if mac:
+            body += attr(IFLA_ADDRESS, mac_bytes(mac))
+        self._do(RTM_NEWLINK, body)
+
+    def set_vlan_filtering(self, index: int, enabled: bool = True) -> None:
+        info = attr(IFLA_INFO_KIND, cstr("bridge"))
+        info += nested(IFLA_INFO_DATA, attr(IFLA_BR_VLAN_FILTERING, b"\1" if enabled else b"\0"))
+        body = _IFINFOMSG.pack(AF_UNSPEC, 0, index, 0, 0) + nested(IFLA_LINKINFO, info)
         self._do(RTM_NEWLINK, body)
 
     def set_brport(self, index: int, *, hairpin: bool, isolated: bool | None = None) -> None:
