@@ -23,6 +23,7 @@ import io
 import json
 import os
 import pstats
+import resource
 import secrets
 import shutil
 import statistics
@@ -227,30 +228,54 @@ def rotated(impls: list[Impl], i: int) -> list[Impl]:
     return impls[k:] + impls[:k]
 
 
+def children_cpu_ms() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (usage.ru_utime + usage.ru_stime) * 1000
+
+
+def process_cpu_ms(pid: int) -> float:
+    """CPU time of every thread of `pid` (schedstat: nanoseconds on a CPU)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e6
+
+
 def sequential(
-    impls: list[Impl], configs: dict[str, dict[str, Any]], sandboxes: list[str], rounds: int
-) -> dict[str, dict[str, list[float]]]:
+    impls: list[Impl],
+    configs: dict[str, dict[str, Any]],
+    sandboxes: list[str],
+    rounds: int,
+    server_pid: int | None,
+) -> tuple[dict[str, dict[str, list[float]]], dict[str, dict[str, float]]]:
+    """Per implementation and verb: the wall times, and the mean CPU time per call
+    (the plugin processes, plus the server's share for the shim)."""
     times: dict[str, dict[str, list[float]]] = {
         i.label: {"ADD": [], "CHECK": [], "DEL": []} for i in impls
     }
+    cpu: dict[str, dict[str, float]] = {i.label: {"ADD": 0, "CHECK": 0, "DEL": 0} for i in impls}
+
+    def timed(impl: Impl, verb: str, cfg: dict[str, Any], sb: str) -> Sample:
+        serving = server_pid if impl.label == "shim+server" and server_pid else None
+        before = children_cpu_ms() + (process_cpu_ms(serving) if serving else 0)
+        sample = must(run_plugin(impl, verb, cfg, sb, sb), f"{impl.label} {verb}")
+        after = children_cpu_ms() + (process_cpu_ms(serving) if serving else 0)
+        times[impl.label][verb].append(sample.ms)
+        cpu[impl.label][verb] += after - before
+        return sample
+
     for r in range(rounds):
         results: dict[tuple[str, str], bytes] = {}
         for i, sb in enumerate(sandboxes):
             for impl in rotated(impls, i + r):
-                s = must(run_plugin(impl, "ADD", configs[impl.label], sb, sb), f"{impl.label} ADD")
-                times[impl.label]["ADD"].append(s.ms)
-                results[impl.label, sb] = s.stdout
-        for i, sb in enumerate(sandboxes):
-            for impl in rotated(impls, i + r):
-                cfg = with_prev(configs[impl.label], results[impl.label, sb])
-                s = must(run_plugin(impl, "CHECK", cfg, sb, sb), f"{impl.label} CHECK")
-                times[impl.label]["CHECK"].append(s.ms)
-        for i, sb in enumerate(sandboxes):
-            for impl in rotated(impls, i + r):
-                cfg = with_prev(configs[impl.label], results[impl.label, sb])
-                s = must(run_plugin(impl, "DEL", cfg, sb, sb), f"{impl.label} DEL")
-                times[impl.label]["DEL"].append(s.ms)
-    return times
+                results[impl.label, sb] = timed(impl, "ADD", configs[impl.label], sb).stdout
+        for verb in ("CHECK", "DEL"):
+            for i, sb in enumerate(sandboxes):
+                for impl in rotated(impls, i + r):
+                    timed(impl, verb, with_prev(configs[impl.label], results[impl.label, sb]), sb)
+    calls = rounds * len(sandboxes)
+    return times, {label: {v: t / calls for v, t in verbs.items()} for label, verbs in cpu.items()}
 
 
 def parallel(impl: Impl, config: dict[str, Any], sandboxes: list[str]) -> dict[str, float]:
@@ -293,7 +318,7 @@ def profile_handler(
     config: dict[str, Any], sandbox: str, n: int = 30
 ) -> tuple[dict[str, float], str]:
     """node_plugin.api.handle in this process: its own time per verb, and where it goes."""
-    from node_plugin import api  # noqa: PLC0415 (not needed unless profiling)
+    from node_plugin import api, rtnl  # noqa: PLC0415 (not needed unless profiling)
 
     env = {
         "CNI_CONTAINERID": "prof",
@@ -316,22 +341,47 @@ def profile_handler(
 
     # Warm up: the server has everything imported and its sockets open.
     call("DEL", with_prev(config, call("ADD", config).stdout))
-    timings: dict[str, list[float]] = {"ADD": [], "DEL": []}
-    profiler = cProfile.Profile()
-    for _ in range(n):
+    wall: dict[str, list[float]] = {"ADD": [], "DEL": []}
+    cpu: dict[str, list[float]] = {"ADD": [], "DEL": []}
+    unlink: list[float] = []
+    # How long DEL waits for the kernel to unregister the veth pair (an RCU barrier).
+    original = rtnl.Rtnl.del_link
+    spent = [0.0]
+
+    def timed_del_link(self: rtnl.Rtnl, index: int) -> None:
         started = time.perf_counter()
+        try:
+            original(self, index)
+        finally:
+            spent[0] += time.perf_counter() - started
+
+    rtnl.Rtnl.del_link = timed_del_link  # type: ignore[method-assign]
+    try:
+        for _ in range(n):
+            wall_start, cpu_start = time.perf_counter(), time.thread_time()
+            added = call("ADD", config)
+            wall["ADD"].append((time.perf_counter() - wall_start) * 1000)
+            cpu["ADD"].append((time.thread_time() - cpu_start) * 1000)
+            spent[0] = 0.0
+            wall_start, cpu_start = time.perf_counter(), time.thread_time()
+            call("DEL", with_prev(config, added.stdout))
+            wall["DEL"].append((time.perf_counter() - wall_start) * 1000)
+            cpu["DEL"].append((time.thread_time() - cpu_start) * 1000)
+            unlink.append(spent[0] * 1000)
+    finally:
+        rtnl.Rtnl.del_link = original  # type: ignore[method-assign]
+    profiler = cProfile.Profile()
+    for _ in range(n // 2):
         profiler.enable()
         added = call("ADD", config)
-        profiler.disable()
-        timings["ADD"].append((time.perf_counter() - started) * 1000)
-        started = time.perf_counter()
-        profiler.enable()
         call("DEL", with_prev(config, added.stdout))
         profiler.disable()
-        timings["DEL"].append((time.perf_counter() - started) * 1000)
     text = io.StringIO()
-    pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(25)
-    return {f"{verb}_p50": statistics.median(ms) for verb, ms in timings.items()}, text.getvalue()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(25)
+    out = {f"{verb}_p50": statistics.median(ms) for verb, ms in wall.items()}
+    out |= {f"{verb}_cpu_p50": statistics.median(ms) for verb, ms in cpu.items()}
+    out["DEL_unlink_p50"] = statistics.median(unlink)
+    return out, text.getvalue()
 
 
 def rss_with_attachments(
@@ -386,6 +436,18 @@ def report(data: dict[str, Any]) -> str:
         ]
         target = f"<= {TARGETS[verb]}x" if verb in TARGETS else ""
         lines.append(f"| {verb} | " + " | ".join(cells + ratios) + f" | {target} |")
+    cpu = data["cpu"]
+    lines += [
+        "",
+        "CPU time per call (mean; plugin processes, plus the server's threads for the shim):",
+        "",
+        "| verb | " + " | ".join(cpu) + " |",
+        "|---" * (len(cpu) + 1) + "|",
+    ]
+    for verb in ("ADD", "CHECK", "DEL"):
+        lines.append(
+            f"| {verb} | " + " | ".join(f"{cpu[label][verb]:.1f} ms" for label in cpu) + " |"
+        )
     par = data["parallel"]
     lines += [
         "",
@@ -416,8 +478,10 @@ def report(data: dict[str, Any]) -> str:
     if "handler" in data:
         h = data["handler"]
         lines += [
-            f"node_plugin.api.handle in a warm process (p50): ADD {h['ADD_p50']:.2f} ms, "
-            f"DEL {h['DEL_p50']:.2f} ms"
+            f"node_plugin.api.handle in a warm process (p50): ADD {h['ADD_p50']:.2f} ms "
+            f"({h['ADD_cpu_p50']:.2f} ms CPU), DEL {h['DEL_p50']:.2f} ms "
+            f"({h['DEL_cpu_p50']:.2f} ms CPU; {h['DEL_unlink_p50']:.2f} ms waiting for the "
+            "kernel to unregister the veth pair)"
         ]
     return "\n".join(lines) + "\n"
 
@@ -515,8 +579,12 @@ def main(argv: list[str] | None = None) -> int:
             }
             if server is not None:
                 data["rss_idle_mb"] = rss_mb(server.pid)[0]
-            data["sequential"] = sequential(
-                impls, configs, sandboxes[: args.sandboxes], args.rounds
+            data["sequential"], data["cpu"] = sequential(
+                impls,
+                configs,
+                sandboxes[: args.sandboxes],
+                args.rounds,
+                server.pid if server is not None else None,
             )
             data["parallel"] = {
                 impl.label: parallel(impl, configs[impl.label], sandboxes[: args.parallel])
