@@ -234,12 +234,15 @@ def children_cpu_ms() -> float:
 
 
 def process_cpu_ms(pid: int) -> float:
-    """CPU time of every thread of `pid` (schedstat: nanoseconds on a CPU)."""
+    """CPU time of every thread of `pid` (schedstat, ns) and of its reaped children
+    (iptables, nft: cutime + cstime, in clock ticks)."""
     total = 0
     for task in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(FileNotFoundError):
             total += int((task / "schedstat").read_text().split()[0])
-    return total / 1e6
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    children_ticks = int(stat[13]) + int(stat[14])  # fields 16 and 17: cutime, cstime
+    return total / 1e6 + children_ticks * 1000 / os.sysconf("SC_CLK_TCK")
 
 
 def sequential(
