@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from devtools.localcluster import LocalCluster
 from devtools.localcluster.layout import BUSYBOX_IMAGE
+from devtools.localcluster.toolpaths import tool
 from devtools.ship.helm import CHART, helm, set_args
 from devtools.ship.localinstall import CommandFailedError, LocalInstall, LocalNode, run, wait_for
 
@@ -208,7 +209,7 @@ class KindProvider:
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 180
     ) -> subprocess.CompletedProcess[str]:
         return run(
-            ["kubectl", f"--kubeconfig={self.kubeconfig}", *args],
+            [str(tool("kubectl")), f"--kubeconfig={self.kubeconfig}", *args],
             input=input,
             check=check,
             timeout=timeout,

@@ -446,7 +446,8 @@ def test_uninstall_cleans_the_nodes(installed: Installed) -> None:
             timeout=60,
         )
     log = p.uninstall()
-    assert "every CNINetwork is gone" in log, log
+    if isinstance(p, LocalProvider):  # on kind the hook Job's log goes with the Job
+        assert "every CNINetwork is gone" in log, log
     gone = p.kubectl("get", "cninetwork", installed.network, check=False)
     assert gone.returncode != 0 and "NotFound" in gone.stderr
     for node in p.nodes:

@@ -146,16 +146,23 @@ def test_agent_rbac_is_exactly_what_it_calls() -> None:
     )
 
 
-def test_events_are_created_in_default_only() -> None:
-    objects = render_chart()
-    role = find(objects, "Role", "-events")
+def test_events_are_created_only_where_they_go() -> None:
+    objects = render_chart(namespace="cw-system")
+    role = find(objects, "Role", "cniwarden-events")
     assert role["metadata"]["namespace"] == "default"
     assert role["rules"] == [{"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}]
-    binding = find(objects, "RoleBinding", "-events")
+    binding = find(objects, "RoleBinding", "cniwarden-events")
     assert {s["name"] for s in binding["subjects"]} == {
         "cniwarden-controller",
         "cniwarden-agent",
     }
+    # kopf posts its own Events about cluster-scoped objects in the controller's namespace.
+    own = find(objects, "Role", "controller-events")
+    assert own["metadata"]["namespace"] == "cw-system"
+    assert own["rules"] == role["rules"]
+    assert find(objects, "RoleBinding", "controller-events")["subjects"][0]["name"] == (
+        "cniwarden-controller"
+    )
 
 
 def test_uninstall_hook_may_only_list_and_delete_networks() -> None:
