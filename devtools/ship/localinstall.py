@@ -308,11 +308,14 @@ class LocalInstall:
         self._start_processes()
         return out.stdout
 
-    def token_kubeconfig(self, service_account: str) -> Path:
+    def token_kubeconfig(self, service_account: str, node: str | None = None) -> Path:
+        """A kubeconfig with a token of `service_account`; bound to `node` as the token
+        kubelet projects into a pod on that node is (it names the node)."""
+        bind = ["--bound-object-kind=Node", f"--bound-object-name={node}"] if node else []
         token = self.kubectl(
-            "create", "token", service_account, "-n", self.namespace, "--duration=24h"
+            "create", "token", service_account, "-n", self.namespace, "--duration=24h", *bind
         ).stdout.strip()
-        target = self.workdir / f"kubeconfig-{service_account}"
+        target = self.workdir / f"kubeconfig-{service_account}{'-' + node if node else ''}"
         return kubeconfig_for_token(self.cluster.kubeconfig, token, target)
 
     def _pod_spec(self, kind: str) -> dict[str, Any]:
@@ -381,11 +384,12 @@ class LocalInstall:
         if not (SHIMS / "cniwarden-bridge").exists():
             raise CommandFailedError(f"{SHIMS} has no shims: run `make plugins`")
         controller_kc = self.token_kubeconfig(self._pod_spec("Deployment")["serviceAccountName"])
-        agent_kc = self.token_kubeconfig(self._pod_spec("DaemonSet")["serviceAccountName"])
+        agent_sa = self._pod_spec("DaemonSet")["serviceAccountName"]
         first = self.nodes[0]
         (controller,) = workloads(self.manifest, "Deployment", self.fields(first))
         self._start("controller", controller, first, {"KUBECONFIG": str(controller_kc)})
         for node in self.nodes:
+            agent_kc = self.token_kubeconfig(agent_sa, node.name)
             for w in workloads(self.manifest, "DaemonSet", self.fields(node)):
                 env = {"KUBECONFIG": str(agent_kc)}
                 if w.name == "agent":

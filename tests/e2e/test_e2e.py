@@ -18,7 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import kubernetes
 import pytest
+from kubernetes.client.exceptions import ApiException
 
 from tests.e2e import providers
 from tests.e2e.providers import KindProvider, LocalProvider, Node, Provider, run, wait_for
@@ -297,6 +299,44 @@ def test_pods_on_two_nodes_get_their_nodes_addresses_and_talk(installed: Install
             assert lease is not None and lease.split(b"\r\n")[1] == b"eth0"
         server_log = (p.workdir / f"cni-server-{n0.name}.log").read_text()
         assert "cniwarden-bridge ADD" in server_log, server_log[-2000:]
+
+
+def patch_report_as(kubeconfig: Path, node: str, dry_run: bool = False) -> str:
+    """What the agent does (Kube.patch_node_state_status), under another kubeconfig;
+    returns the API server's refusal, or "" when the patch went through."""
+    client = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
+    api = kubernetes.client.CustomObjectsApi(client)
+    try:
+        api.patch_cluster_custom_object_status(
+            "cniwarden.io",
+            "v1alpha1",
+            "cninodestates",
+            node,
+            {"status": {"healthy": False}},
+            dry_run="All" if dry_run else None,
+        )
+    except ApiException as error:
+        return f"{error.status}: {error.body}"
+    finally:
+        client.close()
+    return ""
+
+
+def test_an_agent_cannot_write_another_nodes_report(installed: Installed) -> None:
+    """RBAC lets agents write CNINodeStates; the admission policy only their own node's."""
+    p = installed.p
+    if not isinstance(p, LocalProvider):
+        pytest.skip("needs an agent's own token, which only the local provider holds")
+    n0, n1 = p.local_nodes
+    sa = f"{p.release}-cniwarden-agent"
+    own = p.token_kubeconfig(sa, n0.name)
+    refused = patch_report_as(own, n1.name)
+    assert refused.startswith("403"), "an agent rewrote another node's report"
+    assert f"only the CNINodeState of its own node ({n0.name}), not {n1.name}" in refused
+    assert patch_report_as(own, n0.name, dry_run=True) == ""
+    # A token that names no node (not a pod's token) writes no report at all.
+    refused = patch_report_as(p.token_kubeconfig(sa), n0.name, dry_run=True)
+    assert refused.startswith("403") and "a token not bound to a node" in refused
 
 
 def test_host_gw_routes_follow_nodes_as_they_come_and_go(installed: Installed) -> None:

@@ -387,3 +387,23 @@ def test_chart_directory_has_no_stray_files() -> None:
     }
     assert {p.name for p in CHART.iterdir()} == expected
     assert all(p.suffix in (".yaml", ".tpl", ".txt") for p in (CHART / "templates").iterdir())
+
+
+def test_agents_may_write_only_their_own_nodes_report() -> None:
+    objects = render_chart(namespace="cw-system")
+    policy = find(objects, "ValidatingAdmissionPolicy")
+    rules = policy["spec"]["matchConstraints"]["resourceRules"]
+    assert rules[0]["resources"] == ["cninodestates", "cninodestates/status"]
+    assert set(rules[0]["operations"]) == {"CREATE", "UPDATE"}
+    (condition,) = policy["spec"]["matchConditions"]
+    assert "'system:serviceaccount:cw-system:cniwarden-agent'" in condition["expression"]
+    (validation,) = policy["spec"]["validations"]
+    assert "authentication.kubernetes.io/node-name" in validation["expression"]
+    assert "object.metadata.name" in validation["expression"]
+    binding = find(objects, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"] == {
+        "policyName": policy["metadata"]["name"],
+        "validationActions": ["Deny"],
+    }
+    off = render_chart({"agent": {"ownNodeStateOnly": False}})
+    assert not [o for o in off if o["kind"].startswith("ValidatingAdmissionPolicy")]
