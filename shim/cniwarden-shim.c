@@ -284,13 +284,14 @@ static int read_stdin(struct buf *in, int64_t deadline)
 {
 	for (;;) {
 		buf_reserve(in, 65536);
+		/* A writer that never closes stdin must not hold us past the deadline. */
+		if (wait_fd(STDIN_FILENO, POLLIN, deadline) < 0)
+			return -1;
 		ssize_t n = read(STDIN_FILENO, in->data + in->len, in->cap - in->len);
 		if (n == 0)
 			return 0;
 		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			if (errno == EAGAIN && wait_fd(STDIN_FILENO, POLLIN, deadline) == 0)
+			if (errno == EINTR || errno == EAGAIN)
 				continue;
 			return -1;
 		}

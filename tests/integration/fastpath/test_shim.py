@@ -141,6 +141,38 @@ def test_oversized_stdin_is_refused_before_contacting_the_server(shim: ShimEnv) 
     assert "too large" in str(cni_error(run.stdout)["msg"])
 
 
+def test_a_stdin_that_never_closes_does_not_hang_the_shim(shim: ShimEnv) -> None:
+    env = {
+        "PATH": os.environ["PATH"],
+        "CNI_COMMAND": "DEL",
+        "CNIWARDEN_SOCKET": str(shim.socket_path),
+        "CNIWARDEN_DEL_QUEUE": str(shim.queue),
+        "CNIWARDEN_TIMEOUT_MS": "300",
+    }
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [shim.shim_dir / "cniwarden-bridge"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(b'{"cniVersion":')
+        proc.stdin.flush()
+        proc.wait(timeout=5)  # with stdin still open
+        assert proc.stdout is not None
+        out = proc.stdout.read()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert time.monotonic() - started < 3
+    assert proc.returncode == 1
+    error = cni_error(out)
+    assert error["code"] == 5
+    assert "stdin" in str(error["msg"])
+
+
 # ---- against the real server -------------------------------------------------------
 
 
