@@ -135,8 +135,9 @@ def host_veths(host: Netns) -> set[str]:
     }
 
 
+@pytest.mark.parametrize("kill_after", [4, 12])
 def test_killing_the_server_mid_burst_loses_no_lease_and_leaks_nothing(
-    node: Node, pods: list[Netns], workdir: Path
+    node: Node, pods: list[Netns], workdir: Path, kill_after: int
 ) -> None:
     network = unique("crash")
     config = {
@@ -178,7 +179,7 @@ def test_killing_the_server_mid_burst_loses_no_lease_and_leaks_nothing(
         futures = {pool.submit(fn, i): f"pod{i}" for fn, i in burst}
         for done, future in enumerate(as_completed(futures), start=1):
             outcomes[futures[future]] = future.result()
-            if done == 4:
+            if done == kill_after:
                 node.kill_server()
     interrupted = [
         pod
