@@ -16,9 +16,9 @@ debs:
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	touch $@
 
 # Pinned Go-built tools (kube-* v1.33, etcd, helm, kwok, cnitool) into .tools/bin.
@@ -65,7 +65,7 @@ bench: bench-plugin bench-fastpath bench-rtt
 
 # The whole suite, as CI runs it.
 test: setup lint typecheck plugins
-	$(BIN)/pytest tests
+	CNIWARDEN_REQUIRE_ALL=1 $(BIN)/pytest tests
 
 # A local Kubernetes (see README "Local cluster"). Variables: CLUSTER (name),
 # TIER (control-plane | fake-nodes | real-node), FAKE_NODES, REAL_NODES,

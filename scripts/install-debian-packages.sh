@@ -2,9 +2,14 @@
 # Installs the Debian packages the tests and the local cluster need, skipping
 # the apt run entirely when every package is already installed.
 set -eu
+# What each is for: iproute2/iptables/nftables (plugins, host-gw, tests),
+# containernetworking-plugins (the reference plugins we are compared with),
+# containerd/runc (real nodes), busybox-static (pod image, udhcpd), iputils-ping,
+# procps (sysctl, ps), util-linux (nsenter, unshare, mount), gcc/libc6-dev/make (the
+# static shim and pause), python3-venv + ca-certificates (the venv on a stock Debian).
 PACKAGES="iproute2 iptables nftables containernetworking-plugins containerd runc
-busybox-static etcd-server etcd-client conntrack socat ethtool iputils-ping
-netcat-openbsd hyperfine psmisc procps util-linux kmod gcc libc6-dev make"
+busybox-static iputils-ping procps util-linux gcc libc6-dev make python3-venv
+ca-certificates"
 missing=""
 for p in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
