@@ -2,6 +2,8 @@
 
 import importlib
 import operator
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,9 +40,6 @@ FORBIDDEN_IN_PURE = ("kopf", "kubernetes", "pyroute2", "node_plugin.rtnl", "node
 
 def test_pure_modules_import_no_framework_or_netlink() -> None:
     """Pure logic stays testable without a cluster or a kernel: no kopf, client or netlink."""
-    import subprocess
-    import sys
-
     probe = (
         "import importlib, sys\n"
         f"for name in {PURE_MODULES!r}: importlib.import_module(name)\n"
