@@ -9,11 +9,19 @@ keeps no per-request global state and is safe to call from several threads.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 BRIDGE = "cniwarden-bridge"
 HOST_LOCAL = "cniwarden-host-local"
 PLUGINS = (BRIDGE, HOST_LOCAL)
+
+
+class LinkReaper(Protocol):
+    """Unregisters tombstoned veth pairs after DEL answered (node_plugin.tombstones)."""
+
+    def schedule(self) -> None:
+        """Tombstones wait in the calling thread's network namespace: reap them soon."""
 
 
 @dataclass(frozen=True)
@@ -21,6 +29,9 @@ class CniRequest:
     plugin: str  # "cniwarden-bridge" | "cniwarden-host-local"
     env: Mapping[str, str]  # the CNI_* variables (extra keys are ignored)
     stdin: bytes
+    # Set by a process that outlives the request (the resident server): DEL then leaves
+    # the veth pair's unregistration to it. None (a standalone plugin): DEL deletes it.
+    reaper: LinkReaper | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from node_plugin import bridge_config, ipam, links, masq, netns, spoofcheck, sysctl
+from node_plugin import bridge_config, ipam, links, masq, netns, spoofcheck, sysctl, tombstones
 from node_plugin.bridge_config import BridgeConfig
 from node_plugin.errors import (
     BRIDGE_CONFLICT,
@@ -371,16 +371,16 @@ def _prev_result(args: CmdArgs) -> Result | None:
 
 
 def delete(args: CmdArgs) -> None:
+    """Detach, release, remove rules; the veth pair is unregistered before the answer, or,
+    in the resident server (args.reaper), buried and unregistered right after it."""
     conf = load(args)
     errors: list[CniError] = []
     families: set[int] = set()
     if args.netns and netns.netns_exists(args.netns):
         try:
-            with links.sandbox_socket(args.netns) as sb:
-                link = links.get(sb, args.ifname)
-                if link is not None:
-                    families = {a.version for a in links.addresses(sb, link.index)}
-                    links.delete(sb, link.index, f"{args.ifname} in the sandbox")
+            families, buried = _remove_container_link(args)
+            if buried and args.reaper is not None:
+                args.reaper.schedule()  # it runs while the lease and rules are released
         except CniError as err:
             errors.append(err)
     if conf.ipam_type:
@@ -402,6 +402,30 @@ def delete(args: CmdArgs) -> None:
         first = errors[0]
         rest = "; ".join(e.msg for e in errors[1:])
         raise CniError(first.code, first.msg, "; ".join(x for x in (first.details, rest) if x))
+
+
+def _remove_container_link(args: CmdArgs) -> tuple[set[int], bool]:
+    """Takes CNI_IFNAME out of the sandbox: its address families, and whether the pair
+    was buried for the reaper (False: deleted here, or there was nothing to remove)."""
+    # Opened in the host namespace before entering the sandbox: sockets stay where opened.
+    host = links.host_socket() if args.reaper is not None else None
+    sandbox_fd = netns.open_netns(args.netns)
+    try:
+        with links.sandbox_socket(sandbox_fd) as sb:
+            link = links.get(sb, args.ifname)
+            if link is None:
+                return set(), False
+            addresses = links.addresses(sb, link.index)
+            families: set[int] = {a.version for a in addresses}
+            owner = f"{args.container_id}/{args.ifname}"
+            if host is not None and tombstones.bury(
+                host, sb, sandbox_fd, link, addresses=addresses, owner=owner
+            ):
+                return families, True
+            links.delete(sb, link.index, f"{args.ifname} in the sandbox")
+            return families, False
+    finally:
+        os.close(sandbox_fd)
 
 
 # --------------------------------------------------------------------------- CHECK
@@ -506,6 +530,8 @@ def gc(args: CmdArgs) -> None:
     errors += masq.gc(conf.name, keep)
     try:
         host = links.host_socket()
+        # Pairs a DEL buried, left behind by a server that died before its reaper ran.
+        tombstones.reap(host)
         names = links.names(host)
         spoofcheck.remove(spoofcheck.stale_refs(names))
     except CniError as err:

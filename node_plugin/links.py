@@ -24,6 +24,7 @@ from node_plugin.errors import BRIDGE_CONFLICT, INTERFACE_EXISTS, INTERNAL, CniE
 from node_plugin.rtnl import (
     IFLA_BRPORT_ISOLATED,
     IFLA_BRPORT_MODE,
+    IFLA_IFALIAS,
     IFLA_LINK,
     IFLA_MASTER,
     IFLA_MTU,
@@ -31,6 +32,7 @@ from node_plugin.rtnl import (
     RouteMsg,
     Rtnl,
     RtnlError,
+    text,
 )
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,9 @@ class Link:
     operstate: str
     hairpin: bool | None = None
     isolated: bool | None = None
+    group: int = 0
+    link_netnsid: int | None = None  # the peer's namespace, when not this one
+    alias: str = ""
 
     @property
     def promisc(self) -> bool:
@@ -117,7 +122,7 @@ def sandbox_socket(target: int | str) -> Iterator[IPRoute]:
             ipr.close()
 
 
-def _link(msg: LinkMsg) -> Link:
+def link_of(msg: LinkMsg) -> Link:
     return Link(
         index=msg.index,
         name=msg.name,
@@ -130,6 +135,9 @@ def _link(msg: LinkMsg) -> Link:
         operstate=msg.operstate,
         hairpin=msg.brport_flag(IFLA_BRPORT_MODE),
         isolated=msg.brport_flag(IFLA_BRPORT_ISOLATED),
+        group=msg.group,
+        link_netnsid=msg.link_netnsid,
+        alias=text(msg.attrs[IFLA_IFALIAS]) if IFLA_IFALIAS in msg.attrs else "",
     )
 
 
@@ -138,7 +146,7 @@ def get(ipr: IPRoute, name: str) -> Link | None:
         msg = ipr.get_link(name=name)
     except RtnlError as exc:
         raise failure(f"look up link {name}", exc) from None
-    return _link(msg) if msg is not None else None
+    return link_of(msg) if msg is not None else None
 
 
 def get_index(ipr: IPRoute, index: int) -> Link | None:
@@ -146,7 +154,7 @@ def get_index(ipr: IPRoute, index: int) -> Link | None:
         msg = ipr.get_link(index=index)
     except RtnlError as exc:
         raise failure(f"look up link #{index}", exc) from None
-    return _link(msg) if msg is not None else None
+    return link_of(msg) if msg is not None else None
 
 
 def brport(ipr: IPRoute, index: int) -> Link | None:
@@ -155,7 +163,7 @@ def brport(ipr: IPRoute, index: int) -> Link | None:
         msg = ipr.brport(index)
     except RtnlError as exc:
         raise failure(f"read bridge port #{index}", exc) from None
-    return _link(msg) if msg is not None else None
+    return link_of(msg) if msg is not None else None
 
 
 def names(ipr: IPRoute) -> set[str]:

@@ -7,8 +7,9 @@ against ~30 us, and a bridge ADD makes about fifteen such calls: the difference 
 what separates the resident server from the reference plugin (bench/fastpath.py). pyroute2
 stays in use for what is rare (VLAN filters) and in the tests as an independent check.
 
-Only what the plugin needs is here: links (get, dump, add veth/bridge, set, delete, bridge
-port flags), addresses (add, delete, dump) and routes (add, dump). Replies are parsed into
+Only what the plugin needs is here: links (get, dump, add veth/bridge, set, rename, delete
+one or a whole link group, bridge port flags), addresses (add, delete, dump), routes (add,
+dump) and the id a namespace has for another (RTM_GETNSID). Replies are parsed into
 raw attribute maps; values are decoded only when asked for.
 """
 
@@ -43,6 +44,7 @@ NLA_TYPE_MASK = 0x3FFF
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE, RTM_GETROUTE = 24, 26
+RTM_NEWNSID, RTM_GETNSID = 88, 90
 
 AF_UNSPEC, AF_INET, AF_BRIDGE, AF_INET6 = 0, 2, 7, 10
 IFF_UP = 0x1
@@ -50,7 +52,9 @@ IFF_PROMISC = 0x100
 
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK = 1, 3, 4, 5
 IFLA_MASTER, IFLA_PROTINFO, IFLA_OPERSTATE, IFLA_LINKINFO = 10, 12, 16, 18
-IFLA_NET_NS_FD, IFLA_EXT_MASK = 28, 29
+IFLA_IFALIAS, IFLA_GROUP, IFLA_NET_NS_FD, IFLA_EXT_MASK = 20, 27, 28, 29
+IFLA_LINK_NETNSID = 37
+NETNSA_NSID, NETNSA_FD = 1, 3
 RTEXT_FILTER_SKIP_STATS = 1 << 3
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 VETH_INFO_PEER = 1
@@ -70,6 +74,7 @@ _NLA = struct.Struct("=HH")
 _IFINFOMSG = struct.Struct("=BxHiII")
 _IFADDRMSG = struct.Struct("=BBBBi")
 _RTMSG = struct.Struct("=BBBBBBBBI")
+_RTGENMSG = struct.Struct("=Bxxx")
 _U32 = struct.Struct("=I")
 _I32 = struct.Struct("=i")
 _RECV_BUFFER = 64 * 1024  # the kernel never sends a dump datagram above 32 KiB
@@ -151,6 +156,20 @@ class LinkMsg:
     def attr_u32(self, kind: int) -> int:
         payload = self.attrs.get(kind)
         return u32(payload) if payload else 0
+
+    @property
+    def group(self) -> int:
+        return self.attr_u32(IFLA_GROUP)
+
+    @property
+    def link_netnsid(self) -> int | None:
+        """The id (in this link's namespace) of the namespace its IFLA_LINK peer lives in;
+        None when the peer is in the same namespace."""
+        payload = self.attrs.get(IFLA_LINK_NETNSID)
+        if not payload:
+            return None
+        value: int = _I32.unpack_from(payload)[0]
+        return value
 
     @property
     def operstate(self) -> str:
@@ -374,7 +393,12 @@ class Rtnl:
         master: int | None = None,
         mtu: int = 0,
         mac: str = "",
+        name: str = "",
+        group: int | None = None,
+        alias: str | None = None,
     ) -> None:
+        """Changes a link. The kernel applies group, then `name`, then the flags, then
+        `master`: renaming an up link fails (EBUSY), so set it down in an earlier call."""
         flags = change = 0
         if up is not None:
             change |= IFF_UP
@@ -389,6 +413,12 @@ class Rtnl:
             body += attr(IFLA_MTU, _U32.pack(mtu))
         if mac:
             body += attr(IFLA_ADDRESS, mac_bytes(mac))
+        if group is not None:
+            body += attr(IFLA_GROUP, _U32.pack(group))
+        if name:
+            body += attr(IFLA_IFNAME, cstr(name))
+        if alias is not None:
+            body += attr(IFLA_IFALIAS, cstr(alias))
         self._do(RTM_NEWLINK, body)
 
     def set_vlan_filtering(self, index: int, enabled: bool = True) -> None:
@@ -410,6 +440,26 @@ class Rtnl:
 
     def del_link(self, index: int) -> None:
         self._do(RTM_DELLINK, _IFINFOMSG.pack(AF_UNSPEC, 0, index, 0, 0))
+
+    def del_group(self, group: int) -> None:
+        """Deletes every link of a link group in one request, so one RCU wait covers them
+        all; ENODEV when the group is empty, EOPNOTSUPP when a member cannot be deleted."""
+        body = _IFINFOMSG.pack(AF_UNSPEC, 0, 0, 0, 0) + attr(IFLA_GROUP, _U32.pack(group))
+        self._do(RTM_DELLINK, body)
+
+    # ---- namespace ids -------------------------------------------------------------
+
+    def nsid(self, netns_fd: int) -> int | None:
+        """The id this socket's namespace has for the namespace of `netns_fd` (the one a
+        link's IFLA_LINK_NETNSID names); None when it has assigned none."""
+        body = _RTGENMSG.pack(AF_UNSPEC) + attr(NETNSA_FD, _U32.pack(netns_fd))
+        for kind, payload in self._get(RTM_GETNSID, body):
+            if kind == RTM_NEWNSID:
+                raw = parse_attrs(payload, _RTGENMSG.size).get(NETNSA_NSID)
+                if raw:
+                    value: int = _I32.unpack_from(raw)[0]
+                    return value if value >= 0 else None
+        return None
 
     # ---- addresses -----------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from node_plugin import versions
-from node_plugin.api import BRIDGE, HOST_LOCAL, CniRequest, CniResponse
+from node_plugin.api import BRIDGE, HOST_LOCAL, CniRequest, CniResponse, LinkReaper
 from node_plugin.errors import (
     DECODE_FAILURE,
     INTERNAL,
@@ -62,6 +62,7 @@ class CmdArgs:
     config: dict[str, Any]
     version: str
     env: Mapping[str, str]
+    reaper: LinkReaper | None = None  # see api.CniRequest.reaper
 
     def require_path(self) -> list[str]:
         """CNI_PATH as a list of directories; code 4 if a delegate is needed and it is unset."""
@@ -138,6 +139,7 @@ def dispatch(request: CniRequest) -> CniResponse:
             config=config,
             version=version,
             env=request.env,
+            reaper=request.reaper,
         )
         plugin = cast(Plugin, importlib.import_module(_MODULES[request.plugin]))
         if command == "ADD":

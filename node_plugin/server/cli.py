@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log-level", default="INFO", help="%(default)s")
     parser.add_argument("--handler", default=DEFAULT_HANDLER, help=argparse.SUPPRESS)
+    # Tests: DEL leaves tombstones and nothing unregisters them (to kill the server then).
+    parser.add_argument("--hold-tombstones", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
@@ -61,6 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         del_queue=args.del_queue,
         workers=args.workers,
         request_timeout=args.request_timeout,
+        hold_tombstones=args.hold_tombstones,
     )
     server = CniServer(load_handler(args.handler), config)
     try:

@@ -37,7 +37,12 @@ def node_plugin_handler() -> Handler:
 
     def handle(request: Request) -> Reply:
         response = api.handle(
-            api.CniRequest(plugin=request.plugin, env=request.env, stdin=request.stdin)
+            api.CniRequest(
+                plugin=request.plugin,
+                env=request.env,
+                stdin=request.stdin,
+                reaper=request.reaper,
+            )
         )
         return Reply(exit_code=response.exit_code, stdout=response.stdout)
 

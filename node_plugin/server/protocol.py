@@ -13,6 +13,8 @@ import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from node_plugin.api import LinkReaper
+
 MAGIC = b"CNW1"
 MAX_PLUGIN = 255
 MAX_ENV = 64 << 10
@@ -39,6 +41,9 @@ class Request:
     # The caller's network namespace, received with the request (SCM_RIGHTS); the
     # server owns and closes it. Not part of the frame: queued DELs have none.
     netns_fd: int | None = field(default=None, compare=False)
+    # The server's reaper, handed to the plugin code (api.CniRequest.reaper). Not part
+    # of the frame either.
+    reaper: LinkReaper | None = field(default=None, compare=False)
 
     @property
     def command(self) -> str:

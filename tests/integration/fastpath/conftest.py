@@ -6,19 +6,25 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from node_plugin.server.protocol import Reply, Request
 from node_plugin.server.server import CniServer, ServerConfig
 from tests.integration.fastpath import shimbuild
+from tests.integration.fastpath.shimbuild import ROOT
+from tests.integration.plugin.kernel import Netns, create_netns, delete_netns
 
 
 @pytest.fixture(scope="session")
@@ -120,6 +126,85 @@ def start_server(shim: ShimEnv) -> Iterator[ServerFactory]:
     yield start
     for server in servers:
         server.stop(grace=5)
+
+
+@dataclass
+class Node:
+    """The test's stand-in for a node: its netns, the server in it, the shims' settings."""
+
+    host: Netns
+    shim: ShimEnv
+    work: Path
+    server: subprocess.Popen[bytes] | None = None
+
+    def start_server(self, *options: str) -> None:
+        log = self.work / "server.log"
+        mark = log.stat().st_size if log.exists() else 0
+        argv = ["nsenter", f"--net={self.host.path}", sys.executable, "-m", "node_plugin.server"]
+        argv += ["--socket", str(self.shim.socket_path), "--del-queue", str(self.shim.queue)]
+        argv += options
+        env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'operator'}"}
+        with log.open("ab") as out:
+            self.server = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=out, stderr=out)
+        deadline = time.monotonic() + 60
+        while "serving CNI requests" not in log.read_bytes()[mark:].decode(errors="replace"):
+            assert self.server.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.05)
+
+    def kill_server(self) -> None:
+        assert self.server is not None
+        self.server.send_signal(signal.SIGKILL)
+        self.server.wait()
+
+    def stop_server(self) -> None:
+        if self.server is not None and self.server.poll() is None:
+            self.server.send_signal(signal.SIGTERM)
+            try:
+                self.server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.server.kill()
+                self.server.wait()
+
+    def cni(
+        self,
+        command: str,
+        config: dict[str, Any],
+        pod: Netns | None,
+        container: str,
+        ifname: str = "eth0",
+    ) -> subprocess.CompletedProcess[bytes]:
+        env = {
+            "PATH": os.environ["PATH"],
+            "CNI_COMMAND": command,
+            "CNI_CONTAINERID": container,
+            "CNI_NETNS": pod.path if pod else "",
+            "CNI_IFNAME": ifname if pod else "",
+            "CNI_PATH": str(self.shim.shim_dir),
+            "CNIWARDEN_SOCKET": str(self.shim.socket_path),
+            "CNIWARDEN_DEL_QUEUE": str(self.shim.queue),
+        }
+        argv = ["nsenter", f"--net={self.host.path}", str(self.shim.shim_dir / config["type"])]
+        return subprocess.run(
+            argv,
+            input=json.dumps(config).encode(),
+            env=env,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+
+
+@pytest.fixture
+def node(shim: ShimEnv, workdir: Path) -> Iterator[Node]:
+    host = create_netns("cwfh-")
+    the_node = Node(host, shim, workdir)
+    try:
+        host.exec("ip", "link", "set", "lo", "up")
+        yield the_node
+    finally:
+        the_node.stop_server()
+        delete_netns(host)
 
 
 class FakeServer:

@@ -4,108 +4,37 @@ The server, the shims and the bridge all live in a namespace the test owns (the 
 with one sandbox namespace per pod. After a SIGKILL mid-burst and a restart, and after the
 runtime did what runtimes do (DEL every pod whose ADD failed), the lease store, the links
 and GC must agree: every pod that got its network still has its address and its veth, and
-nothing else holds an address or a link.
+nothing else holds an address or a link, including the veth pairs DEL left for the
+server's reaper (tombstones).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.fastpath.conftest import ShimEnv
-from tests.integration.fastpath.shimbuild import ROOT
-from tests.integration.plugin.kernel import Netns, create_netns, delete_netns, unique
+from tests.integration.fastpath.conftest import Node
+from tests.integration.plugin.kernel import (
+    Netns,
+    create_netns,
+    delete_netns,
+    tombstones,
+    unique,
+    wait_reaped,
+)
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 PODS = 24
 ESTABLISHED = 10  # pods attached before the burst; the burst deletes some of them
 DELETED_IN_BURST = 6
-
-
-@dataclass
-class Node:
-    """The test's stand-in for a node: its netns, the server in it, the shims' settings."""
-
-    host: Netns
-    shim: ShimEnv
-    work: Path
-    server: subprocess.Popen[bytes] | None = None
-
-    def start_server(self) -> None:
-        log = self.work / "server.log"
-        mark = log.stat().st_size if log.exists() else 0
-        argv = ["nsenter", f"--net={self.host.path}", sys.executable, "-m", "node_plugin.server"]
-        argv += ["--socket", str(self.shim.socket_path), "--del-queue", str(self.shim.queue)]
-        env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'operator'}"}
-        with log.open("ab") as out:
-            self.server = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=out, stderr=out)
-        deadline = time.monotonic() + 60
-        while "serving CNI requests" not in log.read_bytes()[mark:].decode(errors="replace"):
-            assert self.server.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.05)
-
-    def kill_server(self) -> None:
-        assert self.server is not None
-        self.server.send_signal(signal.SIGKILL)
-        self.server.wait()
-
-    def stop_server(self) -> None:
-        if self.server is not None and self.server.poll() is None:
-            self.server.send_signal(signal.SIGTERM)
-            try:
-                self.server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.server.kill()
-                self.server.wait()
-
-    def cni(
-        self, command: str, config: dict[str, Any], pod: Netns | None, container: str
-    ) -> subprocess.CompletedProcess[bytes]:
-        env = {
-            "PATH": os.environ["PATH"],
-            "CNI_COMMAND": command,
-            "CNI_CONTAINERID": container,
-            "CNI_NETNS": pod.path if pod else "",
-            "CNI_IFNAME": "eth0" if pod else "",
-            "CNI_PATH": str(self.shim.shim_dir),
-            "CNIWARDEN_SOCKET": str(self.shim.socket_path),
-            "CNIWARDEN_DEL_QUEUE": str(self.shim.queue),
-        }
-        argv = ["nsenter", f"--net={self.host.path}", str(self.shim.shim_dir / config["type"])]
-        return subprocess.run(
-            argv,
-            input=json.dumps(config).encode(),
-            env=env,
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
-
-
-@pytest.fixture
-def node(shim: ShimEnv, workdir: Path) -> Iterator[Node]:
-    host = create_netns("cwfh-")
-    the_node = Node(host, shim, workdir)
-    try:
-        host.exec("ip", "link", "set", "lo", "up")
-        yield the_node
-    finally:
-        the_node.stop_server()
-        delete_netns(host)
 
 
 @pytest.fixture
@@ -196,6 +125,9 @@ def test_killing_the_server_mid_burst_loses_no_lease_and_leaks_nothing(
     # Back up: the queued DELs run first; then the runtime DELs every pod whose ADD failed.
     node.start_server()
     assert node.shim.queued() == []
+    # Pairs buried by DELs the reaper had not finished when the server died, and by the
+    # replayed DELs, are unregistered before the restarted server serves anything.
+    assert tombstones(node.host) == []
     failed_adds = [
         pod for pod, (verb, run) in outcomes.items() if verb == "ADD" and run.returncode != 0
     ]
@@ -209,6 +141,7 @@ def test_killing_the_server_mid_burst_loses_no_lease_and_leaks_nothing(
     assert len(kept) == PODS - DELETED_IN_BURST - len(failed_adds)
 
     def assert_exactly_the_kept_pods() -> None:
+        wait_reaped(node.host)
         held = leases(store)
         assert sorted(held.values()) == sorted(kept), "a lease was lost or leaked"
         for pod, result in kept.items():

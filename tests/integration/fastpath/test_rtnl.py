@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
 import os
@@ -208,3 +209,54 @@ def test_sockets_are_independent_per_thread(ns: Netns, sock: Rtnl) -> None:
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_rename_group_alias_and_deleting_a_group_at_once(ns: Netns, sock: Rtnl) -> None:
+    group = 0x63777462
+    for i in range(5):
+        sock.add_veth(f"cwg{i}", f"cwh{i}")
+    keep = sock.get_link(name="cwg4")
+    assert keep is not None
+    indices = []
+    for i in range(4):
+        link = sock.get_link(name=f"cwg{i}")
+        assert link is not None
+        sock.set_link(link.index, up=True)
+        sock.set_link(link.index, up=False, group=group)
+        sock.set_link(link.index, name=f"cwx{i}", alias=f"dead {i}")
+        indices.append(link.index)
+    listed = ip_json(ns, "link", "show", "group", hex(group))
+    shown = {link["ifname"]: link for link in listed if link}  # iproute2: {} for the rest
+    assert set(shown) == {f"cwx{i}" for i in range(4)}
+    assert shown["cwx0"]["ifalias"] == "dead 0" and shown["cwx0"]["group"] == str(group)
+    renamed = sock.get_link(index=indices[0])
+    assert renamed is not None and (renamed.name, renamed.group) == ("cwx0", group)
+
+    sock.del_group(group)  # one request: the four pairs (and so their peers) go
+    names = {link.name for link in sock.links()}
+    assert names == {"lo", "cwg4", "cwh4"}
+    with pytest.raises(RtnlError) as empty:
+        sock.del_group(group)
+    assert empty.value.code == errno.ENODEV
+
+
+def test_a_peer_in_another_namespace_is_named_by_its_namespace_id(ns: Netns, sock: Rtnl) -> None:
+    other = create_netns("cwrt-")
+    fd = os.open(other.path, os.O_RDONLY)
+    try:
+        sock.add_veth("cwv3", "eth0", peer_netns_fd=fd)
+        here = sock.get_link(name="cwv3")
+        assert here is not None and here.link_netnsid is not None
+        assert sock.nsid(fd) == here.link_netnsid
+        own = os.open(ns.path, os.O_RDONLY)
+        try:
+            # A namespace has no id for itself until something names it; never the peer's.
+            assert sock.nsid(own) != here.link_netnsid
+        finally:
+            os.close(own)
+        sock.add_veth("cwv4", "cwp4")
+        local = sock.get_link(name="cwv4")
+        assert local is not None and local.link_netnsid is None
+    finally:
+        os.close(fd)
+        delete_netns(other)

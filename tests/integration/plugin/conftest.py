@@ -10,7 +10,9 @@
   and nftables rules and sysctls never touch the machine's real root namespace.
 * `sandbox()` makes container namespaces; everything is deleted after the test.
 * `run_cni(plugin_type, command, config, ...)` execs `<cni_bin_dir>/<plugin_type>`
-  and returns `CniRun(exit_code, output, stderr)` with stdout parsed as JSON.
+  and returns `CniRun(exit_code, output, stderr)` with stdout parsed as JSON; after
+  our bridge's DEL it waits until the server's reaper unregistered the veth pair
+  (tests/integration/fastpath/test_tombstones.py looks at the state before that).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any, Protocol
 import pytest
 
 from tests.integration.fastpath.pluginpath import build_shim_path
-from tests.integration.plugin.kernel import Netns, create_netns, delete_netns
+from tests.integration.plugin.kernel import Netns, create_netns, delete_netns, wait_reaped
 
 REFERENCE_DIR = Path("/usr/lib/cni")
 OUR_PLUGINS = ("cniwarden-bridge", "cniwarden-host-local")
@@ -224,6 +226,10 @@ def run_cni(cni_bin_dir: Path, cni_host: Netns) -> RunCni:
             check=False,
         )
         parsed = json.loads(proc.stdout) if proc.stdout.strip() else None
+        if command == "DEL" and plugin_type == "cniwarden-bridge":
+            # shim+server answers DEL before the kernel has unregistered the veth pair:
+            # compare final kernel states, like those the standalone plugin leaves.
+            wait_reaped(host or cni_host)
         return CniRun(proc.returncode, parsed, proc.stderr.decode(), proc.stdout)
 
     return run

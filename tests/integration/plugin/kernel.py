@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 NETNS_DIR = Path("/run/netns")
+# node_plugin.tombstones.GROUP: the link group of veth pairs a server's DEL buried.
+TOMBSTONE_GROUP = "0x63777462"
 
 
 def unique(prefix: str) -> str:
@@ -179,3 +181,15 @@ def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 15.0) 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
+
+
+def tombstones(ns: Netns) -> list[dict[str, Any]]:
+    """Links a DEL through the resident server buried and its reaper has not deleted yet."""
+    shown = ns.ip("-d", "link", "show", "group", TOMBSTONE_GROUP)
+    return [link for link in shown if "ifname" in link]  # iproute2 prints [{}] for none
+
+
+def wait_reaped(ns: Netns, timeout: float = 15.0) -> None:
+    """Until the server's reaper has unregistered every tombstone in `ns` (after a DEL
+    through shim+server the kernel state is final only then; none ever exist standalone)."""
+    wait_until(lambda: not tombstones(ns), f"the tombstones in {ns.name} to be reaped", timeout)
