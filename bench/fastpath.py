@@ -281,20 +281,81 @@ def sequential(
     return times, {label: {v: t / calls for v, t in verbs.items()} for label, verbs in cpu.items()}
 
 
-def parallel(impl: Impl, config: dict[str, Any], sandboxes: list[str]) -> dict[str, float]:
-    """Wall time of len(sandboxes) ADDs started at once, then of as many DELs."""
+class HostLinks:
+    """Watches host veths from the bench's (host) namespace, to time when a DEL's veth
+    pair is really gone: the server answers DEL before its reaper unregisters the pair."""
+
+    def __init__(self) -> None:
+        from node_plugin.rtnl import Rtnl  # noqa: PLC0415 (the bench runs reference-only too)
+
+        self._sock = Rtnl()
+
+    def index_of(self, add_result: bytes) -> int:
+        """The host veth's ifindex (stable across the tombstone's rename)."""
+        name = json.loads(add_result)["interfaces"][1]["name"]
+        link = self._sock.get_link(name=name)
+        if link is None:
+            raise SystemExit(f"host veth {name} not found")
+        return link.index
+
+    def wait_gone(self, indices: list[int], timeout: float = 30.0) -> float:
+        """Returns perf_counter() at the first poll that finds none of `indices`."""
+        deadline = time.monotonic() + timeout
+        left = list(indices)
+        while True:
+            left = [i for i in left if self._sock.get_link(index=i) is not None]
+            now = time.perf_counter()
+            if not left:
+                return now
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{len(left)} host veths still there {timeout}s after DEL")
+            time.sleep(0.0002)
+
+
+def del_until_gone(
+    impls: list[Impl],
+    configs: dict[str, dict[str, Any]],
+    sandboxes: list[str],
+    watch: HostLinks,
+) -> dict[str, dict[str, list[float]]]:
+    """Per implementation: DEL as answered, and until its host veth is unregistered. Each
+    DEL starts once the previous one is completely gone (no reaping in the background)."""
+    out: dict[str, dict[str, list[float]]] = {i.label: {"answered": [], "gone": []} for i in impls}
+    for i, sb in enumerate(sandboxes):
+        for impl in rotated(impls, i):
+            cfg = configs[impl.label]
+            added = must(run_plugin(impl, "ADD", cfg, f"g{sb}", sb), f"{impl.label} ADD")
+            index = watch.index_of(added.stdout)
+            proc, started = spawn(impl, "DEL", with_prev(cfg, added.stdout), f"g{sb}", sb)
+            answered = must(finish(proc, started), f"{impl.label} DEL")
+            gone = watch.wait_gone([index])
+            out[impl.label]["answered"].append(answered.ms)
+            out[impl.label]["gone"].append((gone - started) * 1000)
+    return out
+
+
+def parallel(
+    impl: Impl, config: dict[str, Any], sandboxes: list[str], watch: HostLinks | None
+) -> dict[str, float]:
+    """Wall time of len(sandboxes) ADDs started at once, then of as many DELs: until the
+    last exit, and until the last host veth is unregistered."""
     out: dict[str, float] = {}
     results: dict[str, bytes] = {}
     for verb in ("ADD", "DEL"):
         configs = {
             sb: config if verb == "ADD" else with_prev(config, results[sb]) for sb in sandboxes
         }
+        indices = (
+            [watch.index_of(results[sb]) for sb in sandboxes] if watch and verb == "DEL" else []
+        )
         started = time.perf_counter()
         procs = [(sb, spawn(impl, verb, configs[sb], f"p{sb}", sb)[0]) for sb in sandboxes]
         for sb, proc in procs:
             sample = must(finish(proc, started), f"{impl.label} parallel {verb}")
             results[sb] = sample.stdout
         out[verb] = (time.perf_counter() - started) * 1000
+        if watch is not None and verb == "DEL":
+            out["DEL_gone"] = (watch.wait_gone(indices) - started) * 1000
     return out
 
 
@@ -320,8 +381,13 @@ def floor(shim_dir: Path, echo_sock: Path, sandbox: str, n: int = 60) -> dict[st
 def profile_handler(
     config: dict[str, Any], sandbox: str, n: int = 30
 ) -> tuple[dict[str, float], str]:
-    """node_plugin.api.handle in this process: its own time per verb, and where it goes."""
+    """node_plugin.api.handle in this process, with a reaper as in the server: its own time
+    per verb, where it goes, and how long the reaper then waits for the kernel."""
     from node_plugin import api, rtnl  # noqa: PLC0415 (not needed unless profiling)
+    from node_plugin.server.reaper import Reaper  # noqa: PLC0415
+
+    reaper = Reaper()
+    reaper.start()
 
     env = {
         "CNI_CONTAINERID": "prof",
@@ -330,16 +396,19 @@ def profile_handler(
         "CNI_PATH": str(REFERENCE_DIR),
     }
 
-    def call(command: str, cfg: dict[str, Any]) -> api.CniResponse:
+    def call(command: str, cfg: dict[str, Any], wait: bool = True) -> api.CniResponse:
         response = api.handle(
             api.CniRequest(
                 plugin=config["type"],
                 env={**env, "CNI_COMMAND": command},
                 stdin=json.dumps(cfg).encode(),
+                reaper=reaper,
             )
         )
         if response.exit_code != 0:
             raise SystemExit(f"profile {command} failed: {response.stdout!r}")
+        if wait and command == "DEL" and not reaper.wait_idle(30):  # each call alone
+            raise SystemExit("profile: the reaper did not finish")
         return response
 
     # Warm up: the server has everything imported and its sockets open.
@@ -347,43 +416,58 @@ def profile_handler(
     wall: dict[str, list[float]] = {"ADD": [], "DEL": []}
     cpu: dict[str, list[float]] = {"ADD": [], "DEL": []}
     unlink: list[float] = []
-    # How long DEL waits for the kernel to unregister the veth pair (an RCU barrier).
-    original = rtnl.Rtnl.del_link
+    reaped: list[float] = []  # from DEL's start until the reaper's RTM_DELLINK returned
+    # How long the reaper waits for the kernel to unregister the pair (an RCU barrier).
+    original = rtnl.Rtnl.del_group
     spent = [0.0]
 
-    def timed_del_link(self: rtnl.Rtnl, index: int) -> None:
+    def timed_del_group(self: rtnl.Rtnl, group: int) -> None:
         started = time.perf_counter()
         try:
-            original(self, index)
+            original(self, group)
         finally:
             spent[0] += time.perf_counter() - started
 
-    rtnl.Rtnl.del_link = timed_del_link  # type: ignore[method-assign]
+    rtnl.Rtnl.del_group = timed_del_group  # type: ignore[method-assign]
     try:
         for _ in range(n):
             wall_start, cpu_start = time.perf_counter(), time.thread_time()
             added = call("ADD", config)
             wall["ADD"].append((time.perf_counter() - wall_start) * 1000)
             cpu["ADD"].append((time.thread_time() - cpu_start) * 1000)
+            del_config = with_prev(config, added.stdout)
             spent[0] = 0.0
             wall_start, cpu_start = time.perf_counter(), time.thread_time()
-            call("DEL", with_prev(config, added.stdout))
+            response = api.handle(
+                api.CniRequest(
+                    plugin=config["type"],
+                    env={**env, "CNI_COMMAND": "DEL"},
+                    stdin=json.dumps(del_config).encode(),
+                    reaper=reaper,
+                )
+            )
             wall["DEL"].append((time.perf_counter() - wall_start) * 1000)
             cpu["DEL"].append((time.thread_time() - cpu_start) * 1000)
+            if response.exit_code != 0 or not reaper.wait_idle(30):
+                raise SystemExit(f"profile DEL failed: {response.stdout!r}")
+            reaped.append((time.perf_counter() - wall_start) * 1000)
             unlink.append(spent[0] * 1000)
     finally:
-        rtnl.Rtnl.del_link = original  # type: ignore[method-assign]
+        rtnl.Rtnl.del_group = original  # type: ignore[method-assign]
     profiler = cProfile.Profile()
     for _ in range(n // 2):
         profiler.enable()
         added = call("ADD", config)
-        call("DEL", with_prev(config, added.stdout))
+        call("DEL", with_prev(config, added.stdout), wait=False)
         profiler.disable()
+        reaper.wait_idle(30)
+    reaper.stop()
     text = io.StringIO()
     pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(25)
     out = {f"{verb}_p50": statistics.median(ms) for verb, ms in wall.items()}
     out |= {f"{verb}_cpu_p50": statistics.median(ms) for verb, ms in cpu.items()}
     out["DEL_unlink_p50"] = statistics.median(unlink)
+    out["DEL_reaped_p50"] = statistics.median(reaped)
     return out, text.getvalue()
 
 
@@ -451,18 +535,40 @@ def report(data: dict[str, Any]) -> str:
         lines.append(
             f"| {verb} | " + " | ".join(f"{cpu[label][verb]:.1f} ms" for label in cpu) + " |"
         )
+    if "gone" in data:
+        gone = data["gone"]
+        ref_gone = gone["reference"]
+        lines += [
+            "",
+            "DEL alone (each after the previous one's veth pair is gone), from exec: until the "
+            "runtime has its answer, and until the host veth is gone from the kernel's link "
+            "list (polled; the server's reaper unregisters it after burying it):",
+            "",
+            "| | answered p50 / p90 | gone p50 / p90 | answered / ref answered (p50) "
+            "| gone / ref gone (p50) |",
+            "|---|---|---|---|---|",
+        ]
+        for label, t in gone.items():
+            lines.append(
+                f"| {label} | {pct(t['answered'], 0.5):.1f} / {pct(t['answered'], 0.9):.1f} ms "
+                f"| {pct(t['gone'], 0.5):.1f} / {pct(t['gone'], 0.9):.1f} ms "
+                f"| {pct(t['answered'], 0.5) / pct(ref_gone['answered'], 0.5):.2f}x "
+                f"| {pct(t['gone'], 0.5) / pct(ref_gone['gone'], 0.5):.2f}x |"
+            )
     par = data["parallel"]
     lines += [
         "",
-        f"{data['parallel_n']} in parallel (wall time, first exec to last exit):",
+        f"{data['parallel_n']} in parallel (wall time from the first exec: to the last exit; "
+        "DEL also to the last host veth unregistered):",
         "",
         "| verb | " + " | ".join(par) + " |",
         "|---" * (len(par) + 1) + "|",
     ]
-    for verb in ("ADD", "DEL"):
-        lines.append(
-            f"| {verb} | " + " | ".join(f"{par[label][verb]:.0f} ms" for label in par) + " |"
-        )
+    for verb, key in (("ADD", "ADD"), ("DEL", "DEL"), ("DEL, until gone", "DEL_gone")):
+        if all(key in par[label] for label in par):
+            lines.append(
+                f"| {verb} | " + " | ".join(f"{par[label][key]:.0f} ms" for label in par) + " |"
+            )
     if "rss" in data:
         r = data["rss"]
         lines += [
@@ -483,8 +589,9 @@ def report(data: dict[str, Any]) -> str:
         lines += [
             f"node_plugin.api.handle in a warm process (p50): ADD {h['ADD_p50']:.2f} ms "
             f"({h['ADD_cpu_p50']:.2f} ms CPU), DEL {h['DEL_p50']:.2f} ms "
-            f"({h['DEL_cpu_p50']:.2f} ms CPU; {h['DEL_unlink_p50']:.2f} ms waiting for the "
-            "kernel to unregister the veth pair)"
+            f"({h['DEL_cpu_p50']:.2f} ms CPU); the reaper's RTM_DELLINK takes "
+            f"{h['DEL_unlink_p50']:.2f} ms (the kernel's RCU barrier) and returns "
+            f"{h['DEL_reaped_p50']:.2f} ms after DEL started"
         ]
     return "\n".join(lines) + "\n"
 
@@ -589,8 +696,11 @@ def main(argv: list[str] | None = None) -> int:
                 args.rounds,
                 server.pid if server is not None else None,
             )
+            watch = HostLinks() if full else None
+            if watch is not None:
+                data["gone"] = del_until_gone(impls, configs, sandboxes[: args.sandboxes], watch)
             data["parallel"] = {
-                impl.label: parallel(impl, configs[impl.label], sandboxes[: args.parallel])
+                impl.label: parallel(impl, configs[impl.label], sandboxes[: args.parallel], watch)
                 for impl in impls
             }
             fast = [i for i in impls if i.label == "shim+server"]
