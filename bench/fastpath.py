@@ -559,7 +559,7 @@ def report(data: dict[str, Any]) -> str:
     lines += [
         "",
         f"{data['parallel_n']} in parallel (wall time from the first exec: to the last exit; "
-        "DEL also to the last host veth unregistered):",
+        "DEL also until the last host veth is gone from the link list):",
         "",
         "| verb | " + " | ".join(par) + " |",
         "|---" * (len(par) + 1) + "|",

@@ -24,7 +24,6 @@ from node_plugin.errors import BRIDGE_CONFLICT, INTERFACE_EXISTS, INTERNAL, CniE
 from node_plugin.rtnl import (
     IFLA_BRPORT_ISOLATED,
     IFLA_BRPORT_MODE,
-    IFLA_IFALIAS,
     IFLA_LINK,
     IFLA_MASTER,
     IFLA_MTU,
@@ -32,7 +31,6 @@ from node_plugin.rtnl import (
     RouteMsg,
     Rtnl,
     RtnlError,
-    text,
 )
 
 log = logging.getLogger(__name__)
@@ -63,7 +61,6 @@ class Link:
     isolated: bool | None = None
     group: int = 0
     link_netnsid: int | None = None  # the peer's namespace, when not this one
-    alias: str = ""
 
     @property
     def promisc(self) -> bool:
@@ -137,7 +134,6 @@ def link_of(msg: LinkMsg) -> Link:
         isolated=msg.brport_flag(IFLA_BRPORT_ISOLATED),
         group=msg.group,
         link_netnsid=msg.link_netnsid,
-        alias=text(msg.attrs[IFLA_IFALIAS]) if IFLA_IFALIAS in msg.attrs else "",
     )
 
 

@@ -398,7 +398,7 @@ class Rtnl:
         alias: str | None = None,
     ) -> None:
         """Changes a link. The kernel applies group, then `name`, then the flags, then
-        `master`: renaming an up link fails (EBUSY), so set it down in an earlier call."""
+        `master`; before Linux 6.2 renaming an up link fails (EBUSY): set it down first."""
         flags = change = 0
         if up is not None:
             change |= IFF_UP

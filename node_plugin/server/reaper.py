@@ -41,7 +41,11 @@ class Reaper:
         """Called by DEL, in the namespace where it left tombstones."""
         if self._hold:
             return
-        fd = os.open(_THREAD_NETNS, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fd = os.open(_THREAD_NETNS, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:  # DEL succeeded; the sweep or a GC deletes the tombstone
+            log.error("cannot schedule reaping: %s", exc)
+            return
         st = os.fstat(fd)
         with self._cond:
             if (st.st_dev, st.st_ino) in self._pending or self._stopping:
@@ -50,13 +54,13 @@ class Reaper:
             self._pending[st.st_dev, st.st_ino] = fd
             self._cond.notify_all()
 
-    def reap_here(self) -> None:
-        """Unregisters the tombstones of the calling thread's namespace now (blocking)."""
+    def reap_here(self) -> bool:
+        """Unregisters the tombstones of the calling thread's namespace now (blocking);
+        False when there were none."""
         if self._hold:
-            return
+            return False
         with Rtnl() as sock:
-            if tombstones.reap(sock):
-                log.info("unregistered tombstones left in the server's namespace")
+            return tombstones.reap(sock)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="cni-reaper", daemon=True)
@@ -119,9 +123,10 @@ class Reaper:
             "reaped a namespace's tombstones in %.1f ms", (time.perf_counter() - started) * 1e3
         )
 
-    def sweep(self) -> None:
+    def sweep(self) -> bool:
         """reap_here() that logs instead of raising (the server starts regardless)."""
         try:
-            self.reap_here()
+            return self.reap_here()
         except (CniError, OSError) as exc:
             log.error("sweeping tombstones failed: %s", exc)
+            return False

@@ -193,7 +193,8 @@ class CniServer:
         self.replay_queue()
         # Tombstones of a server that was killed, and those of the replayed DELs: gone
         # before the first request is served.
-        self.reaper.sweep()
+        if self.reaper.sweep():
+            log.info("unregistered tombstones at start (a killed server's, the replayed DELs')")
         self.reaper.start()
         # Each worker accepts for itself: no hand-off between threads on the hot path
         # (measured: 46 us per no-op request against 435 us with an acceptor and a pool).
