@@ -151,14 +151,20 @@ def build_status(
         )
     else:
         conditions.append(Condition(SWITCH_BLOCKED, False, "NoBlockedSwitch", "nothing is held"))
-    problems = []
+    # The reason names the most serious cause (a spec no node can use, then a config
+    # a node refused to write, then a silent agent); the message lists every one.
+    problems: list[tuple[str, str]] = []
     if spec_error:
-        problems.append(spec_error)
-    problems.extend(f"{node}: {message}" for node, message in sorted(invalid.items()))
+        problems.append(("InvalidSpec", spec_error))
+    problems.extend(
+        ("InvalidConfig", f"{node}: {message}") for node, message in sorted(invalid.items())
+    )
     if missing_reports:
-        problems.append(f"no agent report from {_list(sorted(missing_reports))}")
+        problems.append(("NoAgentReport", f"no agent report from {_list(sorted(missing_reports))}"))
     if problems:
-        conditions.append(Condition(DEGRADED, True, "NodeProblems", "; ".join(problems)))
+        conditions.append(
+            Condition(DEGRADED, True, problems[0][0], "; ".join(text for _, text in problems))
+        )
     else:
         conditions.append(Condition(DEGRADED, False, "AsExpected", "no problem reported"))
 

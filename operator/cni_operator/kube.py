@@ -4,7 +4,7 @@ outside kopf's handlers: our CRs' status, and Events. Call it from a thread
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import os
 import socket
 import threading
@@ -16,6 +16,8 @@ from kubernetes.client.exceptions import ApiException
 
 from cni_operator import api
 from cni_operator.kube_time import now_iso
+
+log = logging.getLogger("cniwarden.kube")
 
 
 class Kube:
@@ -162,6 +164,15 @@ class Kube:
             "lastTimestamp": stamp,
             "count": 1,
         }
-        # Events are best effort: the condition and the node report carry the truth.
-        with contextlib.suppress(ApiException):
+        # Events are best effort: the condition and the node report carry the truth. A
+        # refused Event is logged (e.g. RBAC without `events create`), never silent.
+        try:
             self.core.create_namespaced_event("default", body)  # type: ignore[arg-type]
+        except ApiException as error:
+            log.warning(
+                "Event %s about %s not posted: %s %s",
+                reason,
+                meta.get("name"),
+                error.status,
+                error.reason,
+            )

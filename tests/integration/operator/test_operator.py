@@ -12,11 +12,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cni_operator.kube_time import now_iso
 from cni_operator.node.atomic import sha256_file
 
 from devtools.localcluster import procs
 
-from .conftest import Fleet
+from .conftest import CONVERGE_SECONDS, Fleet
+
+# "Within seconds" (issue 4): a foreign file is caught by inotify and reported well
+# under a second on an idle machine; this bound leaves room for a shared 2-core
+# machine at load average 10+ and still fails a poll-only agent (30 s resync).
+WITHIN_SECONDS = 15.0
 
 pytestmark = [
     pytest.mark.cluster("fake-nodes"),
@@ -133,10 +139,11 @@ def test_foreign_file_is_reported_then_quarantined_and_restored(fleet: Fleet) ->
                 and fleet.condition(name, "Shadowed")
             ),
             "Shadowed=True",
-            timeout=10,
         )
         elapsed = time.monotonic() - start
-        assert elapsed < 5, f"Shadowed took {elapsed:.1f}s"
+        assert elapsed < WITHIN_SECONDS, (
+            f"Shadowed=True took {elapsed:.2f}s after the file appeared (bound {WITHIN_SECONDS}s)"
+        )
         assert f"{node}: /etc/cni/net.d/00-podman.conflist" in shadowed["message"]
         state = fleet.node_state(node)
         assert state["runtimes"]["containerd"]["file"] == "00-podman.conflist"
@@ -147,7 +154,7 @@ def test_foreign_file_is_reported_then_quarantined_and_restored(fleet: Fleet) ->
         spec = bridge_spec()
         spec["shadowPolicy"] = "Quarantine"
         fleet.apply(name, spec)
-        fleet.wait(lambda: not planted.exists(), "quarantine moved the file", timeout=10)
+        fleet.wait(lambda: not planted.exists(), "quarantine moved the file")
         fleet.wait(
             lambda: fleet.condition(name, "Shadowed").get("status") == "False", "Shadowed=False"
         )
@@ -158,8 +165,15 @@ def test_foreign_file_is_reported_then_quarantined_and_restored(fleet: Fleet) ->
 
         # A new foreign file appearing later is caught within seconds too.
         second = fleet.conf_dir(node) / "01-late.conf"
+        start = time.monotonic()
         second.write_text('{"cniVersion":"1.0.0","name":"late","type":"bridge"}')
-        fleet.wait(lambda: not second.exists(), "late file quarantined", timeout=5)
+        fleet.wait(lambda: not second.exists(), "late file quarantined")
+        elapsed = time.monotonic() - start
+        # Includes the 0.5 s a file must settle before it is moved.
+        assert elapsed < WITHIN_SECONDS, (
+            f"the late file was quarantined {elapsed:.2f}s after it appeared "
+            f"(bound {WITHIN_SECONDS}s)"
+        )
     finally:
         fleet.delete(name)
     assert planted.read_bytes() == payload
@@ -184,7 +198,7 @@ def test_truncated_json_is_a_node_killer_for_containerd(fleet: Fleet) -> None:
             entry = files.get("/etc/cni/net.d/00-broken.conflist")
             return state if entry and entry["nodeKiller"] else None
 
-        state = fleet.wait(killer_reported, "node-killer reported", timeout=10)
+        state = fleet.wait(killer_reported, "node-killer reported")
         assert state["healthy"] is False
         assert state["runtimes"]["containerd"]["healthy"] is False
         assert "NotReady" in state["runtimes"]["containerd"]["message"]
@@ -297,6 +311,78 @@ def test_new_network_that_would_win_is_held_where_pods_are_attached(fleet: Fleet
         fleet.delete(current)
 
 
+def test_raising_another_networks_priority_is_held_where_pods_are_attached(
+    fleet: Fleet,
+) -> None:
+    current, other = fleet.name("incumbent"), fleet.name("riser")
+    attached, free = fleet.nodes[0], fleet.nodes[1]
+    fleet.apply(current, bridge_spec(subnet="10.83.0.0/24"))
+    fleet.apply(other, bridge_spec(priority=20, subnet="10.84.0.0/24", bridge="cw6"))
+    fleet.wait(lambda: fleet.ready(current) and fleet.ready(other), "both Ready")
+    try:
+        host_local_add(fleet, attached, current, "sandbox-4")
+        fleet.wait(
+            lambda: any(
+                a["network"] == current and a["count"] == 1
+                for a in fleet.node_state(attached).get("attachments") or []
+            ),
+            "attachment reported",
+        )
+        files = [f"10-{current}.conflist", f"20-{other}.conflist"]
+        assert fleet.conf_files(attached) == files
+        before = {f: (fleet.conf_dir(attached) / f).read_bytes() for f in files}
+
+        # Raise the second network above the one the node's pod is attached to.
+        fleet.apply(other, bridge_spec(priority=5, subnet="10.84.0.0/24", bridge="cw6"))
+        generation = fleet.network(other)["metadata"]["generation"]
+        blocked = fleet.wait(lambda: fleet.when(other, "SwitchBlocked"), "raise held")
+        assert blocked["observedGeneration"] == generation
+        assert (
+            f"priority (new pods would move from network {current} to {other})"
+            in blocked["message"]
+        ), blocked
+        assert f"held on {attached} (1 attachment(s))" in blocked["message"], blocked
+        assert fleet.network(other)["status"]["blockedNodes"] == [attached]
+        # Nodes without attachments take the raise.
+        fleet.wait(
+            lambda: fleet.conf_files(free) == [f"05-{other}.conflist", f"10-{current}.conflist"],
+            "raised where free",
+        )
+        time.sleep(1)
+        assert fleet.conf_files(attached) == files
+        assert {f: (fleet.conf_dir(attached) / f).read_bytes() for f in files} == before
+        state = fleet.node_state(attached)
+        assert state["runtimes"]["containerd"]["file"] == f"10-{current}.conflist"
+        assert fleet.condition(current, "SwitchBlocked")["status"] == "False"
+
+        # The acknowledgement of this generation for this node lets it through.
+        fleet.cluster.kubectl(
+            "annotate",
+            "cninetwork",
+            other,
+            f"cniwarden.io/proceed-generation={generation}",
+            f"cniwarden.io/proceed-nodes={attached}",
+            "--overwrite",
+        )
+        fleet.wait(
+            lambda: (
+                fleet.conf_files(attached) == [f"05-{other}.conflist", f"10-{current}.conflist"]
+            ),
+            "acknowledged node raised",
+        )
+        fleet.wait(lambda: fleet.ready(other), "Ready after acknowledgement")
+        assert fleet.condition(other, "SwitchBlocked")["status"] == "False"
+        assert (
+            fleet.node_state(attached)["runtimes"]["containerd"]["file"] == f"05-{other}.conflist"
+        )
+        assert (fleet.conf_dir(attached) / f"10-{current}.conflist").read_bytes() == before[
+            f"10-{current}.conflist"
+        ]
+    finally:
+        fleet.delete(other)
+        fleet.delete(current)
+
+
 def test_safe_change_rolls_out_while_attached(fleet: Fleet) -> None:
     name = fleet.name("safe")
     node = fleet.nodes[0]
@@ -342,7 +428,34 @@ def test_invalid_config_keeps_last_good_file(fleet: Fleet) -> None:
             ),
             "Degraded",
         )
-        assert "config asks for 1.1.0" in degraded["message"]
+        assert degraded["reason"] == "InvalidConfig", degraded
+        assert degraded["observedGeneration"] == fleet.network(name)["metadata"]["generation"]
+        # Every selected node refused it (its reference plugins stop at 1.0.0): each is named.
+        cause = (
+            "supports CNI versions 0.1.0, 0.2.0, 0.3.0, 0.3.1, 0.4.0, 1.0.0 "
+            "but the config asks for 1.1.0"
+        )
+        for each in fleet.nodes:
+            assert f"{each}: not written, the last good config stays: " in degraded["message"]
+        assert f"plugin binary 'bridge' {cause}" in degraded["message"], degraded
+        # The Event says the same per node, where `kubectl get events` finds it.
+        event = fleet.wait(
+            lambda: next(
+                (
+                    e
+                    for e in fleet.events(name)
+                    if e["reason"] == "InvalidConfig" and e["message"].startswith(f"node {node}: ")
+                ),
+                None,
+            ),
+            f"an InvalidConfig Event naming {node}",
+        )
+        assert event["type"] == "Warning", event
+        assert event["involvedObject"]["kind"] == "CNINetwork", event
+        assert event["involvedObject"]["uid"] == fleet.network(name)["metadata"]["uid"], event
+        assert event["message"].startswith(
+            f"node {node}: not written, the last good config stays: plugin binary 'bridge' {cause}"
+        ), event
         assert path.read_bytes() == good
         # The API server itself refuses what the schema can decide.
         refused = fleet.cluster.kubectl(
@@ -401,13 +514,24 @@ def test_restarts_converge_without_duplicates(fleet: Fleet) -> None:
         assert fleet.conf_files(node) == [f"30-{name}.conflist"]
         fleet.start_operator()
         fleet.start_agent(node)
-        fleet.wait(lambda: fleet.ready(name), "Ready after restarts", timeout=40)
+        fleet.wait(lambda: fleet.ready(name), "Ready after restarts", 2 * CONVERGE_SECONDS)
         for each in fleet.nodes:
             assert fleet.conf_files(each) == [f"31-{name}.conflist"]
-        # A second restart changes nothing.
+        # A second restart changes nothing: once the new agent has made a full pass
+        # (a report from it, with the network applied; the stopped agent's last
+        # heartbeat is at least a second older), the node holds the same single file.
         fleet.stop_agent(node)
+        time.sleep(1.1)
+        restarted_at = now_iso()
         fleet.start_agent(node)
-        time.sleep(4)
+
+        def full_pass_after_restart() -> bool:
+            state = fleet.node_state(node)
+            return state.get("heartbeatTime", "") >= restarted_at and any(
+                n["name"] == name and n["state"] == "Applied" for n in state.get("networks") or []
+            )
+
+        fleet.wait(full_pass_after_restart, "the restarted agent's first full pass")
         assert fleet.conf_files(node) == [f"31-{name}.conflist"]
         assert fleet.ready(name)
     finally:
@@ -428,11 +552,11 @@ def test_delete_completes_when_a_node_is_gone(fleet: Fleet) -> None:
     fleet.start_agent(ghost)
     try:
         fleet.apply(name, bridge_spec())
-        fleet.wait(lambda: fleet.ready(name), "Ready on 4 nodes", timeout=30)
+        fleet.wait(lambda: fleet.ready(name), "Ready on 4 nodes")
         assert fleet.network(name)["status"]["nodesSelected"] == 4
         fleet.stop_agent(ghost)
         fleet.cluster.kubectl("delete", "node", ghost)
-        fleet.delete(name, timeout=30)
+        fleet.delete(name)
         for node in fleet.nodes:
             assert fleet.conf_files(node) == []
             assert "bridge" not in os.listdir(fleet.roots[node] / "opt/cni/bin")
@@ -461,7 +585,7 @@ def test_api_server_restart_loses_nothing(fleet: Fleet) -> None:
         try:
             # The node is still guarded while the API server is away.
             planted.write_text('{"cniVersion":"1.0.0","name":"x","plugins":[{"type":"bridge"}]}')
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + CONVERGE_SECONDS
             while planted.exists() and time.monotonic() < deadline:
                 time.sleep(0.1)
             assert not planted.exists(), "agent did not quarantine while the API server was down"
@@ -472,14 +596,16 @@ def test_api_server_restart_loses_nothing(fleet: Fleet) -> None:
         fleet.wait(
             lambda: fleet.cluster.kubectl("get", "--raw", "/readyz", check=False).returncode == 0,
             "API server back",
-            timeout=60,
+            timeout=2 * CONVERGE_SECONDS,
         )
         # Everything reconnects: a change made now reaches every node.
         changed = bridge_spec(priority=40)
         changed["shadowPolicy"] = "Quarantine"
         changed["plugins"][0]["mtu"] = 1450
         fleet.apply(name, changed)
-        fleet.wait(lambda: fleet.ready(name), "Ready after the API server restart", timeout=60)
+        fleet.wait(
+            lambda: fleet.ready(name), "Ready after the API server restart", 2 * CONVERGE_SECONDS
+        )
         for each in fleet.nodes:
             conf = json.loads((fleet.conf_dir(each) / f"40-{name}.conflist").read_bytes())
             assert conf["plugins"][0]["mtu"] == 1450
@@ -487,6 +613,6 @@ def test_api_server_restart_loses_nothing(fleet: Fleet) -> None:
         moved = fleet.node_state(node)["quarantined"]
         assert [m["original"] for m in moved] == ["/etc/cni/net.d/00-during-outage.conflist"]
     finally:
-        fleet.delete(name, timeout=60)
+        fleet.delete(name, timeout=2 * CONVERGE_SECONDS)
     assert planted.exists()  # restored on delete
     planted.unlink()

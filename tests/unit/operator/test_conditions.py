@@ -94,3 +94,22 @@ def test_invalid_spec() -> None:
     c = conds(status)
     assert c["Ready"]["reason"] == "InvalidSpec"
     assert c["Degraded"]["status"] == "True"
+    assert (c["Degraded"]["reason"], c["Degraded"]["message"]) == (
+        "InvalidSpec",
+        "spec.priority: too big; no agent report from a",
+    )
+
+
+def test_invalid_render_on_a_node_is_degraded_with_its_cause() -> None:
+    refused = report(
+        "Invalid", 2, 3, entry={"message": "not written, the last good config stays: too new"}
+    )
+    status = build({"a": report("Applied", 3, 3), "b": refused}, ["a", "b", "c"])
+    degraded = conds(status)["Degraded"]
+    assert (degraded["status"], degraded["reason"]) == ("True", "InvalidConfig")
+    assert degraded["message"] == (
+        "b: not written, the last good config stays: too new; no agent report from c"
+    )
+    # A stale refusal (of an older generation) is not this generation's problem.
+    old = report("Invalid", 2, 2, entry={"message": "old"})
+    assert conds(build({"a": old}, ["a"]))["Degraded"]["reason"] == "AsExpected"
