@@ -4,7 +4,10 @@ Written on ctypes (three libc calls) rather than a dependency: the agent needs
 only "something changed in these directories" delivered to kopf's event loop
 via `loop.add_reader`, which the pure-Python inotify wrappers do not offer
 without their own threads or loops. A directory that is removed and recreated
-(containerd#6490) is watched again on the next `rearm()`.
+(containerd#6490) is watched again on the next `rearm()`, even when the kernel
+has not yet said it was removed: that notice (IN_DELETE_SELF) comes only when
+the last reference to the old directory goes, and a shell `cd`'d into it or an
+open file descriptor can hold it for as long as it likes.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ IN_DELETE = 0x200
 IN_DELETE_SELF = 0x400
 IN_MOVE_SELF = 0x800
 IN_IGNORED = 0x8000
+IN_ONLYDIR = 0x01000000
 IN_NONBLOCK = 0o4000
 IN_CLOEXEC = 0o2000000
 WATCH_MASK = (
@@ -72,18 +76,37 @@ class DirectoryWatcher:
         self.rearm()
 
     def rearm(self) -> None:
-        """(Re)add a watch for every directory that exists and is not watched."""
-        watched = set(self._by_wd.values())
+        """Make each directory's watch follow what its path is now.
+
+        inotify_add_watch returns the existing wd for an inode already watched and a
+        new wd for a new inode, so asking again for every path is exact: a new wd
+        means the path was removed and recreated, and the old watch (on a directory
+        no path leads to any more) is dropped; a path that is gone drops its watch.
+        Watches of directories no longer in `directories` are dropped too.
+        """
+        wanted = set(self.directories)
+        for wd, directory in list(self._by_wd.items()):
+            if directory not in wanted:
+                self._forget(wd)
+        by_path = {directory: wd for wd, directory in self._by_wd.items()}
         for directory in self.directories:
-            if directory in watched or not directory.is_dir():
-                continue
-            wd = _libc.inotify_add_watch(self.fd, os.fsencode(directory), WATCH_MASK)
+            old = by_path.get(directory)
+            wd = _libc.inotify_add_watch(self.fd, os.fsencode(directory), WATCH_MASK | IN_ONLYDIR)
             if wd < 0:
                 err = ctypes.get_errno()
-                if err in (errno.ENOENT, errno.ENOTDIR):
-                    continue
-                raise OSError(err, f"inotify_add_watch {directory}: {os.strerror(err)}")
+                if err not in (errno.ENOENT, errno.ENOTDIR):
+                    raise OSError(err, f"inotify_add_watch {directory}: {os.strerror(err)}")
+                if old is not None:
+                    self._forget(old)
+                continue
+            if old is not None and old != wd:
+                self._forget(old)
             self._by_wd[wd] = directory
+
+    def _forget(self, wd: int) -> None:
+        """Stop a watch; its IN_IGNORED (if any) is skipped by `read_events`."""
+        self._by_wd.pop(wd, None)
+        _libc.inotify_rm_watch(self.fd, wd)  # EINVAL if the kernel dropped it already
 
     @property
     def missing(self) -> list[Path]:
@@ -105,7 +128,9 @@ class DirectoryWatcher:
             directory = self._by_wd.get(wd)
             if directory is None:
                 continue
-            if mask & (IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF):
+            if mask & IN_MOVE_SELF:
+                self._forget(wd)  # the kernel would keep watching it where it went
+            elif mask & (IN_IGNORED | IN_DELETE_SELF):
                 self._by_wd.pop(wd, None)
             events.append(DirEvent(directory, os.fsdecode(raw_name), mask))
         return events

@@ -9,7 +9,9 @@ import json
 import os
 import shutil
 import stat
+import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,7 @@ from cni_operator.node.own_binaries import DirectorySource, LauncherSource
 from cni_operator.node.paths import HostPaths
 from cni_operator.node.quarantine import Quarantine
 from cni_operator.node.scan import scan_node
-from cni_operator.node.watcher import DirectoryWatcher
+from cni_operator.node.watcher import IN_CREATE, IN_DELETE, DirectoryWatcher, DirEvent
 
 REFERENCE = Path("/usr/lib/cni")
 needs_reference = pytest.mark.skipif(
@@ -206,26 +208,71 @@ def test_attachments_from_leases_and_result_cache(host: HostPaths) -> None:
     assert scan.empty_cache_files == [str(host.results_dir / "podnet-c5-eth0")]
 
 
+async def events_until(watcher: DirectoryWatcher, name: str, mask: int = 0) -> list[DirEvent]:
+    """Events until one for `name` (with `mask`, if given) is among them. The
+    deadline is only a backstop: events already queued are read at once."""
+    seen: list[DirEvent] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        seen += await watcher.wait(timeout=1)
+        if any(e.name == name and (e.mask & mask or not mask) for e in seen):
+            return seen
+    raise AssertionError(f"no event for {name!r} (mask {mask:#x}) in 30s: {seen}")
+
+
 def test_watcher_sees_new_files_and_a_recreated_dir(host: HostPaths) -> None:
     async def run() -> None:
         watcher = DirectoryWatcher([host.conf_dir, host.bin_dir])
         try:
             assert await watcher.wait(timeout=0.05) == []
             (host.conf_dir / "00-x.conflist").write_text("{}")
-            events = await watcher.wait(timeout=2)
-            assert any(e.name == "00-x.conflist" for e in events)
+            await events_until(watcher, "00-x.conflist")
             shutil.rmtree(host.conf_dir)
-            await watcher.wait(timeout=2)
-            while await watcher.wait(timeout=0.1):
-                pass
+            # An entry's removal is reported at once, whoever else holds the directory.
+            await events_until(watcher, "00-x.conflist", IN_DELETE)
+            # The directory's own removal is known on the next rearm, without waiting
+            # for the kernel's IN_DELETE_SELF (which a holder of the directory defers).
+            watcher.rearm()
             assert watcher.missing == [host.conf_dir]
             host.conf_dir.mkdir()
             watcher.rearm()
             assert watcher.missing == []
             (host.conf_dir / "01-y.conf").write_text("{}")
-            events = await watcher.wait(timeout=2)
-            assert any(e.name == "01-y.conf" for e in events)
+            events = await events_until(watcher, "01-y.conf")
+            assert {e.directory for e in events if e.name == "01-y.conf"} == {host.conf_dir}
         finally:
+            watcher.close()
+
+    asyncio.run(run())
+
+
+def test_watcher_follows_a_recreated_dir_that_something_still_holds(host: HostPaths) -> None:
+    """`cd /etc/cni/net.d; rm -rf /etc/cni/net.d; mkdir /etc/cni/net.d`: the shell's
+    working directory keeps the old directory alive, so the kernel says nothing of its
+    removal until the shell leaves. The watch must move to the new directory anyway."""
+
+    async def run() -> None:
+        watcher = DirectoryWatcher([host.conf_dir])
+        holder = subprocess.Popen(["sleep", "600"], cwd=host.conf_dir)
+        try:
+            shutil.rmtree(host.conf_dir)
+            host.conf_dir.mkdir()
+            assert await watcher.wait(timeout=0.2) == []  # no IN_DELETE_SELF: it is held
+            watcher.rearm()
+            assert watcher.missing == []
+            (host.conf_dir / "00-late.conflist").write_text("{}")
+            events = await events_until(watcher, "00-late.conflist", IN_CREATE)
+            assert all(e.directory == host.conf_dir for e in events)
+            # When the holder lets go, the old watch's last words are ignored.
+            holder.kill()
+            holder.wait()
+            assert watcher.missing == []
+            (host.conf_dir / "01-later.conf").write_text("{}")
+            await events_until(watcher, "01-later.conf", IN_CREATE)
+            assert watcher.missing == []
+        finally:
+            holder.kill()
+            holder.wait()
             watcher.close()
 
     asyncio.run(run())
