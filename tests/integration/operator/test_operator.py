@@ -141,6 +141,7 @@ def test_foreign_file_is_reported_then_quarantined_and_restored(fleet: Fleet) ->
             "Shadowed=True",
         )
         elapsed = time.monotonic() - start
+        print(f"Shadowed=True {elapsed:.2f}s after the file appeared")  # shown with -rP
         assert elapsed < WITHIN_SECONDS, (
             f"Shadowed=True took {elapsed:.2f}s after the file appeared (bound {WITHIN_SECONDS}s)"
         )
@@ -169,6 +170,7 @@ def test_foreign_file_is_reported_then_quarantined_and_restored(fleet: Fleet) ->
         second.write_text('{"cniVersion":"1.0.0","name":"late","type":"bridge"}')
         fleet.wait(lambda: not second.exists(), "late file quarantined")
         elapsed = time.monotonic() - start
+        print(f"late file quarantined {elapsed:.2f}s after it appeared")
         # Includes the 0.5 s a file must settle before it is moved.
         assert elapsed < WITHIN_SECONDS, (
             f"the late file was quarantined {elapsed:.2f}s after it appeared "
