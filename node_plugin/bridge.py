@@ -17,7 +17,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from node_plugin import bridge_config, ipam, links, masq, netns, spoofcheck, sysctl, tombstones
+from node_plugin import (
+    announce,
+    bridge_config,
+    ipam,
+    links,
+    masq,
+    netns,
+    spoofcheck,
+    sysctl,
+    tombstones,
+)
 from node_plugin.bridge_config import BridgeConfig
 from node_plugin.errors import (
     BRIDGE_CONFLICT,
@@ -158,6 +168,11 @@ def _add(
 
     # The host veth's and the bridge's MAC may change as ports come and go: report now.
     hv_now = _wait_port_up(host, hv.index, host_name, raw.disable_container_interface)
+    if result.ips:
+        # Only now can the frames cross the bridge: tell neighbours that cached the MAC of
+        # a previous holder of these addresses.
+        with netns.entered(sandbox_fd):
+            announce.announce(args.ifname, cont_mac, [ip.address.ip for ip in result.ips])
     result.interfaces[1].mac = hv_now.mac
     br_now = links.get_index(host, br.index)
     if br_now is not None:
@@ -244,6 +259,10 @@ def _configure_sandbox(sandbox_fd: int, ifname: str, result: Result, conf: Bridg
             else:
                 sysctl.write_quietly(f"net/ipv6/conf/{ifname}/accept_dad", "0")
         sysctl.write_quietly(f"net/ipv4/conf/{ifname}/arp_notify", "1")
+        if any(ip.family == 6 for ip in result.ips):
+            # An address still tentative when ADD announces (enabledad) is announced by
+            # the kernel once DAD completes.
+            sysctl.write_quietly(f"net/ipv6/conf/{ifname}/ndisc_notify", "1")
         links.set_link(sb, f"set {ifname} up", index=link.index, state="up")
         for ip in result.ips:
             links.add_address(sb, link.index, ip.address, ifname)
@@ -338,7 +357,11 @@ def _wait_port_up(
         link = links.get_index(host, index)
         if link is None:
             raise CniError(INTERNAL, f"host veth {name} vanished")
-        if link.operstate == "UP" or container_down:
+        if container_down:
+            return link
+        # operstate and the port's leaving the disabled state come from one link event;
+        # wait for both, so that frames sent next cross the bridge.
+        if link.operstate == "UP" and link.brport_state != links.BR_STATE_DISABLED:
             return link
         if time.monotonic() > deadline:
             raise CniError(INTERNAL, f"bridge port {name} in error state: {link.operstate}")

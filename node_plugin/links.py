@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 IFF_UP = 0x1
 IFF_PROMISC = 0x100
+BR_STATE_DISABLED = 0
 AF_INET = 2
 AF_INET6 = 10
 RTPROT_BOOT = 3
@@ -61,6 +62,7 @@ class Link:
     isolated: bool | None = None
     group: int = 0
     link_netnsid: int | None = None  # the peer's namespace, when not this one
+    brport_state: int | None = None  # STP state of a bridge port (BR_STATE_*), else None
 
     @property
     def promisc(self) -> bool:
@@ -134,6 +136,7 @@ def link_of(msg: LinkMsg) -> Link:
         isolated=msg.brport_flag(IFLA_BRPORT_ISOLATED),
         group=msg.group,
         link_netnsid=msg.link_netnsid,
+        brport_state=msg.brport_state,
     )
 
 

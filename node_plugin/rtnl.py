@@ -56,10 +56,10 @@ IFLA_IFALIAS, IFLA_GROUP, IFLA_NET_NS_FD, IFLA_EXT_MASK = 20, 27, 28, 29
 IFLA_LINK_NETNSID = 37
 NETNSA_NSID, NETNSA_FD = 1, 3
 RTEXT_FILTER_SKIP_STATS = 1 << 3
-IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
+IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_DATA = 1, 2, 5
 VETH_INFO_PEER = 1
 IFLA_BR_VLAN_FILTERING = 7
-IFLA_BRPORT_MODE, IFLA_BRPORT_ISOLATED = 4, 33
+IFLA_BRPORT_STATE, IFLA_BRPORT_MODE, IFLA_BRPORT_ISOLATED = 1, 4, 33
 
 IFA_ADDRESS, IFA_LOCAL, IFA_BROADCAST = 1, 2, 4
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_METRICS, RTA_TABLE = 1, 4, 5, 6, 8, 15
@@ -176,6 +176,15 @@ class LinkMsg:
         payload = self.attrs.get(IFLA_OPERSTATE)
         state = payload[0] if payload else 0
         return OPERSTATES[state] if state < len(OPERSTATES) else "UNKNOWN"
+
+    @property
+    def brport_state(self) -> int | None:
+        """A bridge port's STP state (IFLA_INFO_SLAVE_DATA, in every link reply of a
+        port): 0 disabled ... 3 forwarding; None when the link is no bridge port."""
+        info = self.attrs.get(IFLA_LINKINFO)
+        slave = parse_attrs(info).get(IFLA_INFO_SLAVE_DATA) if info else None
+        value = parse_attrs(slave).get(IFLA_BRPORT_STATE) if slave else None
+        return value[0] if value else None
 
     def brport_flag(self, kind: int) -> bool | None:
         """A bridge port flag from IFLA_PROTINFO (only in AF_BRIDGE replies)."""

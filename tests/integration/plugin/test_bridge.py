@@ -171,6 +171,78 @@ def test_l2_mode_and_disabled_container_interface(
     assert "disableContainerInterface" in add(run_cni, bad, sandbox()).expect_error(7)
 
 
+def _cached_mac(ns: Netns, address: str, dev: str) -> str | None:
+    """The MAC `ns` has cached for `address` on `dev` (None when it has no entry)."""
+    entries = [e for e in ns.ip("neigh", "show", "to", address, "dev", dev) if "dst" in e]
+    return entries[0].get("lladdr") if entries else None
+
+
+def _caches(
+    ns: Netns, address: str, dev: str, mac: str, *, ping: bool = False
+) -> Callable[[], bool]:
+    """A check that `ns` maps `address` to `mac` (after pinging it, when `ping`)."""
+
+    def check() -> bool:
+        if ping:
+            argv = ["ip", "netns", "exec", ns.name, "ping", "-c", "1", "-W", "1", address]
+            subprocess.run(argv, capture_output=True, check=False, timeout=30)
+        return _cached_mac(ns, address, dev) == mac
+
+    return check
+
+
+def test_a_reused_address_is_announced_to_neighbours_that_cached_the_old_mac(
+    run_cni: RunCni, cni_host: Netns, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """ADD announces the pod's addresses once its bridge port forwards (gratuitous ARP,
+    unsolicited neighbour advertisement): a pod and the node that cached the previous
+    holder's MAC reach the new pod at once, instead of after their stale entry is probed
+    and dropped (5 s and more, during which their frames go to the old MAC)."""
+    ipam = {
+        "type": HL,
+        "dataDir": str(tmp_path),
+        "ranges": [
+            [{"subnet": "10.66.2.0/24", "rangeStart": "10.66.2.2", "rangeEnd": "10.66.2.3"}],
+            [{"subnet": "fd00:67::/64", "rangeStart": "fd00:67::2", "rangeEnd": "fd00:67::3"}],
+        ],
+    }
+    c = bconf(tmp_path, ipam=ipam, isGateway=True)
+    neighbour, old, new = sandbox(), sandbox(), sandbox()
+    add(run_cni, c, neighbour, "neighbour").expect_ok()
+    assert [ip["address"] for ip in add(run_cni, c, old, "old").expect_ok()["ips"]] == [
+        "10.66.2.3/24",
+        "fd00:67::3/64",
+    ]
+    old_mac = old.must_link("eth0")["address"]
+    reused = ("10.66.2.3", "fd00:67::3")
+    watchers = ((neighbour, "eth0"), (cni_host, c["bridge"]))
+    for ns, dev in watchers:
+        for address in reused:
+            # The bridge's own IPv6 address may still be tentative (DAD): retry until it talks.
+            wait_until(
+                _caches(ns, address, dev, old_mac, ping=True),
+                f"{ns.name} to cache the old pod's MAC for {address}",
+            )
+    delete(run_cni, c, old, "old").expect_ok()
+
+    out = add(run_cni, c, new, "new").expect_ok()
+    assert [ip["address"].split("/")[0] for ip in out["ips"]] == list(reused)
+    new_mac = new.must_link("eth0")["address"]
+    assert new_mac != old_mac
+    # Without any traffic to the new pod, every cache already holds its MAC...
+    for ns, dev in watchers:
+        for address in reused:
+            wait_until(
+                _caches(ns, address, dev, new_mac),
+                f"{ns.name} to learn the new pod's MAC for {address} from the announcement",
+                timeout=2,
+            )
+    # ...so the first packet reaches it.
+    for ns, _dev in watchers:
+        for address in reused:
+            ns.exec("ping", "-c", "1", "-W", "1", address)
+
+
 def test_mac_priority_runtime_config_then_args_then_cni_args(
     run_cni: RunCni, cni_host: Netns, sandbox: Sandbox, tmp_path: Path
 ) -> None:
