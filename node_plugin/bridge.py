@@ -204,7 +204,7 @@ def _delete_by_name(name: str) -> None:
         links.delete(host, link.index, name)
 
 
-def _setup_vlans(host: Any, index: int, conf: BridgeConfig) -> None:
+def _setup_vlans(host: links.IPRoute, index: int, conf: BridgeConfig) -> None:
     raw = conf.raw
     if (raw.vlan or conf.vlans) and not raw.preserve_default_vlan:
         links.vlan(host, "del", index, 1)
@@ -288,7 +288,7 @@ def _configure_sandbox(sandbox_fd: int, ifname: str, result: Result, conf: Bridg
 
 
 def _setup_gateways(
-    host: Any, br: links.Link, conf: BridgeConfig, gateways: list[Gateway], result: Result
+    host: links.IPRoute, br: links.Link, conf: BridgeConfig, gateways: list[Gateway], result: Result
 ) -> None:
     target = br
     if conf.raw.vlan:
@@ -303,7 +303,7 @@ def _setup_gateways(
             sysctl.write(key, "1")
 
 
-def _ensure_addr(host: Any, link: links.Link, want: IPInterface, force: bool) -> None:
+def _ensure_addr(host: links.IPRoute, link: links.Link, want: IPInterface, force: bool) -> None:
     """The reference's rule: one IPv4 address per bridge, IPv6 ones unless they overlap."""
     have = links.addresses(host, link.index, FAMILY[want.version])
     if want in have:
@@ -325,7 +325,7 @@ def _ensure_addr(host: Any, link: links.Link, want: IPInterface, force: bool) ->
         links.set_link(host, f"pin MAC of {link.name}", index=link.index, address=now.mac)
 
 
-def _ensure_vlan_gateway(host: Any, br: links.Link, conf: BridgeConfig) -> links.Link:
+def _ensure_vlan_gateway(host: links.IPRoute, br: links.Link, conf: BridgeConfig) -> links.Link:
     name = f"{conf.bridge}.{conf.raw.vlan}"
     existing = links.get(host, name)
     if existing is not None:
@@ -348,7 +348,7 @@ def _ensure_vlan_gateway(host: Any, br: links.Link, conf: BridgeConfig) -> links
 
 
 def _wait_port_up(
-    host: Any, index: int, name: str, container_down: bool, timeout: float = 2.5
+    host: links.IPRoute, index: int, name: str, container_down: bool, timeout: float = 2.5
 ) -> links.Link:
     """Like the reference: do not report success while the bridge port is not up."""
     deadline = time.monotonic() + timeout
@@ -518,7 +518,7 @@ def check(args: CmdArgs) -> None:
         raise _check(f"no host veth in bridge {conf.bridge} peers with {args.ifname}")
 
 
-def _check_routes(sb: Any, prev: Result) -> None:
+def _check_routes(sb: links.IPRoute, prev: Result) -> None:
     for family in (4, 6):
         wanted = [r for r in prev.routes if r.family == family]
         if not wanted:
