@@ -67,7 +67,7 @@ class Range:
             end=end if end is not None else last,
             gateway=gateway if gateway is not None else first,
         )
-        if r.start > r.end:  # type: ignore[operator]
+        if int(r.start) > int(r.end):
             raise invalid_config(f"{where}.rangeStart", f"{r.start} is after rangeEnd {r.end}")
         return r
 
@@ -76,11 +76,13 @@ class Range:
         return self.subnet.version
 
     def contains(self, ip: IPAddress) -> bool:
-        return ip.version == self.version and self.start <= ip <= self.end  # type: ignore[operator]
+        # Compared as integers: mypy cannot order the IPv4Address | IPv6Address union, and
+        # the version check makes the integers comparable.
+        return ip.version == self.version and int(self.start) <= int(ip) <= int(self.end)
 
     def overlaps(self, other: Range) -> bool:
         return self.version == other.version and not (
-            self.end < other.start or other.end < self.start  # type: ignore[operator]
+            int(self.end) < int(other.start) or int(other.end) < int(self.start)
         )
 
     def allocatable(self) -> int:
