@@ -10,7 +10,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import time
 from pathlib import Path
 
 from node_plugin import hostlocal_config
@@ -30,11 +29,6 @@ from node_plugin.skel import CmdArgs
 from node_plugin.store import Lease, Store
 
 log = logging.getLogger(__name__)
-
-# Test-only: when set (in the request's environment), ADD creates this file after its
-# leases are on disk and then waits to be killed, so tests can kill an ADD mid-way
-# deterministically. Never set by runtimes.
-PAUSE_HOOK = "CNIWARDEN_TEST_PAUSE_AFTER_IPAM"
 
 
 def add(args: CmdArgs) -> Result:
@@ -158,7 +152,6 @@ def allocate(args: CmdArgs, conf: IpamConfig) -> Result:
                 store.release(ip)
             raise
     result.routes = list(conf.routes)
-    _maybe_pause(args)
     return result
 
 
@@ -250,11 +243,3 @@ def _check_writable(data_dir: str) -> None:
         path = path.parent
     if not os.access(path, os.W_OK):
         raise CniError(NOT_AVAILABLE, f"host-local dataDir {data_dir!r} is not writable")
-
-
-def _maybe_pause(args: CmdArgs) -> None:
-    marker = args.env.get(PAUSE_HOOK)
-    if not marker:
-        return
-    Path(marker).touch()
-    time.sleep(60)

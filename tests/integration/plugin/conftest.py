@@ -30,7 +30,9 @@ from typing import Any, Protocol
 import pytest
 
 from tests.integration.fastpath.pluginpath import build_shim_path
+from tests.integration.fastpath.shimbuild import ROOT
 from tests.integration.plugin.kernel import Netns, create_netns, delete_netns, wait_reaped
+from tests.integration.plugin.paused_plugin import wrapper_script
 
 REFERENCE_DIR = Path("/usr/lib/cni")
 OUR_PLUGINS = ("cniwarden-bridge", "cniwarden-host-local")
@@ -75,6 +77,31 @@ def cni_bin_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
         (directory / ref.name).symlink_to(ref)
     PLUGIN_PATHS[request.param](directory, request)
     return directory
+
+
+@dataclass(frozen=True)
+class PausedPlugins:
+    """A CNI_PATH directory whose cniwarden plugins stop after writing their leases."""
+
+    bin_dir: Path
+    marker: Path  # touched when the plugin has paused
+
+
+@pytest.fixture
+def paused_plugins(cni_bin_dir: Path, tmp_path: Path) -> PausedPlugins:
+    """The test's own CNI_PATH: cni_bin_dir's executables, ours replaced by wrappers
+    around the standalone plugins (tests/integration/plugin/paused_plugin.py)."""
+    directory = tmp_path / "cni-bin-paused"
+    directory.mkdir()
+    marker = tmp_path / "paused"
+    for entry in cni_bin_dir.iterdir():
+        target = directory / entry.name
+        if entry.name in OUR_PLUGINS:
+            target.write_text(wrapper_script(entry.name, marker, ROOT))
+            target.chmod(0o755)
+        else:
+            target.symlink_to(entry.resolve())
+    return PausedPlugins(directory, marker)
 
 
 @pytest.fixture

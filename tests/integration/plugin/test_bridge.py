@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -15,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.plugin.conftest import CniRun, RunCni, cni_env, exec_argv
+from tests.integration.plugin.conftest import CniRun, PausedPlugins, RunCni, cni_env, exec_argv
 from tests.integration.plugin.kernel import (
     Netns,
     attachment_state,
@@ -623,16 +622,13 @@ def _spawn_add(
     c: dict[str, Any],
     sb: Netns,
     cid: str,
-    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         exec_argv(cni_bin_dir, host, BR),
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env=cni_env(
-            "ADD", cni_bin_dir=cni_bin_dir, container_id=cid, netns=sb, ifname="eth0", env=env
-        ),
+        env=cni_env("ADD", cni_bin_dir=cni_bin_dir, container_id=cid, netns=sb, ifname="eth0"),
     )
     assert proc.stdin is not None
     proc.stdin.write(json.dumps(c).encode())
@@ -646,21 +642,28 @@ def _skip_for_shims(cni_bin_dir: Path) -> None:
 
 
 def test_killed_add_then_gc_leaks_nothing(
-    cni_bin_dir: Path, cni_host: Netns, sandbox: Sandbox, tmp_path: Path, run_cni: RunCni
+    cni_bin_dir: Path,
+    cni_host: Netns,
+    sandbox: Sandbox,
+    tmp_path: Path,
+    run_cni: RunCni,
+    paused_plugins: PausedPlugins,
 ) -> None:
     _skip_for_shims(cni_bin_dir)
     c = bconf(tmp_path, isGateway=True, ipMasq=True)
-    marker = tmp_path / "paused"
+    marker = paused_plugins.marker
     sb = sandbox()
-    proc = _spawn_add(
-        cni_bin_dir, cni_host, c, sb, "killed", {"CNIWARDEN_TEST_PAUSE_AFTER_IPAM": str(marker)}
-    )
-    deadline = time.monotonic() + 60
-    while not marker.exists():
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    proc = _spawn_add(paused_plugins.bin_dir, cni_host, c, sb, "killed")
+    try:
+        wait_until(
+            lambda: marker.exists() or proc.poll() is not None,
+            "the plugin to pause after writing its lease",
+            timeout=60,
+        )
+        assert proc.poll() is None, "plugin exited before the pause point"
+    finally:
+        proc.kill()  # also when the wait failed: no paused plugin outlives the test
+        proc.wait()
     assert list(leases(tmp_path, c["name"]).values()) == ["killed\r\neth0"]  # leaked so far
     keep = add(run_cni, c, sandbox(), "alive").expect_ok()
     run("ip", "netns", "del", sb.name)  # the runtime gives up on the sandbox
@@ -679,9 +682,11 @@ def test_adds_killed_at_random_points_leak_nothing_after_gc(
     for i in range(12):
         sb = sandbox()
         proc = _spawn_add(cni_bin_dir, cni_host, c, sb, f"k{i}")
-        time.sleep(rnd.uniform(0.05, 0.6))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        try:
+            time.sleep(rnd.uniform(0.05, 0.6))
+        finally:
+            proc.kill()
+            proc.wait()
         run("ip", "netns", "del", sb.name)
     wait_until(lambda: veths(cni_host) == [], "the killed ADDs' veths to go with their sandboxes")
     gc = dict(c, **{"cni.dev/valid-attachments": []})

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.plugin.conftest import CniRun, RunCni, cni_env, exec_argv
-from tests.integration.plugin.kernel import Netns, unique
+from tests.integration.plugin.conftest import CniRun, PausedPlugins, RunCni, cni_env, exec_argv
+from tests.integration.plugin.kernel import Netns, unique, wait_until
 
 pytestmark = pytest.mark.root
 HL = "cniwarden-host-local"
@@ -257,37 +254,35 @@ def test_parallel_adds_never_share_an_address(
 
 
 def test_killed_add_leaves_no_lease_after_gc(
-    cni_bin_dir: Path, cni_host: Netns, tmp_path: Path, run_cni: RunCni
+    cni_bin_dir: Path,
+    cni_host: Netns,
+    tmp_path: Path,
+    run_cni: RunCni,
+    paused_plugins: PausedPlugins,
 ) -> None:
     if cni_bin_dir.name.startswith("cni-bin-shim"):
         pytest.skip("killing a shim leaves the server's work running: see fastpath/test_crash.py")
     c = conf(tmp_path)
-    marker = tmp_path / "paused"
+    bin_dir, marker = paused_plugins.bin_dir, paused_plugins.marker
     proc = subprocess.Popen(
-        exec_argv(cni_bin_dir, cni_host, HL),
+        exec_argv(bin_dir, cni_host, HL),
         stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        env=cni_env(
-            "ADD",
-            cni_bin_dir=cni_bin_dir,
-            container_id="killed",
-            netns="/x",
-            ifname="eth0",
-            env={"CNIWARDEN_TEST_PAUSE_AFTER_IPAM": str(marker)},
-        ),
+        stdout=subprocess.DEVNULL,
+        env=cni_env("ADD", cni_bin_dir=bin_dir, container_id="killed", netns="/x", ifname="eth0"),
     )
-    assert proc.stdin is not None
-    proc.stdin.write(json.dumps(c).encode())
-    proc.stdin.close()
-    deadline = time.monotonic() + 60
-    while not marker.exists():
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps(c).encode())
+        proc.stdin.close()
+        wait_until(
+            lambda: marker.exists() or proc.poll() is not None,
+            "the plugin to pause after writing its lease",
+            timeout=60,
+        )
         assert proc.poll() is None, "plugin exited before the pause point"
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.stdout is not None
-    proc.stdout.close()
+    finally:
+        proc.kill()  # also when the wait failed: no paused plugin outlives the test
+        proc.wait()
     assert leases(tmp_path, c["name"]) == {"10.77.0.2": "killed\r\neth0"}  # the leak
     add(run_cni, c, "alive").expect_ok()
     gc = dict(c, **{"cni.dev/valid-attachments": [{"containerID": "alive", "ifname": "eth0"}]})
