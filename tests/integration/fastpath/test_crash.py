@@ -39,8 +39,11 @@ DELETED_IN_BURST = 6
 
 @pytest.fixture
 def pods() -> Iterator[list[Netns]]:
-    made = [create_netns("cwfp-") for _ in range(PODS)]
+    made: list[Netns] = []
     try:
+        # Created inside the try: when one creation fails, the ones made are deleted.
+        for _ in range(PODS):
+            made.append(create_netns("cwfp-"))
         yield made
     finally:
         for ns in made:
