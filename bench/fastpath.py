@@ -637,7 +637,7 @@ def main(argv: list[str] | None = None) -> int:
             server, sock = start_server(work) if full else (None, work / "none")
             if server is not None:
                 servers.append(server)
-            echo, echo_sock = start_server(work, "tests.integration.fastpath.handlers:echo")
+            echo, echo_sock = start_server(work, "devtools.fake_handlers:echo")
             servers.append(echo)
             impls = [
                 Impl("reference", REFERENCE_DIR, "bridge", "host-local", "eth-ref", "10.231.0.0/16")

@@ -1,7 +1,8 @@
-"""Handlers that stand in for node_plugin when a test is about the transport itself.
+"""cni-server handlers that stand in for node_plugin, to measure or test the transport alone.
 
-They are loaded by `cniwarden cni-server --handler tests.integration.fastpath.handlers:NAME`
-in subprocess servers, and passed directly to in-process ones.
+The fast-path tests and bench/fastpath.py (the server's no-op request cost) load them
+with `cniwarden cni-server --handler devtools.fake_handlers:NAME` in subprocess servers,
+or pass them to in-process ones.
 """
 
 from __future__ import annotations

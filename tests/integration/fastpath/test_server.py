@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from devtools import fake_handlers as handlers
 from node_plugin.server.delqueue import DelQueue
 from node_plugin.server.protocol import (
     MAGIC,
@@ -24,7 +25,6 @@ from node_plugin.server.protocol import (
     encode_request,
 )
 from node_plugin.server.server import CniServer, ServerConfig, ServerError
-from tests.integration.fastpath import handlers
 from tests.integration.fastpath.conftest import ServerFactory, ShimEnv
 
 

@@ -34,7 +34,7 @@ def spawn_server(
     }
     argv = [*ENTRY_POINTS[entry], "--socket", str(shim.socket_path)]
     argv += ["--del-queue", str(shim.queue), "--handler"]
-    argv += ["tests.integration.fastpath.handlers:recording"]
+    argv += ["devtools.fake_handlers:recording"]
     proc = subprocess.Popen(argv, env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
     # Ready = it logged that it serves (the socket file alone may be a dead server's).
     assert proc.stderr is not None

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from devtools import fake_handlers as handlers
 from node_plugin import api
 from node_plugin.server.protocol import (
     MAGIC,
@@ -22,7 +23,6 @@ from node_plugin.server.protocol import (
     decode_request,
     encode_reply,
 )
-from tests.integration.fastpath import handlers
 from tests.integration.fastpath.conftest import (
     FakeServer,
     ServerFactory,
