@@ -32,6 +32,9 @@ class CniRequest:
     # Set by a process that outlives the request (the resident server): DEL then leaves
     # the veth pair's unregistration to it. None (a standalone plugin): DEL deletes it.
     reaper: LinkReaper | None = field(default=None, compare=False)
+    # When the caller needs the answer (time.monotonic()); the resident server sets it.
+    # A delegated IPAM plugin is killed early enough to answer by then.
+    deadline: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,7 @@ class CmdArgs:
     version: str
     env: Mapping[str, str]
     reaper: LinkReaper | None = None  # see api.CniRequest.reaper
+    deadline: float | None = None  # see api.CniRequest.deadline
 
     def require_path(self) -> list[str]:
         """CNI_PATH as a list of directories; code 4 if a delegate is needed and it is unset."""
@@ -140,6 +141,7 @@ def dispatch(request: CniRequest) -> CniResponse:
             version=version,
             env=request.env,
             reaper=request.reaper,
+            deadline=request.deadline,
         )
         plugin = cast(Plugin, importlib.import_module(_MODULES[request.plugin]))
         if command == "ADD":

@@ -42,6 +42,7 @@ def node_plugin_handler() -> Handler:
                 env=request.env,
                 stdin=request.stdin,
                 reaper=request.reaper,
+                deadline=request.deadline,
             )
         )
         return Reply(exit_code=response.exit_code, stdout=response.stdout)

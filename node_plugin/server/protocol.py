@@ -44,6 +44,8 @@ class Request:
     # The server's reaper, handed to the plugin code (api.CniRequest.reaper). Not part
     # of the frame either.
     reaper: LinkReaper | None = field(default=None, compare=False)
+    # When the answer is due (time.monotonic(); api.CniRequest.deadline). Not in the frame.
+    deadline: float | None = field(default=None, compare=False)
 
     @property
     def command(self) -> str:

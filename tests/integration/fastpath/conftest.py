@@ -173,6 +173,7 @@ class Node:
         pod: Netns | None,
         container: str,
         ifname: str = "eth0",
+        cni_path: str | None = None,
     ) -> subprocess.CompletedProcess[bytes]:
         env = {
             "PATH": os.environ["PATH"],
@@ -180,7 +181,7 @@ class Node:
             "CNI_CONTAINERID": container,
             "CNI_NETNS": pod.path if pod else "",
             "CNI_IFNAME": ifname if pod else "",
-            "CNI_PATH": str(self.shim.shim_dir),
+            "CNI_PATH": cni_path or str(self.shim.shim_dir),
             "CNIWARDEN_SOCKET": str(self.shim.socket_path),
             "CNIWARDEN_DEL_QUEUE": str(self.shim.queue),
         }

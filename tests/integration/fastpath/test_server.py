@@ -26,14 +26,22 @@ from node_plugin.server.protocol import (
 )
 from node_plugin.server.server import CniServer, ServerConfig, ServerError
 from tests.integration.fastpath.conftest import ServerFactory, ShimEnv
+from tests.integration.plugin.kernel import wait_until
 
 
 class Recorder:
-    """A handler that logs (event, command, container) and can be slowed per command."""
+    """A handler that logs (event, command, container); it can be slowed per command, and
+    held per (command, container) until the test opens a gate (a hung IPAM plugin)."""
 
-    def __init__(self, delays: dict[str, float] | None = None, codes: dict[str, int] | None = None):
+    def __init__(
+        self,
+        delays: dict[str, float] | None = None,
+        codes: dict[str, int] | None = None,
+        gates: dict[tuple[str, str], threading.Event] | None = None,
+    ):
         self.delays = delays or {}
         self.codes = codes or {}
+        self.gates = gates or {}
         self.events: list[tuple[str, str, str]] = []
         self.active = 0
         self.max_active = 0
@@ -46,6 +54,9 @@ class Recorder:
             self.max_active = max(self.max_active, self.active)
             self.events.append(("start", request.command, container))
         time.sleep(self.delays.get(request.command, 0))
+        gate = self.gates.get((request.command, container))
+        if gate is not None:
+            assert gate.wait(60), "the test never opened the gate"
         with self._lock:
             self.active -= 1
             self.events.append(("end", request.command, container))
@@ -283,15 +294,75 @@ def test_queued_dels_are_replayed_in_order_before_serving(
     assert recorder.commands()[-1] == ("ADD", "new")
 
 
-def test_a_del_queued_while_running_is_replayed_before_the_next_add(
+def test_a_request_first_replays_the_queued_dels_of_its_own_attachment_only(
     shim: ShimEnv, start_server: ServerFactory
 ) -> None:
     recorder = Recorder()
     start_server(recorder, replay_interval=3600)
     DelQueue(shim.queue).enqueue(request("DEL", "late"))
-    assert shim.run("ADD", extra_env={"CNI_CONTAINERID": "next"}).code == 0
-    assert recorder.commands() == [("DEL", "late"), ("ADD", "next")]
-    assert shim.queued() == []
+    DelQueue(shim.queue).enqueue(request("DEL", "other"))
+    assert shim.run("ADD", extra_env={"CNI_CONTAINERID": "late"}).code == 0
+    assert recorder.commands() == [("DEL", "late"), ("ADD", "late")]
+    # Another attachment's queued DEL is the replay thread's business, not this ADD's.
+    assert [decode_request_file(p).env["CNI_CONTAINERID"] for p in shim.queued()] == ["other"]
+
+
+@pytest.mark.timeout(120)
+def test_a_hung_attachment_blocks_neither_the_replay_nor_other_attachments(
+    shim: ShimEnv, start_server: ServerFactory
+) -> None:
+    """The audit's lock-up: an ADD hangs (its IPAM plugin does), the runtime's DEL for it
+    is queued, and every later ADD used to replay the whole queue inline and wait for the
+    hung attachment, until no worker was left."""
+    hung = threading.Event()
+    recorder = Recorder(gates={("ADD", "stuck"): hung})
+    start_server(recorder, workers=2, request_timeout=1.5, replay_interval=0.05)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            stuck = pool.submit(shim.run, "ADD", extra_env={"CNI_CONTAINERID": "stuck"})
+            wait_until(lambda: ("ADD", "stuck") in recorder.commands(), "the ADD to hang")
+            DelQueue(shim.queue).enqueue(request("DEL", "stuck"))
+            # More ADDs than workers, one after another: none may wait for "stuck".
+            runs = [shim.run("ADD", extra_env={"CNI_CONTAINERID": f"c{i}"}) for i in range(6)]
+            assert [r.code for r in runs] == [0] * 6, [r.stdout for r in runs]
+            assert stuck.result().error_code == 11  # the watchdog, at its deadline
+            assert ("DEL", "stuck") not in recorder.commands()
+            assert len(shim.queued()) == 1, "the replay skips the busy attachment, keeps it"
+    finally:
+        hung.set()
+    wait_until(lambda: shim.queued() == [], "the replay to run the DEL once the ADD is done")
+    assert [e for e in recorder.events if e[2] == "stuck"] == [
+        ("start", "ADD", "stuck"),
+        ("end", "ADD", "stuck"),
+        ("start", "DEL", "stuck"),
+        ("end", "DEL", "stuck"),
+    ]
+
+
+@pytest.mark.timeout(120)
+def test_a_queued_del_that_hangs_does_not_keep_the_server_from_serving(
+    shim: ShimEnv, start_server: ServerFactory
+) -> None:
+    """A restart used to replay the whole queue before serving, and hang with the DEL."""
+    hung = threading.Event()
+    recorder = Recorder(gates={("DEL", "hung"): hung})
+    DelQueue(shim.queue).enqueue(request("DEL", "hung"))
+    DelQueue(shim.queue).enqueue(request("DEL", "later"))
+    try:
+        start_server(recorder, start_replay_wait=0.2, replay_interval=0.05)
+        wait_until(lambda: ("DEL", "hung") in recorder.commands(), "the replay to hang")
+        assert shim.run("ADD", extra_env={"CNI_CONTAINERID": "new"}).code == 0
+        # The replay thread is stuck on "hung"; an ADD for "later" replays its DEL itself.
+        assert shim.run("ADD", extra_env={"CNI_CONTAINERID": "later"}).code == 0
+        assert recorder.commands() == [
+            ("DEL", "hung"),
+            ("ADD", "new"),
+            ("DEL", "later"),
+            ("ADD", "later"),
+        ]
+    finally:
+        hung.set()
+    wait_until(lambda: shim.queued() == [], "the hung DEL to complete and leave the queue")
 
 
 def test_the_queue_is_drained_periodically(shim: ShimEnv, start_server: ServerFactory) -> None:
@@ -309,20 +380,42 @@ def test_replay_keeps_try_again_and_quarantines_permanent_failures(
 ) -> None:
     queue = DelQueue(shim.queue)
     queue.enqueue(request("DEL", "retry"))
+    queue.enqueue(request("DEL", "ipam-timeout"))
     queue.enqueue(request("ADD", "not-a-del"))
     (shim.queue / "del-00000000000000000001-1.req").write_bytes(b"garbage")
 
     def handler(req: Request) -> Reply:
-        return Reply(11, b'{"code":11}')
+        # As the plugins answer: exit 1, the CNI code in the error object.
+        code = 11 if req.env["CNI_CONTAINERID"] == "retry" else 132
+        return Reply(1, json.dumps({"cniVersion": "1.1.0", "code": code, "msg": "x"}).encode())
 
     start_server(handler, replay_interval=3600)
-    remaining = [p.name for p in shim.queued()]
-    assert len(remaining) == 1
-    assert decode_request_file(shim.queue / remaining[0]).env["CNI_CONTAINERID"] == "retry"
+    remaining = [decode_request_file(p).env["CNI_CONTAINERID"] for p in shim.queued()]
+    assert remaining == ["retry", "ipam-timeout"]
     failed = sorted(p.name for p in (shim.queue / "failed").iterdir())
     assert len(failed) == 4, failed  # two entries, each with its .reply
     garbage_reason = (shim.queue / "failed" / "del-00000000000000000001-1.req.reply").read_text()
     assert "bad magic" in garbage_reason
+
+
+def test_a_del_that_keeps_asking_to_be_retried_is_retried_less_and_less_often(
+    shim: ShimEnv, start_server: ServerFactory
+) -> None:
+    calls: list[float] = []
+
+    def handler(req: Request) -> Reply:
+        calls.append(time.monotonic())
+        return Reply(1, b'{"cniVersion":"1.1.0","code":11,"msg":"later"}')
+
+    DelQueue(shim.queue).enqueue(request("DEL", "flaky"))
+    start_server(handler, replay_interval=0.05, replay_backoff_max=3600)
+    wait_until(lambda: len(calls) >= 2, "a retry")
+    before = len(calls)
+    time.sleep(1.0)
+    # Waits of 0.1, 0.2, 0.4, 0.8 s from here: a few retries, not one per 0.05 s pass
+    # (a loaded machine only makes it fewer).
+    assert len(calls) - before <= 4, calls
+    assert len(shim.queued()) == 1
 
 
 def test_a_permanently_failing_del_is_quarantined_with_its_reply(

@@ -12,8 +12,16 @@ from typing import Any
 
 import pytest
 
+from tests.integration.plugin import hanging
 from tests.integration.plugin.conftest import RunCni
-from tests.integration.plugin.kernel import Netns, create_netns, delete_netns, run, unique
+from tests.integration.plugin.kernel import (
+    Netns,
+    create_netns,
+    delete_netns,
+    run,
+    unique,
+    wait_until,
+)
 
 pytestmark = pytest.mark.root
 BR = "cniwarden-bridge"
@@ -87,6 +95,39 @@ def test_missing_delegate_is_reported_and_nothing_leaks(
     assert "ipam.type" in run_cni(
         BR, "ADD", bconf({"type": "../bin/sh"}), container_id="x", netns=sandbox()
     ).expect_error(7)
+
+
+def test_a_hanging_delegate_is_killed_with_its_process_group_and_named(
+    run_cni: RunCni, cni_bin_dir: Path, cni_host: Netns, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    if cni_bin_dir.name.startswith("cni-bin-shim"):
+        pytest.skip("the server bounds delegates by its request deadline: fastpath/test_hang.py")
+    pids = tmp_path / "pids"
+    delegates = tmp_path / "delegates"
+    hanging.install(delegates, "hang-ipam", pids)
+    c = bconf({"type": "hang-ipam"})
+    sb = sandbox()
+    env = {"CNI_PATH": f"{delegates}:{cni_bin_dir}", "CNIWARDEN_DELEGATE_TIMEOUT": "1"}
+    try:
+        # A plugin that waited for its delegate would run into this timeout: test failed.
+        out = run_cni(BR, "ADD", c, container_id="h1", netns=sb, env=env, timeout=60)
+        assert len(hanging.started(pids)) == 2, "the delegate and its child both ran"
+        wait_until(
+            lambda: not any(hanging.running(pid) for pid in hanging.started(pids)),
+            "the plugin to kill the delegate's process group",
+        )
+    finally:
+        hanging.kill_all(pids)  # only when the test failed is anything left
+    msg = out.expect_error(132)
+    assert msg.startswith("IPAM plugin hang-ipam ADD did not answer within 1.0s: killed it")
+    assert str(delegates / "hang-ipam") in msg
+    assert sb.link("eth0") is None, "the failed ADD was undone"
+    assert [x for x in cni_host.links() if x["ifname"].startswith("veth")] == []
+    # A timeout that is not a number is refused by name (and the ADD undone).
+    bad = dict(env, CNIWARDEN_DELEGATE_TIMEOUT="soon")
+    msg = run_cni(BR, "ADD", c, container_id="h2", netns=sb, env=bad).expect_error(4)
+    assert "CNIWARDEN_DELEGATE_TIMEOUT" in msg
+    assert sb.link("eth0") is None
 
 
 class DhcpLab:
