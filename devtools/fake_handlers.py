@@ -60,13 +60,15 @@ def mirror() -> Handler:
 
 
 def recording() -> Handler:
-    """Appends every request to $CNIWARDEN_TEST_LOG; sleeps $CNIWARDEN_TEST_DELAY seconds."""
+    """Appends every request to $CNIWARDEN_TEST_LOG once it is done, after sleeping
+    $CNIWARDEN_TEST_DELAY seconds; with $CNIWARDEN_TEST_STARTED set, also appends each
+    request there as soon as it starts (tests act on that instead of guessing a time)."""
     path = os.environ["CNIWARDEN_TEST_LOG"]
+    started = os.environ.get("CNIWARDEN_TEST_STARTED")
     delay = float(os.environ.get("CNIWARDEN_TEST_DELAY", "0"))
     lock = threading.Lock()
 
-    def handle(request: Request) -> Reply:
-        time.sleep(delay)
+    def record(where: str, request: Request) -> None:
         line = json.dumps(
             {
                 "command": request.command,
@@ -74,8 +76,14 @@ def recording() -> Handler:
                 "time": time.time(),
             }
         )
-        with lock, open(path, "a") as log:
+        with lock, open(where, "a") as log:
             log.write(line + "\n")
+
+    def handle(request: Request) -> Reply:
+        if started:
+            record(started, request)
+        time.sleep(delay)
+        record(path, request)
         return Reply(exit_code=0, stdout=b"{}" if request.command == "ADD" else b"")
 
     return handle

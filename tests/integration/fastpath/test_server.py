@@ -38,10 +38,14 @@ class Recorder:
         delays: dict[str, float] | None = None,
         codes: dict[str, int] | None = None,
         gates: dict[tuple[str, str], threading.Event] | None = None,
+        meet: threading.Barrier | None = None,
     ):
         self.delays = delays or {}
         self.codes = codes or {}
         self.gates = gates or {}
+        # Every ADD waits here for the barrier's other parties: passing it proves they ran
+        # at the same time (a server that serialized them breaks the barrier instead).
+        self.meet = meet
         self.events: list[tuple[str, str, str]] = []
         self.active = 0
         self.max_active = 0
@@ -57,6 +61,8 @@ class Recorder:
         gate = self.gates.get((request.command, container))
         if gate is not None:
             assert gate.wait(60), "the test never opened the gate"
+        if self.meet is not None and request.command == "ADD":
+            self.meet.wait()
         with self._lock:
             self.active -= 1
             self.events.append(("end", request.command, container))
@@ -215,28 +221,38 @@ def test_a_handler_crash_is_an_internal_error_not_a_dead_server(
 def test_concurrency_is_bounded_by_the_worker_pool(
     shim: ShimEnv, start_server: ServerFactory
 ) -> None:
-    recorder = Recorder(delays={"ADD": 0.3})
+    # ADDs pass two by two: never a third one alongside (it would wait for a fourth).
+    recorder = Recorder(meet=threading.Barrier(2, timeout=30))
     start_server(recorder, workers=2)
     with ThreadPoolExecutor(6) as pool:
         runs = list(
             pool.map(lambda i: shim.run("ADD", extra_env={"CNI_CONTAINERID": f"c{i}"}), range(6))
         )
-    assert [r.code for r in runs] == [0] * 6
+    assert [r.code for r in runs] == [0] * 6, [r.stdout for r in runs]
     assert recorder.max_active == 2
 
 
 def test_an_overrunning_request_is_answered_try_again_and_ordered_before_the_next(
     shim: ShimEnv, start_server: ServerFactory
 ) -> None:
-    recorder = Recorder(delays={"ADD": 1.0})
-    start_server(recorder, request_timeout=0.7)
-    started = time.monotonic()
-    add = shim.run("ADD")
-    assert time.monotonic() - started < 0.95
-    assert add.error_code == 11
-    assert "did not finish within 0.7s" in json.loads(add.stdout)["msg"]
-    # The runtime answers a failed ADD with a DEL; it must not overtake the running ADD.
-    assert shim.run("DEL").code == 0
+    work = threading.Event()  # the ADD's work ends only when the test says so
+    recorder = Recorder(gates={("ADD", "ctr1"): work})
+    server = start_server(recorder, request_timeout=2.0)
+    try:
+        add = shim.run("ADD")
+        # Answered at the deadline, not after the work: the work is still running.
+        assert add.error_code == 11
+        assert "did not finish within 2s" in json.loads(add.stdout)["msg"]
+        assert recorder.events == [("start", "ADD", "ctr1")]
+        # The runtime answers a failed ADD with a DEL; it must not overtake the running ADD.
+        with ThreadPoolExecutor(1) as pool:
+            dele = pool.submit(shim.run, "DEL")
+            wait_until(lambda: ("DEL", "ctr1/eth0") in server.in_flight(), "the DEL to arrive")
+            assert ("start", "DEL", "ctr1") not in recorder.events, "the DEL overtook the ADD"
+            work.set()
+            assert dele.result().code == 0
+    finally:
+        work.set()
     assert shim.queued() == [], "the DEL was served, not queued"
     assert recorder.events == [
         ("start", "ADD", "ctr1"),
@@ -247,15 +263,14 @@ def test_an_overrunning_request_is_answered_try_again_and_ordered_before_the_nex
 
 
 def test_different_attachments_run_in_parallel(shim: ShimEnv, start_server: ServerFactory) -> None:
-    recorder = Recorder(delays={"ADD": 0.4})
+    # All four ADDs must be in the handler at once to pass the barrier.
+    recorder = Recorder(meet=threading.Barrier(4, timeout=30))
     start_server(recorder, workers=4)
-    started = time.monotonic()
     with ThreadPoolExecutor(4) as pool:
         runs = list(
             pool.map(lambda i: shim.run("ADD", extra_env={"CNI_CONTAINERID": f"c{i}"}), range(4))
         )
-    assert [r.code for r in runs] == [0] * 4
-    assert time.monotonic() - started < 1.2
+    assert [r.code for r in runs] == [0] * 4, [r.stdout for r in runs]
     assert recorder.max_active == 4
 
 
@@ -265,14 +280,21 @@ def test_different_attachments_run_in_parallel(shim: ShimEnv, start_server: Serv
 def test_stop_finishes_in_flight_requests_then_removes_the_socket(
     shim: ShimEnv, start_server: ServerFactory
 ) -> None:
-    recorder = Recorder(delays={"ADD": 0.5})
+    work = threading.Event()
+    recorder = Recorder(gates={("ADD", "ctr1"): work})
     server = start_server(recorder)
-    with ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(shim.run, "ADD")
-        time.sleep(0.2)
-        server.stop(grace=5)
-        assert pending.result().code == 0
-    assert not shim.socket_path.exists()
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            pending = pool.submit(shim.run, "ADD")
+            wait_until(lambda: ("ADD", "ctr1") in recorder.commands(), "the ADD to be running")
+            stopping = pool.submit(server.stop, 30)
+            wait_until(lambda: not shim.socket_path.exists(), "stop to remove the socket")
+            assert not stopping.done(), "stop waits for the running ADD"
+            work.set()
+            stopping.result()
+            assert pending.result().code == 0
+    finally:
+        work.set()
     assert shim.run("ADD").error_code == 11
     assert shim.run("DEL").code == 0
     assert len(shim.queued()) == 1
@@ -369,9 +391,7 @@ def test_the_queue_is_drained_periodically(shim: ShimEnv, start_server: ServerFa
     recorder = Recorder()
     start_server(recorder, replay_interval=0.1)
     DelQueue(shim.queue).enqueue(request("DEL", "periodic"))
-    deadline = time.monotonic() + 5
-    while shim.queued() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: shim.queued() == [], "the replay thread to run the DEL")
     assert recorder.commands() == [("DEL", "periodic")]
 
 

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 
 from tests.integration.fastpath.conftest import ShimEnv
 from tests.integration.fastpath.shimbuild import ROOT
+from tests.integration.plugin.kernel import wait_until
 
 ENTRY_POINTS = {
     "python -m": [sys.executable, "-m", "node_plugin.server"],
@@ -30,6 +30,7 @@ def spawn_server(
         **os.environ,
         "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'operator'}",
         "CNIWARDEN_TEST_LOG": str(log),
+        "CNIWARDEN_TEST_STARTED": str(started_log(log)),
         "CNIWARDEN_TEST_DELAY": str(delay),
     }
     argv = [*ENTRY_POINTS[entry], "--socket", str(shim.socket_path)]
@@ -46,6 +47,10 @@ def spawn_server(
             return proc
     proc.kill()
     raise AssertionError("server did not start:\n" + "".join(seen))
+
+
+def started_log(log: Path) -> Path:
+    return log.with_name(log.name + ".started")
 
 
 def logged(log: Path) -> list[tuple[str, str]]:
@@ -73,12 +78,16 @@ def test_sigterm_stops_cleanly(shim: ShimEnv, workdir: Path, entry: str) -> None
 
 def test_a_server_killed_mid_request_loses_no_del(shim: ShimEnv, workdir: Path) -> None:
     log = workdir / "log"
-    proc = spawn_server(shim, log, delay=1.0)
+    # The handler takes far longer than the test: both requests are in it when it dies.
+    proc = spawn_server(shim, log, delay=600)
     try:
         with ThreadPoolExecutor(2) as pool:
             add = pool.submit(shim.run, "ADD", extra_env={"CNI_CONTAINERID": "a"})
             dele = pool.submit(shim.run, "DEL", extra_env={"CNI_CONTAINERID": "d"})
-            time.sleep(0.4)
+            wait_until(
+                lambda: sorted(logged(started_log(log))) == [("ADD", "a"), ("DEL", "d")],
+                "both requests to be in the server's handler",
+            )
             proc.kill()
             proc.wait()
             add_run, del_run = add.result(), dele.result()
