@@ -303,17 +303,13 @@ def down(state: ClusterState) -> None:
 
 
 def _restore_sysctls(state: ClusterState) -> None:
-    """Put back the kernel tunables real nodes changed, unless another cluster's nodes run."""
+    """Put back the kernel tunables real nodes changed, unless another cluster's nodes
+    run (decided under the registry lock, which a node raising them also holds)."""
     if not state.saved_sysctls:
         return
-    others = [
-        w
-        for w in slots.claimed_workdirs(Path(state.root))
-        if w != Path(state.workdir) and (w / "nodes").is_dir()
-    ]
-    if others:
-        return
-    realnode.restore_sysctls(state.saved_sysctls)
+    with slots.registry_lock(Path(state.root)) as slots_dir:
+        if not slots.others_have_real_nodes(slots_dir, Path(state.workdir)):
+            realnode.restore_sysctls(state.saved_sysctls)
 
 
 def down_by_name(name: str, root: Path | None = None) -> bool:

@@ -44,9 +44,11 @@ REFERENCE_PLUGINS = Path("/usr/lib/cni")
 NAMESPACE = "k8s.io"
 # Machine-wide kernel tunables a real node changes, with the value it sets:
 # kubelet's own (setupKernelTunables), and inotify limits raised like kind
-# advises (every kubelet and containerd holds several inotify instances; the
-# Debian default of 128 per user makes the second or third kubelet fail with
-# "inotify_init: too many open files"). Restored when the last real node goes.
+# advises. inotify instances are counted per user, machine-wide: every kubelet
+# and containerd holds several (one test session with three real nodes peaks at
+# about 90 for root), so the Debian default of 128 fails a kubelet with
+# "inotify_init: too many open files" as soon as a second session runs.
+# Restored when the last real node on the machine goes.
 KUBELET_SYSCTLS = {
     "vm.overcommit_memory": "1",
     "vm.panic_on_oom": "0",
@@ -370,30 +372,35 @@ def _start_kubelet(layout: Layout, state: ClusterState, node: NodeLayout) -> Non
     procs.wait_ready(rec, healthy, timeout=READY_TIMEOUT, what="kubelet /healthz")
 
 
-def _save_sysctls(state: ClusterState) -> None:
-    """Remember the machine's values before our first kubelet changes them.
+def _prepare_kernel(state: ClusterState, node: NodeLayout) -> None:
+    """Remember the machine's tunables, then raise the inotify limits, before this
+    node's first daemon starts (containerd watches the CNI conf dir with inotify).
 
-    When another cluster's kubelet already runs, the live values are its changes:
-    inherit the originals that cluster saved instead.
+    Under the slot registry's lock, after creating the node's directory: a cluster
+    going down at the same moment restores the machine's values only when no other
+    cluster has real nodes, and decides that under the same lock. When another
+    cluster's nodes run, the live values are their changes: inherit the originals
+    that cluster saved instead.
     """
-    if state.saved_sysctls:
-        return
-    for workdir in slots.claimed_workdirs(Path(state.root)):
-        other = workdir / "state.json"
-        if workdir == Path(state.workdir) or not other.exists():
-            continue
-        with contextlib.suppress(OSError, ValueError, TypeError):
-            saved = ClusterState.load(other).saved_sysctls
-            if saved:
-                state.saved_sysctls = dict(saved)
-                break
-    if not state.saved_sysctls:
-        keys = [*KUBELET_SYSCTLS, *RAISED_SYSCTLS]
-        state.saved_sysctls = {k: hostres.read_sysctl(k) for k in keys}
-    state.save()
-    for key, minimum in RAISED_SYSCTLS.items():
-        if int(hostres.read_sysctl(key)) < minimum:
-            hostres.write_sysctl(key, str(minimum))
+    with slots.registry_lock(Path(state.root)):
+        node.dir.mkdir(parents=True, exist_ok=True)
+        if not state.saved_sysctls:
+            for workdir in slots.claimed_workdirs(Path(state.root)):
+                other = workdir / "state.json"
+                if workdir == Path(state.workdir) or not other.exists():
+                    continue
+                with contextlib.suppress(OSError, ValueError, TypeError):
+                    saved = ClusterState.load(other).saved_sysctls
+                    if saved:
+                        state.saved_sysctls = dict(saved)
+                        break
+        if not state.saved_sysctls:
+            keys = [*KUBELET_SYSCTLS, *RAISED_SYSCTLS]
+            state.saved_sysctls = {k: hostres.read_sysctl(k) for k in keys}
+        state.save()
+        for key, minimum in RAISED_SYSCTLS.items():
+            if int(hostres.read_sysctl(key)) < minimum:
+                hostres.write_sysctl(key, str(minimum))
 
 
 def restore_sysctls(saved: dict[str, str]) -> None:
@@ -403,21 +410,6 @@ def restore_sysctls(saved: dict[str, str]) -> None:
         current = hostres.read_sysctl(key)
         if current != original and current == ours.get(key):
             hostres.write_sysctl(key, original)
-
-
-# Every kubelet, API server and node agent holds a few inotify instances; the
-# kernel's default of 128 per user runs out with a handful of nodes (kind's known
-# issue "too many open files"). Raised while real nodes run, like kind advises.
-INOTIFY_MINIMUMS = {"fs.inotify.max_user_instances": 1024, "fs.inotify.max_user_watches": 524288}
-
-
-def _raise_inotify_limits(state: ClusterState) -> None:
-    for key, minimum in INOTIFY_MINIMUMS.items():
-        current = int(hostres.read_sysctl(key))
-        if current < minimum:
-            state.saved_sysctls.setdefault(key, str(current))
-            hostres.write_sysctl(key, str(minimum))
-    state.save()
 
 
 def node_status(kubectl: Kubectl, name: str) -> dict[str, object] | None:
@@ -526,6 +518,7 @@ def add_node(
     )
     state.save()
     started = time.monotonic()
+    _prepare_kernel(state, node)
     for d in (node.cni_conf_dir, node.cni_bin_dir, node.cni_state_dir):
         d.mkdir(parents=True, exist_ok=True)
     # Like a kind node image: the reference plugins are installed (containerd
@@ -536,8 +529,6 @@ def add_node(
     _make_mount_ns(layout, node)
     _start_containerd(state, node)
     _import_images(layout, node)
-    _save_sysctls(state)
-    _raise_inotify_limits(state)
     _start_kubelet(layout, state, node)
     pod_cidr = wait_node_registered(state, kubectl, node, need_ready=False)
     if cni == "bridge":

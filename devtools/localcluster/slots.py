@@ -26,7 +26,8 @@ class NoFreeSlotError(RuntimeError):
 
 
 @contextmanager
-def _registry_lock(root: Path) -> Iterator[Path]:
+def registry_lock(root: Path) -> Iterator[Path]:
+    """The machine-wide lock on the registry; yields its directory. Not reentrant."""
     slots = root / ".slots"
     slots.mkdir(parents=True, exist_ok=True)
     with (slots / ".lock").open("w") as lock:
@@ -74,7 +75,7 @@ def _slot_usable(slot: int, in_use: list[ipaddress.IPv4Network]) -> bool:
 
 def claim(root: Path, workdir: Path) -> int:
     """Claim the lowest free slot for the cluster living in `workdir`."""
-    with _registry_lock(root) as slots:
+    with registry_lock(root) as slots:
         in_use = _routed_subnets()
         for slot in range(MAX_SLOTS):
             marker = slots / str(slot)
@@ -91,7 +92,7 @@ def claim(root: Path, workdir: Path) -> int:
 
 
 def release(root: Path, slot: int, workdir: Path) -> None:
-    with _registry_lock(root) as slots:
+    with registry_lock(root) as slots:
         marker = slots / str(slot)
         if marker.exists() and Path(marker.read_text().strip()) == workdir:
             marker.unlink()
@@ -105,6 +106,17 @@ def claimed_workdirs(root: Path) -> list[Path]:
     return [Path(p.read_text().strip()) for p in sorted(slots.iterdir()) if p.name.isdigit()]
 
 
+def others_have_real_nodes(slots_dir: Path, leaving: Path) -> bool:
+    """Whether a cluster other than `leaving` has real nodes (call under the registry lock:
+    a real node's directory is created under it before the node changes the machine)."""
+    for marker in slots_dir.iterdir():
+        if marker.name.isdigit():
+            workdir = Path(marker.read_text().strip())
+            if workdir != leaving and (workdir / "nodes").is_dir():
+                return True
+    return False
+
+
 def _created_paths_file(slots_dir: Path) -> Path:
     return slots_dir / "created-host-dirs"
 
@@ -112,7 +124,7 @@ def _created_paths_file(slots_dir: Path) -> Path:
 def ensure_host_dirs(root: Path, paths: list[Path]) -> None:
     """Create missing host directories (mount points for node namespaces), and
     remember which ones we created so the last cluster can remove them."""
-    with _registry_lock(root) as slots_dir:
+    with registry_lock(root) as slots_dir:
         record = _created_paths_file(slots_dir)
         created = set(record.read_text().split()) if record.exists() else set()
         for path in paths:
@@ -131,13 +143,8 @@ def ensure_host_dirs(root: Path, paths: list[Path]) -> None:
 def release_host_dirs(root: Path, leaving: Path) -> None:
     """Remove the host directories clusters created, once no other cluster has
     real nodes (only empty ones: anything someone else put there stays)."""
-    with _registry_lock(root) as slots_dir:
-        others = [
-            Path(p.read_text().strip())
-            for p in slots_dir.iterdir()
-            if p.name.isdigit() and Path(p.read_text().strip()) != leaving
-        ]
-        if any((w / "nodes").is_dir() for w in others):
+    with registry_lock(root) as slots_dir:
+        if others_have_real_nodes(slots_dir, leaving):
             return
         record = _created_paths_file(slots_dir)
         if not record.exists():

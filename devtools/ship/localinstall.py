@@ -410,7 +410,8 @@ class LocalInstall:
             port = probe["httpGet"]["port"]
             port = w.ports.get(port, port)
             url = f"http://{node.ip}:{port}{probe['httpGet']['path']}"
-            check = f"import urllib.request as u; print(u.urlopen({url!r}, timeout=3).status)"
+            wait = probe.get("timeoutSeconds", 1)  # Kubernetes' default
+            check = f"import urllib.request as u; print(u.urlopen({url!r}, timeout={wait}).status)"
             return node.sh(f"exec {sys.executable} -c {shlex.quote(check)}")
         argv = executable(list(probe["exec"]["command"]))
         return run(node.nsenter(argv)).stdout

@@ -8,6 +8,7 @@ import io
 import ipaddress
 import json
 import tarfile
+import time
 import tomllib
 from pathlib import Path
 
@@ -144,17 +145,23 @@ def test_a_component_that_dies_reports_its_log_tail(tmp_path: Path) -> None:
     log = tmp_path / "c.log"
     rec = procs.start("broken", ["sh", "-c", "echo 'bind: address already in use'; exit 3"], log)
     with pytest.raises(procs.ComponentError, match="address already in use") as err:
-        procs.wait_ready(rec, lambda: False, timeout=10, what="/healthz")
+        procs.wait_ready(rec, lambda: False, timeout=60, what="/healthz")
     assert "broken exited before it was ready (/healthz; exit code 3)" in str(err.value)
 
 
 def test_a_component_that_never_gets_ready_times_out_with_the_last_error(tmp_path: Path) -> None:
-    rec = procs.start("slow", ["sh", "-c", "echo starting; sleep 30"], tmp_path / "s.log")
+    log = tmp_path / "s.log"
+    rec = procs.start("slow", ["sh", "-c", "echo starting; exec sleep 60"], log)
 
     def probe() -> bool:
         raise ConnectionRefusedError("connection refused")
 
     try:
+        # The error quotes the log as it is at the deadline: let the component write first
+        # (a loaded machine may not run the shell within the 1 s the component gets).
+        deadline = time.monotonic() + 30
+        while "starting" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.02)
         with pytest.raises(procs.ComponentError, match="not ready after 1s") as err:
             procs.wait_ready(rec, probe, timeout=1, what="/readyz")
         assert "connection refused" in str(err.value)
