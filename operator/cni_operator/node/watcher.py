@@ -67,7 +67,11 @@ class DirectoryWatcher:
         fd = _libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         if fd < 0:
             err = ctypes.get_errno()
-            raise OSError(err, f"inotify_init1: {os.strerror(err)}")
+            hint = ""
+            if err == errno.EMFILE:
+                # Instances are counted per user, machine-wide (kubelets hold many).
+                hint = " (this user's fs.inotify.max_user_instances, or this process's fds)"
+            raise OSError(err, f"inotify_init1: {os.strerror(err)}{hint}")
         self.fd: int = fd
         self.directories = list(directories)
         self._by_wd: dict[int, Path] = {}
