@@ -179,7 +179,7 @@ class DhcpLab:
                 "-socketpath",
                 str(self.socket),
                 "-timeout",
-                "10s",
+                "30s",  # for one lease exchange; generous for a loaded machine
             ]
         )
         deadline = time.monotonic() + 20
