@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import queue
 import socket
 import struct
+import threading
 from collections.abc import Iterable
+
+from node_plugin import netns
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +95,45 @@ def announce(ifname: str, mac: str, addresses: Iterable[IPAddress]) -> None:
 
 def _send_arp(ifname: str, mac: bytes, address: ipaddress.IPv4Address) -> None:
     # Protocol 0: the socket only sends, it never queues received frames.
-    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0) as sock:
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    try:
         sock.bind((ifname, 0))
         sock.send(gratuitous_arp_frame(mac, address))
+    finally:
+        _closer.close_later(sock)
+
+
+class SocketCloser:
+    """Closes packet sockets off the caller's path: the kernel's packet_release waits for
+    an RCU grace period (synchronize_net), 4-16 ms here, which an ADD must not pay. A
+    process that exits first closes them on exit."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[socket.socket] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+
+    def close_later(self, sock: socket.socket) -> None:
+        with self._lock:
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(
+                    target=self._close_forever, name="packet-closer", daemon=True
+                )
+                self.thread.start()
+        self._queue.put(sock)
+
+    def _close_forever(self) -> None:
+        # A thread starts in its creator's namespace, here a sandbox's: move to the
+        # process's own (its main thread's) at once, or this thread would pin that sandbox.
+        try:
+            netns.join_process_netns()
+        except OSError as exc:
+            log.warning("packet-closer stays in the namespace it started in: %s", exc)
+        while True:
+            self._queue.get().close()
+
+
+_closer = SocketCloser()
 
 
 def _send_na(ifname: str, mac: bytes, address: ipaddress.IPv6Address) -> None:

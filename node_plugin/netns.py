@@ -72,6 +72,16 @@ def netns_exists(path: str) -> bool:
         os.close(fd)
 
 
+def join_process_netns() -> None:
+    """Move the calling thread, for good, to the namespace of the process's main thread
+    (`/proc/self` is the thread group leader)."""
+    fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _setns(fd)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def entered(target: str | int) -> Iterator[int]:
     """Run the block in `target` (a path or an open fd); yields the namespace fd.

@@ -31,6 +31,8 @@ ROUTES = {
     "routes": [{"dst": "192.168.0.0/16"}, {"dst": "172.16.0.0/12", "gw": "10.55.2.254"}],
 }
 
+REQUESTED_MAC_PREFIX = "02:55:00:00:00:"
+
 # name -> (bridge fields, ipam fields or None for L2, CNI_ARGS)
 SCENARIOS: dict[str, tuple[dict[str, Any], dict[str, Any] | None, str]] = {
     "gateway": ({"isGateway": True}, SINGLE, ""),
@@ -44,7 +46,7 @@ SCENARIOS: dict[str, tuple[dict[str, Any], dict[str, Any] | None, str]] = {
     "requested-ip-and-mac": (
         {"isGateway": True},
         SINGLE,
-        "IgnoreUnknown=1;IP=10.55.0.77;MAC=02:55:00:00:00:77",
+        f"IgnoreUnknown=1;IP=10.55.0.77;MAC={REQUESTED_MAC_PREFIX}77",
     ),
 }
 
@@ -83,7 +85,8 @@ def normalize_result(out: dict[str, Any], sandboxes: dict[str, str]) -> dict[str
     for i, iface in enumerate(out.get("interfaces", [])):
         if iface["name"].startswith("veth"):
             iface["name"] = "<host-veth>"
-        if "mac" in iface and not iface["mac"].startswith("02:55:"):
+        # Only the MAC a scenario requests is kept; a kernel-chosen one can start 02:55 too.
+        if "mac" in iface and not iface["mac"].startswith(REQUESTED_MAC_PREFIX):
             iface["mac"] = f"<mac-{i}>"
         if "sandbox" in iface:
             iface["sandbox"] = sandboxes.get(iface["sandbox"], "<unknown>")
