@@ -423,22 +423,25 @@ def test_invalid_config_keeps_last_good_file(fleet: Fleet) -> None:
         bad = bridge_spec()
         bad["cniVersion"] = "1.1.0"  # Debian's reference plugins stop at 1.0.0
         fleet.apply(name, bad)
-        degraded = fleet.wait(
-            lambda: (
-                fleet.condition(name, "Degraded").get("status") == "True"
-                and fleet.condition(name, "Degraded")
-            ),
-            "Degraded",
-        )
+        refusals = [f"{each}: not written, the last good config stays: " for each in fleet.nodes]
+
+        def degraded_on_every_node() -> dict[str, Any] | None:
+            # Degraded turns True with the first node's report; the others follow.
+            condition = fleet.condition(name, "Degraded")
+            if condition.get("status") != "True":
+                return None
+            if not all(refusal in condition.get("message", "") for refusal in refusals):
+                return None
+            return condition
+
+        # Every selected node refuses it (its reference plugins stop at 1.0.0): each is named.
+        degraded = fleet.wait(degraded_on_every_node, "Degraded naming every node")
         assert degraded["reason"] == "InvalidConfig", degraded
         assert degraded["observedGeneration"] == fleet.network(name)["metadata"]["generation"]
-        # Every selected node refused it (its reference plugins stop at 1.0.0): each is named.
         cause = (
             "supports CNI versions 0.1.0, 0.2.0, 0.3.0, 0.3.1, 0.4.0, 1.0.0 "
             "but the config asks for 1.1.0"
         )
-        for each in fleet.nodes:
-            assert f"{each}: not written, the last good config stays: " in degraded["message"]
         assert f"plugin binary 'bridge' {cause}" in degraded["message"], degraded
         # The Event says the same per node, where `kubectl get events` finds it.
         event = fleet.wait(
