@@ -44,7 +44,7 @@ from cni_operator.rendering import (
     selects,
 )
 from cni_operator.runtime_order import analyze, parse_config
-from cni_operator.switch_gate import acknowledged, classify, decide
+from cni_operator.switch_gate import GateDecision, acknowledged, classify, decide
 
 # A foreign file younger than this is not moved yet: it may still be being written.
 QUARANTINE_SETTLE_SECONDS = 0.5
@@ -208,6 +208,25 @@ class Reconciler:
         entry.update(extra)
         return entry
 
+    def _blocked_entry(
+        self,
+        name: str,
+        body: Mapping[str, Any] | None,
+        manifest: Manifest,
+        decision: GateDecision,
+        attachments: int,
+    ) -> dict[str, Any]:
+        """A change held by the switch gate: which fields, and how many attachments hold it."""
+        return self._entry(
+            name,
+            body,
+            manifest,
+            STATE_BLOCKED,
+            decision.reason,
+            blockedFields=list(decision.unsafe_fields),
+            attachments=attachments,
+        )
+
     def _transition_events(self, entries: Mapping[str, Mapping[str, Any]]) -> list[AgentEvent]:
         """One Event per change of a network's state or message on this node."""
         events = []
@@ -254,15 +273,7 @@ class Reconciler:
                     cni_name,
                 )
                 if not decision.allowed:
-                    entries[name] = self._entry(
-                        name,
-                        body,
-                        manifest,
-                        STATE_BLOCKED,
-                        decision.reason,
-                        blockedFields=list(decision.unsafe_fields),
-                        attachments=count,
-                    )
+                    entries[name] = self._blocked_entry(name, body, manifest, decision, count)
                     continue
             remove(self.paths.conf_dir / managed.file)
             del manifest.networks[name]
@@ -371,15 +382,7 @@ class Reconciler:
                 # Keep the last applied config in place even if someone removed it.
                 old = render(name, NetworkSpec.model_validate(managed.spec), facts)
                 atomic_write(self.paths.conf_dir / managed.file, old.content)
-            entries[name] = self._entry(
-                name,
-                body,
-                manifest,
-                STATE_BLOCKED,
-                decision.reason,
-                blockedFields=list(decision.unsafe_fields),
-                attachments=held_count,
-            )
+            entries[name] = self._blocked_entry(name, body, manifest, decision, held_count)
             return
 
         target = self.paths.conf_dir / rendered.file_name
