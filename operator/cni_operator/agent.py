@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from cni_operator import api
+from cni_operator import api, kopf_runtime
 from cni_operator.hostgw_node import HostGatewayNode
 from cni_operator.kube import Kube
 from cni_operator.kube_time import now_iso
@@ -243,16 +243,11 @@ def merge_listing(
 
 
 def build_registry(agent: Agent) -> kopf.OperatorRegistry:
-    registry = kopf.OperatorRegistry()
-
-    @kopf.on.login(registry=registry)
-    def login(**kwargs: Any) -> Any:
-        return kopf.login_via_client(**kwargs)
+    registry = kopf_runtime.new_registry()
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-        # kopf logs every handled watch event at INFO; keep the log for what matters.
-        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+        kopf_runtime.quiet_kopf_objects()
         settings.posting.enabled = False  # our Events say what happened; kopf's would be noise
         settings.watching.server_timeout = 300
         settings.networking.request_timeout = 30
@@ -277,12 +272,4 @@ def build_registry(agent: Agent) -> kopf.OperatorRegistry:
 
 def run(settings: AgentSettings) -> None:
     agent = Agent(settings)
-    registry = build_registry(agent)
-    asyncio.run(
-        kopf.operator(
-            registry=registry,
-            clusterwide=True,
-            standalone=True,
-            liveness_endpoint=settings.liveness_endpoint,
-        )
-    )
+    kopf_runtime.run(build_registry(agent), settings.liveness_endpoint)

@@ -21,7 +21,7 @@ from typing import Any
 
 import kopf
 
-from cni_operator import api
+from cni_operator import api, kopf_runtime
 from cni_operator.api import SpecError, parse_spec
 from cni_operator.conditions import SHADOWED, build_status, network_entry, same_status
 from cni_operator.kube import Kube
@@ -209,17 +209,12 @@ class Controller:
 
 
 def build_registry(controller: Controller) -> kopf.OperatorRegistry:
-    registry = kopf.OperatorRegistry()
+    registry = kopf_runtime.new_registry()
     plural = (api.GROUP, api.VERSION, api.NETWORK_PLURAL)
-
-    @kopf.on.login(registry=registry)
-    def login(**kwargs: Any) -> Any:
-        return kopf.login_via_client(**kwargs)
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-        # kopf logs every handled watch event at INFO; keep the log for what matters.
-        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+        kopf_runtime.quiet_kopf_objects()
         settings.persistence.finalizer = api.FINALIZER
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
             prefix="cniwarden.io"
@@ -301,12 +296,4 @@ def build_registry(controller: Controller) -> kopf.OperatorRegistry:
 
 def run(settings: ControllerSettings) -> None:
     controller = Controller(settings)
-    registry = build_registry(controller)
-    asyncio.run(
-        kopf.operator(
-            registry=registry,
-            clusterwide=True,
-            standalone=True,
-            liveness_endpoint=settings.liveness_endpoint,
-        )
-    )
+    kopf_runtime.run(build_registry(controller), settings.liveness_endpoint)
