@@ -51,7 +51,7 @@ $(CNI_BIN)/cniwarden-%: build/shim/cniwarden-shim
 
 # Reference vs standalone vs shim+server, side by side (root; see bench/fastpath.py).
 bench-fastpath: setup plugins
-	$(BIN)/python bench/fastpath.py $(BENCH_ARGS)
+	$(BIN)/python -m bench.fastpath $(BENCH_ARGS)
 
 # Reference vs the standalone Python plugins, exec to exit (root; see bench/plugin.py).
 bench-plugin: setup

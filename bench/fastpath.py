@@ -5,7 +5,7 @@ implementation (different interface names, different bridges and subnets), and t
 of the implementations rotates per sandbox so machine noise spreads evenly. Each verb is
 timed as a whole process, from exec to exit, as a runtime sees it.
 
-    sudo .venv/bin/python bench/fastpath.py [--sandboxes 40] [--rounds 3] [--masq]
+    sudo .venv/bin/python -m bench.fastpath [--sandboxes 40] [--rounds 3] [--masq]
 
 Everything lives in network namespaces the bench creates (a "host" namespace the bench
 and the server run in, plus the sandboxes) and is deleted at the end, even on failure.
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
-import ctypes
 import importlib.util
 import io
 import json
@@ -31,10 +30,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from bench.netns import enter_netns, namespaces
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_DIR = Path("/usr/lib/cni")
@@ -47,32 +47,6 @@ CNI_VERSION = "1.0.0"  # the newest version Debian's reference plugins (1.1.1) s
 
 def sh(*argv: str) -> str:
     return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
-
-
-def enter_netns(name: str) -> None:
-    """Moves this (single-threaded) process into a named netns; children follow."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if libc.setns(fd, 0x40000000) != 0:
-            raise OSError(ctypes.get_errno(), "setns")
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def namespaces(prefix: str, count: int) -> Iterator[tuple[str, list[str]]]:
-    host = f"{prefix}-host"
-    sandboxes = [f"{prefix}-s{i}" for i in range(count)]
-    made: list[str] = []
-    try:
-        for name in [host, *sandboxes]:
-            sh("ip", "netns", "add", name)
-            made.append(name)
-        yield host, sandboxes
-    finally:
-        for name in reversed(made):
-            subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
 
 
 # ---- implementations ------------------------------------------------------------
@@ -628,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="cw-bench-", dir="/tmp"))
     servers: list[subprocess.Popen[str]] = []
     try:
-        with namespaces(f"cwb{run_id}", count) as (host, sandboxes):
+        with namespaces(f"cwb{run_id}", count, host="host") as (host, sandboxes):
             enter_netns(host)
             sh("ip", "link", "set", "lo", "up")
             full = (

@@ -16,8 +16,6 @@ ratios (ours / reference) and writes bench/results/plugin.json.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import json
 import os
 import resource
@@ -27,9 +25,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from bench.netns import enter_netns, namespaces
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = Path("/usr/lib/cni")
@@ -37,34 +36,6 @@ RESULTS = ROOT / "bench" / "results"
 VERSION = "1.0.0"  # the newest CNI version Debian's reference plugins (1.1.1) speak
 VERBS = ("ADD", "CHECK", "DEL")
 IFNAMES = {"reference": "eth0", "cniwarden": "eth1"}  # both attach to every sandbox
-
-
-def sh(*argv: str) -> None:
-    subprocess.run(argv, check=True, capture_output=True)
-
-
-def enter_netns(name: str) -> None:
-    """Move this single-threaded process into `name`; exec'd plugins start there too."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if libc.setns(fd, 0x40000000) != 0:
-            raise OSError(ctypes.get_errno(), "setns")
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def namespaces(prefix: str, count: int) -> Iterator[tuple[str, list[str]]]:
-    host, made = f"{prefix}-node", []
-    try:
-        for name in [host, *(f"{prefix}-s{i}" for i in range(count))]:
-            sh("ip", "netns", "add", name)
-            made.append(name)
-        yield host, made[1:]
-    finally:
-        for name in reversed(made):
-            subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
 
 
 def config(kind: str, run_id: str, n: int, store: Path) -> dict[str, Any]:
@@ -126,7 +97,7 @@ def run(count: int, ours_dir: Path) -> dict[str, Any]:
     cpu: dict[str, dict[str, list[float]]] = {k: {v: [] for v in VERBS} for k in impls}
     with (
         tempfile.TemporaryDirectory(prefix="cw-bench-") as tmp,
-        namespaces(f"cwb{run_id}", count) as (host, sandboxes),
+        namespaces(f"cwb{run_id}", count, host="node") as (host, sandboxes),
     ):
         enter_netns(host)
         confs = {k: config(k, run_id, n, Path(tmp) / k) for n, k in enumerate(impls)}
