@@ -196,60 +196,65 @@ def write_kubeconfigs(layout: Layout, pki: Pki, server: str) -> dict[str, Path]:
     return made
 
 
-def start_controller_manager(layout: Layout, state: ClusterState, pki: Pki, kcfg: Path) -> float:
-    port = layout.ports.controller_manager
+def _start_kube_component(
+    layout: Layout,
+    state: ClusterState,
+    name: str,
+    *,
+    port: int,
+    kcfg: Path,
+    flags: tuple[str, ...] = (),
+) -> float:
+    """kube-controller-manager or kube-scheduler: authenticated by `kcfg`, serving
+    /healthz on 127.0.0.1:`port`, no leader election (one instance per cluster)."""
     rec = _record(
         state,
         procs.start(
-            "kube-controller-manager",
+            name,
             [
-                str(tool("kube-controller-manager")),
+                str(tool(name)),
                 f"--kubeconfig={kcfg}",
                 f"--authentication-kubeconfig={kcfg}",
                 f"--authorization-kubeconfig={kcfg}",
                 "--bind-address=127.0.0.1",
                 f"--secure-port={port}",
                 "--leader-elect=false",
-                "--allocate-node-cidrs=true",
-                f"--cluster-cidr={POD_CIDR}",
-                f"--node-cidr-mask-size={NODE_CIDR_MASK}",
-                f"--service-cluster-ip-range={SERVICE_CIDR}",
-                f"--root-ca-file={pki.ca.cert}",
-                f"--service-account-private-key-file={pki.service_account.key}",
-                "--use-service-account-credentials=true",
-                f"--cluster-signing-cert-file={pki.ca.cert}",
-                f"--cluster-signing-key-file={pki.ca.key}",
-                "--controllers=*,bootstrapsigner,tokencleaner",
+                *flags,
                 "--profiling=false",
                 "--v=1",
             ],
-            layout.logs_dir / "kube-controller-manager.log",
+            layout.logs_dir / f"{name}.log",
         ),
     )
     return procs.wait_ready(rec, _healthz(port), timeout=READY_TIMEOUT, what="/healthz")
+
+
+def start_controller_manager(layout: Layout, state: ClusterState, pki: Pki, kcfg: Path) -> float:
+    return _start_kube_component(
+        layout,
+        state,
+        "kube-controller-manager",
+        port=layout.ports.controller_manager,
+        kcfg=kcfg,
+        flags=(
+            "--allocate-node-cidrs=true",
+            f"--cluster-cidr={POD_CIDR}",
+            f"--node-cidr-mask-size={NODE_CIDR_MASK}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            f"--root-ca-file={pki.ca.cert}",
+            f"--service-account-private-key-file={pki.service_account.key}",
+            "--use-service-account-credentials=true",
+            f"--cluster-signing-cert-file={pki.ca.cert}",
+            f"--cluster-signing-key-file={pki.ca.key}",
+            "--controllers=*,bootstrapsigner,tokencleaner",
+        ),
+    )
 
 
 def start_scheduler(layout: Layout, state: ClusterState, kcfg: Path) -> float:
-    port = layout.ports.scheduler
-    rec = _record(
-        state,
-        procs.start(
-            "kube-scheduler",
-            [
-                str(tool("kube-scheduler")),
-                f"--kubeconfig={kcfg}",
-                f"--authentication-kubeconfig={kcfg}",
-                f"--authorization-kubeconfig={kcfg}",
-                "--bind-address=127.0.0.1",
-                f"--secure-port={port}",
-                "--leader-elect=false",
-                "--profiling=false",
-                "--v=1",
-            ],
-            layout.logs_dir / "kube-scheduler.log",
-        ),
+    return _start_kube_component(
+        layout, state, "kube-scheduler", port=layout.ports.scheduler, kcfg=kcfg
     )
-    return procs.wait_ready(rec, _healthz(port), timeout=READY_TIMEOUT, what="/healthz")
 
 
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
