@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import controlplane, fakenodes, hostres, procs, realnode, slots
-from .layout import DEFAULT_ROOT, Layout, NodeLayout, validate_name
+from .layout import DEFAULT_ROOT, CniHostDirs, Layout, NodeLayout, validate_name
 from .state import ClusterState
 from .tiers import Tier
 from .toolpaths import PINNED_TOOLS, tool
@@ -34,7 +34,7 @@ def _log(message: str) -> None:
 
 
 @dataclass(frozen=True)
-class RealNode:
+class RealNode(CniHostDirs):
     """What tests need to know about a real node."""
 
     name: str
@@ -42,18 +42,6 @@ class RealNode:
     netns: Path
     host_root: Path
     containerd_socket: Path
-
-    @property
-    def cni_conf_dir(self) -> Path:
-        return self.host_root / "etc/cni/net.d"
-
-    @property
-    def cni_bin_dir(self) -> Path:
-        return self.host_root / "opt/cni/bin"
-
-    @property
-    def cni_state_dir(self) -> Path:
-        return self.host_root / "var/lib/cni"
 
 
 class LocalCluster:

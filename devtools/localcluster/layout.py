@@ -11,6 +11,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 DEFAULT_ROOT = Path("/var/tmp/cniwarden-clusters")
 MAX_SLOTS = 100
@@ -62,8 +63,29 @@ class Ports:
         ]
 
 
+class CniHostDirs:
+    """The CNI directories a real node's runtime uses, under its host root."""
+
+    if TYPE_CHECKING:  # a dataclass field or a property of the class that mixes this in
+
+        @property
+        def host_root(self) -> Path: ...
+
+    @property
+    def cni_conf_dir(self) -> Path:
+        return self.host_root / "etc/cni/net.d"
+
+    @property
+    def cni_bin_dir(self) -> Path:
+        return self.host_root / "opt/cni/bin"
+
+    @property
+    def cni_state_dir(self) -> Path:
+        return self.host_root / "var/lib/cni"
+
+
 @dataclass(frozen=True)
-class NodeLayout:
+class NodeLayout(CniHostDirs):
     """One real node: its own netns, veth, containerd, kubelet and host root."""
 
     index: int
@@ -78,18 +100,6 @@ class NodeLayout:
     def host_root(self) -> Path:
         """Prefix of the node's /etc/cni/net.d, /opt/cni/bin and /var/lib/cni."""
         return self.dir / "host"
-
-    @property
-    def cni_conf_dir(self) -> Path:
-        return self.host_root / "etc/cni/net.d"
-
-    @property
-    def cni_bin_dir(self) -> Path:
-        return self.host_root / "opt/cni/bin"
-
-    @property
-    def cni_state_dir(self) -> Path:
-        return self.host_root / "var/lib/cni"
 
     @property
     def netns_path(self) -> Path:
