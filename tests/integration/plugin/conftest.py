@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -31,7 +32,13 @@ import pytest
 
 from tests.integration.fastpath.pluginpath import build_shim_path
 from tests.integration.fastpath.shimbuild import ROOT
-from tests.integration.plugin.kernel import Netns, create_netns, delete_netns, wait_reaped
+from tests.integration.plugin.kernel import (
+    Netns,
+    create_netns,
+    delete_netns,
+    wait_reaped,
+    wait_until,
+)
 from tests.integration.plugin.paused_plugin import wrapper_script
 
 REFERENCE_DIR = Path("/usr/lib/cni")
@@ -114,14 +121,14 @@ def cni_host() -> Iterator[Netns]:
         delete_netns(ns)
 
 
-@pytest.fixture
-def make_host() -> Iterator[Callable[[], Netns]]:
-    """More "node" namespaces, e.g. one per implementation in differential tests."""
+@contextlib.contextmanager
+def _netns_factory(prefix: str) -> Iterator[Callable[[], Netns]]:
+    """make() creates one more namespace named `<prefix>...`; all are deleted at the end."""
     _require_root()
     made: list[Netns] = []
 
     def make() -> Netns:
-        ns = create_netns("cwh-")
+        ns = create_netns(prefix)
         made.append(ns)
         return ns
 
@@ -130,23 +137,19 @@ def make_host() -> Iterator[Callable[[], Netns]]:
     finally:
         for ns in made:
             delete_netns(ns)
+
+
+@pytest.fixture
+def make_host() -> Iterator[Callable[[], Netns]]:
+    """More "node" namespaces, e.g. one per implementation in differential tests."""
+    with _netns_factory("cwh-") as make:
+        yield make
 
 
 @pytest.fixture
 def sandbox() -> Iterator[Callable[[], Netns]]:
-    _require_root()
-    made: list[Netns] = []
-
-    def make() -> Netns:
-        ns = create_netns("cws-")
-        made.append(ns)
-        return ns
-
-    try:
+    with _netns_factory("cws-") as make:
         yield make
-    finally:
-        for ns in made:
-            delete_netns(ns)
 
 
 @dataclass
@@ -218,6 +221,51 @@ def cni_env(
 def exec_argv(cni_bin_dir: Path, host: Netns, plugin_type: str) -> list[str]:
     """How to exec a plugin by type inside the test's host namespace."""
     return ["nsenter", f"--net={host.path}", "--", str(cni_bin_dir / plugin_type)]
+
+
+def skip_for_shims(cni_bin_dir: Path) -> None:
+    """Killing a shim mid-ADD tests nothing of the plugin: the server's work goes on."""
+    if cni_bin_dir.name.startswith("cni-bin-shim"):
+        pytest.skip("killing a shim leaves the server's work running: see fastpath/test_crash.py")
+
+
+def spawn_add(
+    cni_bin_dir: Path,
+    host: Netns,
+    plugin_type: str,
+    config: dict[str, Any],
+    container_id: str,
+    netns: Netns | str,
+) -> subprocess.Popen[bytes]:
+    """An ADD left running (to be killed), its config already written to its stdin."""
+    proc = subprocess.Popen(
+        exec_argv(cni_bin_dir, host, plugin_type),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=cni_env(
+            "ADD", cni_bin_dir=cni_bin_dir, container_id=container_id, netns=netns, ifname="eth0"
+        ),
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(json.dumps(config).encode())
+    proc.stdin.close()
+    return proc
+
+
+def kill_once_paused(proc: subprocess.Popen[bytes], paused: PausedPlugins) -> None:
+    """Wait until a paused plugin wrote its lease and stopped, then kill it (also when
+    the wait fails: no paused plugin outlives the test)."""
+    try:
+        wait_until(
+            lambda: paused.marker.exists() or proc.poll() is not None,
+            "the plugin to pause after writing its lease",
+            timeout=60,
+        )
+        assert proc.poll() is None, "plugin exited before the pause point"
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 @pytest.fixture

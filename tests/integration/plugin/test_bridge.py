@@ -14,7 +14,14 @@ from typing import Any
 
 import pytest
 
-from tests.integration.plugin.conftest import CniRun, PausedPlugins, RunCni, cni_env, exec_argv
+from tests.integration.plugin.conftest import (
+    CniRun,
+    PausedPlugins,
+    RunCni,
+    kill_once_paused,
+    skip_for_shims,
+    spawn_add,
+)
 from tests.integration.plugin.kernel import (
     Netns,
     attachment_state,
@@ -589,58 +596,23 @@ def test_bad_netns_and_missing_prev_result(
 
 
 def test_parallel_adds_into_one_bridge(
-    cni_bin_dir: Path, cni_host: Netns, sandbox: Sandbox, tmp_path: Path, run_cni: RunCni
+    cni_host: Netns, sandbox: Sandbox, tmp_path: Path, run_cni: RunCni
 ) -> None:
     c = bconf(tmp_path, isGateway=True)
     sbs = [sandbox() for _ in range(16)]
-    stdin = json.dumps(c).encode()
 
-    def one(i: int) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(
-            exec_argv(cni_bin_dir, cni_host, BR),
-            input=stdin,
-            capture_output=True,
-            env=cni_env(
-                "ADD", cni_bin_dir=cni_bin_dir, container_id=f"p{i}", netns=sbs[i], ifname="eth0"
-            ),
-            timeout=120,
-            check=False,
-        )
+    def one(i: int) -> CniRun:
+        return run_cni(BR, "ADD", c, container_id=f"p{i}", netns=sbs[i], timeout=120)
 
     with ThreadPoolExecutor(max_workers=16) as pool:
-        procs = list(pool.map(one, range(16)))
-    assert all(p.returncode == 0 for p in procs), [p.stdout for p in procs if p.returncode]
-    addrs = {json.loads(p.stdout)["ips"][0]["address"] for p in procs}
+        runs = list(pool.map(one, range(16)))
+    assert all(r.ok for r in runs), [r.stdout for r in runs if not r.ok]
+    addrs = {r.output["ips"][0]["address"] for r in runs}
     assert len(addrs) == 16
     for sb in sbs:
         hv = host_veth_of(cni_host, sb, "eth0")
         assert hv is not None and hv["master"] == c["bridge"]
     assert cni_host.addrs(c["bridge"]) == ["10.66.0.1/24"]
-
-
-def _spawn_add(
-    cni_bin_dir: Path,
-    host: Netns,
-    c: dict[str, Any],
-    sb: Netns,
-    cid: str,
-) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        exec_argv(cni_bin_dir, host, BR),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=cni_env("ADD", cni_bin_dir=cni_bin_dir, container_id=cid, netns=sb, ifname="eth0"),
-    )
-    assert proc.stdin is not None
-    proc.stdin.write(json.dumps(c).encode())
-    proc.stdin.close()
-    return proc
-
-
-def _skip_for_shims(cni_bin_dir: Path) -> None:
-    if cni_bin_dir.name.startswith("cni-bin-shim"):
-        pytest.skip("killing a shim leaves the server's work running: see fastpath/test_crash.py")
 
 
 def test_killed_add_then_gc_leaks_nothing(
@@ -651,21 +623,12 @@ def test_killed_add_then_gc_leaks_nothing(
     run_cni: RunCni,
     paused_plugins: PausedPlugins,
 ) -> None:
-    _skip_for_shims(cni_bin_dir)
+    skip_for_shims(cni_bin_dir)
     c = bconf(tmp_path, isGateway=True, ipMasq=True)
-    marker = paused_plugins.marker
     sb = sandbox()
-    proc = _spawn_add(paused_plugins.bin_dir, cni_host, c, sb, "killed")
-    try:
-        wait_until(
-            lambda: marker.exists() or proc.poll() is not None,
-            "the plugin to pause after writing its lease",
-            timeout=60,
-        )
-        assert proc.poll() is None, "plugin exited before the pause point"
-    finally:
-        proc.kill()  # also when the wait failed: no paused plugin outlives the test
-        proc.wait()
+    kill_once_paused(
+        spawn_add(paused_plugins.bin_dir, cni_host, BR, c, "killed", sb), paused_plugins
+    )
     assert list(leases(tmp_path, c["name"]).values()) == ["killed\r\neth0"]  # leaked so far
     keep = add(run_cni, c, sandbox(), "alive").expect_ok()
     run("ip", "netns", "del", sb.name)  # the runtime gives up on the sandbox
@@ -678,12 +641,12 @@ def test_killed_add_then_gc_leaks_nothing(
 def test_adds_killed_at_random_points_leak_nothing_after_gc(
     cni_bin_dir: Path, cni_host: Netns, sandbox: Sandbox, tmp_path: Path, run_cni: RunCni
 ) -> None:
-    _skip_for_shims(cni_bin_dir)
+    skip_for_shims(cni_bin_dir)
     c = bconf(tmp_path, isGateway=True, ipMasq=True)
     rnd = random.Random(int.from_bytes(os.urandom(4), "little"))
     for i in range(12):
         sb = sandbox()
-        proc = _spawn_add(cni_bin_dir, cni_host, c, sb, f"k{i}")
+        proc = spawn_add(cni_bin_dir, cni_host, BR, c, f"k{i}", sb)
         try:
             time.sleep(rnd.uniform(0.05, 0.6))
         finally:

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.plugin.conftest import CniRun, PausedPlugins, RunCni, cni_env, exec_argv
-from tests.integration.plugin.kernel import Netns, unique, wait_until
+from tests.integration.plugin.conftest import (
+    CniRun,
+    PausedPlugins,
+    RunCni,
+    kill_once_paused,
+    skip_for_shims,
+    spawn_add,
+)
+from tests.integration.plugin.kernel import Netns, unique
 
 pytestmark = pytest.mark.root
 HL = "cniwarden-host-local"
@@ -224,28 +229,16 @@ def test_gc_releases_everything_not_listed(run_cni: RunCni, tmp_path: Path, key:
     run_cni(HL, "GC", dict(c, cniVersion="1.0.0", **{key: []})).expect_error(1)
 
 
-def test_parallel_adds_never_share_an_address(
-    cni_bin_dir: Path, cni_host: Netns, tmp_path: Path
-) -> None:
+def test_parallel_adds_never_share_an_address(run_cni: RunCni, tmp_path: Path) -> None:
     c = conf(tmp_path, subnet="10.77.8.0/24")
-    stdin = json.dumps(c).encode()
 
-    def one(i: int) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(
-            exec_argv(cni_bin_dir, cni_host, HL),
-            input=stdin,
-            capture_output=True,
-            env=cni_env(
-                "ADD", cni_bin_dir=cni_bin_dir, container_id=f"par{i}", netns="/x", ifname="eth0"
-            ),
-            timeout=120,
-            check=False,
-        )
+    def one(i: int) -> CniRun:
+        return run_cni(HL, "ADD", c, container_id=f"par{i}", netns="/x", timeout=120)
 
     with ThreadPoolExecutor(max_workers=24) as pool:
-        procs = list(pool.map(one, range(48)))
-    assert all(p.returncode == 0 for p in procs), [p.stdout for p in procs if p.returncode]
-    addresses = [json.loads(p.stdout)["ips"][0]["address"] for p in procs]
+        runs = list(pool.map(one, range(48)))
+    assert all(r.ok for r in runs), [r.stdout for r in runs if not r.ok]
+    addresses = [r.output["ips"][0]["address"] for r in runs]
     assert len(set(addresses)) == 48
     held = leases(tmp_path, c["name"])
     assert len(held) == 48 and {v.split("\r\n")[0] for v in held.values()} == {
@@ -260,29 +253,11 @@ def test_killed_add_leaves_no_lease_after_gc(
     run_cni: RunCni,
     paused_plugins: PausedPlugins,
 ) -> None:
-    if cni_bin_dir.name.startswith("cni-bin-shim"):
-        pytest.skip("killing a shim leaves the server's work running: see fastpath/test_crash.py")
+    skip_for_shims(cni_bin_dir)
     c = conf(tmp_path)
-    bin_dir, marker = paused_plugins.bin_dir, paused_plugins.marker
-    proc = subprocess.Popen(
-        exec_argv(bin_dir, cni_host, HL),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        env=cni_env("ADD", cni_bin_dir=bin_dir, container_id="killed", netns="/x", ifname="eth0"),
+    kill_once_paused(
+        spawn_add(paused_plugins.bin_dir, cni_host, HL, c, "killed", "/x"), paused_plugins
     )
-    try:
-        assert proc.stdin is not None
-        proc.stdin.write(json.dumps(c).encode())
-        proc.stdin.close()
-        wait_until(
-            lambda: marker.exists() or proc.poll() is not None,
-            "the plugin to pause after writing its lease",
-            timeout=60,
-        )
-        assert proc.poll() is None, "plugin exited before the pause point"
-    finally:
-        proc.kill()  # also when the wait failed: no paused plugin outlives the test
-        proc.wait()
     assert leases(tmp_path, c["name"]) == {"10.77.0.2": "killed\r\neth0"}  # the leak
     add(run_cni, c, "alive").expect_ok()
     gc = dict(c, **{"cni.dev/valid-attachments": [{"containerID": "alive", "ifname": "eth0"}]})
