@@ -38,7 +38,8 @@ from typing import Any
 
 from devtools.localcluster import LocalCluster
 from devtools.localcluster.cluster import up
-from devtools.localcluster.layout import BUSYBOX_IMAGE, POD_CIDR
+from devtools.localcluster.layout import POD_CIDR
+from devtools.localcluster.pods import busybox_pod
 from devtools.localcluster.tiers import Tier
 from devtools.ship.localinstall import LocalInstall, LocalNode, run, wait_for
 
@@ -102,23 +103,7 @@ class Side:
 
 
 def pod_body(name: str, node: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": "default", "labels": {"bench": "pod-rtt"}},
-        "spec": {
-            "nodeName": node,
-            "terminationGracePeriodSeconds": 0,
-            "containers": [
-                {
-                    "name": "c",
-                    "image": BUSYBOX_IMAGE,
-                    "imagePullPolicy": "Never",
-                    "command": ["sleep", "3600"],
-                }
-            ],
-        },
-    }
+    return busybox_pod(name, node, ["sleep", "3600"], labels={"bench": "pod-rtt"}, grace_seconds=0)
 
 
 def pod_netns(uid: str, node: LocalNode) -> Path:

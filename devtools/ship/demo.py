@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 from devtools.localcluster import LocalCluster
 from devtools.localcluster.cluster import ClusterError, attach, down_by_name, up
-from devtools.localcluster.layout import BUSYBOX_IMAGE
+from devtools.localcluster.pods import busybox_pod
 from devtools.localcluster.tiers import Tier
 from devtools.ship.localinstall import LocalInstall, LocalNode, wait_for
 
@@ -46,23 +46,7 @@ def show(cluster: LocalCluster, *args: str) -> str:
 
 
 def pod(name: str, node: str, script: str) -> dict[str, object]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {
-            "nodeName": node,
-            "terminationGracePeriodSeconds": 0,
-            "containers": [
-                {
-                    "name": "c",
-                    "image": BUSYBOX_IMAGE,
-                    "imagePullPolicy": "Never",
-                    "command": ["sh", "-c", script],
-                }
-            ],
-        },
-    }
+    return busybox_pod(name, node, ["sh", "-c", script], grace_seconds=0)
 
 
 def node_ready(cluster: LocalCluster, name: str) -> bool:

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from devtools.localcluster import LocalCluster
+from devtools.localcluster.pods import busybox_pod
 
 pytestmark = pytest.mark.cluster("fake-nodes")
 
@@ -57,15 +58,7 @@ def test_add_fake_nodes_for_scale(cluster: LocalCluster) -> None:
 def test_pod_on_fake_node_gets_ip_from_its_pod_cidr(cluster: LocalCluster) -> None:
     node = cluster.fake_node_names[0]
     name = f"fake-{secrets.token_hex(4)}"
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {
-            "nodeName": node,
-            "containers": [{"name": "c", "image": "registry.local/cniwarden/busybox:1.35"}],
-        },
-    }
+    pod = busybox_pod(name, node)
     cluster.kubectl("apply", "-f", "-", input=json.dumps(pod))
     try:
         cluster.kubectl(

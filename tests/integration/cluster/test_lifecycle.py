@@ -13,7 +13,7 @@ import pytest
 
 from devtools.localcluster import LocalCluster, attach, hostres, procs
 from devtools.localcluster.cluster import default_root
-from devtools.localcluster.layout import BUSYBOX_IMAGE
+from devtools.localcluster.pods import busybox_pod
 from devtools.localcluster.toolpaths import REPO_ROOT
 
 pytestmark = [pytest.mark.cluster("real-node"), pytest.mark.slow]
@@ -90,22 +90,7 @@ def test_second_cluster_side_by_side_then_down_leaves_nothing(cluster: LocalClus
         workers = [n.name for n in second.real_nodes]
         assert len(workers) == 2
         for i, node in enumerate(workers):
-            pod = {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"name": f"sleeper{i}", "namespace": "default"},
-                "spec": {
-                    "nodeName": node,
-                    "containers": [
-                        {
-                            "name": "c",
-                            "image": BUSYBOX_IMAGE,
-                            "imagePullPolicy": "Never",
-                            "command": ["sleep", "3600"],
-                        }
-                    ],
-                },
-            }
+            pod = busybox_pod(f"sleeper{i}", node, ["sleep", "3600"])
             second.kubectl("apply", "-f", "-", input=json.dumps(pod))
         second.kubectl(
             "wait", "--for=condition=Ready", "pod/sleeper0", "pod/sleeper1", "--timeout=90s"

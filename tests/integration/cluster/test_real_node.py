@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from devtools.localcluster import LocalCluster, RealNode
-from devtools.localcluster.layout import BUSYBOX_IMAGE
+from devtools.localcluster.pods import busybox_pod
 
 pytestmark = pytest.mark.cluster("real-node")
 
@@ -99,23 +99,9 @@ def test_busybox_pod_runs_with_an_ip_from_bridge_host_local(
     node, net, bridge = bridge_network
     name = f"bb-{secrets.token_hex(4)}"
     marker = f"hello-{secrets.token_hex(4)}"
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {
-            "nodeName": node.name,
-            "terminationGracePeriodSeconds": 1,
-            "containers": [
-                {
-                    "name": "c",
-                    "image": BUSYBOX_IMAGE,
-                    "imagePullPolicy": "Never",
-                    "command": ["sh", "-c", f"echo {marker}; exec sleep 3600"],
-                }
-            ],
-        },
-    }
+    pod = busybox_pod(
+        name, node.name, ["sh", "-c", f"echo {marker}; exec sleep 3600"], grace_seconds=1
+    )
     cluster.kubectl("apply", "-f", "-", input=json.dumps(pod))
     try:
         cluster.kubectl("wait", "--for=condition=Ready", f"pod/{name}", "--timeout=90s")

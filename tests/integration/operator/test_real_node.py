@@ -16,7 +16,7 @@ import pytest
 from cni_operator.node.atomic import sha256_file
 
 from devtools.localcluster import LocalCluster
-from devtools.localcluster.layout import BUSYBOX_IMAGE
+from devtools.localcluster.pods import busybox_pod
 
 from .conftest import running_fleet
 
@@ -76,23 +76,7 @@ def test_real_pod_uses_our_config_and_holds_the_switch(
         fleet.wait(lambda: node_ready(cluster, node.name), "kubelet reports the node Ready", 90)
 
         pod = f"bb-{suffix}"
-        body = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": pod, "namespace": "default"},
-            "spec": {
-                "nodeName": node.name,
-                "terminationGracePeriodSeconds": 1,
-                "containers": [
-                    {
-                        "name": "c",
-                        "image": BUSYBOX_IMAGE,
-                        "imagePullPolicy": "Never",
-                        "command": ["sh", "-c", "exec sleep 3600"],
-                    }
-                ],
-            },
-        }
+        body = busybox_pod(pod, node.name, ["sh", "-c", "exec sleep 3600"], grace_seconds=1)
         cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
         try:
             cluster.kubectl("wait", "--for=condition=Ready", f"pod/{pod}", "--timeout=120s")

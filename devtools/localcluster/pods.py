@@ -1,0 +1,31 @@
+"""Pod manifests for the local cluster: busybox from the node's own image store."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .layout import BUSYBOX_IMAGE
+
+
+def busybox_pod(
+    name: str,
+    node: str,
+    command: Sequence[str] | None = None,
+    *,
+    labels: Mapping[str, str] | None = None,
+    grace_seconds: int | None = None,
+) -> dict[str, Any]:
+    """A one-container busybox Pod bound to `node` (no scheduler involved) in `default`.
+    The image is never pulled: the tooling imports it into every node."""
+    metadata: dict[str, Any] = {"name": name, "namespace": "default"}
+    if labels:
+        metadata["labels"] = dict(labels)
+    container: dict[str, Any] = {"name": "c", "image": BUSYBOX_IMAGE, "imagePullPolicy": "Never"}
+    if command is not None:
+        container["command"] = list(command)
+    spec: dict[str, Any] = {"nodeName": node}
+    if grace_seconds is not None:
+        spec["terminationGracePeriodSeconds"] = grace_seconds
+    spec["containers"] = [container]
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
