@@ -26,6 +26,31 @@ def helm(
     return out
 
 
+def install_chart(
+    release: str, namespace: str, values: Mapping[str, Any], *flags: str, kubeconfig: Path
+) -> subprocess.CompletedProcess[str]:
+    """`helm install` of our chart into `namespace` (created if missing), `values` as
+    `--set-json`; `flags` are more helm options (e.g. --wait)."""
+    return helm(
+        "install",
+        release,
+        str(CHART),
+        "--namespace",
+        namespace,
+        "--create-namespace",
+        *flags,
+        *set_args(values),
+        kubeconfig=kubeconfig,
+    )
+
+
+def uninstall_release(
+    release: str, namespace: str, *flags: str, kubeconfig: Path
+) -> subprocess.CompletedProcess[str]:
+    """`helm uninstall` of `release` from `namespace`; `flags` as for `install_chart`."""
+    return helm("uninstall", release, "-n", namespace, *flags, kubeconfig=kubeconfig)
+
+
 def set_args(values: Mapping[str, Any]) -> list[str]:
     """`--set-json` arguments for nested values: {"agent": {"healthPort": 1}}."""
     args = []

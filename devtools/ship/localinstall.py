@@ -43,7 +43,7 @@ from devtools.localcluster import LocalCluster, procs
 from devtools.localcluster.layout import POD_CIDR
 from devtools.localcluster.state import ProcessRecord
 from devtools.localcluster.toolpaths import REPO_ROOT
-from devtools.ship.helm import CHART, helm, set_args
+from devtools.ship.helm import helm, install_chart, uninstall_release
 
 # The node paths the chart mounts (hostPath) and where the local node keeps them.
 NODE_PATHS = (
@@ -284,15 +284,8 @@ class LocalInstall:
     # ----------------------------------------------------------- install
     def install(self, values: Mapping[str, Any]) -> str:
         """`helm install`, then the chart's workloads as processes; returns helm's output."""
-        out = helm(
-            "install",
-            self.release,
-            str(CHART),
-            "--namespace",
-            self.namespace,
-            "--create-namespace",
-            *set_args(values),
-            kubeconfig=self.cluster.kubeconfig,
+        out = install_chart(
+            self.release, self.namespace, values, kubeconfig=self.cluster.kubeconfig
         )
         self.installed = True
         self.manifest = _documents(
@@ -449,14 +442,8 @@ class LocalInstall:
             finally:
                 self.kubectl("delete", "-f", "-", "--ignore-not-found", input=support, check=False)
         log.append(
-            helm(
-                "uninstall",
-                self.release,
-                "-n",
-                self.namespace,
-                "--no-hooks",
-                "--wait",
-                kubeconfig=kc,
+            uninstall_release(
+                self.release, self.namespace, "--no-hooks", "--wait", kubeconfig=kc
             ).stdout
         )
         self.installed = False
@@ -508,13 +495,8 @@ class LocalInstall:
                 self.kubectl("delete", name, "--wait=false", check=False)
         self.stop_processes()
         with contextlib.suppress(Exception):
-            helm(
-                "uninstall",
-                self.release,
-                "-n",
-                self.namespace,
-                "--no-hooks",
-                kubeconfig=self.cluster.kubeconfig,
+            uninstall_release(
+                self.release, self.namespace, "--no-hooks", kubeconfig=self.cluster.kubeconfig
             )
         self.kubectl(
             "delete", "namespace", self.namespace, "--wait=false", "--ignore-not-found", check=False

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from devtools.localcluster import LocalCluster
 from devtools.localcluster.layout import BUSYBOX_IMAGE
 from devtools.localcluster.toolpaths import tool
-from devtools.ship.helm import CHART, helm, set_args
+from devtools.ship.helm import install_chart, uninstall_release
 from devtools.ship.localinstall import CommandFailedError, LocalInstall, LocalNode, run, wait_for
 
 __all__ = [
@@ -279,34 +279,21 @@ class KindProvider:
         }
 
     def install(self, values: Mapping[str, Any]) -> str:
-        out = helm(
-            "install",
+        out = install_chart(
             self.release,
-            str(CHART),
-            "--namespace",
             self.namespace,
-            "--create-namespace",
-            "--kubeconfig",
-            str(self.kubeconfig),
+            values,
             "--wait",
             "--timeout",
             "5m",
-            *set_args(values),
+            kubeconfig=self.kubeconfig,
         )
         self.installed = True
         return out.stdout
 
     def uninstall(self) -> str:
-        out = helm(
-            "uninstall",
-            self.release,
-            "-n",
-            self.namespace,
-            "--wait",
-            "--timeout",
-            "5m",
-            "--kubeconfig",
-            str(self.kubeconfig),
+        out = uninstall_release(
+            self.release, self.namespace, "--wait", "--timeout", "5m", kubeconfig=self.kubeconfig
         )
         self.installed = False
         return out.stdout
