@@ -4,23 +4,14 @@ from __future__ import annotations
 
 import json
 import secrets
-import time
 
 import pytest
 from kubernetes import client, config
 
 from devtools.localcluster import LocalCluster
+from tests.integration.cluster.waiting import wait_for
 
 pytestmark = pytest.mark.cluster("control-plane")
-
-
-def _wait(what: str, predicate: object, timeout: float = 60.0) -> None:
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.5)
 
 
 def test_version_is_pinned_minor(cluster: LocalCluster) -> None:
@@ -109,12 +100,12 @@ def test_namespace_deletion_completes(cluster: LocalCluster) -> None:
     }
     cluster.kubectl("apply", "-f", "-", input=json.dumps(child))
     cluster.kubectl("delete", "configmap", "c1", "-n", ns)
-    _wait(
+    wait_for(
         "garbage collection of the owned ConfigMap",
         lambda: cluster.kubectl("get", "configmap", "c2", "-n", ns, check=False).returncode != 0,
     )
     cluster.kubectl("delete", "namespace", ns, "--wait=false")
-    _wait(
+    wait_for(
         f"namespace {ns} to be gone",
         lambda: cluster.kubectl("get", "namespace", ns, check=False).returncode != 0,
         timeout=90,

@@ -8,7 +8,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 
 from devtools.localcluster import LocalCluster, RealNode
 from devtools.localcluster.pods import busybox_pod
+from tests.integration.cluster.waiting import wait_for
 
 pytestmark = pytest.mark.cluster("real-node")
 
@@ -37,15 +37,6 @@ def _is_ready(cluster: LocalCluster, name: str) -> bool:
     status = _node_json(cluster, name)["status"]
     assert isinstance(status, dict)
     return any(c["type"] == "Ready" and c["status"] == "True" for c in status["conditions"])
-
-
-def _wait(what: str, predicate: object, timeout: float = 90.0) -> None:
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.5)
 
 
 def _install_reference_plugin(node: RealNode, name: str) -> None:
@@ -85,7 +76,7 @@ def bridge_network(cluster: LocalCluster) -> Iterator[tuple[RealNode, str, str]]
     tmp.write_text(json.dumps(conflist))
     os.replace(tmp, path)
     try:
-        _wait(
+        wait_for(
             f"node {node.name} Ready with the bridge config", lambda: _is_ready(cluster, node.name)
         )
         yield node, net, bridge
@@ -134,7 +125,7 @@ def test_busybox_pod_runs_with_an_ip_from_bridge_host_local(
     finally:
         cluster.kubectl("delete", "pod", name, "--wait=true", "--timeout=60s", check=False)
     # CNI DEL ran on deletion: the lease is released.
-    _wait("the host-local lease to be released", lambda: not lease.exists(), timeout=30)
+    wait_for("the host-local lease to be released", lambda: not lease.exists(), timeout=30)
 
 
 def test_pod_network_has_no_way_out(
