@@ -4,23 +4,15 @@ process moves into, plus the sandboxes, all deleted at the end even on failure."
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import os
 import subprocess
 from collections.abc import Iterator
 
-CLONE_NEWNET = 0x40000000
+from node_plugin import netns
 
 
 def enter_netns(name: str) -> None:
     """Move this (single-threaded) process into the named netns; exec'd plugins start there too."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "setns")
-    finally:
-        os.close(fd)
+    netns.join(f"/run/netns/{name}")
 
 
 @contextlib.contextmanager

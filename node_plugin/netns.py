@@ -72,14 +72,20 @@ def netns_exists(path: str) -> bool:
         os.close(fd)
 
 
-def join_process_netns() -> None:
-    """Move the calling thread, for good, to the namespace of the process's main thread
-    (`/proc/self` is the thread group leader)."""
-    fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+def join(path: str) -> None:
+    """Move the calling thread, for good, into the namespace at `path` (a single-threaded
+    process moves as a whole, and what it execs starts there)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         _setns(fd)
     finally:
         os.close(fd)
+
+
+def join_process_netns() -> None:
+    """Move the calling thread, for good, to the namespace of the process's main thread
+    (`/proc/self` is the thread group leader)."""
+    join("/proc/self/ns/net")
 
 
 @contextmanager

@@ -6,64 +6,44 @@ the worker thread enters it for the request and returns to its own afterwards. I
 production the server shares the node's namespace and nothing changes hands; tests run
 plugins in private "host" namespaces and get the same semantics as with exec.
 
-setns(2) moves only the calling thread (Python threads are OS threads); Python 3.11 has
-no os.setns, hence ctypes.
+The entering and returning is node_plugin.netns's (the standalone plugin's); this adds
+what a resident server needs on top: no namespace means "stay", and a thread that
+cannot return ends the process.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 from collections.abc import Iterator
 
-CLONE_NEWNET = 0x40000000
-_THREAD_NETNS = "/proc/thread-self/ns/net"
-
-_libc = ctypes.CDLL(None, use_errno=True)
+from node_plugin import netns
+from node_plugin.errors import CniError
 
 
 class NetnsError(Exception):
     pass
 
 
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
-
-
-def _identity(st: os.stat_result) -> tuple[int, int]:
-    return st.st_dev, st.st_ino
-
-
 @contextlib.contextmanager
 def entered(netns_fd: int | None) -> Iterator[None]:
-    """Inside the block the calling thread is in `netns_fd`'s namespace (None: unchanged)."""
+    """Inside the block the calling thread is in `netns_fd`'s namespace (None: unchanged).
+
+    NetnsError when it cannot be entered; exceptions of the block pass through.
+    """
     if netns_fd is None:
         yield
         return
+    inside = False
     try:
-        target = _identity(os.fstat(netns_fd))
-    except OSError as e:
-        raise NetnsError(f"caller's network namespace is unusable: {e}") from e
-    if target == _identity(os.stat(_THREAD_NETNS)):
-        yield
-        return
-    home = os.open(_THREAD_NETNS, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        try:
-            _setns(netns_fd)
-        except OSError as e:
-            raise NetnsError(f"cannot enter the caller's network namespace: {e}") from e
-        try:
+        with netns.entered(netns_fd):
+            inside = True
             yield
-        finally:
-            # A worker left in a foreign namespace would corrupt every later request.
-            try:
-                _setns(home)
-            except OSError:
-                os.write(2, b"cni-server: cannot return a worker to its netns; exiting\n")
-                os._exit(70)
-    finally:
-        os.close(home)
+    except (CniError, OSError) as e:
+        if inside:
+            raise
+        raise NetnsError(f"cannot enter the caller's network namespace: {e}") from e
+    except netns.NetnsRestoreError:
+        # A worker left in a foreign namespace would corrupt every later request.
+        os.write(2, b"cni-server: cannot return a worker to its netns; exiting\n")
+        os._exit(70)

@@ -17,12 +17,11 @@ import time
 
 from node_plugin import tombstones
 from node_plugin.errors import CniError
+from node_plugin.netns import THREAD_NETNS, identity
 from node_plugin.rtnl import Rtnl
 from node_plugin.server import netns
 
 log = logging.getLogger("cniwarden.cni_server")
-
-_THREAD_NETNS = "/proc/thread-self/ns/net"
 
 
 class Reaper:
@@ -42,16 +41,16 @@ class Reaper:
         if self._hold:
             return
         try:
-            fd = os.open(_THREAD_NETNS, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(THREAD_NETNS, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:  # DEL succeeded; the sweep or a GC deletes the tombstone
             log.error("cannot schedule reaping: %s", exc)
             return
-        st = os.fstat(fd)
+        ident = identity(fd)
         with self._cond:
-            if (st.st_dev, st.st_ino) in self._pending or self._stopping:
+            if ident in self._pending or self._stopping:
                 os.close(fd)
                 return
-            self._pending[st.st_dev, st.st_ino] = fd
+            self._pending[ident] = fd
             self._cond.notify_all()
 
     def reap_here(self) -> bool:

@@ -13,9 +13,8 @@ from typing import Any
 
 import pytest
 
-from node_plugin import rtnl
+from node_plugin import netns, rtnl
 from node_plugin.rtnl import Rtnl, RtnlError
-from node_plugin.server import netns
 from tests.integration.plugin.kernel import Netns, create_netns, delete_netns
 
 pytestmark = pytest.mark.root
@@ -33,12 +32,8 @@ def ns() -> Iterator[Netns]:
 @pytest.fixture
 def sock(ns: Netns) -> Iterator[Rtnl]:
     """A socket opened inside `ns` (a netlink socket stays bound to where it was opened)."""
-    fd = os.open(ns.path, os.O_RDONLY)
-    try:
-        with netns.entered(fd):
-            opened = Rtnl()
-    finally:
-        os.close(fd)
+    with netns.entered(ns.path):
+        opened = Rtnl()
     try:
         yield opened
     finally:
@@ -192,14 +187,10 @@ def test_sockets_are_independent_per_thread(ns: Netns, sock: Rtnl) -> None:
 
     def hammer(name: str) -> None:
         try:
-            fd = os.open(ns.path, os.O_RDONLY)
-            try:
-                with netns.entered(fd), Rtnl() as own:
-                    for _ in range(200):
-                        link = own.get_link(name=name)
-                        assert link is not None and link.name == name
-            finally:
-                os.close(fd)
+            with netns.entered(ns.path), Rtnl() as own:
+                for _ in range(200):
+                    link = own.get_link(name=name)
+                    assert link is not None and link.name == name
         except BaseException as e:
             errors.append(e)
 
