@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.netns import enter_netns, namespaces
+from bench.stats import percentile
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = Path("/usr/lib/cni")
@@ -82,11 +83,6 @@ def exec_plugin(
         raise RuntimeError(f"{exe.name} {command} failed: {proc.stdout!r} {proc.stderr!r}")
     cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) * 1000
     return elapsed, cpu, proc.stdout
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def run(count: int, ours_dir: Path) -> dict[str, Any]:

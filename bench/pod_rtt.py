@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.stats import percentile
 from devtools.localcluster import LocalCluster
 from devtools.localcluster.cluster import up
 from devtools.localcluster.layout import POD_CIDR
@@ -80,12 +81,6 @@ for _ in range(n):
     out.append((time.perf_counter_ns() - t0) / 1000.0)
 print(json.dumps(out))
 """
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
 
 
 def log(text: str) -> None:
@@ -290,10 +285,10 @@ def summarize(reference: Side, ours: Side, args: argparse.Namespace) -> dict[str
     for key in reference.samples:
         ref, cw = reference.samples[key], ours.samples[key]
         row: dict[str, Any] = {
-            "reference_p50_us": round(percentile(ref, 50), 1),
-            "reference_p99_us": round(percentile(ref, 99), 1),
-            "cniwarden_p50_us": round(percentile(cw, 50), 1),
-            "cniwarden_p99_us": round(percentile(cw, 99), 1),
+            "reference_p50_us": round(percentile(ref, 0.5), 1),
+            "reference_p99_us": round(percentile(ref, 0.99), 1),
+            "cniwarden_p50_us": round(percentile(cw, 0.5), 1),
+            "cniwarden_p99_us": round(percentile(cw, 0.99), 1),
             "samples": [len(ref), len(cw)],
         }
         row["ratio_p50"] = round(row["cniwarden_p50_us"] / row["reference_p50_us"], 2)

@@ -1,0 +1,9 @@
+"""Summary statistics shared by the benches."""
+
+from __future__ import annotations
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The sample at rank q (0..1) of the sorted values, nearest rank, no interpolation."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
