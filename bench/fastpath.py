@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.netns import enter_netns, namespaces
+from bench.netns import cni_env, enter_netns, namespaces
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_DIR = Path("/usr/lib/cni")
@@ -111,12 +111,7 @@ def spawn(
 ) -> tuple[subprocess.Popen[bytes], float]:
     """Starts the plugin and hands it its stdin at once (a config fits in a pipe buffer)."""
     env = {
-        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-        "CNI_COMMAND": command,
-        "CNI_CONTAINERID": container,
-        "CNI_NETNS": f"/run/netns/{netns}",
-        "CNI_IFNAME": ifname or impl.ifname,
-        "CNI_PATH": str(impl.bin_dir),
+        **cni_env(command, container, netns, ifname or impl.ifname, str(impl.bin_dir)),
         **impl.env,
     }
     if "PYTHONPATH" in os.environ:  # a bench of a source tree that is not the installed one

@@ -4,6 +4,7 @@ process moves into, plus the sandboxes, all deleted at the end even on failure."
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 from collections.abc import Iterator
 
@@ -13,6 +14,18 @@ from node_plugin import netns
 def enter_netns(name: str) -> None:
     """Move this (single-threaded) process into the named netns; exec'd plugins start there too."""
     netns.join(f"/run/netns/{name}")
+
+
+def cni_env(command: str, container: str, netns: str, ifname: str, cni_path: str) -> dict[str, str]:
+    """What a runtime hands an exec'd plugin, for a sandbox made by namespaces()."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+        "CNI_COMMAND": command,
+        "CNI_CONTAINERID": container,
+        "CNI_NETNS": f"/run/netns/{netns}",
+        "CNI_IFNAME": ifname,
+        "CNI_PATH": cni_path,
+    }
 
 
 @contextlib.contextmanager

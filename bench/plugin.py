@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.netns import enter_netns, namespaces
+from bench.netns import cni_env, enter_netns, namespaces
 from bench.stats import percentile
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,14 +65,7 @@ def exec_plugin(
     ifname: str = "eth0",
 ) -> tuple[float, float, bytes]:
     """Wall time and CPU time (user + system, ms) of one exec, and its stdout."""
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-        "CNI_COMMAND": command,
-        "CNI_CONTAINERID": cid,
-        "CNI_NETNS": f"/run/netns/{netns}",
-        "CNI_IFNAME": ifname,
-        "CNI_PATH": cni_path,
-    }
+    env = cni_env(command, cid, netns, ifname, cni_path)
     stdin = json.dumps(conf).encode()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
