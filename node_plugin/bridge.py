@@ -399,13 +399,16 @@ def delete(args: CmdArgs) -> None:
     conf = load(args)
     errors: list[CniError] = []
     families: set[int] = set()
-    if args.netns and netns.netns_exists(args.netns):
+    sandbox_fd = _open_sandbox_if_any(args.netns)
+    if sandbox_fd is not None:
         try:
-            families, buried = _remove_container_link(args)
+            families, buried = _remove_container_link(args, sandbox_fd)
             if buried and args.reaper is not None:
                 args.reaper.schedule()  # it runs while the lease and rules are released
         except CniError as err:
             errors.append(err)
+        finally:
+            os.close(sandbox_fd)
     if conf.ipam_type:
         try:
             ipam.delete(args, conf.ipam_type)
@@ -427,28 +430,34 @@ def delete(args: CmdArgs) -> None:
         raise CniError(first.code, first.msg, "; ".join(x for x in (first.details, rest) if x))
 
 
-def _remove_container_link(args: CmdArgs) -> tuple[set[int], bool]:
+def _open_sandbox_if_any(path: str) -> int | None:
+    """The sandbox's netns fd; None when there is none (DEL has no link to remove then)."""
+    if not path:
+        return None
+    try:
+        return netns.open_netns(path)
+    except CniError:  # missing, or not a network namespace
+        return None
+
+
+def _remove_container_link(args: CmdArgs, sandbox_fd: int) -> tuple[set[int], bool]:
     """Takes CNI_IFNAME out of the sandbox: its address families, and whether the pair
     was buried for the reaper (False: deleted here, or there was nothing to remove)."""
     # Opened in the host namespace before entering the sandbox: sockets stay where opened.
     host = links.host_socket() if args.reaper is not None else None
-    sandbox_fd = netns.open_netns(args.netns)
-    try:
-        with links.sandbox_socket(sandbox_fd) as sb:
-            link = links.get(sb, args.ifname)
-            if link is None:
-                return set(), False
-            addresses = links.addresses(sb, link.index)
-            families: set[int] = {a.version for a in addresses}
-            owner = f"{args.container_id}/{args.ifname}"
-            if host is not None and tombstones.bury(
-                host, sb, sandbox_fd, link, addresses=addresses, owner=owner
-            ):
-                return families, True
-            links.delete(sb, link.index, f"{args.ifname} in the sandbox")
-            return families, False
-    finally:
-        os.close(sandbox_fd)
+    with links.sandbox_socket(sandbox_fd) as sb:
+        link = links.get(sb, args.ifname)
+        if link is None:
+            return set(), False
+        addresses = links.addresses(sb, link.index)
+        families: set[int] = {a.version for a in addresses}
+        owner = f"{args.container_id}/{args.ifname}"
+        if host is not None and tombstones.bury(
+            host, sb, sandbox_fd, link, addresses=addresses, owner=owner
+        ):
+            return families, True
+        links.delete(sb, link.index, f"{args.ifname} in the sandbox")
+        return families, False
 
 
 # --------------------------------------------------------------------------- CHECK

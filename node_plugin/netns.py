@@ -61,17 +61,6 @@ def is_netns(fd: int) -> bool:
         return False
 
 
-def netns_exists(path: str) -> bool:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        return is_netns(fd)
-    finally:
-        os.close(fd)
-
-
 def join(path: str) -> None:
     """Move the calling thread, for good, into the namespace at `path` (a single-threaded
     process moves as a whole, and what it execs starts there)."""
