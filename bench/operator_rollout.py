@@ -42,6 +42,13 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def condition_true(status: dict[str, Any], kind: str) -> bool:
+    """Whether the CNINetwork status has condition `kind` with status "True"."""
+    return any(
+        c.get("type") == kind and c.get("status") == "True" for c in status.get("conditions") or []
+    )
+
+
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -156,10 +163,7 @@ def run_once(cluster: LocalCluster, agents: int, rounds: int) -> dict[str, Any]:
                 ):
                     files_at = now - t0
                 status = kubectl_json(cluster, "get", "cninetwork", name).get("status") or {}
-                ready: dict[str, Any] = next(
-                    (c for c in status.get("conditions") or [] if c["type"] == "Ready"), {}
-                )
-                if ready.get("status") == "True" and status.get("nodesReady") == agents:
+                if condition_true(status, "Ready") and status.get("nodesReady") == agents:
                     ready_at = time.monotonic() - t0
                     break
                 if now - t0 > 300:
@@ -173,10 +177,7 @@ def run_once(cluster: LocalCluster, agents: int, rounds: int) -> dict[str, Any]:
             )
             while True:
                 status = kubectl_json(cluster, "get", "cninetwork", name).get("status") or {}
-                shadow: dict[str, Any] = next(
-                    (c for c in status.get("conditions") or [] if c["type"] == "Shadowed"), {}
-                )
-                if shadow.get("status") == "True":
+                if condition_true(status, "Shadowed"):
                     shadowed_at = time.monotonic() - t2
                     break
                 if time.monotonic() - t2 > 60:
