@@ -23,10 +23,10 @@ import pytest
 from tests.integration.fastpath.conftest import Node
 from tests.integration.plugin.kernel import (
     Netns,
-    create_netns,
-    delete_netns,
+    netns_factory,
     tombstones,
     unique,
+    veths,
     wait_reaped,
 )
 
@@ -39,15 +39,8 @@ DELETED_IN_BURST = 6
 
 @pytest.fixture
 def pods() -> Iterator[list[Netns]]:
-    made: list[Netns] = []
-    try:
-        # Created inside the try: when one creation fails, the ones made are deleted.
-        for _ in range(PODS):
-            made.append(create_netns("cwfp-"))
-        yield made
-    finally:
-        for ns in made:
-            delete_netns(ns)
+    with netns_factory("cwfp-") as make:
+        yield [make() for _ in range(PODS)]
 
 
 def leases(store: Path) -> dict[str, str]:
@@ -56,14 +49,6 @@ def leases(store: Path) -> dict[str, str]:
         p.name: p.read_bytes().decode().split("\r\n")[0]
         for p in store.iterdir()
         if p.name[0].isdigit() or ":" in p.name
-    }
-
-
-def host_veths(host: Netns) -> set[str]:
-    return {
-        link["ifname"]
-        for link in host.links()
-        if link.get("linkinfo", {}).get("info_kind") == "veth"
     }
 
 
@@ -155,7 +140,7 @@ def test_killing_the_server_mid_burst_loses_no_lease_and_leaks_nothing(
         for i, sandbox in enumerate(pods):
             if f"pod{i}" not in kept:
                 assert sandbox.link("eth0") is None, f"pod{i} kept a leaked interface"
-        assert len(host_veths(node.host)) == len(kept), "leaked or missing host veths"
+        assert len(veths(node.host)) == len(kept), "leaked or missing host veths"
 
     assert_exactly_the_kept_pods()
     # GC with the runtime's list of live attachments changes nothing: nothing was leaked.

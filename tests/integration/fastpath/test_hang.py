@@ -22,21 +22,15 @@ from node_plugin.server.delqueue import DelQueue
 from node_plugin.server.protocol import Request
 from tests.integration.fastpath.conftest import Node
 from tests.integration.plugin import hanging
-from tests.integration.plugin.kernel import Netns, create_netns, delete_netns, unique, wait_until
+from tests.integration.plugin.kernel import Netns, netns_factory, unique, wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 
 @pytest.fixture
 def pods() -> Iterator[list[Netns]]:
-    made: list[Netns] = []
-    try:
-        for _ in range(7):
-            made.append(create_netns("cwhg-"))
-        yield made
-    finally:
-        for ns in made:
-            delete_netns(ns)
+    with netns_factory("cwhg-") as make:
+        yield [make() for _ in range(7)]
 
 
 def networks(workdir: Path) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -24,11 +24,11 @@ from tests.integration.fastpath.conftest import Node
 from tests.integration.plugin.kernel import (
     TOMBSTONE_GROUP,
     Netns,
-    create_netns,
-    delete_netns,
+    netns_factory,
     run,
     tombstones,
     unique,
+    veths,
     wait_reaped,
 )
 
@@ -39,17 +39,8 @@ Sandboxes = Callable[[], Netns]
 
 @pytest.fixture
 def sandboxes() -> Iterator[Sandboxes]:
-    made: list[Netns] = []
-
-    def make() -> Netns:
-        made.append(create_netns("cwts-"))
-        return made[-1]
-
-    try:
+    with netns_factory("cwts-") as make:
         yield make
-    finally:
-        for ns in made:
-            delete_netns(ns)
 
 
 def network(workdir: Path, first: str, last: str) -> dict[str, Any]:
@@ -93,10 +84,6 @@ def leases(workdir: Path, config: dict[str, Any]) -> dict[str, str]:
 
 def ping(source: Netns, target: str) -> None:
     source.exec("ping", "-c", "1", "-W", "2", target)
-
-
-def veths(ns: Netns) -> list[dict[str, Any]]:
-    return [x for x in ns.links() if x.get("linkinfo", {}).get("info_kind") == "veth"]
 
 
 def packets(ns: Netns, ifname: str) -> tuple[int, int]:

@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -36,6 +35,7 @@ from tests.integration.plugin.kernel import (
     Netns,
     create_netns,
     delete_netns,
+    netns_factory,
     wait_reaped,
     wait_until,
 )
@@ -121,34 +121,18 @@ def cni_host() -> Iterator[Netns]:
         delete_netns(ns)
 
 
-@contextlib.contextmanager
-def _netns_factory(prefix: str) -> Iterator[Callable[[], Netns]]:
-    """make() creates one more namespace named `<prefix>...`; all are deleted at the end."""
-    _require_root()
-    made: list[Netns] = []
-
-    def make() -> Netns:
-        ns = create_netns(prefix)
-        made.append(ns)
-        return ns
-
-    try:
-        yield make
-    finally:
-        for ns in made:
-            delete_netns(ns)
-
-
 @pytest.fixture
 def make_host() -> Iterator[Callable[[], Netns]]:
     """More "node" namespaces, e.g. one per implementation in differential tests."""
-    with _netns_factory("cwh-") as make:
+    _require_root()
+    with netns_factory("cwh-") as make:
         yield make
 
 
 @pytest.fixture
 def sandbox() -> Iterator[Callable[[], Netns]]:
-    with _netns_factory("cws-") as make:
+    _require_root()
+    with netns_factory("cws-") as make:
         yield make
 
 

@@ -5,11 +5,12 @@ Every object has a random name and lives in a network namespace the test owns.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,29 @@ def create_netns(prefix: str) -> Netns:
 def delete_netns(ns: Netns) -> None:
     if ns.exists():
         run("ip", "netns", "del", ns.name, check=False)
+
+
+@contextlib.contextmanager
+def netns_factory(prefix: str) -> Iterator[Callable[[], Netns]]:
+    """make() creates one more namespace named `<prefix>...`; all are deleted at the end,
+    also when a creation or the test fails."""
+    made: list[Netns] = []
+
+    def make() -> Netns:
+        ns = create_netns(prefix)
+        made.append(ns)
+        return ns
+
+    try:
+        yield make
+    finally:
+        for ns in made:
+            delete_netns(ns)
+
+
+def veths(ns: Netns) -> list[str]:
+    """Names of the veth links in `ns`."""
+    return [x["ifname"] for x in ns.links() if x.get("linkinfo", {}).get("info_kind") == "veth"]
 
 
 def iptables_nat(host: Netns, family: int = 4) -> list[str]:

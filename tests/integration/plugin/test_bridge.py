@@ -30,6 +30,7 @@ from tests.integration.plugin.kernel import (
     nft_ruleset,
     run,
     unique,
+    veths,
     wait_until,
 )
 
@@ -75,10 +76,6 @@ def leases(data_dir: Path, network: str) -> dict[str, str]:
     return {
         p.name: p.read_bytes().decode() for p in d.iterdir() if p.name[0].isdigit() or ":" in p.name
     }
-
-
-def veths(host: Netns) -> list[str]:
-    return [x["ifname"] for x in host.links() if x.get("linkinfo", {}).get("info_kind") == "veth"]
 
 
 def add(run_cni: RunCni, c: dict[str, Any], sb: Netns | str, cid: str = "c1", **kw: Any) -> CniRun:
