@@ -9,13 +9,13 @@ only the cluster's node namespaces can reach.
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import kubeconfig, procs
+from .kube import Kubectl
 from .layout import NODE_CIDR_MASK, POD_CIDR, SERVICE_CIDR, Layout
 from .pki import CertificateAuthority, CertPair, service_account_keys
 from .state import ClusterState, ProcessRecord
@@ -255,9 +255,6 @@ def start_scheduler(layout: Layout, state: ClusterState, kcfg: Path) -> float:
     return _start_kube_component(
         layout, state, "kube-scheduler", port=layout.ports.scheduler, kcfg=kcfg
     )
-
-
-Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 
 
 def wait_default_service_account(

@@ -10,21 +10,18 @@ must run on a real node pin `spec.nodeName`.
 from __future__ import annotations
 
 import json
-import subprocess
 import time
-from collections.abc import Callable
 
 import yaml
 
 from . import kubeconfig, procs
+from .kube import Kubectl, node_is_ready
 from .layout import Layout
 from .state import ClusterState
 
 READY_TIMEOUT = 120.0
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 FAKE_NODE_LABEL = "node.cniwarden.dev/fake"
-
-Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 
 
 def start_kwok(layout: Layout, state: ClusterState, kwok_bin: str) -> float:
@@ -99,11 +96,7 @@ def wait_nodes_ready(
         out = kubectl("get", "nodes", "-o", "json")
         for node in json.loads(out.stdout)["items"]:
             name = node["metadata"]["name"]
-            ready = any(
-                c["type"] == "Ready" and c["status"] == "True"
-                for c in node.get("status", {}).get("conditions", [])
-            )
-            if name in pending and ready and node["spec"].get("podCIDR"):
+            if name in pending and node_is_ready(node) and node["spec"].get("podCIDR"):
                 pending.discard(name)
         return not pending
 

@@ -34,6 +34,7 @@ from pathlib import Path
 import yaml
 
 from . import hostres, images, kubeconfig, procs, slots
+from .kube import Kubectl, ready_condition
 from .layout import BUSYBOX_IMAGE, PAUSE_IMAGE, POD_CIDR, Layout, NodeLayout
 from .pki import CertificateAuthority
 from .state import ClusterState, NodeRecord
@@ -61,8 +62,6 @@ RAISED_SYSCTLS = {
     "fs.inotify.max_user_instances": 1024,
     "fs.inotify.max_user_watches": 524288,
 }
-
-Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 
 
 def setup_bridge(layout: Layout, state: ClusterState) -> None:
@@ -418,15 +417,6 @@ def node_status(kubectl: Kubectl, name: str) -> dict[str, object] | None:
         return None
     status: dict[str, object] = json.loads(out.stdout)
     return status
-
-
-def ready_condition(node: dict[str, object]) -> dict[str, str]:
-    status = node.get("status")
-    conditions = status.get("conditions", []) if isinstance(status, dict) else []
-    for cond in conditions:
-        if cond.get("type") == "Ready":
-            return {k: str(v) for k, v in cond.items()}
-    return {}
 
 
 def wait_node_registered(

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 from devtools.localcluster import LocalCluster
 from devtools.localcluster.cluster import ClusterError, attach, down_by_name, up
+from devtools.localcluster.kube import node_ready
 from devtools.localcluster.pods import busybox_pod
 from devtools.localcluster.tiers import Tier
 from devtools.ship.localinstall import LocalInstall, LocalNode, wait_for
@@ -47,11 +48,6 @@ def show(cluster: LocalCluster, *args: str) -> str:
 
 def pod(name: str, node: str, script: str) -> dict[str, object]:
     return busybox_pod(name, node, ["sh", "-c", script], grace_seconds=0)
-
-
-def node_ready(cluster: LocalCluster, name: str) -> bool:
-    node = json.loads(cluster.kubectl("get", "node", name, "-o", "json").stdout)
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in node["status"]["conditions"])
 
 
 def network_ready(cluster: LocalCluster) -> bool:
@@ -104,7 +100,9 @@ def demo(name: str) -> int:
 
     say("3/6 The agents write the CNI config and install the plugins; the nodes become Ready")
     for node in nodes:
-        wait_for(functools.partial(node_ready, cluster, node.name), f"{node.name} Ready", 120)
+        wait_for(
+            functools.partial(node_ready, cluster.kubectl, node.name), f"{node.name} Ready", 120
+        )
     wait_for(lambda: network_ready(cluster), "CNINetwork pods Ready", 90)
     show(cluster, "get", "nodes")
     for node in nodes:

@@ -22,6 +22,7 @@ import kubernetes
 import pytest
 from kubernetes.client.exceptions import ApiException
 
+from devtools.localcluster.kube import node_ready
 from tests.e2e import providers
 from tests.e2e.providers import KindProvider, LocalProvider, Node, Provider, run, wait_for
 
@@ -189,11 +190,6 @@ def has_route(node: Node, text: str, present: bool) -> bool:
     return (text in "\n".join(routes(node))) == present
 
 
-def node_ready(p: Provider, name: str) -> bool:
-    node = json.loads(p.kubectl("get", "node", name, "-o", "json").stdout)
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in node["status"]["conditions"])
-
-
 def state_with_routes(installed: Installed, node: str) -> dict[str, Any] | None:
     state = installed.node_state(node)
     return state if (state.get("podRoutes") or {}).get("routes") else None
@@ -208,7 +204,9 @@ def test_install_brings_the_nodes_ready(installed: Installed) -> None:
     p = installed.p
     assert "kubectl get cninetworks" in installed.notes
     for node in p.nodes:
-        wait_for(functools.partial(node_ready, p, node.name), f"node {node.name} Ready", 120)
+        wait_for(
+            functools.partial(node_ready, p.kubectl, node.name), f"node {node.name} Ready", 120
+        )
     wait_for(installed.ready, f"CNINetwork {installed.network} Ready on both nodes", timeout=90)
     table = p.kubectl("get", "cninetworks", installed.network).stdout
     assert installed.network in table and "Ready" in table

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from devtools.localcluster import LocalCluster
+from devtools.localcluster.kube import node_is_ready
 from devtools.localcluster.pods import busybox_pod
 
 pytestmark = pytest.mark.cluster("fake-nodes")
@@ -20,19 +21,13 @@ def _nodes(cluster: LocalCluster) -> dict[str, dict[str, object]]:
     return {n["metadata"]["name"]: n for n in items}
 
 
-def _ready(node: dict[str, object]) -> bool:
-    status = node["status"]
-    assert isinstance(status, dict)
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in status["conditions"])
-
-
 def test_fake_nodes_are_ready_with_distinct_pod_cidrs(cluster: LocalCluster) -> None:
     assert cluster.fake_node_names, "the fake-nodes tier starts with fake nodes"
     nodes = _nodes(cluster)
     cidrs = []
     for name in cluster.fake_node_names:
         node = nodes[name]
-        assert _ready(node), f"{name} is not Ready: {node['status']}"
+        assert node_is_ready(node), f"{name} is not Ready: {node['status']}"
         spec = node["spec"]
         assert isinstance(spec, dict)
         cidr = ipaddress.IPv4Network(spec["podCIDR"])
@@ -49,7 +44,7 @@ def test_add_fake_nodes_for_scale(cluster: LocalCluster) -> None:
     assert not before & set(added)
     nodes = _nodes(cluster)
     for name in added:
-        assert _ready(nodes[name])
+        assert node_is_ready(nodes[name])
         spec = nodes[name]["spec"]
         assert isinstance(spec, dict)
         assert spec.get("podCIDR")

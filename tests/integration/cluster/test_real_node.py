@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from devtools.localcluster import LocalCluster, RealNode
+from devtools.localcluster.kube import node_ready
 from devtools.localcluster.pods import busybox_pod
 from tests.integration.cluster.waiting import wait_for
 
@@ -31,12 +32,6 @@ def _pod_cidr(cluster: LocalCluster, name: str) -> ipaddress.IPv4Network:
     spec = _node_json(cluster, name)["spec"]
     assert isinstance(spec, dict)
     return ipaddress.IPv4Network(spec["podCIDR"])
-
-
-def _is_ready(cluster: LocalCluster, name: str) -> bool:
-    status = _node_json(cluster, name)["status"]
-    assert isinstance(status, dict)
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in status["conditions"])
 
 
 def _install_reference_plugin(node: RealNode, name: str) -> None:
@@ -77,7 +72,8 @@ def bridge_network(cluster: LocalCluster) -> Iterator[tuple[RealNode, str, str]]
     os.replace(tmp, path)
     try:
         wait_for(
-            f"node {node.name} Ready with the bridge config", lambda: _is_ready(cluster, node.name)
+            f"node {node.name} Ready with the bridge config",
+            lambda: node_ready(cluster.kubectl, node.name),
         )
         yield node, net, bridge
     finally:
