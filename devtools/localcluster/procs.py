@@ -44,7 +44,8 @@ def log_tail(path: Path | str, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _nsenter(argv: Sequence[str], netns: Path | None, mntns: Path | None) -> list[str]:
+def nsenter(argv: Sequence[str], netns: Path | None, mntns: Path | None) -> list[str]:
+    """`argv` run inside the given network/mount namespaces (as is, with neither)."""
     flags = [f"--net={netns}"] if netns is not None else []
     flags += [f"--mount={mntns}"] if mntns is not None else []
     return ["nsenter", *flags, "--", *argv] if flags else list(argv)
@@ -110,7 +111,7 @@ def start(
     which execs in place (so the pid is the daemon's) and, unlike
     `ip netns exec`, leaves /sys and the cgroup mounts alone.
     """
-    argv = _nsenter(argv, netns, mntns)
+    argv = nsenter(argv, netns, mntns)
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         proc = subprocess.Popen(
@@ -258,7 +259,7 @@ def run(
     timeout: float = 120,
 ) -> subprocess.CompletedProcess[str]:
     """Run a short command and capture its output; errors say what failed and why."""
-    argv = _nsenter(argv, netns, mntns)
+    argv = nsenter(argv, netns, mntns)
     proc = subprocess.run(
         list(argv), capture_output=True, text=True, input=input, timeout=timeout, check=False
     )

@@ -162,7 +162,7 @@ class LocalNode:
         return sorted(str(p.relative_to(root)) for p in root.rglob("*") if not p.is_dir())
 
     def nsenter(self, argv: Sequence[str]) -> list[str]:
-        return ["nsenter", f"--net={self.netns}", f"--mount={self.mntns}", "--", *argv]
+        return procs.nsenter(argv, self.netns, self.mntns)
 
     def sh(self, script: str) -> str:
         return run(self.nsenter(["sh", "-c", script])).stdout
@@ -215,9 +215,8 @@ def workloads(
     manifest: list[dict[str, Any]], kind: str, fields: Mapping[str, str]
 ) -> list[Workload]:
     """The containers of the (only) `kind` workload of a manifest, ready to run."""
-    (obj,) = [o for o in manifest if o["kind"] == kind]
     out = []
-    for c in obj["spec"]["template"]["spec"]["containers"]:
+    for c in pod_spec(manifest, kind)["containers"]:
         env = _container_env(c, fields)
         argv = executable([_expand(a, env) for a in [*c["command"], *c.get("args", [])]])
         pre_stop = ((c.get("lifecycle") or {}).get("preStop") or {}).get("exec", {}).get("command")
@@ -234,8 +233,22 @@ def workloads(
     return out
 
 
+def pod_spec(manifest: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    """The pod template spec of the (only) `kind` workload of a manifest."""
+    (obj,) = [o for o in manifest if o["kind"] == kind]
+    spec: dict[str, Any] = obj["spec"]["template"]["spec"]
+    return spec
+
+
 def _documents(text: str) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(text) if d]
+
+
+def _installed_manifest(release: str, namespace: str, kubeconfig: Path) -> list[dict[str, Any]]:
+    """The objects helm installed for `release` (`helm get manifest`)."""
+    return _documents(
+        helm("get", "manifest", release, "-n", namespace, kubeconfig=kubeconfig).stdout
+    )
 
 
 @dataclass
@@ -288,16 +301,7 @@ class LocalInstall:
             self.release, self.namespace, values, kubeconfig=self.cluster.kubeconfig
         )
         self.installed = True
-        self.manifest = _documents(
-            helm(
-                "get",
-                "manifest",
-                self.release,
-                "-n",
-                self.namespace,
-                kubeconfig=self.cluster.kubeconfig,
-            ).stdout
-        )
+        self.manifest = _installed_manifest(self.release, self.namespace, self.cluster.kubeconfig)
         self._start_processes()
         return out.stdout
 
@@ -310,11 +314,6 @@ class LocalInstall:
         ).stdout.strip()
         target = self.workdir / f"kubeconfig-{service_account}{'-' + node if node else ''}"
         return kubeconfig_for_token(self.cluster.kubeconfig, token, target)
-
-    def _pod_spec(self, kind: str) -> dict[str, Any]:
-        (obj,) = [o for o in self.manifest if o["kind"] == kind]
-        spec: dict[str, Any] = obj["spec"]["template"]["spec"]
-        return spec
 
     @staticmethod
     def fields(node: LocalNode) -> dict[str, str]:
@@ -361,23 +360,18 @@ class LocalInstall:
             installed=True,
         )
         install.processes = {k: ProcessRecord(**v) for k, v in state["processes"].items()}
-        install.manifest = _documents(
-            helm(
-                "get",
-                "manifest",
-                install.release,
-                "-n",
-                install.namespace,
-                kubeconfig=cluster.kubeconfig,
-            ).stdout
+        install.manifest = _installed_manifest(
+            install.release, install.namespace, cluster.kubeconfig
         )
         return install
 
     def _start_processes(self) -> None:
         if not (SHIMS / "cniwarden-bridge").exists():
             raise CommandFailedError(f"{SHIMS} has no shims: run `make plugins`")
-        controller_kc = self.token_kubeconfig(self._pod_spec("Deployment")["serviceAccountName"])
-        agent_sa = self._pod_spec("DaemonSet")["serviceAccountName"]
+        controller_kc = self.token_kubeconfig(
+            pod_spec(self.manifest, "Deployment")["serviceAccountName"]
+        )
+        agent_sa = pod_spec(self.manifest, "DaemonSet")["serviceAccountName"]
         first = self.nodes[0]
         (controller,) = workloads(self.manifest, "Deployment", self.fields(first))
         self._start("controller", controller, first, {"KUBECONFIG": str(controller_kc)})
@@ -470,11 +464,10 @@ class LocalInstall:
         return out
 
     def logs(self, lines: int = 40) -> str:
-        parts = []
-        for path in sorted(self.workdir.glob("*.log")):
-            tail = "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-            parts.append(f"--- {path.name}\n{tail}")
-        return "\n".join(parts)
+        return "\n".join(
+            f"--- {path.name}\n{procs.log_tail(path, lines)}"
+            for path in sorted(self.workdir.glob("*.log"))
+        )
 
     def close(self) -> None:
         """Leave nothing behind, even after a failure half-way."""
