@@ -23,6 +23,7 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from devtools.localcluster.kube import node_ready
+from devtools.localcluster.pods import busybox_pod
 from tests.e2e import providers
 from tests.e2e.providers import KindProvider, LocalProvider, Node, Provider, run, wait_for
 
@@ -100,28 +101,16 @@ class Installed:
         )
 
     def start_pod(self, name: str, node: str, script: str, host_network: bool = False) -> None:
-        body = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "name": name,
-                "namespace": "default",
-                "labels": {"cniwarden-e2e": self.p.run_id},
-            },
-            "spec": {
-                "nodeName": node,
-                "hostNetwork": host_network,
-                "terminationGracePeriodSeconds": 0,
-                "containers": [
-                    {
-                        "name": "c",
-                        "image": self.p.busybox_image,
-                        "imagePullPolicy": self.p.image_pull_policy,
-                        "command": ["sh", "-c", script],
-                    }
-                ],
-            },
-        }
+        body = busybox_pod(
+            name,
+            node,
+            ["sh", "-c", script],
+            labels={"cniwarden-e2e": self.p.run_id},
+            grace_seconds=0,
+            host_network=host_network,
+            image=self.p.busybox_image,
+            pull_policy=self.p.image_pull_policy,
+        )
         self.pods.append(name)
         self.p.kubectl("apply", "-f", "-", input=json.dumps(body))
 
