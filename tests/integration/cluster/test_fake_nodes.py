@@ -5,13 +5,13 @@ from __future__ import annotations
 import ipaddress
 import json
 import secrets
-import time
 
 import pytest
 
 from devtools.localcluster import LocalCluster
 from devtools.localcluster.kube import node_is_ready
 from devtools.localcluster.pods import busybox_pod
+from tests.integration.cluster.waiting import wait_for
 
 pytestmark = pytest.mark.cluster("fake-nodes")
 
@@ -59,13 +59,12 @@ def test_pod_on_fake_node_gets_ip_from_its_pod_cidr(cluster: LocalCluster) -> No
         cluster.kubectl(
             "wait", "--for=jsonpath={.status.phase}=Running", f"pod/{name}", "--timeout=60s"
         )
-        deadline = time.monotonic() + 30
-        while True:
-            got = json.loads(cluster.kubectl("get", "pod", name, "-o", "json").stdout)
-            if got["status"].get("podIP") or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
+        pod_ip = wait_for(
+            f"pod {name} to get its IP",
+            lambda: cluster.kubectl("get", "pod", name, "-o", "jsonpath={.status.podIP}").stdout,
+            timeout=30,
+        )
         cidr = ipaddress.IPv4Network(_nodes(cluster)[node]["spec"]["podCIDR"])  # type: ignore[index]
-        assert ipaddress.IPv4Address(got["status"]["podIP"]) in cidr
+        assert ipaddress.IPv4Address(pod_ip.strip()) in cidr
     finally:
         cluster.kubectl("delete", "pod", name, "--grace-period=0", "--force", check=False)
