@@ -5,8 +5,8 @@ Several agents may share an API server (and, in tests, one machine): each runs
 kopf standalone (no peering, so no agent pauses another), uses only watching
 handlers (`on.event`: no finalizers, no progress annotations written on the
 shared CNINetwork objects), and writes only the CNINodeState named after its
-node. Its own Node is watched with a field selector, so an agent does not
-receive every other node's heartbeats.
+node. One kopf watch of every Node serves both host-gw (the peers' podCIDRs and
+InternalIPs) and the agent's own Node (its labels and podCIDRs for rendering).
 """
 
 from __future__ import annotations
@@ -58,7 +58,6 @@ class Agent:
     node: dict[str, Any] | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
-    _stop: threading.Event = field(default_factory=threading.Event)
     _io_lock: threading.Lock = field(default_factory=threading.Lock)
     _last_status: dict[str, Any] | None = None
     _last_publish: float = 0.0
@@ -82,33 +81,26 @@ class Agent:
             self.networks[name] = body
         self.wake.set()
 
-    def _watch_node(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Own Node only (field selector), in a thread; restarts on any error."""
-
-        def changed(node: dict[str, Any] | None) -> None:
+    def on_node(self, event_type: str | None, body: dict[str, Any]) -> None:
+        """Any Node: its own Node feeds rendering, every Node feeds host-gw."""
+        changed = self.host_gw.on_node(event_type, body)
+        if (body.get("metadata") or {}).get("name") == self.settings.node_name:
+            node = None if event_type == "DELETED" else body
             if node != self.node:
                 self.node = node
-                loop.call_soon_threadsafe(self.wake.set)
-
-        while not self._stop.is_set():
-            try:
-                self.kube.watch_node(self.settings.node_name, changed, self._stop)
-            except Exception as error:  # the API server may be restarting
-                log.warning("node watch: %s; retrying", error)
-                self._stop.wait(1.0)
+                changed = True
+        if changed:
+            self.wake.set()
 
     # ---------------------------------------------------------------- loop
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
         self.paths.ensure()
         for extra in (self.paths.networks_dir, self.paths.results_dir):
             extra.mkdir(parents=True, exist_ok=True)
-        threading.Thread(target=self._watch_node, args=(loop,), daemon=True).start()
         self._task = asyncio.create_task(self._run())
         self.wake.set()  # a first pass right away: report this node even with no network
 
     async def stop(self) -> None:
-        self._stop.set()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -263,9 +255,7 @@ def build_registry(agent: Agent) -> kopf.OperatorRegistry:
 
     @kopf.on.event("", "v1", "nodes", registry=registry)
     async def node_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
-        """Every Node's podCIDRs and InternalIP, for the host-gw routes."""
-        if agent.host_gw.on_node(event.get("type"), dict(body)):
-            agent.wake.set()
+        agent.on_node(event.get("type"), dict(body))
 
     return registry
 

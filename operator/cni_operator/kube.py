@@ -7,8 +7,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
-from collections.abc import Callable
 from typing import Any
 
 import kubernetes
@@ -113,27 +111,6 @@ class Kube:
             raise
         result: dict[str, Any] = self.client.sanitize_for_serialization(node)
         return result
-
-    def watch_node(
-        self,
-        name: str,
-        on_change: Callable[[dict[str, Any] | None], None],
-        stop: threading.Event,
-    ) -> None:
-        """Stream one Node (field selector) until `stop` is set or the watch ends."""
-        watch = kubernetes.watch.Watch()
-        try:
-            for event in watch.stream(
-                self.core.list_node, field_selector=f"metadata.name={name}", timeout_seconds=60
-            ):
-                if event["type"] == "DELETED":
-                    on_change(None)
-                else:
-                    on_change(self.client.sanitize_for_serialization(event["object"]))
-                if stop.is_set():
-                    break
-        finally:
-            watch.stop()
 
     def post_event(
         self, obj: dict[str, Any], kind: str, reason: str, message: str, component: str

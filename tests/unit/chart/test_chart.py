@@ -135,8 +135,8 @@ def test_controller_rbac_is_exactly_what_it_calls() -> None:
 
 
 def test_agent_rbac_is_exactly_what_it_calls() -> None:
-    # kopf on.event CNINetworks (read only) and Nodes (host-gw); Kube.watch_node (list+watch
-    # with a field selector); Kube.ensure_node_state (get, create);
+    # kopf on.event CNINetworks (read only) and Nodes (host-gw and its own Node);
+    # Kube.ensure_node_state (get, create);
     # Kube.patch_node_state_status.
     assert rules(render_chart(), "-agent") == grants(
         ("cniwarden.io", "cninetworks", ["list", "watch"]),
