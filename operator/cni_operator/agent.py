@@ -140,15 +140,19 @@ class Agent:
         loop.add_reader(watcher.fd, readable)
         try:
             while True:
-                with contextlib.suppress(TimeoutError):
+                woken = True
+                try:
                     await asyncio.wait_for(
                         self.wake.wait(),
                         min(self.settings.resync_seconds, self.settings.heartbeat_seconds),
                     )
+                except TimeoutError:
+                    woken = False
                 await asyncio.sleep(self.settings.debounce_seconds)
                 self.wake.clear()
                 try:
-                    await self._pass()
+                    if woken or not await asyncio.to_thread(self._renew_heartbeat):
+                        await self._pass()
                 except Exception:
                     log.exception("reconcile pass failed; retrying")
                     await asyncio.sleep(1.0)
@@ -158,6 +162,17 @@ class Agent:
         finally:
             loop.remove_reader(watcher.fd)
             watcher.close()
+
+    def _renew_heartbeat(self) -> bool:
+        """Between resyncs, a timer wake-up only renews the heartbeat of the last
+        report: changes to files wake us through inotify, to objects through kopf,
+        so a full pass (scan, hash every managed file) would find nothing new.
+        False when a full pass is due instead."""
+        resync_due = time.monotonic() - self._last_list > self.settings.resync_seconds
+        if resync_due or not self.listed or self._last_status is None:
+            return False
+        self._publish(PassResult(self._last_status), {})
+        return True
 
     def _relist(self) -> None:
         """A full list of CNINetworks: the authoritative set at this moment. Until
