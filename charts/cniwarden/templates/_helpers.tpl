@@ -63,3 +63,29 @@ capabilities:
 seccompProfile:
   type: RuntimeDefault
 {{- end -}}
+
+{{/* Readiness and liveness on kopf's health endpoint (`--liveness`, port "health"):
+     it answers once the operator has started its watches. */}}
+{{- define "cniwarden.kopfHealthProbes" -}}
+readinessProbe:
+  httpGet:
+    path: /healthz
+    port: health
+  periodSeconds: 10
+  timeoutSeconds: 5
+livenessProbe:
+  httpGet:
+    path: /healthz
+    port: health
+  initialDelaySeconds: 15
+  periodSeconds: 20
+  timeoutSeconds: 5
+  failureThreshold: 3
+{{- end -}}
+
+{{/* Annotations of an uninstall (pre-delete) hook object; call with its weight. */}}
+{{- define "cniwarden.preDeleteHook" -}}
+helm.sh/hook: pre-delete
+helm.sh/hook-weight: {{ . | quote }}
+helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded
+{{- end -}}
