@@ -42,6 +42,11 @@ class ControllerSettings:
     liveness_endpoint: str | None = None
 
 
+def _content(report: dict[str, Any]) -> dict[str, Any]:
+    """A node report without its heartbeat."""
+    return {k: v for k, v in report.items() if k != "heartbeatTime"}
+
+
 def _parse_time(value: str | None) -> float | None:
     if not value:
         return None
@@ -128,6 +133,20 @@ class Controller:
         """An agent silent for too long: its report no longer vouches for the node."""
         beat = _parse_time(report.get("heartbeatTime"))
         return beat is not None and time.time() - beat > self.settings.stale_agent_seconds
+
+    def on_report(self, node: str, report: dict[str, Any] | None) -> None:
+        """Store a node's CNINodeState status (None: deleted). Re-aggregate only when
+        it can change a network's status: agents renew heartbeatTime every few
+        seconds, and a renewal alone matters only to a report that had gone stale
+        (the periodic recheck notices reports that go stale)."""
+        old = self.reports.get(node)
+        if report is None:
+            self.reports.pop(node, None)
+            self.mark()
+            return
+        self.reports[node] = report
+        if old is None or self.is_stale(old) or _content(old) != _content(report):
+            self.mark()
 
     # ------------------------------------------------------------ deletion
     def nodes_not_clean(self, name: str) -> list[str]:
@@ -284,12 +303,10 @@ def build_registry(controller: Controller) -> kopf.OperatorRegistry:
 
     @kopf.on.event(api.GROUP, api.VERSION, api.NODE_STATE_PLURAL, registry=registry)
     def node_state_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
-        name = body["metadata"]["name"]
-        if event.get("type") == "DELETED":
-            controller.reports.pop(name, None)
-        else:
-            controller.reports[name] = dict(body.get("status") or {})
-        controller.mark()
+        deleted = event.get("type") == "DELETED"
+        controller.on_report(
+            body["metadata"]["name"], None if deleted else dict(body.get("status") or {})
+        )
 
     return registry
 

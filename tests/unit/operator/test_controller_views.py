@@ -88,3 +88,25 @@ def test_deletion_waits_only_for_live_nodes_with_our_files() -> None:
         "%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 600)
     )
     assert c.nodes_not_clean("net") == ["b"]
+
+
+def test_a_heartbeat_alone_re_aggregates_only_a_stale_report() -> None:
+    c = controller()
+    c.networks = {"net": network()}
+    report = {"networks": [{"name": "net", "state": "Applied"}], "heartbeatTime": now_iso()}
+    c.on_report("a", dict(report))
+    assert c.dirty == {"net"}
+    c.dirty.clear()
+    c.on_report("a", {**report, "heartbeatTime": now_iso()})
+    assert c.dirty == set()
+    c.on_report("a", {**report, "healthy": False})
+    assert c.dirty == {"net"}
+    c.dirty.clear()
+    old = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 600))
+    c.on_report("b", {**report, "heartbeatTime": old})
+    c.dirty.clear()
+    c.on_report("b", {**report, "heartbeatTime": now_iso()})
+    assert c.dirty == {"net"}
+    c.dirty.clear()
+    c.on_report("b", None)
+    assert c.dirty == {"net"} and "b" not in c.reports
