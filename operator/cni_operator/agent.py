@@ -68,7 +68,7 @@ class Agent:
         self.paths = HostPaths(self.settings.host_root)
         self.reconciler = Reconciler(self.paths, self.settings.node_name, default_source())
         self.kube = Kube(self.settings.kubeconfig)
-        self.host_gw = HostGatewayNode(self.paths, self.settings.node_name)
+        self.host_gw = HostGatewayNode(self.settings.node_name)
 
     # -------------------------------------------------------------- inputs
     def on_network(self, event_type: str | None, body: dict[str, Any]) -> None:
@@ -199,7 +199,7 @@ class Agent:
         )
         if result.recheck_in is not None:
             asyncio.get_running_loop().call_later(result.recheck_in + 0.05, self.wake.set)
-        pod_routes = await asyncio.to_thread(self.host_gw.sync)
+        pod_routes = await asyncio.to_thread(self.host_gw.sync, result.applied_specs)
         if pod_routes is not None:
             result.status["podRoutes"] = pod_routes
         await asyncio.to_thread(self._publish, result, snapshot)

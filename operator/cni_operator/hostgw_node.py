@@ -6,7 +6,7 @@ The masquerade rule is one nftables table, replaced in one `nft -f` transaction
 (the nft CLI, as the plugins use it: pyroute2's nftables support is not stable).
 
 The agent feeds Node events to `on_node` and calls `sync` after each reconcile
-pass; the networks that ask for routing are read from the agent's manifest, so
+pass with the specs of the networks that pass left applied (the manifest's), so
 routes exist exactly while a routed network's file is on this node.
 """
 
@@ -23,8 +23,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from cni_operator import hostgw
-from cni_operator.node import manifest as manifest_io
-from cni_operator.node.paths import HostPaths
 
 log = logging.getLogger("cniwarden.hostgw")
 _FAMILIES = (socket.AF_INET, socket.AF_INET6)
@@ -102,8 +100,7 @@ def nft_available() -> bool:
 
 
 class HostGatewayNode:
-    def __init__(self, paths: HostPaths, node_name: str) -> None:
-        self.paths = paths
+    def __init__(self, node_name: str) -> None:
         self.node_name = node_name
         self._nodes: dict[str, hostgw.PeerNode] = {}
         self._lock = threading.Lock()
@@ -136,20 +133,20 @@ class HostGatewayNode:
             self._routes = KernelRoutes()
         return self._routes
 
-    def desired(self) -> hostgw.Plan:
-        specs = {n: m.spec for n, m in manifest_io.load(self.paths).networks.items()}
-        wishes = hostgw.wishes_from_specs(specs)
+    def desired(self, applied_specs: Mapping[str, Mapping[str, Any]]) -> hostgw.Plan:
+        wishes = hostgw.wishes_from_specs(applied_specs)
         if not wishes:
             return hostgw.Plan()
         prefixes, addresses = self._kernel().local_addresses()
         return hostgw.plan(self.node_name, self.nodes(), wishes, prefixes, addresses)
 
-    def sync(self) -> dict[str, Any] | None:
-        """Make the kernel match the plan; returns the node report section (None when
-        host-gw has never been used here and nothing is to be done)."""
+    def sync(self, applied_specs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any] | None:
+        """Make the kernel match the plan for the networks applied on this node (their
+        specs by name); returns the node report section (None when host-gw has never
+        been used here and nothing is to be done)."""
         try:
-            plan = self.desired()
-        except Exception as error:  # a broken manifest or netlink: report, do not crash
+            plan = self.desired(applied_specs)
+        except Exception as error:  # a broken spec or netlink: report, do not crash
             log.warning("host-gw: cannot compute routes: %s", error)
             return hostgw.report(hostgw.Plan(), applied=False, error=str(error))
         if plan.empty and self._routes is None and not self._first:

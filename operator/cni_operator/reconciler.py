@@ -63,6 +63,8 @@ class PassResult:
     status: dict[str, Any]
     events: list[AgentEvent] = field(default_factory=list)
     recheck_in: float | None = None  # run another pass after this many seconds
+    # The specs of the networks whose files are on this node after the pass.
+    applied_specs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _meta(body: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -176,7 +178,8 @@ class Reconciler:
         status["healthy"] = not scan.broken
         status["problemCount"] = len(status["problems"])
         events.extend(self._transition_events(entries))
-        return PassResult(status, events, self.recheck_in)
+        applied = {name: managed.spec for name, managed in manifest.networks.items()}
+        return PassResult(status, events, self.recheck_in, applied)
 
     def _extra_lease_stores(self, manifest: Manifest) -> list[Path]:
         """host-local stores named by `ipam.dataDir` in the configs we applied."""

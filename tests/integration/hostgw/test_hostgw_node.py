@@ -33,12 +33,15 @@ DRIVER = """
 import json, sys
 from pathlib import Path
 from cni_operator.hostgw_node import HostGatewayNode
+from cni_operator.node import manifest as manifest_io
 from cni_operator.node.paths import HostPaths
 args = json.loads(sys.argv[1])
-node = HostGatewayNode(HostPaths(Path(args["root"])), args["me"])
+node = HostGatewayNode(args["me"])
 for body in args["nodes"]:
     node.on_node("ADDED", body)
-print(json.dumps(node.sync()))
+# What the agent's reconcile pass hands over: the specs applied on this node.
+applied = manifest_io.load(HostPaths(Path(args["root"]))).networks
+print(json.dumps(node.sync({name: m.spec for name, m in applied.items()})))
 """
 
 
