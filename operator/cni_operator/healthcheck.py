@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from node_plugin.server.protocol import Request, encode_request, read_reply
+from node_plugin.server.protocol import ProtocolError, Request, decode_reply, encode_request
 
 DEFAULT_SOCKET = Path("/run/cniwarden/cni.sock")
 PROBE_PLUGIN = "cniwarden-host-local"
@@ -29,18 +29,12 @@ def probe_cni_server(socket_path: Path, timeout: float = 4.0) -> str:
         conn.settimeout(timeout)
         conn.connect(str(socket_path))
         conn.sendall(encode_request(request))
-
-        def read_exact(n: int) -> bytes:
-            chunks, left = [], n
-            while left:
-                chunk = conn.recv(left)
-                if not chunk:
-                    raise ValueError("the server closed the connection mid-reply")
-                chunks.append(chunk)
-                left -= len(chunk)
-            return b"".join(chunks)
-
-        reply = read_reply(read_exact)
+        # The server closes the connection after its reply.
+        data = b"".join(iter(lambda: conn.recv(65536), b""))
+    try:
+        reply = decode_reply(data)
+    except ProtocolError as error:
+        raise ValueError(f"malformed reply: {error}") from None
     if reply.exit_code != 0:
         raise ValueError(f"VERSION answered exit code {reply.exit_code}: {reply.stdout[:200]!r}")
     versions = json.loads(reply.stdout).get("supportedVersions")
