@@ -246,6 +246,13 @@ def route_changes(current: Iterable[tuple[str, str]], desired: Iterable[Route]) 
     return RouteChanges(add, remove)
 
 
+# Per family: nft address type, match keyword, the set of cluster CIDRs, multicast.
+_NFT_FAMILIES = (
+    (4, "ipv4_addr", "ip", "cluster4", "224.0.0.0/4"),
+    (6, "ipv6_addr", "ip6", "cluster6", "ff00::/8"),
+)
+
+
 def nft_script(masquerade: Masquerade | None) -> str:
     """One atomic nft transaction: (re)create our table, or remove it when None.
 
@@ -254,42 +261,31 @@ def nft_script(masquerade: Masquerade | None) -> str:
     lines = [f"table inet {NFT_TABLE}", f"delete table inet {NFT_TABLE}"]
     if masquerade is None:
         return "\n".join(lines) + "\n"
-    v4 = [c for c in masquerade.cluster if ipaddress.ip_network(c).version == 4]
-    v6 = [c for c in masquerade.cluster if ipaddress.ip_network(c).version == 6]
-    src4 = [c for c in masquerade.sources if ipaddress.ip_network(c).version == 4]
-    src6 = [c for c in masquerade.sources if ipaddress.ip_network(c).version == 6]
+
+    def of(version: int, cidrs: tuple[str, ...]) -> list[str]:
+        return [c for c in cidrs if ipaddress.ip_network(c).version == version]
+
     lines.append(f"table inet {NFT_TABLE} {{")
-    if v4:
-        lines += [
-            "  set cluster4 {",
-            "    type ipv4_addr; flags interval;",
-            f"    elements = {{ {', '.join(v4)} }}",
-            "  }",
-        ]
-    if v6:
-        lines += [
-            "  set cluster6 {",
-            "    type ipv6_addr; flags interval;",
-            f"    elements = {{ {', '.join(v6)} }}",
-            "  }",
-        ]
+    for version, addr_type, _, set_name, _ in _NFT_FAMILIES:
+        if cluster := of(version, masquerade.cluster):
+            lines += [
+                f"  set {set_name} {{",
+                f"    type {addr_type}; flags interval;",
+                f"    elements = {{ {', '.join(cluster)} }}",
+                "  }",
+            ]
     lines += [
         "  chain postrouting {",
         "    type nat hook postrouting priority srcnat; policy accept;",
     ]
     comment = 'comment "cniwarden host-gw ipMasq: pod traffic leaving the cluster"'
-    if src4:
-        keep = "ip daddr != @cluster4 " if v4 else ""
-        sources = ", ".join(src4)
-        lines.append(
-            f"    ip saddr {{ {sources} }} {keep}ip daddr != 224.0.0.0/4 masquerade {comment}"
-        )
-    if src6:
-        keep = "ip6 daddr != @cluster6 " if v6 else ""
-        sources = ", ".join(src6)
-        lines.append(
-            f"    ip6 saddr {{ {sources} }} {keep}ip6 daddr != ff00::/8 masquerade {comment}"
-        )
+    for version, _, match, set_name, multicast in _NFT_FAMILIES:
+        if sources := of(version, masquerade.sources):
+            keep = f"{match} daddr != @{set_name} " if of(version, masquerade.cluster) else ""
+            lines.append(
+                f"    {match} saddr {{ {', '.join(sources)} }} {keep}{match} daddr != {multicast} "
+                f"masquerade {comment}"
+            )
     lines += ["  }", "}"]
     return "\n".join(lines) + "\n"
 
