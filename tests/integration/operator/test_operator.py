@@ -84,6 +84,20 @@ def host_local_add(fleet: Fleet, node: str, network: str, container: str) -> dic
     return result
 
 
+def attach(fleet: Fleet, node: str, network: str, container: str) -> dict[str, Any]:
+    """`host_local_add`, then wait until the node's agent reports the attachment (the
+    only one of `network` on `node`): from then on the switch gate counts it."""
+    lease = host_local_add(fleet, node, network, container)
+    fleet.wait(
+        lambda: any(
+            a["network"] == network and a["count"] == 1
+            for a in fleet.node_state(node).get("attachments") or []
+        ),
+        "attachment reported",
+    )
+    return lease
+
+
 def test_apply_writes_ordered_files_on_every_selected_node(fleet: Fleet) -> None:
     first, second = fleet.name("order-a"), fleet.name("order-b")
     a, b, c = fleet.nodes
@@ -225,15 +239,8 @@ def test_unsafe_switch_is_held_per_node_until_acknowledged(fleet: Fleet) -> None
     fleet.apply(name, bridge_spec(subnet="10.77.0.0/24"))
     fleet.wait(lambda: fleet.ready(name), "Ready")
     try:
-        lease = host_local_add(fleet, attached, name, "sandbox-1")
+        lease = attach(fleet, attached, name, "sandbox-1")
         assert lease["ips"][0]["address"].startswith("10.77.0.")
-        fleet.wait(
-            lambda: any(
-                a["network"] == name and a["count"] == 1
-                for a in fleet.node_state(attached).get("attachments") or []
-            ),
-            "attachment reported",
-        )
         path = fleet.conf_dir(attached) / f"10-{name}.conflist"
         before = path.read_bytes()
 
@@ -290,13 +297,7 @@ def test_new_network_that_would_win_is_held_where_pods_are_attached(fleet: Fleet
     fleet.apply(current, bridge_spec(subnet="10.81.0.0/24"))
     fleet.wait(lambda: fleet.ready(current), "Ready")
     try:
-        host_local_add(fleet, attached, current, "sandbox-3")
-        fleet.wait(
-            lambda: any(
-                a["network"] == current for a in fleet.node_state(attached).get("attachments") or []
-            ),
-            "attached",
-        )
+        attach(fleet, attached, current, "sandbox-3")
         fleet.apply(newcomer, bridge_spec(priority=5, subnet="10.82.0.0/24", bridge="cw5"))
         blocked = fleet.wait(lambda: fleet.when(newcomer, "SwitchBlocked"), "newcomer held")
         assert f"new pods would move from network {current} to {newcomer}" in blocked["message"]
@@ -322,14 +323,7 @@ def test_raising_another_networks_priority_is_held_where_pods_are_attached(
     fleet.apply(other, bridge_spec(priority=20, subnet="10.84.0.0/24", bridge="cw6"))
     fleet.wait(lambda: fleet.ready(current) and fleet.ready(other), "both Ready")
     try:
-        host_local_add(fleet, attached, current, "sandbox-4")
-        fleet.wait(
-            lambda: any(
-                a["network"] == current and a["count"] == 1
-                for a in fleet.node_state(attached).get("attachments") or []
-            ),
-            "attachment reported",
-        )
+        attach(fleet, attached, current, "sandbox-4")
         files = [f"10-{current}.conflist", f"20-{other}.conflist"]
         assert fleet.conf_files(attached) == files
         before = {f: (fleet.conf_dir(attached) / f).read_bytes() for f in files}
@@ -392,13 +386,7 @@ def test_safe_change_rolls_out_while_attached(fleet: Fleet) -> None:
     fleet.apply(name, spec)
     fleet.wait(lambda: fleet.ready(name), "Ready")
     try:
-        host_local_add(fleet, node, name, "sandbox-2")
-        fleet.wait(
-            lambda: any(
-                a["network"] == name for a in fleet.node_state(node).get("attachments") or []
-            ),
-            "attached",
-        )
+        attach(fleet, node, name, "sandbox-2")
         safe = copy.deepcopy(spec)
         safe["plugins"][0]["mtu"] = 1400
         safe["plugins"][0]["hairpinMode"] = True
