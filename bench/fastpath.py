@@ -255,7 +255,7 @@ class HostLinks:
     pair is really gone: the server answers DEL before its reaper unregisters the pair."""
 
     def __init__(self) -> None:
-        from node_plugin.rtnl import Rtnl  # noqa: PLC0415 (the bench runs reference-only too)
+        from node_plugin.kernel.rtnl import Rtnl  # noqa: PLC0415 (the bench runs reference-only too)
 
         self._sock = Rtnl()
 
@@ -352,7 +352,8 @@ def profile_handler(
 ) -> tuple[dict[str, float], str]:
     """node_plugin.api.handle in this process, with a reaper as in the server: its own time
     per verb, where it goes, and how long the reaper then waits for the kernel."""
-    from node_plugin import api, rtnl  # noqa: PLC0415 (not needed unless profiling)
+    from node_plugin import api  # noqa: PLC0415 (not needed unless profiling)
+    from node_plugin.kernel import rtnl  # noqa: PLC0415
     from node_plugin.server.reaper import Reaper  # noqa: PLC0415
 
     reaper = Reaper()

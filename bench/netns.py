@@ -8,7 +8,7 @@ import os
 import subprocess
 from collections.abc import Iterator
 
-from node_plugin import netns
+from node_plugin.kernel import netns
 
 
 def enter_netns(name: str) -> None:

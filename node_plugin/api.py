@@ -1,50 +1,26 @@
 """In-process entry point: one CNI invocation in, one answer out.
 
-Cheap to import (dataclasses only); `handle` loads the verb's code on first use.
 Used by the console scripts (node_plugin.cli) and by the resident server, so
 `handle` never exits the process, never reads os.environ for CNI_* variables,
 keeps no per-request global state and is safe to call from several threads.
+Importing it is cheap: the protocol layer loads a verb's plugin code on first use.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Protocol
+from node_plugin.cni.request import (
+    BRIDGE,
+    HOST_LOCAL,
+    PLUGINS,
+    CniRequest,
+    CniResponse,
+    LinkReaper,
+)
+from node_plugin.cni.skel import dispatch
 
-BRIDGE = "cniwarden-bridge"
-HOST_LOCAL = "cniwarden-host-local"
-PLUGINS = (BRIDGE, HOST_LOCAL)
-
-
-class LinkReaper(Protocol):
-    """Unregisters tombstoned veth pairs after DEL answered (node_plugin.tombstones)."""
-
-    def schedule(self) -> None:
-        """Tombstones wait in the calling thread's network namespace: reap them soon."""
-
-
-@dataclass(frozen=True)
-class CniRequest:
-    plugin: str  # "cniwarden-bridge" | "cniwarden-host-local"
-    env: Mapping[str, str]  # the CNI_* variables (extra keys are ignored)
-    stdin: bytes
-    # Set by a process that outlives the request (the resident server): DEL then leaves
-    # the veth pair's unregistration to it. None (a standalone plugin): DEL deletes it.
-    reaper: LinkReaper | None = field(default=None, compare=False)
-    # When the caller needs the answer (time.monotonic()); the resident server sets it.
-    # A delegated IPAM plugin is killed early enough to answer by then.
-    deadline: float | None = field(default=None, compare=False)
-
-
-@dataclass(frozen=True)
-class CniResponse:
-    exit_code: int
-    stdout: bytes
+__all__ = ["BRIDGE", "HOST_LOCAL", "PLUGINS", "CniRequest", "CniResponse", "LinkReaper", "handle"]
 
 
 def handle(request: CniRequest) -> CniResponse:
     """Run one CNI verb; errors come back as a CNI error JSON with a non-zero exit code."""
-    from node_plugin import skel
-
-    return skel.dispatch(request)
+    return dispatch(request)

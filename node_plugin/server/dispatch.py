@@ -2,7 +2,7 @@
 
 Importing this module is cheap; `node_plugin_handler()` does the heavy imports (the
 plugin modules) once at server start so that no request pays them. pyroute2 is left out:
-only VLAN filters use it (node_plugin.rtnl does the rest) and it costs ~24 MiB of RSS.
+only VLAN filters use it (node_plugin.kernel.rtnl does the rest) and it costs ~24 MiB of RSS.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ log = logging.getLogger("cniwarden.cni_server")
 Handler = Callable[[Request], Reply]
 
 # What a standalone plugin imports lazily, per verb; the server imports it all up front.
-WARM_MODULES = ("node_plugin.skel", "node_plugin.bridge", "node_plugin.hostlocal")
+WARM_MODULES = ("node_plugin.cni.skel", "node_plugin.bridge.plugin", "node_plugin.ipam.hostlocal")
 
 
 def warm_up() -> None:

@@ -6,7 +6,7 @@ the worker thread enters it for the request and returns to its own afterwards. I
 production the server shares the node's namespace and nothing changes hands; tests run
 plugins in private "host" namespaces and get the same semantics as with exec.
 
-The entering and returning is node_plugin.netns's (the standalone plugin's); this adds
+The entering and returning is node_plugin.kernel.netns's (the standalone plugin's); this adds
 what a resident server needs on top: no namespace means "stay", and a thread that
 cannot return ends the process.
 """
@@ -17,8 +17,8 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-from node_plugin import netns
-from node_plugin.errors import CniError
+from node_plugin.cni.errors import CniError
+from node_plugin.kernel import netns
 
 
 class NetnsError(Exception):

@@ -13,7 +13,7 @@ import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from node_plugin.api import LinkReaper
+from node_plugin.cni.request import LinkReaper
 
 MAGIC = b"CNW1"
 MAX_PLUGIN = 255
@@ -41,10 +41,10 @@ class Request:
     # The caller's network namespace, received with the request (SCM_RIGHTS); the
     # server owns and closes it. Not part of the frame: queued DELs have none.
     netns_fd: int | None = field(default=None, compare=False)
-    # The server's reaper, handed to the plugin code (api.CniRequest.reaper). Not part
+    # The server's reaper, handed to the plugin code (CniRequest.reaper). Not part
     # of the frame either.
     reaper: LinkReaper | None = field(default=None, compare=False)
-    # When the answer is due (time.monotonic(); api.CniRequest.deadline). Not in the frame.
+    # When the answer is due (time.monotonic(); CniRequest.deadline). Not in the frame.
     deadline: float | None = field(default=None, compare=False)
 
     @property

@@ -1,7 +1,7 @@
 """The server's reaper: unregisters the veth pairs DEL buried, after DEL answered.
 
-DEL (node_plugin.bridge with a reaper) leaves each pair as a tombstone, down, detached
-and marked (node_plugin.tombstones), in the namespace the request ran in, and calls
+DEL (node_plugin.bridge.plugin with a reaper) leaves each pair as a tombstone, down, detached
+and marked (node_plugin.kernel.tombstones), in the namespace the request ran in, and calls
 `schedule()` from there. One thread here keeps a descriptor of each such namespace and
 unregisters all of a namespace's tombstones with one request, so pairs buried while it
 waits for the kernel share the next RCU wait. It also sweeps the server's own namespace
@@ -15,10 +15,10 @@ import os
 import threading
 import time
 
-from node_plugin import tombstones
-from node_plugin.errors import CniError
-from node_plugin.netns import THREAD_NETNS, identity
-from node_plugin.rtnl import Rtnl
+from node_plugin.cni.errors import CniError
+from node_plugin.kernel import tombstones
+from node_plugin.kernel.netns import THREAD_NETNS, identity
+from node_plugin.kernel.rtnl import Rtnl
 from node_plugin.server import netns
 
 log = logging.getLogger("cniwarden.cni_server")

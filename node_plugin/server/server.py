@@ -16,7 +16,7 @@ few seconds; it never waits for a busy attachment: that entry waits for the next
 An ADD or CHECK first replays the queued DELs of its own attachment, under that
 attachment's lock, so the runtime's order holds without any request waiting for another
 attachment's DEL. Nothing a delegated IPAM plugin does can hold a worker for ever either:
-it is killed before the request's deadline (node_plugin.delegate).
+it is killed before the request's deadline (node_plugin.ipam.delegate).
 """
 
 from __future__ import annotations

@@ -28,14 +28,20 @@ PURE_MODULES = (
     "cni_operator.conditions",
     "cni_operator.journal",
     "cni_operator.hostgw",
-    "node_plugin.allocator",
-    "node_plugin.cniargs",
-    "node_plugin.versions",
-    "node_plugin.result",
-    "node_plugin.masq_names",
-    "node_plugin.skel",
+    "node_plugin.ipam.allocator",
+    "node_plugin.cni.cniargs",
+    "node_plugin.cni.versions",
+    "node_plugin.cni.result",
+    "node_plugin.bridge.masq_names",
+    "node_plugin.cni.skel",
 )
-FORBIDDEN_IN_PURE = ("kopf", "kubernetes", "pyroute2", "node_plugin.rtnl", "node_plugin.links")
+FORBIDDEN_IN_PURE = (
+    "kopf",
+    "kubernetes",
+    "pyroute2",
+    "node_plugin.kernel.rtnl",
+    "node_plugin.kernel.netlink",
+)
 
 
 def test_pure_modules_import_no_framework_or_netlink() -> None:

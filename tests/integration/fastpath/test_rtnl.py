@@ -1,4 +1,4 @@
-"""node_plugin.rtnl against the kernel, checked with iproute2 (an independent implementation)."""
+"""node_plugin.kernel.rtnl against the kernel, checked with iproute2 (an independent tool)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from node_plugin import netns, rtnl
-from node_plugin.rtnl import Rtnl, RtnlError
+from node_plugin.kernel import netns, rtnl
+from node_plugin.kernel.rtnl import Rtnl, RtnlError
 from tests.integration.plugin.kernel import Netns, create_netns, delete_netns
 
 pytestmark = pytest.mark.root

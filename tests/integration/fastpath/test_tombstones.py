@@ -1,6 +1,6 @@
 """DEL through the resident server answers before the kernel unregisters the veth pair.
 
-The pair is buried (node_plugin.tombstones): the host end detached from the bridge, down,
+The pair is buried (node_plugin.kernel.tombstones): the host end detached from the bridge, down,
 renamed and marked with the tombstone link group, the sandbox end down, without
 addresses and renamed, so CNI_IFNAME is free at once; the server's reaper unregisters it
 after the answer. These tests hold the reaper (`--hold-tombstones`) where they need the

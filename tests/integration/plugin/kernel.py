@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 NETNS_DIR = Path("/run/netns")
-# node_plugin.tombstones.GROUP: the link group of veth pairs a server's DEL buried.
+# node_plugin.kernel.tombstones.GROUP: the link group of veth pairs a server's DEL buried.
 TOMBSTONE_GROUP = "0x63777462"
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-from node_plugin import cli, hostlocal
+from node_plugin import cli
+from node_plugin.ipam import hostlocal
 
 PAUSE = 600.0  # seconds: far longer than any test waits; the test kills the process
 

@@ -10,7 +10,8 @@ from collections.abc import Callable
 
 import pytest
 
-from node_plugin import announce, netns
+from node_plugin.bridge import announce
+from node_plugin.kernel import netns
 from tests.integration.plugin.kernel import Netns
 
 

@@ -5,8 +5,8 @@ import itertools
 
 import pytest
 
-from node_plugin.allocator import Range, RangeSet, candidates, check_sets
-from node_plugin.errors import CniError
+from node_plugin.cni.errors import CniError
+from node_plugin.ipam.allocator import Range, RangeSet, candidates, check_sets
 
 
 def ip(s: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:

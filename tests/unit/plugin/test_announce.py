@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from node_plugin import announce
+from node_plugin.bridge import announce
 
 MAC = "02:11:22:33:44:55"
 

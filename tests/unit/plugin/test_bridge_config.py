@@ -4,8 +4,8 @@ from typing import Any
 
 import pytest
 
-from node_plugin import bridge_config
-from node_plugin.errors import CniError
+from node_plugin.bridge import config as bridge_config
+from node_plugin.cni.errors import CniError
 
 
 def load(cni_args: str = "", **fields: Any) -> bridge_config.BridgeConfig:

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from node_plugin import cniargs
-from node_plugin.errors import CniError
+from node_plugin.cni import cniargs
+from node_plugin.cni.errors import CniError
 
 
 def test_known_keys_are_returned() -> None:

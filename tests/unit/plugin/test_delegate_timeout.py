@@ -1,11 +1,11 @@
-"""How long a delegated IPAM plugin may run (node_plugin.delegate.timeout)."""
+"""How long a delegated IPAM plugin may run (node_plugin.ipam.delegate.timeout)."""
 
 from __future__ import annotations
 
 import pytest
 
-from node_plugin import delegate
-from node_plugin.errors import INVALID_ENV, CniError
+from node_plugin.cni.errors import INVALID_ENV, CniError
+from node_plugin.ipam import delegate
 
 
 def test_standalone_without_a_deadline_gets_the_default_or_the_environment() -> None:

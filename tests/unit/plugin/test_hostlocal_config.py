@@ -4,8 +4,8 @@ from typing import Any
 
 import pytest
 
-from node_plugin import hostlocal_config
-from node_plugin.errors import CniError
+from node_plugin.cni.errors import CniError
+from node_plugin.ipam import config as hostlocal_config
 
 
 def load(ipam: dict[str, Any], version: str = "1.1.0", cni_args: str = "", **top: Any) -> Any:

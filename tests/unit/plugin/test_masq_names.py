@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from node_plugin import masq_names as names
+from node_plugin.bridge import masq_names as names
 
 
 def test_chain_names_match_the_reference_test_vectors() -> None:

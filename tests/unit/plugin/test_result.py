@@ -4,8 +4,8 @@ import ipaddress
 
 import pytest
 
-from node_plugin.errors import CniError
-from node_plugin.result import DNS, Interface, IPConfig, Result, Route
+from node_plugin.cni.errors import CniError
+from node_plugin.cni.result import DNS, Interface, IPConfig, Result, Route
 
 
 def sample() -> Result:

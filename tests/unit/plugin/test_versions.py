@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from node_plugin import versions
-from node_plugin.errors import CniError
+from node_plugin.cni import versions
+from node_plugin.cni.errors import CniError
 
 
 def test_missing_version_means_0_1_0() -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from node_plugin.errors import INVALID_ENV, CniError
+from node_plugin.cni.errors import INVALID_ENV, CniError
 
 _TRUE = {"1", "t", "T", "true", "TRUE", "True"}
 _FALSE = {"0", "f", "F", "false", "FALSE", "False"}

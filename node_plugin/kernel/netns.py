@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from node_plugin.errors import NETNS_UNAVAILABLE, CniError
+from node_plugin.cni.errors import NETNS_UNAVAILABLE, CniError
 
 CLONE_NEWNET = 0x40000000
 NS_GET_NSTYPE = 0xB703  # _IO(0xb7, 0x3)

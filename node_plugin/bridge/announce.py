@@ -22,7 +22,7 @@ import struct
 import threading
 from collections.abc import Iterable
 
-from node_plugin import netns
+from node_plugin.kernel import netns
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from node_plugin.netfilter import nft_apply, nft_json
+from node_plugin.kernel.netfilter import nft_apply, nft_json
 
 TABLE = "bridge nat"
 BASE = "PREROUTING"

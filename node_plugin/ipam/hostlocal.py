@@ -12,9 +12,7 @@ import logging
 import os
 from pathlib import Path
 
-from node_plugin import hostlocal_config
-from node_plugin.allocator import IPAddress, RangeSet, candidates
-from node_plugin.errors import (
+from node_plugin.cni.errors import (
     ADDRESS_UNAVAILABLE,
     CHECK_FAILED,
     DUPLICATE_ALLOCATION,
@@ -23,10 +21,12 @@ from node_plugin.errors import (
     RANGE_EXHAUSTED,
     CniError,
 )
-from node_plugin.hostlocal_config import IpamConfig
-from node_plugin.result import DNS, IPConfig, Result
-from node_plugin.skel import CmdArgs
-from node_plugin.store import Lease, Store
+from node_plugin.cni.result import DNS, IPConfig, Result
+from node_plugin.cni.skel import CmdArgs
+from node_plugin.ipam import config as hostlocal_config
+from node_plugin.ipam.allocator import IPAddress, RangeSet, candidates
+from node_plugin.ipam.config import IpamConfig
+from node_plugin.ipam.store import Lease, Store
 
 log = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from node_plugin import cniargs
-from node_plugin.errors import INVALID_ENV, CniError, invalid_config
-from node_plugin.gomodel import GoModel, config_error
-from node_plugin.result import DNS
+from node_plugin.cni import cniargs
+from node_plugin.cni.errors import INVALID_ENV, CniError, invalid_config
+from node_plugin.cni.gomodel import GoModel, config_error
+from node_plugin.cni.result import DNS
 
 DEFAULT_BRIDGE = "cni0"
 _MAC = re.compile(r"^[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5}$")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from node_plugin import delegate, hostlocal
-from node_plugin.errors import INCOMPATIBLE_VERSION, INVALID_ENV, UNKNOWN_CONTAINER, CniError
-from node_plugin.hostlocal_config import IpamConfig
-from node_plugin.result import Result
-from node_plugin.skel import CmdArgs
+from node_plugin.cni.errors import INCOMPATIBLE_VERSION, INVALID_ENV, UNKNOWN_CONTAINER, CniError
+from node_plugin.cni.result import Result
+from node_plugin.cni.skel import CmdArgs
+from node_plugin.ipam import delegate, hostlocal
+from node_plugin.ipam.config import IpamConfig
 
 log = logging.getLogger(__name__)
 IN_PROCESS = "cniwarden-host-local"

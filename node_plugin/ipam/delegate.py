@@ -23,7 +23,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from node_plugin.errors import (
+from node_plugin.cni.errors import (
     DELEGATE_FAILED,
     DELEGATE_NOT_FOUND,
     DELEGATE_TIMEOUT,
@@ -31,9 +31,9 @@ from node_plugin.errors import (
     INVALID_ENV,
     CniError,
 )
-from node_plugin.result import Result
-from node_plugin.skel import CmdArgs
-from node_plugin.versions import SUPPORTED
+from node_plugin.cni.result import Result
+from node_plugin.cni.skel import CmdArgs
+from node_plugin.cni.versions import SUPPORTED
 
 log = logging.getLogger(__name__)
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

@@ -17,35 +17,28 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from node_plugin import (
-    announce,
-    bridge_config,
-    ipam,
-    links,
-    masq,
-    netns,
-    spoofcheck,
-    sysctl,
-    tombstones,
-)
-from node_plugin.bridge_config import BridgeConfig
-from node_plugin.errors import (
+from node_plugin.bridge import announce, masq, spoofcheck
+from node_plugin.bridge import config as bridge_config
+from node_plugin.bridge.config import BridgeConfig
+from node_plugin.cni.errors import (
     BRIDGE_CONFLICT,
     CHECK_FAILED,
     INTERNAL,
     INVALID_CONFIG,
     CniError,
 )
-from node_plugin.hostlocal_config import IpamConfig
-from node_plugin.result import Interface, Result, Route
-from node_plugin.skel import CmdArgs
+from node_plugin.cni.result import Interface, Result, Route
+from node_plugin.cni.skel import CmdArgs
+from node_plugin.ipam import invoke as ipam
+from node_plugin.ipam.config import IpamConfig
+from node_plugin.kernel import netlink, netns, sysctl, tombstones
 
 log = logging.getLogger(__name__)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 DEFAULT_DST = {4: ipaddress.ip_interface("0.0.0.0/0"), 6: ipaddress.ip_interface("::/0")}
-FAMILY = {4: links.AF_INET, 6: links.AF_INET6}
+FAMILY = {4: netlink.AF_INET, 6: netlink.AF_INET6}
 
 
 def load(args: CmdArgs) -> BridgeConfig:
@@ -96,8 +89,8 @@ def _add(
     args: CmdArgs, conf: BridgeConfig, sandbox_fd: int, undo: Undo, ipam_conf: IpamConfig | None
 ) -> Result:
     raw = conf.raw
-    host = links.host_socket()
-    br = links.ensure_bridge(
+    host = netlink.host_socket()
+    br = netlink.ensure_bridge(
         host,
         conf.bridge,
         mtu=raw.mtu,
@@ -107,21 +100,21 @@ def _add(
     sysctl.write_quietly(f"net/ipv6/conf/{conf.bridge}/accept_ra", "0")
 
     cont_mac = conf.mac or random_mac()
-    host_name = links.create_veth(
+    host_name = netlink.create_veth(
         host, sandbox_fd=sandbox_fd, ifname=args.ifname, mtu=raw.mtu, mac=cont_mac
     )
     undo.push(f"delete veth {host_name}", lambda: _delete_by_name(host_name))
-    hv = links.get(host, host_name)
+    hv = netlink.get(host, host_name)
     if hv is None:
         raise CniError(INTERNAL, f"host veth {host_name} vanished after creation")
-    links.set_link(
+    netlink.set_link(
         host,
         f"attach {host_name} to bridge {conf.bridge}",
         index=hv.index,
         master=br.index,
         state="up",
     )
-    links.set_port(host, hv.index, hairpin=raw.hairpin_mode, isolated=raw.port_isolation)
+    netlink.set_port(host, hv.index, hairpin=raw.hairpin_mode, isolated=raw.port_isolation)
     _setup_vlans(host, hv.index, conf)
 
     if raw.macspoofchk:
@@ -174,7 +167,7 @@ def _add(
         with netns.entered(sandbox_fd):
             announce.announce(args.ifname, cont_mac, [ip.address.ip for ip in result.ips])
     result.interfaces[1].mac = hv_now.mac
-    br_now = links.get_index(host, br.index)
+    br_now = netlink.get_index(host, br.index)
     if br_now is not None:
         result.interfaces[0].mac = br_now.mac
     if conf.dns.is_set():
@@ -183,11 +176,11 @@ def _add(
 
 
 def _set_container_up(sandbox_fd: int, ifname: str) -> None:
-    with links.sandbox_socket(sandbox_fd) as sb:
-        link = links.get(sb, ifname)
+    with netlink.sandbox_socket(sandbox_fd) as sb:
+        link = netlink.get(sb, ifname)
         if link is None:
             raise CniError(INTERNAL, f"{ifname} vanished from the sandbox")
-        links.set_link(sb, f"set {ifname} up", index=link.index, state="up")
+        netlink.set_link(sb, f"set {ifname} up", index=link.index, state="up")
 
 
 def random_mac() -> str:
@@ -198,20 +191,20 @@ def random_mac() -> str:
 
 
 def _delete_by_name(name: str) -> None:
-    host = links.host_socket()
-    link = links.get(host, name)
+    host = netlink.host_socket()
+    link = netlink.get(host, name)
     if link is not None:
-        links.delete(host, link.index, name)
+        netlink.delete(host, link.index, name)
 
 
-def _setup_vlans(host: links.IPRoute, index: int, conf: BridgeConfig) -> None:
+def _setup_vlans(host: netlink.IPRoute, index: int, conf: BridgeConfig) -> None:
     raw = conf.raw
     if (raw.vlan or conf.vlans) and not raw.preserve_default_vlan:
-        links.vlan(host, "del", index, 1)
+        netlink.vlan(host, "del", index, 1)
     if raw.vlan:
-        links.vlan(host, "add", index, raw.vlan, pvid_untagged=True)
+        netlink.vlan(host, "add", index, raw.vlan, pvid_untagged=True)
     for vid in conf.vlans:
-        links.vlan(host, "add", index, vid)
+        netlink.vlan(host, "add", index, vid)
 
 
 @dataclass
@@ -247,8 +240,8 @@ def _gateways(result: Result, conf: BridgeConfig) -> list[Gateway]:
 
 
 def _configure_sandbox(sandbox_fd: int, ifname: str, result: Result, conf: BridgeConfig) -> None:
-    with links.sandbox_socket(sandbox_fd) as sb:
-        link = links.get(sb, ifname)
+    with netlink.sandbox_socket(sandbox_fd) as sb:
+        link = netlink.get(sb, ifname)
         if link is None:
             raise CniError(INTERNAL, f"{ifname} vanished from the sandbox")
         if any(ip.family == 6 for ip in result.ips):
@@ -263,9 +256,9 @@ def _configure_sandbox(sandbox_fd: int, ifname: str, result: Result, conf: Bridg
             # An address still tentative when ADD announces (enabledad) is announced by
             # the kernel once DAD completes.
             sysctl.write_quietly(f"net/ipv6/conf/{ifname}/ndisc_notify", "1")
-        links.set_link(sb, f"set {ifname} up", index=link.index, state="up")
+        netlink.set_link(sb, f"set {ifname} up", index=link.index, state="up")
         for ip in result.ips:
-            links.add_address(sb, link.index, ip.address, ifname)
+            netlink.add_address(sb, link.index, ip.address, ifname)
         default_gw: dict[int, IPAddress] = {}
         for ip in result.ips:
             if ip.gateway is not None:
@@ -284,11 +277,15 @@ def _configure_sandbox(sandbox_fd: int, ifname: str, result: Result, conf: Bridg
             metrics = {k: v for k, v in (("mtu", r.mtu), ("advmss", r.advmss)) if v}
             if metrics:
                 spec["metrics"] = metrics
-            links.add_route(sb, spec, f"{r.dst.network} via {gw} dev {ifname}")
+            netlink.add_route(sb, spec, f"{r.dst.network} via {gw} dev {ifname}")
 
 
 def _setup_gateways(
-    host: links.IPRoute, br: links.Link, conf: BridgeConfig, gateways: list[Gateway], result: Result
+    host: netlink.IPRoute,
+    br: netlink.Link,
+    conf: BridgeConfig,
+    gateways: list[Gateway],
+    result: Result,
 ) -> None:
     target = br
     if conf.raw.vlan:
@@ -303,9 +300,9 @@ def _setup_gateways(
             sysctl.write(key, "1")
 
 
-def _ensure_addr(host: links.IPRoute, link: links.Link, want: IPInterface, force: bool) -> None:
+def _ensure_addr(host: netlink.IPRoute, link: netlink.Link, want: IPInterface, force: bool) -> None:
     """The reference's rule: one IPv4 address per bridge, IPv6 ones unless they overlap."""
-    have = links.addresses(host, link.index, FAMILY[want.version])
+    have = netlink.addresses(host, link.index, FAMILY[want.version])
     if want in have:
         return
     for a in have:
@@ -316,52 +313,54 @@ def _ensure_addr(host: links.IPRoute, link: links.Link, want: IPInterface, force
                     f"{link.name!r} already has an IP address ({a}) different from {want}",
                     "set forceAddress to replace it",
                 )
-            links.del_address(host, link.index, a, link.name)
-    links.add_address(host, link.index, want, link.name)
+            netlink.del_address(host, link.index, a, link.name)
+    netlink.add_address(host, link.index, want, link.name)
     # Pin the bridge's MAC; otherwise it follows the lowest port MAC as ports churn. Read it
     # now: a bridge whose last port left has the all-zero MAC until a port joins again.
-    now = links.get_index(host, link.index)
+    now = netlink.get_index(host, link.index)
     if now is not None and now.mac and now.mac != "00:00:00:00:00:00":
-        links.set_link(host, f"pin MAC of {link.name}", index=link.index, address=now.mac)
+        netlink.set_link(host, f"pin MAC of {link.name}", index=link.index, address=now.mac)
 
 
-def _ensure_vlan_gateway(host: links.IPRoute, br: links.Link, conf: BridgeConfig) -> links.Link:
+def _ensure_vlan_gateway(
+    host: netlink.IPRoute, br: netlink.Link, conf: BridgeConfig
+) -> netlink.Link:
     name = f"{conf.bridge}.{conf.raw.vlan}"
-    existing = links.get(host, name)
+    existing = netlink.get(host, name)
     if existing is not None:
         return existing
     peer = "veth" + secrets.token_hex(4)
-    links.create_veth_pair(host, peer, name, mtu=br.mtu)
-    p = links.get(host, peer)
-    gw = links.get(host, name)
+    netlink.create_veth_pair(host, peer, name, mtu=br.mtu)
+    p = netlink.get(host, peer)
+    gw = netlink.get(host, name)
     if p is None or gw is None:
         raise CniError(INTERNAL, f"VLAN gateway {name} vanished")
-    links.set_link(host, f"attach {peer}", index=p.index, master=br.index, state="up")
-    links.set_port(host, p.index, hairpin=False, isolated=False)
+    netlink.set_link(host, f"attach {peer}", index=p.index, master=br.index, state="up")
+    netlink.set_port(host, p.index, hairpin=False, isolated=False)
     if not conf.raw.preserve_default_vlan:
-        links.vlan(host, "del", p.index, 1)
-    links.vlan(host, "add", p.index, conf.raw.vlan, pvid_untagged=True)
-    links.set_link(host, f"set {name} up", index=gw.index, state="up")
-    refreshed = links.get(host, name)
+        netlink.vlan(host, "del", p.index, 1)
+    netlink.vlan(host, "add", p.index, conf.raw.vlan, pvid_untagged=True)
+    netlink.set_link(host, f"set {name} up", index=gw.index, state="up")
+    refreshed = netlink.get(host, name)
     assert refreshed is not None
     return refreshed
 
 
 def _wait_port_up(
-    host: links.IPRoute, index: int, name: str, container_down: bool, timeout: float = 2.5
-) -> links.Link:
+    host: netlink.IPRoute, index: int, name: str, container_down: bool, timeout: float = 2.5
+) -> netlink.Link:
     """Like the reference: do not report success while the bridge port is not up."""
     deadline = time.monotonic() + timeout
     delay = 0.001
     while True:
-        link = links.get_index(host, index)
+        link = netlink.get_index(host, index)
         if link is None:
             raise CniError(INTERNAL, f"host veth {name} vanished")
         if container_down:
             return link
         # operstate and the port's leaving the disabled state come from one link event;
         # wait for both, so that frames sent next cross the bridge.
-        if link.operstate == "UP" and link.brport_state != links.BR_STATE_DISABLED:
+        if link.operstate == "UP" and link.brport_state != netlink.BR_STATE_DISABLED:
             return link
         if time.monotonic() > deadline:
             raise CniError(INTERNAL, f"bridge port {name} in error state: {link.operstate}")
@@ -444,19 +443,19 @@ def _remove_container_link(args: CmdArgs, sandbox_fd: int) -> tuple[set[int], bo
     """Takes CNI_IFNAME out of the sandbox: its address families, and whether the pair
     was buried for the reaper (False: deleted here, or there was nothing to remove)."""
     # Opened in the host namespace before entering the sandbox: sockets stay where opened.
-    host = links.host_socket() if args.reaper is not None else None
-    with links.sandbox_socket(sandbox_fd) as sb:
-        link = links.get(sb, args.ifname)
+    host = netlink.host_socket() if args.reaper is not None else None
+    with netlink.sandbox_socket(sandbox_fd) as sb:
+        link = netlink.get(sb, args.ifname)
         if link is None:
             return set(), False
-        addresses = links.addresses(sb, link.index)
+        addresses = netlink.addresses(sb, link.index)
         families: set[int] = {a.version for a in addresses}
         owner = f"{args.container_id}/{args.ifname}"
         if host is not None and tombstones.bury(
             host, sb, sandbox_fd, link, addresses=addresses, owner=owner
         ):
             return families, True
-        links.delete(sb, link.index, f"{args.ifname} in the sandbox")
+        netlink.delete(sb, link.index, f"{args.ifname} in the sandbox")
         return families, False
 
 
@@ -480,8 +479,8 @@ def check(args: CmdArgs) -> None:
         raise _check(f"prevResult has no interface for bridge {conf.bridge}")
     if cont_if is None:
         raise _check(f"prevResult has no interface {args.ifname} in sandbox {args.netns}")
-    host = links.host_socket()
-    br = links.get(host, conf.bridge)
+    host = netlink.host_socket()
+    br = netlink.get(host, conf.bridge)
     if br is None or br.kind != "bridge":
         raise _check(
             f"bridge {conf.bridge} not found" if br is None else f"{conf.bridge} is not a bridge"
@@ -496,15 +495,15 @@ def check(args: CmdArgs) -> None:
             f"config says {conf.raw.promisc_mode}"
         )
 
-    with links.sandbox_socket(args.netns) as sb:
-        cont = links.get(sb, args.ifname)
+    with netlink.sandbox_socket(args.netns) as sb:
+        cont = netlink.get(sb, args.ifname)
         if cont is None:
             raise _check(f"interface {args.ifname} not found in {args.netns}")
         if cont.kind != "veth":
             raise _check(f"interface {args.ifname} is a {cont.kind or 'device'}, not a veth")
         if cont_if.mac and cont_if.mac != cont.mac:
             raise _check(f"{args.ifname} MAC {cont.mac} does not match prevResult {cont_if.mac}")
-        have = set(links.addresses(sb, cont.index))
+        have = set(netlink.addresses(sb, cont.index))
         cont_pos = prev.interfaces.index(cont_if)
         for ip in prev.ips:
             if ip.interface == cont_pos and ip.address not in have:
@@ -515,7 +514,7 @@ def check(args: CmdArgs) -> None:
     for i in prev.interfaces:
         if i is br_if or i is cont_if or i.sandbox:
             continue
-        hv = links.get(host, i.name)
+        hv = netlink.get(host, i.name)
         if hv is None or hv.kind != "veth":
             continue
         if hv.index == cont.peer_index and hv.peer_index == cont.index and hv.master == br.index:
@@ -527,12 +526,12 @@ def check(args: CmdArgs) -> None:
         raise _check(f"no host veth in bridge {conf.bridge} peers with {args.ifname}")
 
 
-def _check_routes(sb: links.IPRoute, prev: Result) -> None:
+def _check_routes(sb: netlink.IPRoute, prev: Result) -> None:
     for family in (4, 6):
         wanted = [r for r in prev.routes if r.family == family]
         if not wanted:
             continue
-        table = links.routes(sb, FAMILY[family])
+        table = netlink.routes(sb, FAMILY[family])
         have = set()
         for m in table:
             dst_s = f"{m.dst}/{m.dst_len}" if m.dst else DEFAULT_DST[family].with_prefixlen
@@ -561,10 +560,10 @@ def gc(args: CmdArgs) -> None:
             errors.append(err.msg)
     errors += masq.gc(conf.name, keep)
     try:
-        host = links.host_socket()
+        host = netlink.host_socket()
         # Pairs a DEL buried, left behind by a server that died before its reaper ran.
         tombstones.reap(host)
-        names = links.names(host)
+        names = netlink.names(host)
         spoofcheck.remove(spoofcheck.stale_refs(names))
     except CniError as err:
         errors.append(err.msg)

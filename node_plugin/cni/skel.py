@@ -16,18 +16,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from node_plugin import versions
-from node_plugin.api import BRIDGE, HOST_LOCAL, CniRequest, CniResponse, LinkReaper
-from node_plugin.errors import (
+from node_plugin.cni import versions
+from node_plugin.cni.errors import (
     DECODE_FAILURE,
     INTERNAL,
     INVALID_CONFIG,
     INVALID_ENV,
     CniError,
 )
+from node_plugin.cni.request import BRIDGE, HOST_LOCAL, CniRequest, CniResponse, LinkReaper
 
 if TYPE_CHECKING:  # VERSION and bad-input answers need no result model
-    from node_plugin.result import Result
+    from node_plugin.cni.result import Result
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "VERSION": (),
 }
 _ID = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
-_MODULES = {BRIDGE: "node_plugin.bridge", HOST_LOCAL: "node_plugin.hostlocal"}
+_MODULES = {BRIDGE: "node_plugin.bridge.plugin", HOST_LOCAL: "node_plugin.ipam.hostlocal"}
 ABOUT = "CNI {plugin} plugin (cniwarden)\nCNI protocol versions supported: {versions}\n"
 
 
@@ -62,8 +62,8 @@ class CmdArgs:
     config: dict[str, Any]
     version: str
     env: Mapping[str, str]
-    reaper: LinkReaper | None = None  # see api.CniRequest.reaper
-    deadline: float | None = None  # see api.CniRequest.deadline
+    reaper: LinkReaper | None = None  # see CniRequest.reaper
+    deadline: float | None = None  # see CniRequest.deadline
 
     def require_path(self) -> list[str]:
         """CNI_PATH as a list of directories; code 4 if a delegate is needed and it is unset."""

@@ -27,9 +27,9 @@ import logging
 import secrets
 from collections.abc import Callable
 
-from node_plugin import links
-from node_plugin.errors import INTERNAL, CniError
-from node_plugin.rtnl import Rtnl, RtnlError
+from node_plugin.cni.errors import INTERNAL, CniError
+from node_plugin.kernel import netlink
+from node_plugin.kernel.rtnl import Rtnl, RtnlError
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def _tolerant(action: str, step: Callable[[], None]) -> bool:
     except RtnlError as exc:
         if exc.code in _GONE:
             return False
-        raise links.failure(action, exc) from None
+        raise netlink.failure(action, exc) from None
     return True
 
 
@@ -68,12 +68,12 @@ def _rename(
             if exc.code in _GONE:
                 return False
             if exc.code != errno.EEXIST:
-                raise links.failure(action, exc) from None
+                raise netlink.failure(action, exc) from None
         name = PREFIX + secrets.token_hex(4)
     raise CniError(INTERNAL, f"{action}: no free tombstone name")
 
 
-def host_end(host: Rtnl, sandbox_fd: int, cont: links.Link) -> links.Link | None:
+def host_end(host: Rtnl, sandbox_fd: int, cont: netlink.Link) -> netlink.Link | None:
     """The host end of the sandbox veth `cont`, if it lives in `host`'s namespace.
 
     Indices alone prove nothing (every sandbox's eth0 tends to be index 2): the host link
@@ -81,7 +81,7 @@ def host_end(host: Rtnl, sandbox_fd: int, cont: links.Link) -> links.Link | None
     """
     if cont.kind != "veth" or not cont.peer_index:
         return None
-    peer = links.get_index(host, cont.peer_index)
+    peer = netlink.get_index(host, cont.peer_index)
     if peer is None or peer.kind != "veth" or peer.peer_index != cont.index:
         return None
     if peer.link_netnsid is None:
@@ -89,7 +89,7 @@ def host_end(host: Rtnl, sandbox_fd: int, cont: links.Link) -> links.Link | None
     try:
         sandbox_id = host.nsid(sandbox_fd)
     except RtnlError as exc:
-        raise links.failure("look up the sandbox's namespace id", exc) from None
+        raise netlink.failure("look up the sandbox's namespace id", exc) from None
     return peer if sandbox_id == peer.link_netnsid else None
 
 
@@ -97,9 +97,9 @@ def bury(
     host: Rtnl,
     sandbox: Rtnl,
     sandbox_fd: int,
-    cont: links.Link,
+    cont: netlink.Link,
     *,
-    addresses: list[links.IPInterface],
+    addresses: list[netlink.IPInterface],
     owner: str,
 ) -> bool:
     """Takes the veth pair of `cont` out of service and marks it for the reaper.
@@ -130,7 +130,7 @@ def bury(
             sandbox.del_addr(cont.index, address)
         except RtnlError as exc:
             if exc.code not in (*_GONE, errno.EADDRNOTAVAIL):
-                raise links.failure(f"remove {address} from {ifname}", exc) from None
+                raise netlink.failure(f"remove {address} from {ifname}", exc) from None
     _rename(
         sandbox,
         cont.index,
@@ -153,19 +153,19 @@ def reap(ipr: Rtnl) -> bool:
         if exc.code in _GONE:
             return False
         if exc.code != errno.EOPNOTSUPP:
-            raise links.failure("delete tombstones", exc) from None
+            raise netlink.failure("delete tombstones", exc) from None
     # A device that cannot be deleted was put into our group by hand: ours one at a time.
     found = False
     for link in listed(ipr):
         if link.kind == "veth" and link.name.startswith(PREFIX):
             found = True
-            links.delete(ipr, link.index, f"tombstone {link.name}")
+            netlink.delete(ipr, link.index, f"tombstone {link.name}")
     return found
 
 
-def listed(ipr: Rtnl) -> list[links.Link]:
+def listed(ipr: Rtnl) -> list[netlink.Link]:
     """The tombstones in the socket's namespace."""
     try:
-        return [links.link_of(m) for m in ipr.links() if m.group == GROUP]
+        return [netlink.link_of(m) for m in ipr.links() if m.group == GROUP]
     except RtnlError as exc:
-        raise links.failure("list tombstones", exc) from None
+        raise netlink.failure("list tombstones", exc) from None

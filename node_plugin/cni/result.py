@@ -11,8 +11,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
-from node_plugin.errors import INVALID_CONFIG, CniError
-from node_plugin.versions import parse
+from node_plugin.cni.errors import INVALID_CONFIG, CniError
+from node_plugin.cni.versions import parse
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface

@@ -1,4 +1,4 @@
-"""Netlink work for the bridge plugin, through node_plugin.rtnl (pyroute2 only for VLANs).
+"""Netlink work for the bridge plugin, through node_plugin.kernel.rtnl (pyroute2 only for VLANs).
 
 Host-side sockets are cached per thread and per network namespace (a resident
 server's worker may serve several "host" namespaces, e.g. in tests); sandbox
@@ -19,9 +19,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from node_plugin import netns
-from node_plugin.errors import BRIDGE_CONFLICT, INTERFACE_EXISTS, INTERNAL, CniError
-from node_plugin.rtnl import (
+from node_plugin.cni.errors import BRIDGE_CONFLICT, INTERFACE_EXISTS, INTERNAL, CniError
+from node_plugin.kernel import netns
+from node_plugin.kernel.rtnl import (
     IFLA_BRPORT_ISOLATED,
     IFLA_BRPORT_MODE,
     IFLA_LINK,

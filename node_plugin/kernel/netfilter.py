@@ -7,7 +7,7 @@ import logging
 import subprocess
 from typing import Any
 
-from node_plugin.errors import INTERNAL, CniError
+from node_plugin.cni.errors import INTERNAL, CniError
 
 log = logging.getLogger(__name__)
 TIMEOUT = 60

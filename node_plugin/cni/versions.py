@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from node_plugin.errors import DECODE_FAILURE, INCOMPATIBLE_VERSION, CniError
+from node_plugin.cni.errors import DECODE_FAILURE, INCOMPATIBLE_VERSION, CniError
 
 CURRENT = "1.1.0"
 SUPPORTED: tuple[str, ...] = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, model_validator
 
-from node_plugin.errors import INVALID_CONFIG, CniError
+from node_plugin.cni.errors import INVALID_CONFIG, CniError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from node_plugin.errors import IO_FAILURE, CniError
+from node_plugin.cni.errors import IO_FAILURE, CniError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 LAST_RESERVED_PREFIX = "last_reserved_ip."

@@ -13,9 +13,9 @@ import logging
 import shutil
 from collections.abc import Iterable, Sequence
 
-from node_plugin import masq_names as names
-from node_plugin.errors import INTERNAL, INVALID_CONFIG, CniError
-from node_plugin.netfilter import check, nft_apply, nft_json, run
+from node_plugin.bridge import masq_names as names
+from node_plugin.cni.errors import INTERNAL, INVALID_CONFIG, CniError
+from node_plugin.kernel.netfilter import check, nft_apply, nft_json, run
 
 log = logging.getLogger(__name__)
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface

@@ -14,12 +14,12 @@ from typing import Any
 
 from pydantic import Field, ValidationError
 
-from node_plugin import cniargs
-from node_plugin.allocator import IPAddress, Range, RangeSet, check_sets
-from node_plugin.errors import INVALID_CONFIG, INVALID_ENV, CniError, invalid_config
-from node_plugin.gomodel import IP, GoModel, RequestedIP, config_error
-from node_plugin.result import Route, parse_interface
-from node_plugin.versions import parse
+from node_plugin.cni import cniargs
+from node_plugin.cni.errors import INVALID_CONFIG, INVALID_ENV, CniError, invalid_config
+from node_plugin.cni.gomodel import IP, GoModel, RequestedIP, config_error
+from node_plugin.cni.result import Route, parse_interface
+from node_plugin.cni.versions import parse
+from node_plugin.ipam.allocator import IPAddress, Range, RangeSet, check_sets
 
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"
 
