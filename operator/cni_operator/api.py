@@ -2,7 +2,8 @@
 
 Pure: no kopf or kubernetes imports, so the rendering and safety logic can be
 tested on plain dicts. The CRD schema in `crds/` is the API server's copy of the
-same rules; `validate_spec` repeats the ones a node needs before it writes.
+same rules; `parse_spec` repeats the ones a node needs before it writes. The CNI
+versions come from `node_plugin.cni.versions`, the plugins' own list.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from node_plugin.cni import versions as cni_versions
 
 GROUP = "cniwarden.io"
 VERSION = "v1alpha1"
@@ -29,7 +32,12 @@ ACK_GENERATION_ANNOTATION = "cniwarden.io/proceed-generation"
 ACK_NODES_ANNOTATION = "cniwarden.io/proceed-nodes"
 
 USE_POD_CIDR = "usePodCIDR"
-SUPPORTED_CNI_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+# We render conflists, and a conflist exists from CNI 0.3.0 on; which versions the
+# plugins speak is node_plugin's to say (the CRD's enum is checked against this).
+CONFLIST_MINIMUM_VERSION = "0.3.0"
+SUPPORTED_CNI_VERSIONS: tuple[str, ...] = tuple(
+    v for v in cni_versions.SUPPORTED if cni_versions.at_least(v, CONFLIST_MINIMUM_VERSION)
+)
 PLUGIN_TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 NETWORK_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
