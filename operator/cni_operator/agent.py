@@ -31,7 +31,7 @@ from cni_operator.kube_time import now_iso
 from cni_operator.node.own_binaries import default_source
 from cni_operator.node.paths import HostPaths
 from cni_operator.node.watcher import DirectoryWatcher
-from cni_operator.reconciler import PassResult, Reconciler
+from cni_operator.reconcile import PassResult, Reconciler
 from cni_operator.teardown import tidy_node
 
 log = logging.getLogger("cniwarden.agent")
