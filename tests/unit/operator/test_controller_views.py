@@ -110,3 +110,39 @@ def test_a_heartbeat_alone_re_aggregates_only_a_stale_report() -> None:
     c.dirty.clear()
     c.on_report("b", None)
     assert c.dirty == {"net"} and "b" not in c.reports
+
+
+def stamp(seconds_from_now: float, fmt: str = "%Y-%m-%dT%H:%M:%SZ") -> str:
+    return time.strftime(fmt, time.gmtime(time.time() + seconds_from_now))
+
+
+def test_a_heartbeat_that_cannot_vouch_is_stale() -> None:
+    """Issue 11 item 11: missing, unparsable and future heartbeats are stale, so one
+    bad agent cannot hold up every deletion; RFC 3339 fractions and offsets parse."""
+    c = controller()
+    fresh = now_iso()
+    assert not c.is_stale({"heartbeatTime": fresh})
+    assert c.is_stale({})
+    assert c.is_stale({"heartbeatTime": ""})
+    assert c.is_stale({"heartbeatTime": "yesterday"})
+    assert c.is_stale({"heartbeatTime": 1700000000})
+    assert c.is_stale({"heartbeatTime": stamp(0, "%Y-%m-%dT%H:%M:%S")}), "no offset"
+    assert c.is_stale({"heartbeatTime": stamp(3600)}), "an hour in the future"
+    assert c.is_stale({"heartbeatTime": "2999-01-01T00:00:00Z"})
+    assert not c.is_stale({"heartbeatTime": stamp(5)}), "a few seconds of clock skew"
+    fraction = stamp(-1).replace("Z", ".123456789Z")
+    assert not c.is_stale({"heartbeatTime": fraction})
+    assert c.is_stale({"heartbeatTime": stamp(-600).replace("Z", ".5Z")})
+    offset = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() + 7200)) + "+02:00"
+    assert not c.is_stale({"heartbeatTime": offset})
+    assert c.is_stale({"heartbeatTime": "2026-02-30T00:00:00Z"}), "no such day"
+
+
+def test_a_report_without_a_heartbeat_holds_no_deletion() -> None:
+    c = controller()
+    c.reports = {"a": {"managedFiles": [{"network": "net"}]}}
+    assert c.nodes_not_clean("net") == []
+    c.reports["a"]["heartbeatTime"] = "2999-01-01T00:00:00Z"
+    assert c.nodes_not_clean("net") == []
+    c.reports["a"]["heartbeatTime"] = now_iso().replace("Z", ".25Z")
+    assert c.nodes_not_clean("net") == ["a"]
