@@ -12,7 +12,14 @@ import ipaddress
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from node_plugin.cni import versions as cni_versions
 
@@ -136,8 +143,10 @@ class NetworkSpec(BaseModel):
 
     @field_validator("plugins")
     @classmethod
-    def _plugins(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _plugins(cls, value: list[dict[str, Any]], info: ValidationInfo) -> list[dict[str, Any]]:
         for index, plugin in enumerate(value):
+            if (info.context or {}).get(NEW_SPEC):
+                _refuse_other_spellings(plugin, index)
             kind = plugin.get("type")
             if not isinstance(kind, str) or not PLUGIN_TYPE_RE.match(kind):
                 raise ValueError(f"plugins[{index}].type must be a plugin file name")
@@ -147,10 +156,48 @@ class NetworkSpec(BaseModel):
         return value
 
 
+# Validation context of a spec as the user wrote it now (parse_spec), as opposed to one
+# this agent applied earlier (the manifest's), which is taken as it was.
+NEW_SPEC = "new-spec"
+
+# The plugin keys the CRD's rules, rendering and the gate look at. The plugins read
+# keys case-insensitively (Go's rule), so another spelling of one of these would be
+# read by the plugins yet escape every check made on it: refused (as the chart's
+# admission policy does at `kubectl apply`).
+PLUGIN_KEYS = ("type", "ipam")
+IPAM_KEYS = ("type", "subnet", "ranges", "rangeStart", "rangeEnd", "gateway", "dataDir")
+RANGE_KEYS = ("subnet", "rangeStart", "rangeEnd", "gateway")
+
+
+def _refuse_other_spellings(plugin: dict[str, Any], index: int) -> None:
+    _canonical_keys(plugin, PLUGIN_KEYS, f"plugins[{index}]")
+    ipam = plugin.get("ipam")
+    if not isinstance(ipam, dict):
+        return
+    _canonical_keys(ipam, IPAM_KEYS, f"plugins[{index}].ipam")
+    ranges = ipam.get("ranges")
+    for set_index, range_set in enumerate(ranges if isinstance(ranges, list) else []):
+        for range_index, one in enumerate(range_set if isinstance(range_set, list) else []):
+            if isinstance(one, dict):
+                where = f"plugins[{index}].ipam.ranges[{set_index}][{range_index}]"
+                _canonical_keys(one, RANGE_KEYS, where)
+
+
+def _canonical_keys(obj: dict[str, Any], known: tuple[str, ...], where: str) -> None:
+    canonical = {name.lower(): name for name in known}
+    for key in obj:
+        name = canonical.get(str(key).lower())
+        if name is not None and key != name:
+            raise ValueError(
+                f"{where}.{key}: write {name!r} (the plugins read keys case-insensitively, "
+                f"so {key!r} would escape the checks made on {name!r})"
+            )
+
+
 def parse_spec(raw: dict[str, Any]) -> NetworkSpec:
     """Parse a spec dict, turning pydantic's report into one readable SpecError."""
     try:
-        return NetworkSpec.model_validate(raw)
+        return NetworkSpec.model_validate(raw, context={NEW_SPEC: True})
     except ValidationError as error:
         parts = []
         for item in error.errors():

@@ -299,3 +299,31 @@ def test_policy_back_to_report_restores(host: HostPaths, reconciler: Reconciler)
     assert back.status["quarantined"] == []
     assert back.status["shadowingFiles"] == ["/etc/cni/net.d/00-podman.conflist"]
     assert any(e.reason == "Restored" for e in back.events)
+
+
+def test_other_spellings_never_bypass_the_gate(host: HostPaths, reconciler: Reconciler) -> None:
+    """Issue 11 item 6: with a live lease, a change of `Bridge` is held like one of
+    `bridge`, and an `IPAM` beside `ipam` (read by the plugins, unseen by every
+    check) is refused."""
+    spelled = network()
+    plugin = spelled["spec"]["plugins"][0]
+    plugin["Bridge"] = plugin.pop("bridge")
+    reconciler.reconcile({"podnet": spelled}, NODE)
+    before = (host.conf_dir / "10-podnet.conflist").read_bytes()
+    attach(host, "podnet", "sandbox1")
+    moved = network(generation=2)
+    moved["spec"]["plugins"][0].pop("bridge")
+    moved["spec"]["plugins"][0]["Bridge"] = "cw1"
+    held = entry(reconciler.reconcile({"podnet": moved}, NODE).status, "podnet")
+    assert held["state"] == "Blocked" and held["blockedFields"] == ["plugins[0].bridge"]
+    assert (host.conf_dir / "10-podnet.conflist").read_bytes() == before
+
+    shadowed = network(generation=3)
+    shadowed["spec"]["plugins"][0]["IPAM"] = {
+        "type": "host-local",
+        "ranges": [[{"subnet": "10.9.0.0/24"}]],
+    }
+    refused = entry(reconciler.reconcile({"podnet": shadowed}, NODE).status, "podnet")
+    assert refused["state"] == "Invalid"
+    assert "plugins[0].IPAM: write 'ipam'" in refused["message"]
+    assert (host.conf_dir / "10-podnet.conflist").read_bytes() == before
