@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
 
 from pydantic import (
     BaseModel,
@@ -209,3 +211,60 @@ def parse_spec(raw: dict[str, Any]) -> NetworkSpec:
 def config_file_name(priority: int, network: str) -> str:
     """The node file name the API fixes: `<priority, two digits>-<name>.conflist`."""
     return f"{priority:02d}-{network}.conflist"
+
+
+def url_under_prefix(url: str, prefix: str) -> bool:
+    """Is `url` inside `prefix`? Same scheme, host and port, no user info, and a path
+    under the prefix's path with no `.`/`..` segment (which a server would resolve
+    out of it). Percent-escapes are decoded first, so `%2e%2e` is `..` too."""
+    try:
+        found, allowed = urlsplit(url), urlsplit(prefix)
+        same_port = found.port == allowed.port
+    except ValueError:
+        return False
+    if found.scheme.lower() != allowed.scheme.lower() or not same_port:
+        return False
+    if (found.hostname or "").lower() != (allowed.hostname or "").lower() or not found.hostname:
+        return False
+    if found.username is not None or found.password is not None:
+        return False
+    path = unquote(found.path)
+    if any(segment in (".", "..") for segment in path.split("/")):
+        return False
+    return path.startswith(unquote(allowed.path))
+
+
+def check_url_prefix(prefix: str) -> str:
+    """A prefix for `BinarySourcePolicy`: an http(s) URL with a host whose path ends
+    in `/` (so `https://h/org` cannot also allow `https://h/organization-evil`)."""
+    parts = urlsplit(prefix)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"binary URL prefix {prefix!r} must be an http(s) URL with a host")
+    if not parts.path.endswith("/"):
+        raise ValueError(f"binary URL prefix {prefix!r} must end with '/'")
+    if parts.query or parts.fragment:
+        raise ValueError(f"binary URL prefix {prefix!r} must have no query or fragment")
+    return prefix
+
+
+@dataclass(frozen=True)
+class BinarySourcePolicy:
+    """Where `spec.binaries[].source.url` may point (the operator's and the agents'
+    `--binary-url-prefix`); no prefix: any http(s) URL. A CNINetwork is node-admin
+    (its binaries run as root on every node it selects); this narrows what a
+    network's author can make the nodes download."""
+
+    url_prefixes: tuple[str, ...] = ()
+
+    def refusals(self, spec: NetworkSpec) -> list[str]:
+        if not self.url_prefixes:
+            return []
+        out = []
+        for index, binary in enumerate(spec.binaries):
+            url = binary.source.url
+            if url is not None and not any(url_under_prefix(url, p) for p in self.url_prefixes):
+                out.append(
+                    f"spec.binaries[{index}].source.url: {url} is not under an allowed prefix "
+                    f"(this cluster allows only: {', '.join(self.url_prefixes)})"
+                )
+        return out

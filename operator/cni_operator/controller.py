@@ -39,6 +39,7 @@ class ControllerSettings:
     aggregate_interval: float = 0.2
     recheck_seconds: float = 30.0
     liveness_endpoint: str | None = None
+    sources: api.BinarySourcePolicy = field(default_factory=api.BinarySourcePolicy)
 
 
 def _content(report: dict[str, Any]) -> dict[str, Any]:
@@ -97,6 +98,9 @@ class Controller:
             spec = parse_spec(dict(body.get("spec") or {}))
         except SpecError as error:
             return SpecCheck(str(error), [])
+        refusals = self.settings.sources.refusals(spec)
+        if refusals:
+            return SpecCheck("; ".join(refusals), [])
         check = SpecCheck(None, self.selected_nodes(spec))
         for node in check.selected:
             try:

@@ -17,6 +17,7 @@ from cni_operator.node import binaries
 from cni_operator.node import manifest as manifest_io
 from cni_operator.node.atomic import atomic_write, remove, sha256_bytes
 from cni_operator.node.attachments import AttachmentScan
+from cni_operator.node.fetch import FetchLimits
 from cni_operator.node.manifest import ManagedNetwork, Manifest
 from cni_operator.node.scan import ERROR, Problem, read_config_dir
 from cni_operator.reconcile.gate import GateInput, judge
@@ -40,6 +41,7 @@ def apply_network(
     attachments: AttachmentScan,
     own: OwnBinaries,
     prober: binaries.VersionProber,
+    limits: FetchLimits,
 ) -> ApplyOutcome:
     """Write `network`'s file, or say why the last good one stays."""
     name, spec, generation = network.name, network.spec, network.generation
@@ -48,7 +50,10 @@ def apply_network(
         rendered = render(name, spec, facts)
     except SpecError as error:
         return ApplyOutcome(ctx.entry(name, generation, manifest, STATE_INVALID, str(error)))
-    issues = list(install_binaries(paths, manifest, spec, rendered.plugin_types, own).problems)
+    installed = install_binaries(
+        paths, manifest, spec, rendered.plugin_types, own=own, limits=limits
+    )
+    issues = list(installed.problems)
     versions = prober.bin_dir_versions(paths.bin_dir, rendered.plugin_types)
     issues += check_against_binaries(rendered, versions)
     if issues:

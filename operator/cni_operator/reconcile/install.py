@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from cni_operator.api import NetworkSpec
 from cni_operator.node import binaries
 from cni_operator.node import manifest as manifest_io
+from cni_operator.node.fetch import FetchLimits
 from cni_operator.node.manifest import Manifest
 from cni_operator.node.paths import HostPaths
 
@@ -39,12 +40,17 @@ def install_binaries(
     manifest: Manifest,
     spec: NetworkSpec,
     plugin_types: Iterable[str],
+    *,
     own: OwnBinaries,
+    limits: FetchLimits,
 ) -> InstallReport:
     """Install what the rendered config names (and every declared binary).
 
-    The manifest is saved before each write, so a crash in between never leaves
-    a binary of ours that a restarted agent would take for foreign.
+    A declared binary whose verified bytes are already in place is not fetched:
+    every lease write wakes the agent, and a source that is down must not turn a
+    network invalid on a node that has what it needs. The manifest is saved before
+    each write, so a crash in between never leaves a binary of ours that a
+    restarted agent would take for foreign.
     """
     problems = []
     declared = {b.name: b for b in spec.binaries}
@@ -52,23 +58,32 @@ def install_binaries(
     for kind in wanted:
         try:
             if kind in declared:
-                data = binaries.fetch_declared(declared[kind])
-                source = declared[kind].source.file or declared[kind].source.url or ""
+                binary = declared[kind]
+                source = binary.source.file or binary.source.url or ""
+                result = binaries.check_installed(paths, manifest, kind, binary.sha256, source)
+                if result is None:
+                    data = binaries.fetch_declared(binary, limits)
+                    result = _install(paths, manifest, kind, data, source)
             elif kind in own.by_type:
-                data, source = own.by_type[kind], own.label
+                result = _install(paths, manifest, kind, own.by_type[kind], own.label)
             else:
                 continue  # provided by the node (e.g. the distribution's plugins)
-            result = binaries.install(
-                paths,
-                manifest,
-                kind,
-                data,
-                source,
-                before_write=lambda: manifest_io.save(paths, manifest),
-            )
         except (OSError, binaries.BinaryError) as error:
             problems.append(str(error))
             continue
         if not result.installed:
             problems.append(result.message)
     return InstallReport(tuple(problems))
+
+
+def _install(
+    paths: HostPaths, manifest: Manifest, kind: str, data: bytes, source: str
+) -> binaries.InstallResult:
+    return binaries.install(
+        paths,
+        manifest,
+        kind,
+        data,
+        source,
+        before_write=lambda: manifest_io.save(paths, manifest),
+    )

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cni_operator.api import SpecError, parse_spec
+from cni_operator.api import BinarySourcePolicy, SpecError, parse_spec
 from cni_operator.reconcile.model import DesiredNetwork, NetworkObject
 from cni_operator.rendering import NodeFacts, selects
 
@@ -28,7 +28,7 @@ class Intake:
         return sorted(self.desired.values(), key=lambda d: (d.spec.priority, d.name))
 
 
-def _object(name: str, body: Mapping[str, Any]) -> NetworkObject:
+def _object(name: str, body: Mapping[str, Any], policy: BinarySourcePolicy) -> NetworkObject:
     meta = body.get("metadata") or {}
     generation = int(meta.get("generation") or 0)
     annotations = dict(meta.get("annotations") or {})
@@ -38,14 +38,22 @@ def _object(name: str, body: Mapping[str, Any]) -> NetworkObject:
         spec = parse_spec(dict(body.get("spec") or {}))
     except SpecError as error:
         return NetworkObject(name, generation, annotations, False, spec_error=str(error))
+    refusals = policy.refusals(spec)
+    if refusals:
+        return NetworkObject(name, generation, annotations, False, spec_error="; ".join(refusals))
     return NetworkObject(name, generation, annotations, False, spec=spec)
 
 
-def read_networks(networks: Mapping[str, Mapping[str, Any]], facts: NodeFacts | None) -> Intake:
-    """Type the snapshot. Without the node's labels (`facts` None) nothing is desired."""
+def read_networks(
+    networks: Mapping[str, Mapping[str, Any]],
+    facts: NodeFacts | None,
+    policy: BinarySourcePolicy,
+) -> Intake:
+    """Type the snapshot. Without the node's labels (`facts` None) nothing is desired.
+    A spec whose binary sources the policy refuses is invalid like any other."""
     intake = Intake()
     for name, body in sorted(networks.items()):
-        obj = intake.objects[name] = _object(name, body)
+        obj = intake.objects[name] = _object(name, body, policy)
         spec = obj.spec
         if spec is not None and facts is not None and selects(spec.nodeSelector, facts.labels):
             intake.desired[name] = DesiredNetwork(obj, spec)

@@ -8,10 +8,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from cni_operator.api import BinarySourcePolicy
 from cni_operator.conditions import STATE_INVALID
 from cni_operator.node import binaries
 from cni_operator.node import manifest as manifest_io
 from cni_operator.node.attachments import scan_attachments
+from cni_operator.node.fetch import FetchLimits
 from cni_operator.node.manifest import Manifest
 from cni_operator.node.own_binaries import OwnBinarySource
 from cni_operator.node.paths import HostPaths
@@ -44,8 +46,13 @@ class Reconciler:
         node_name: str,
         own_source: OwnBinarySource,
         prober: binaries.VersionProber | None = None,
+        *,
+        sources: BinarySourcePolicy | None = None,
+        fetch_limits: FetchLimits | None = None,
     ) -> None:
         self.paths = paths
+        self.sources = sources or BinarySourcePolicy()
+        self.fetch_limits = fetch_limits or FetchLimits()
         self.node_name = node_name
         self.own_source = own_source
         self.prober = prober or binaries.VersionProber()
@@ -70,7 +77,7 @@ class Reconciler:
         manifest = manifest_io.load(self.paths)
         facts = NodeFacts.from_node(node) if node is not None else None
         attachments = scan_attachments(self.paths, extra_lease_stores(self.paths, manifest))
-        intake = read_networks(networks or {}, facts)
+        intake = read_networks(networks or {}, facts, self.sources)
         output = StepOutput()
         for obj in intake.objects.values():
             if obj.invalid:
@@ -94,6 +101,7 @@ class Reconciler:
                 attachments=attachments,
                 own=own,
                 prober=self.prober,
+                limits=self.fetch_limits,
             )
             output.entries[network.name] = applied.entry
             if applied.problem is not None:

@@ -431,3 +431,29 @@ def test_canonical_keys_policy_lists_what_the_agent_refuses() -> None:
     assert binding["spec"]["validationActions"] == ["Deny"]
     off = render_chart({"cniNetworkAdmission": {"canonicalKeys": False}})
     assert not [o for o in off if o["metadata"]["name"].endswith("-canonical-keys")]
+
+
+def test_binary_sources_reach_the_agent_and_the_controller() -> None:
+    prefix = "https://github.com/containernetworking/plugins/releases/download/"
+    values = {
+        "binarySources": {"urlPrefixes": [prefix], "fetchTimeoutSeconds": 30, "maxBytes": 1000}
+    }
+    objects = render_chart(values)
+    agent_args = container(find(objects, "DaemonSet"), "agent")["args"]
+    assert "--binary-fetch-timeout=30" in agent_args
+    assert "--binary-max-bytes=1000" in agent_args
+    assert f"--binary-url-prefix={prefix}" in agent_args
+    controller_args = container(find(objects, "Deployment"), "controller")["args"]
+    assert f"--binary-url-prefix={prefix}" in controller_args
+    defaults = container(find(render_chart(), "DaemonSet"), "agent")["args"]
+    assert "--binary-max-bytes=268435456" in defaults
+    assert not [a for a in defaults if a.startswith("--binary-url-prefix")]
+    for bad in ("https://github.com/org", "ftp://h/x/", "https://h/x/?a=b/"):
+        out = helm(
+            "template",
+            "t",
+            str(CHART),
+            *set_args({"binarySources": {"urlPrefixes": [bad]}}),
+            check=False,
+        )
+        assert out.returncode != 0 and "urlPrefixes" in out.stderr, bad
