@@ -170,7 +170,7 @@ def test_quarantine_and_exact_restore(host: HostPaths) -> None:
     assert quarantine.entries() == []
     assert not stored.exists()
     journal = host.journal.read_text().splitlines()
-    assert [json.loads(line)["op"] for line in journal] == ["quarantine", "restore"]
+    assert [json.loads(line)["op"] for line in journal] == ["moving", "quarantine", "restore"]
 
 
 def test_restore_never_overwrites_a_new_file(host: HostPaths) -> None:
