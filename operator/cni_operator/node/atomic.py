@@ -50,6 +50,12 @@ def atomic_write(target: Path, data: bytes, mode: int = 0o644) -> None:
             os.fsync(handle.fileno())
         os.chmod(temp, mode)
         os.replace(temp, target)
+    except OSError as error:
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+        if error.filename is None:  # a failed write names no file; say which
+            raise OSError(error.errno, error.strerror, str(target)) from None
+        raise
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             temp.unlink()

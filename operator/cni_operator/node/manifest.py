@@ -17,6 +17,10 @@ from cni_operator.node.paths import HostPaths
 MANIFEST_VERSION = 1
 
 
+class ManifestError(ValueError):
+    """The manifest exists but cannot be read: which files are ours is unknown."""
+
+
 @dataclass
 class ManagedNetwork:
     file: str
@@ -59,9 +63,13 @@ class Manifest:
 
 def load(paths: HostPaths) -> Manifest:
     try:
-        return Manifest.from_json(paths.manifest.read_bytes())
+        raw = paths.manifest.read_bytes()
     except FileNotFoundError:
         return Manifest()
+    try:
+        return Manifest.from_json(raw)
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        raise ManifestError(f"{paths.manifest} cannot be read: {error!r}"[:500]) from None
 
 
 def save(paths: HostPaths, manifest: Manifest) -> None:
