@@ -27,6 +27,14 @@ class ManagedNetwork:
     sha256: str
     generation: int
     spec: dict[str, Any]
+    # Files this network had before a rename (a priority change), still ours until
+    # removed: recorded with the new name before it is written, so a crash in
+    # between never leaves an old file of ours that a restart takes for foreign.
+    old_files: list[str] = field(default_factory=list)
+
+    @property
+    def files(self) -> list[str]:
+        return [self.file, *self.old_files]
 
 
 @dataclass
@@ -42,7 +50,7 @@ class Manifest:
 
     @property
     def config_files(self) -> set[str]:
-        return {entry.file for entry in self.networks.values()}
+        return {file for entry in self.networks.values() for file in entry.files}
 
     def to_json(self) -> bytes:
         data = {

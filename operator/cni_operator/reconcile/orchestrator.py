@@ -4,6 +4,7 @@ the last state of each network (for transition Events) and the VERSION cache."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from cni_operator.api import BinarySourcePolicy
 from cni_operator.conditions import STATE_INVALID
 from cni_operator.node import binaries
 from cni_operator.node import manifest as manifest_io
+from cni_operator.node.atomic import sweep_temp_files
 from cni_operator.node.attachments import AttachmentScan, scan_attachments
 from cni_operator.node.fetch import FetchLimits
 from cni_operator.node.manifest import Manifest
@@ -35,6 +37,7 @@ from cni_operator.reconcile.report import TransitionEvents, build_status, write_
 from cni_operator.reconcile.shadow import guard_shadows
 from cni_operator.rendering import NodeFacts
 
+log = logging.getLogger("cniwarden.agent")
 QUARANTINE = "Quarantine"
 
 
@@ -69,6 +72,7 @@ class Reconciler:
         self._ctx = NodeContext(paths, node_name)
         self._own: OwnBinaries | None = None
         self._transitions = TransitionEvents(node_name)
+        self._swept = False
 
     def own_binaries(self) -> OwnBinaries:
         if self._own is None:
@@ -91,6 +95,11 @@ class Reconciler:
             manifest = manifest_io.load(self.paths)
         except (OSError, manifest_io.ManifestError) as error:
             return self._unknown_manifest(error)
+        if not self._swept:
+            for directory in (self.paths.conf_dir, self.paths.bin_dir, self.paths.state_dir):
+                for path in sweep_temp_files(directory):
+                    log.info("removed %s, left by a writer that was killed", path)
+            self._swept = True
         facts = NodeFacts.from_node(node) if node is not None else None
         attachments = scan_attachments(self.paths, extra_lease_stores(self.paths, manifest))
         intake = read_networks(networks or {}, facts, self.sources)
