@@ -28,6 +28,7 @@ tools: debs
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	PYTHONPATH=operator:. $(BIN)/lint-imports --no-cache
 
 typecheck: venv
 	$(BIN)/mypy
