@@ -42,7 +42,8 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "STATUS": (),
     "VERSION": (),
 }
-_ID = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+# Matched with fullmatch: `$` would also match before a trailing newline ("pod1\n").
+_ID = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*")
 _MODULES = {BRIDGE: "node_plugin.bridge.plugin", HOST_LOCAL: "node_plugin.ipam.hostlocal"}
 ABOUT = "CNI {plugin} plugin (cniwarden)\nCNI protocol versions supported: {versions}\n"
 
@@ -189,7 +190,7 @@ def _validated_env(command: str, env: Mapping[str, str]) -> dict[str, str]:
     if missing:
         raise CniError(INVALID_ENV, f"required env variables [{' '.join(missing)}] missing")
     cid = values["CNI_CONTAINERID"]
-    if cid and not _ID.match(cid):
+    if cid and not _ID.fullmatch(cid):
         raise CniError(
             INVALID_ENV,
             "CNI_CONTAINERID: invalid characters in container id",
@@ -204,7 +205,7 @@ def _validate_name(config: Mapping[str, Any]) -> None:
     name = config.get("name")
     if name is None or name == "":
         raise CniError(INVALID_CONFIG, "invalid network config: name: missing network name")
-    if not isinstance(name, str) or not _ID.match(name):
+    if not isinstance(name, str) or not _ID.fullmatch(name):
         raise CniError(
             INVALID_CONFIG,
             f"invalid network config: name: {name!r} must match {_ID.pattern}",
