@@ -154,6 +154,11 @@ def dispatch(request: CniRequest) -> CniResponse:
     except CniError as err:
         log.debug("%s failed: %r", request.plugin, err)
         return _error(err, reported_version)
+    except RecursionError:
+        # json.loads limits nesting only by the interpreter's stack: a config nested
+        # thousands deep is a bad config (6), not an internal error.
+        msg = "error decoding network config from stdin: nested too deeply"
+        return _error(CniError(DECODE_FAILURE, msg), reported_version)
     except Exception as exc:
         log.exception("%s: unexpected failure", request.plugin)
         return _error(CniError(INTERNAL, f"internal error: {exc}"), reported_version)
@@ -164,6 +169,10 @@ def decode_config(stdin: bytes) -> dict[str, Any]:
         config = json.loads(stdin)
     except (ValueError, UnicodeDecodeError) as exc:
         raise CniError(DECODE_FAILURE, f"error decoding network config from stdin: {exc}") from None
+    except RecursionError:
+        raise CniError(
+            DECODE_FAILURE, "error decoding network config from stdin: nested too deeply"
+        ) from None
     if not isinstance(config, dict):
         raise CniError(DECODE_FAILURE, "network config on stdin must be a JSON object")
     return config
@@ -186,6 +195,13 @@ def _validated_env(command: str, env: Mapping[str, str]) -> dict[str, str]:
     values = {k: env.get(k, "") for k in ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME")}
     values["CNI_ARGS"] = env.get("CNI_ARGS", "")
     values["CNI_PATH"] = env.get("CNI_PATH", "")
+    for key, value in values.items():
+        # Bytes that are not UTF-8 reach us as surrogates (os.environ, the server's
+        # fsdecode); the CNI spec's values are UTF-8 strings.
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise CniError(INVALID_ENV, f"{key}: not valid UTF-8: {value!r}") from None
     missing = [k for k in REQUIRED[command] if not values[k]]
     if missing:
         raise CniError(INVALID_ENV, f"required env variables [{' '.join(missing)}] missing")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -134,3 +135,35 @@ def test_a_network_name_with_a_trailing_newline_is_refused(name: str, tmp_path: 
     assert (got, out["code"]) == (1, 7), out
     assert out["msg"].startswith("invalid network config: name:")
     assert list(tmp_path.iterdir()) == [], "no store was created"
+
+
+# ---- error codes of hostile inputs (issue 11, item 12) --------------------------------
+
+
+def test_deeply_nested_json_is_a_decode_failure() -> None:
+    """100k levels of nesting used to escape as a RecursionError, answered 999."""
+    deep = b'{"cniVersion":"1.1.0","name":"net","x":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    env = {"CNI_COMMAND": "GC", "CNI_PATH": "/"}
+    got, out = call(env, deep)
+    assert (got, out["code"]) == (1, 6), out
+    assert "nested too deeply" in out["msg"]
+    got, out = call(env, b"[" * 100_000)  # and an unterminated one
+    assert (got, out["code"]) == (1, 6), out
+
+
+@pytest.mark.parametrize(
+    "variable", ["CNI_IFNAME", "CNI_CONTAINERID", "CNI_NETNS", "CNI_PATH", "CNI_ARGS"]
+)
+def test_an_environment_value_that_is_not_utf8_is_invalid_env(variable: str) -> None:
+    """Non-UTF-8 bytes reach the plugin as surrogates (os.fsdecode, as os.environ and the
+    server decode them); CNI_IFNAME's used to make `.encode()` fail with 999."""
+    env = {
+        "CNI_COMMAND": "DEL",
+        "CNI_CONTAINERID": "c1",
+        "CNI_IFNAME": "eth0",
+        "CNI_PATH": "/",
+        variable: "eth" + os.fsdecode(b"\xff\xfe") + "0",
+    }
+    got, out = call(env)
+    assert (got, out["code"]) == (1, 4), out
+    assert out["msg"].startswith(f"{variable}: not valid UTF-8")
