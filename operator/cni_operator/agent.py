@@ -28,10 +28,11 @@ from cni_operator import api, kopf_runtime
 from cni_operator.hostgw_node import HostGatewayNode
 from cni_operator.kube import Kube
 from cni_operator.kube_time import now_iso
+from cni_operator.node.fetch import FetchLimits
 from cni_operator.node.own_binaries import default_source
 from cni_operator.node.paths import HostPaths
 from cni_operator.node.watcher import DirectoryWatcher
-from cni_operator.reconciler import PassResult, Reconciler
+from cni_operator.reconcile import PassResult, Reconciler
 from cni_operator.teardown import tidy_node
 
 log = logging.getLogger("cniwarden.agent")
@@ -48,6 +49,8 @@ class AgentSettings:
     heartbeat_seconds: float = 10.0
     debounce_seconds: float = 0.05
     liveness_endpoint: str | None = None
+    sources: api.BinarySourcePolicy = field(default_factory=api.BinarySourcePolicy)
+    fetch_limits: FetchLimits = field(default_factory=FetchLimits)
 
 
 @dataclass
@@ -66,7 +69,13 @@ class Agent:
 
     def __post_init__(self) -> None:
         self.paths = HostPaths(self.settings.host_root)
-        self.reconciler = Reconciler(self.paths, self.settings.node_name, default_source())
+        self.reconciler = Reconciler(
+            self.paths,
+            self.settings.node_name,
+            default_source(),
+            sources=self.settings.sources,
+            fetch_limits=self.settings.fetch_limits,
+        )
         self.kube = Kube(self.settings.kubeconfig)
         self.host_gw = HostGatewayNode(self.settings.node_name)
 

@@ -13,7 +13,7 @@ import pytest
 from cni_operator.node.atomic import sha256_file
 from cni_operator.node.own_binaries import DirectorySource
 from cni_operator.node.paths import HostPaths
-from cni_operator.reconciler import Reconciler
+from cni_operator.reconcile import Reconciler
 
 REFERENCE = Path("/usr/lib/cni")
 pytestmark = pytest.mark.skipif(

@@ -391,7 +391,7 @@ def test_chart_directory_has_no_stray_files() -> None:
 
 def test_agents_may_write_only_their_own_nodes_report() -> None:
     objects = render_chart(namespace="cw-system")
-    policy = find(objects, "ValidatingAdmissionPolicy")
+    policy = find(objects, "ValidatingAdmissionPolicy", "-own-node-state")
     rules = policy["spec"]["matchConstraints"]["resourceRules"]
     assert rules[0]["resources"] == ["cninodestates", "cninodestates/status"]
     assert set(rules[0]["operations"]) == {"CREATE", "UPDATE"}
@@ -400,10 +400,60 @@ def test_agents_may_write_only_their_own_nodes_report() -> None:
     (validation,) = policy["spec"]["validations"]
     assert "authentication.kubernetes.io/node-name" in validation["expression"]
     assert "object.metadata.name" in validation["expression"]
-    binding = find(objects, "ValidatingAdmissionPolicyBinding")
+    binding = find(objects, "ValidatingAdmissionPolicyBinding", "-own-node-state")
     assert binding["spec"] == {
         "policyName": policy["metadata"]["name"],
         "validationActions": ["Deny"],
     }
     off = render_chart({"agent": {"ownNodeStateOnly": False}})
-    assert not [o for o in off if o["kind"].startswith("ValidatingAdmissionPolicy")]
+    assert not [
+        o
+        for o in off
+        if o["kind"].startswith("ValidatingAdmissionPolicy")
+        and o["metadata"]["name"].endswith("-own-node-state")
+    ]
+
+
+def test_canonical_keys_policy_lists_what_the_agent_refuses() -> None:
+    """The admission policy and the agent's parser refuse the same spellings."""
+    from cni_operator import api  # noqa: PLC0415
+
+    objects = render_chart()
+    policy = find(objects, "ValidatingAdmissionPolicy", "-canonical-keys")
+    variables = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}
+    for name, keys in (
+        ("pluginKeys", api.PLUGIN_KEYS),
+        ("ipamKeys", api.IPAM_KEYS),
+        ("rangeKeys", api.RANGE_KEYS),
+    ):
+        assert variables[name] == "[" + ", ".join(f"'{k}'" for k in keys) + "]"
+    binding = find(objects, "ValidatingAdmissionPolicyBinding", "-canonical-keys")
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    off = render_chart({"cniNetworkAdmission": {"canonicalKeys": False}})
+    assert not [o for o in off if o["metadata"]["name"].endswith("-canonical-keys")]
+
+
+def test_binary_sources_reach_the_agent_and_the_controller() -> None:
+    prefix = "https://github.com/containernetworking/plugins/releases/download/"
+    values = {
+        "binarySources": {"urlPrefixes": [prefix], "fetchTimeoutSeconds": 30, "maxBytes": 1000}
+    }
+    objects = render_chart(values)
+    agent_args = container(find(objects, "DaemonSet"), "agent")["args"]
+    assert "--binary-fetch-timeout=30" in agent_args
+    assert "--binary-max-bytes=1000" in agent_args
+    assert f"--binary-url-prefix={prefix}" in agent_args
+    controller_args = container(find(objects, "Deployment"), "controller")["args"]
+    assert f"--binary-url-prefix={prefix}" in controller_args
+    defaults = container(find(render_chart(), "DaemonSet"), "agent")["args"]
+    assert "--binary-max-bytes=268435456" in defaults
+    assert not [a for a in defaults if a.startswith("--binary-url-prefix")]
+    for bad in ("https://github.com/org", "ftp://h/x/", "https://h/x/?a=b/"):
+        out = helm(
+            "template",
+            "t",
+            str(CHART),
+            *set_args({"binarySources": {"urlPrefixes": [bad]}}),
+            check=False,
+        )
+        assert out.returncode != 0 and "urlPrefixes" in out.stderr, bad

@@ -1,0 +1,123 @@
+"""The pass itself: the steps of this package in order (see its docstring for why
+that order). What lives across passes lives here: our own binaries (read once),
+the last state of each network (for transition Events) and the VERSION cache."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from cni_operator.api import BinarySourcePolicy
+from cni_operator.conditions import STATE_INVALID
+from cni_operator.node import binaries
+from cni_operator.node import manifest as manifest_io
+from cni_operator.node.attachments import scan_attachments
+from cni_operator.node.fetch import FetchLimits
+from cni_operator.node.manifest import Manifest
+from cni_operator.node.own_binaries import OwnBinarySource
+from cni_operator.node.paths import HostPaths
+from cni_operator.reconcile.apply import apply_network
+from cni_operator.reconcile.cleanup import remove_unused_binaries
+from cni_operator.reconcile.install import OwnBinaries
+from cni_operator.reconcile.intake import read_networks
+from cni_operator.reconcile.model import NodeContext, PassResult, StepOutput
+from cni_operator.reconcile.removal import remove_gone
+from cni_operator.reconcile.report import TransitionEvents, build_status
+from cni_operator.reconcile.shadow import guard_shadows
+from cni_operator.rendering import NodeFacts
+
+
+def extra_lease_stores(paths: HostPaths, manifest: Manifest) -> list[Path]:
+    """host-local stores named by `ipam.dataDir` in the configs we applied."""
+    stores = []
+    for managed in manifest.networks.values():
+        for plugin in managed.spec.get("plugins") or []:
+            data_dir = ((plugin or {}).get("ipam") or {}).get("dataDir")
+            if isinstance(data_dir, str) and data_dir.startswith("/"):
+                stores.append(paths.root / data_dir.lstrip("/"))
+    return stores
+
+
+class Reconciler:
+    def __init__(
+        self,
+        paths: HostPaths,
+        node_name: str,
+        own_source: OwnBinarySource,
+        prober: binaries.VersionProber | None = None,
+        *,
+        sources: BinarySourcePolicy | None = None,
+        fetch_limits: FetchLimits | None = None,
+    ) -> None:
+        self.paths = paths
+        self.sources = sources or BinarySourcePolicy()
+        self.fetch_limits = fetch_limits or FetchLimits()
+        self.node_name = node_name
+        self.own_source = own_source
+        self.prober = prober or binaries.VersionProber()
+        self._ctx = NodeContext(paths, node_name)
+        self._own: OwnBinaries | None = None
+        self._transitions = TransitionEvents(node_name)
+
+    def own_binaries(self) -> OwnBinaries:
+        if self._own is None:
+            self._own = OwnBinaries(self.own_source.label, self.own_source.binaries())
+        return self._own
+
+    def reconcile(
+        self,
+        networks: Mapping[str, Mapping[str, Any]] | None,
+        node: Mapping[str, Any] | None,
+    ) -> PassResult:
+        """One pass. `networks` is None until the agent has listed them once; `node`
+        is None until it has seen its Node: either way the pass only reports."""
+        ctx = self._ctx
+        self.paths.ensure()
+        manifest = manifest_io.load(self.paths)
+        facts = NodeFacts.from_node(node) if node is not None else None
+        attachments = scan_attachments(self.paths, extra_lease_stores(self.paths, manifest))
+        intake = read_networks(networks or {}, facts, self.sources)
+        output = StepOutput()
+        for obj in intake.objects.values():
+            if obj.invalid:
+                message = str(obj.spec_error)
+                output.entries[obj.name] = ctx.entry(
+                    obj.name, obj.generation, manifest, STATE_INVALID, message
+                )
+        if facts is None or networks is None:
+            # Without this node's labels, or before the first full list of networks,
+            # absence proves nothing: change no file, just report what is there.
+            return self._result(manifest, output, None)
+
+        output.merge(remove_gone(ctx, intake.objects, intake.desired, manifest, attachments))
+        for network in intake.by_file_order():
+            own = self.own_binaries()
+            applied = apply_network(
+                ctx,
+                network,
+                facts=facts,
+                manifest=manifest,
+                attachments=attachments,
+                own=own,
+                prober=self.prober,
+                limits=self.fetch_limits,
+            )
+            output.entries[network.name] = applied.entry
+            if applied.problem is not None:
+                output.problems.append(applied.problem)
+        wants = {d.name for d in intake.desired.values() if d.spec.shadowPolicy == "Quarantine"}
+        shadow = guard_shadows(ctx, wants, manifest, attachments)
+        output.merge(shadow)
+        declared = {b.name for d in intake.desired.values() for b in d.spec.binaries}
+        remove_unused_binaries(self.paths, manifest, declared)
+        manifest_io.save(self.paths, manifest)
+        return self._result(manifest, output, shadow.recheck_in)
+
+    def _result(
+        self, manifest: Manifest, output: StepOutput, recheck_in: float | None
+    ) -> PassResult:
+        status = build_status(self._ctx, manifest, output, self.prober)
+        events = [*output.events, *self._transitions.events(output.entries)]
+        applied = {name: managed.spec for name, managed in manifest.networks.items()}
+        return PassResult(status, events, recheck_in, applied)
