@@ -8,7 +8,9 @@ Failures are the toolkit's CniError, reported by their message in the node repor
 
 The agent feeds Node events to `on_node` and calls `sync` after each reconcile
 pass with the specs of the networks that pass left applied (the manifest's), so
-routes exist exactly while a routed network's file is on this node.
+routes exist exactly while a routed network's file is on this node. A peer pod CIDR
+`hostgw.plan` refuses is in the report each pass, and once (until it is routable again)
+in `take_events()`, for an Event about the Node that claimed it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import ipaddress
 import logging
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from cni_operator import hostgw
@@ -24,6 +27,16 @@ from node_plugin.cni.errors import CniError
 from node_plugin.kernel import netfilter, netlink
 
 log = logging.getLogger("cniwarden.hostgw")
+ROUTE_REFUSED = "HostGatewayRouteRefused"
+
+
+@dataclass(frozen=True)
+class NodeEvent:
+    """An Event to post about a Node (`involved` is its object reference)."""
+
+    involved: dict[str, Any]
+    reason: str
+    message: str
 
 
 def our_routes(ipr: netlink.IPRoute) -> set[tuple[str, str]]:
@@ -68,6 +81,8 @@ class HostGatewayNode:
         # True once a pass left nothing of ours in the kernel; until then (from start: a
         # previous agent may have left routes) every pass looks.
         self._clean = False
+        self._refused: set[hostgw.Refusal] = set()  # as of the last pass
+        self._events: list[NodeEvent] = []
 
     # ------------------------------------------------------------ inputs
     def on_node(self, event_type: str | None, body: Mapping[str, Any]) -> bool:
@@ -88,6 +103,33 @@ class HostGatewayNode:
         with self._lock:
             return list(self._nodes.values())
 
+    # ------------------------------------------------------------ outputs
+    def take_events(self) -> list[NodeEvent]:
+        """The Events due since the last call: one per newly refused peer pod CIDR."""
+        with self._lock:
+            events, self._events = self._events, []
+        return events
+
+    def _note_refusals(self, refused: tuple[hostgw.Refusal, ...]) -> None:
+        uids = {n.name: n.uid for n in self.nodes()}
+        fresh = [r for r in refused if r not in self._refused]
+        self._refused = set(refused)
+        events = [
+            NodeEvent(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Node",
+                    "metadata": {"name": r.node, "uid": uids.get(r.node) or None},
+                },
+                ROUTE_REFUSED,
+                f"host-gw on node {self.node_name} does not route {r.cidr} to node {r.node}: "
+                f"{r.reason}",
+            )
+            for r in fresh
+        ]
+        with self._lock:
+            self._events += events
+
     # ------------------------------------------------------------- apply
     def sync(self, applied_specs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any] | None:
         """Make the kernel match the plan for the networks applied on this node (their
@@ -98,7 +140,7 @@ class HostGatewayNode:
         except ValueError as error:  # a spec the agent could not parse: report, never crash
             log.warning("host-gw: cannot compute routes: %s", error)
             return hostgw.report(hostgw.Plan(), applied=False, error=str(error))
-        if self._clean and not wishes:
+        if self._clean and not wishes and not self._refused:
             return None
         try:
             with netlink.opened() as ipr:
@@ -114,6 +156,7 @@ class HostGatewayNode:
         if wishes:
             prefixes, addresses = local_addresses(ipr)
             plan = hostgw.plan(self.node_name, self.nodes(), wishes, prefixes, addresses)
+        self._note_refusals(plan.refused)
         errors: list[str] = []
         try:
             changes = hostgw.route_changes(our_routes(ipr), plan.routes)
@@ -138,7 +181,7 @@ class HostGatewayNode:
         for message in errors:
             log.warning("host-gw: %s", message)
         self._clean = plan.empty and not errors
-        if self._clean:
+        if self._clean and plan.silent:
             return None
         return hostgw.report(plan, applied=not errors, error="; ".join(errors) or None)
 
