@@ -7,8 +7,8 @@ a link lookup costs 0.3-0.6 ms through pyroute2 and ~20 us here, opening a socke
 against ~30 us, and a bridge ADD makes about fifteen such calls: the difference is most of
 what separates the resident server from the reference plugin. Measured side by side
 through the real plugin (bench/netlink_backends.py, docs/kernel-toolkit.md), pyroute2
-makes fast-path ADD 2.4x and DEL 3.3x slower at p50. pyroute2 stays in use for what is
-rare (VLAN filters).
+makes fast-path ADD 2.4-2.5x and DEL 2.6-3.3x slower at p50. pyroute2 stays in use for
+what is rare (VLAN filters).
 
 Only what the node needs is here: links (get, dump, add veth/bridge, set, rename, delete
 one or a whole link group, bridge port flags), addresses (add, delete, dump), routes (add

@@ -19,9 +19,13 @@ from typing import Any
 
 import pytest
 from cni_operator import hostgw
+from cni_operator.hostgw_node import ROUTE_REFUSED
+from cni_operator.kube import Kube
 from cni_operator.node import manifest as manifest_io
 from cni_operator.node.manifest import ManagedNetwork, Manifest
 from cni_operator.node.paths import HostPaths
+
+from devtools.localcluster.cluster import LocalCluster
 
 pytestmark = [
     pytest.mark.root,
@@ -290,3 +294,46 @@ def test_claims_a_node_may_not_make_are_refused_reported_and_evented(nodes: TwoN
     # The next pass reports the same refusals but posts no Event again.
     assert second["report"]["refused"] == report["refused"]
     assert second["events"] == []
+
+
+@pytest.mark.cluster("control-plane")
+def test_a_refusal_event_is_about_the_node_and_kubectl_shows_it(
+    nodes: TwoNodes, cluster: LocalCluster
+) -> None:
+    """The Event a refused claim gives, posted as the agent posts it, to a real API server:
+    it lands on the Node object (its uid), where `kubectl describe node` shows it."""
+    s = nodes.subnet
+    name = f"hgw-wide-{secrets.token_hex(3)}"
+    claim = nodes.node(name, f"{s}.66", "128.0.0.0/1")
+    created = {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name},
+        "spec": claim["spec"],
+    }
+    cluster.kubectl("create", "-f", "-", input=json.dumps(created))
+    try:
+        status = json.dumps({"status": claim["status"]})
+        cluster.kubectl("patch", "node", name, "--subresource=status", "--type=merge", "-p", status)
+        stored = json.loads(cluster.kubectl("get", "node", name, "-o", "json").stdout)
+        nodes.manifest({"mode": "HostGateway", "clusterCIDRs": CLUSTER})
+        (only,) = nodes.passes([*nodes.nodes(extra=False), stored], 1)
+        assert nodes.routes() == [("10.244.1.0/24", f"{s}.11")]
+        (event,) = only["events"]
+        assert event["involved"]["metadata"] == {"name": name, "uid": stored["metadata"]["uid"]}
+        Kube(str(cluster.kubeconfig)).post_event(
+            event["involved"], "Warning", event["reason"], event["message"], "cniwarden-agent"
+        )
+        selector = f"involvedObject.kind=Node,involvedObject.name={name}"
+        listed = cluster.kubectl(
+            "get", "events", "-A", "--field-selector", selector, "-o", "json"
+        ).stdout
+        ours = [e for e in json.loads(listed)["items"] if e["reason"] == ROUTE_REFUSED]
+        assert [(e["type"], e["involvedObject"]["uid"]) for e in ours] == [
+            ("Warning", stored["metadata"]["uid"])
+        ]
+        described = cluster.kubectl("describe", "node", name).stdout
+        assert ROUTE_REFUSED in described
+        assert "128.0.0.0/1 is outside the network's routing.clusterCIDRs" in described
+    finally:
+        cluster.kubectl("delete", "node", name, "--ignore-not-found", check=False)
