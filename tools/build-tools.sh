@@ -141,6 +141,42 @@ build_kube_proxy() {
     -ldflags "$(kubernetes_ldflags "$version")" -o "$out/" k8s.io/kubernetes/cmd/kube-proxy)
 }
 
+# The conformance kit, from tools/k8s-extra: e2e.test as Kubernetes builds it
+# (go test -c, version ldflags), ginkgo's CLI at the version e2e.test's module
+# pins, and agnhost (static, CGO off) at the tag e2e.test --list-images names,
+# which is test/images/agnhost/VERSION of the same source.
+build_e2e() {
+  local version=$1 out=$2
+  mkdir -p "$out"
+  (cd "$here/k8s-extra" && go test -c -mod=readonly -trimpath \
+    -ldflags "$(kubernetes_ldflags "$version")" -o "$out/e2e.test" k8s.io/kubernetes/test/e2e)
+}
+
+build_ginkgo() {
+  local version=$1 out=$2 pinned
+  pinned=$(cd "$here/k8s-extra" && go list -mod=readonly -m -f '{{.Version}}' github.com/onsi/ginkgo/v2)
+  if [ "$pinned" != "$version" ]; then
+    log "GINKGO_VERSION=$version, but e2e.test's module (tools/k8s-extra) pins ginkgo $pinned"
+    return 1
+  fi
+  mkdir -p "$out"
+  (cd "$here/k8s-extra" && go build -mod=readonly -trimpath -ldflags "-s -w" \
+    -o "$out/ginkgo" github.com/onsi/ginkgo/v2/ginkgo)
+}
+
+build_agnhost() {
+  local version=$1 out=$2 src tag
+  src=$(cd "$here/k8s-extra" && go list -mod=readonly -m -f '{{.Dir}}' k8s.io/kubernetes)
+  tag=$(cat "$src/test/images/agnhost/VERSION")
+  if [ "$tag" != "$version" ]; then
+    log "AGNHOST_VERSION=$version, but k8s.io/kubernetes in tools/k8s-extra carries agnhost $tag"
+    return 1
+  fi
+  mkdir -p "$out"
+  (cd "$here/k8s-extra" && go build -mod=readonly -trimpath -ldflags "-s -w -X main.Version=$version" \
+    -o "$out/agnhost" k8s.io/kubernetes/test/images/agnhost)
+}
+
 # A recipe = the wrapper module's go.mod/go.sum plus the source of the functions
 # that build the tool, so editing how a tool is built rebuilds it.
 recipe() {
@@ -164,6 +200,16 @@ for t in $tools; do
       ensure kube-proxy "$KUBERNETES_VERSION" \
         "$(recipe "kubernetes_ldflags build_kube_proxy" "$here/k8s-extra/go.mod" "$here/k8s-extra/go.sum")" \
         build_kube_proxy ;;
+    e2e)
+      ensure e2e "$KUBERNETES_VERSION" \
+        "$(recipe "kubernetes_ldflags build_e2e" "$here/k8s-extra/go.mod" "$here/k8s-extra/go.sum")" \
+        build_e2e ;;
+    ginkgo)
+      ensure ginkgo "$GINKGO_VERSION" \
+        "$(recipe build_ginkgo "$here/k8s-extra/go.mod" "$here/k8s-extra/go.sum")" build_ginkgo ;;
+    agnhost)
+      ensure agnhost "$AGNHOST_VERSION" \
+        "$(recipe build_agnhost "$here/k8s-extra/go.mod" "$here/k8s-extra/go.sum")" build_agnhost ;;
     *) log "unknown tool $t"; exit 2 ;;
   esac
 done
