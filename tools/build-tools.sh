@@ -177,6 +177,19 @@ build_agnhost() {
     -o "$out/agnhost" k8s.io/kubernetes/test/images/agnhost)
 }
 
+# CoreDNS as its Makefile builds it (CGO off: static); plugins are those of the
+# release (core/plugin/zplugin.go is generated in the module).
+build_coredns() {
+  GOBIN=$2 go install -trimpath -ldflags "-s -w -X github.com/coredns/coredns/coremain.GitCommit=" \
+    "github.com/coredns/coredns@$1"
+}
+
+# crictl, with the version string cri-tools' Makefile sets (no leading v).
+build_crictl() {
+  GOBIN=$2 go install -trimpath -ldflags "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=${1#v}" \
+    "sigs.k8s.io/cri-tools/cmd/crictl@$1"
+}
+
 # A recipe = the wrapper module's go.mod/go.sum plus the source of the functions
 # that build the tool, so editing how a tool is built rebuilds it.
 recipe() {
@@ -200,6 +213,8 @@ for t in $tools; do
       ensure kube-proxy "$KUBERNETES_VERSION" \
         "$(recipe "kubernetes_ldflags build_kube_proxy" "$here/k8s-extra/go.mod" "$here/k8s-extra/go.sum")" \
         build_kube_proxy ;;
+    coredns) ensure coredns "$COREDNS_VERSION" "$(recipe build_coredns)" build_coredns ;;
+    crictl) ensure crictl "$CRICTL_VERSION" "$(recipe build_crictl)" build_crictl ;;
     e2e)
       ensure e2e "$KUBERNETES_VERSION" \
         "$(recipe "kubernetes_ldflags build_e2e" "$here/k8s-extra/go.mod" "$here/k8s-extra/go.sum")" \
