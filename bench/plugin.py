@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.netns import cni_env, enter_netns, namespaces
+from bench.sandboxes import cni_env, enter_netns, namespaces
 from bench.stats import percentile
 
 ROOT = Path(__file__).resolve().parents[1]

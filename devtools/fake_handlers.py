@@ -1,8 +1,9 @@
 """cni-server handlers that stand in for node_plugin, to measure or test the transport alone.
 
 The fast-path tests and bench/fastpath.py (the server's no-op request cost) load them
-with `cniwarden cni-server --handler devtools.fake_handlers:NAME` in subprocess servers,
-or pass them to in-process ones.
+with `python -m devtools.cniserver_harness --handler devtools.fake_handlers:NAME` in
+subprocess servers, or pass them to in-process ones. The shipped `cniwarden cni-server`
+cannot load them.
 """
 
 from __future__ import annotations

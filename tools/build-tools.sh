@@ -9,7 +9,8 @@
 # module's go.mod/go.sum and the ldflags): changing either rebuilds that tool.
 #
 # Knobs: CNIWARDEN_TOOLS_CACHE (cache root), CNIWARDEN_GO_PARALLEL (go build -p,
-# default 2), TOOLS="kubernetes etcd helm kwok cnitool" (subset to build).
+# default 2), TOOLS="kubernetes etcd helm kwok cnitool" (subset to build; the
+# tools known: see the case list at the end).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -34,11 +35,13 @@ if ! command -v go >/dev/null; then
   exit 1
 fi
 
-# ensure <tool> <version> <recipe hash> <builder>
+# ensure <tool> <version> <recipe hash> <builder> [link dir]
 # Builds into the cache unless it already holds a complete build of the same
-# recipe, then symlinks every binary of that build into .tools/bin.
+# recipe, then symlinks every binary of that build into the link dir
+# (.tools/bin unless given: container runtimes get a directory of their own so
+# they never shadow Debian's containerd on PATH).
 ensure() {
-  local tool=$1 version=$2 recipe=$3 builder=$4
+  local tool=$1 version=$2 recipe=$3 builder=$4 links=${5:-$bindir}
   local dest=$cache/$tool-$version want=$recipe have="" lock
   # One build per tool at a time across clones sharing the cache; the others
   # wait, then find it cached.
@@ -63,8 +66,9 @@ ensure() {
     log "built $tool $version in $(cat "$dest/.build-seconds")s"
   fi
   local b
+  mkdir -p "$links"
   for b in "$dest"/bin/*; do
-    ln -sfn "$b" "$bindir/$(basename "$b")"
+    ln -sfn "$b" "$links/$(basename "$b")"
   done
   flock -u "$lock"
   exec {lock}>&-
@@ -128,6 +132,64 @@ build_cnitool() {
   GOBIN=$2 go install -trimpath -ldflags "-s -w" "github.com/containernetworking/cni/cnitool@$1"
 }
 
+# kube-proxy, from tools/k8s-extra (its extra modules stay out of tools/k8s, so
+# adding it did not change the control-plane build's recipe).
+build_kube_proxy() {
+  local version=$1 out=$2
+  mkdir -p "$out"
+  (cd "$here/k8s-extra" && go build -mod=readonly -trimpath \
+    -ldflags "$(kubernetes_ldflags "$version")" -o "$out/" k8s.io/kubernetes/cmd/kube-proxy)
+}
+
+# The conformance kit, from tools/k8s-extra: e2e.test as Kubernetes builds it
+# (go test -c, version ldflags), ginkgo's CLI at the version e2e.test's module
+# pins, and agnhost (static, CGO off) at the tag e2e.test --list-images names,
+# which is test/images/agnhost/VERSION of the same source.
+build_e2e() {
+  local version=$1 out=$2
+  mkdir -p "$out"
+  (cd "$here/k8s-extra" && go test -c -mod=readonly -trimpath \
+    -ldflags "$(kubernetes_ldflags "$version")" -o "$out/e2e.test" k8s.io/kubernetes/test/e2e)
+}
+
+build_ginkgo() {
+  local version=$1 out=$2 pinned
+  pinned=$(cd "$here/k8s-extra" && go list -mod=readonly -m -f '{{.Version}}' github.com/onsi/ginkgo/v2)
+  if [ "$pinned" != "$version" ]; then
+    log "GINKGO_VERSION=$version, but e2e.test's module (tools/k8s-extra) pins ginkgo $pinned"
+    return 1
+  fi
+  mkdir -p "$out"
+  (cd "$here/k8s-extra" && go build -mod=readonly -trimpath -ldflags "-s -w" \
+    -o "$out/ginkgo" github.com/onsi/ginkgo/v2/ginkgo)
+}
+
+build_agnhost() {
+  local version=$1 out=$2 src tag
+  src=$(cd "$here/k8s-extra" && go list -mod=readonly -m -f '{{.Dir}}' k8s.io/kubernetes)
+  tag=$(cat "$src/test/images/agnhost/VERSION")
+  if [ "$tag" != "$version" ]; then
+    log "AGNHOST_VERSION=$version, but k8s.io/kubernetes in tools/k8s-extra carries agnhost $tag"
+    return 1
+  fi
+  mkdir -p "$out"
+  (cd "$here/k8s-extra" && go build -mod=readonly -trimpath -ldflags "-s -w -X main.Version=$version" \
+    -o "$out/agnhost" k8s.io/kubernetes/test/images/agnhost)
+}
+
+# CoreDNS as its Makefile builds it (CGO off: static); plugins are those of the
+# release (core/plugin/zplugin.go is generated in the module).
+build_coredns() {
+  GOBIN=$2 go install -trimpath -ldflags "-s -w -X github.com/coredns/coredns/coremain.GitCommit=" \
+    "github.com/coredns/coredns@$1"
+}
+
+# crictl, with the version string cri-tools' Makefile sets (no leading v).
+build_crictl() {
+  GOBIN=$2 go install -trimpath -ldflags "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=${1#v}" \
+    "sigs.k8s.io/cri-tools/cmd/crictl@$1"
+}
+
 # A recipe = the wrapper module's go.mod/go.sum plus the source of the functions
 # that build the tool, so editing how a tool is built rebuilds it.
 recipe() {
@@ -147,6 +209,22 @@ for t in $tools; do
     helm) ensure helm "$HELM_VERSION" "$(recipe "helm_ldflags build_helm")" build_helm ;;
     kwok) ensure kwok "$KWOK_VERSION" "$(recipe "kwok_ldflags build_kwok")" build_kwok ;;
     cnitool) ensure cnitool "$CNITOOL_VERSION" "$(recipe build_cnitool)" build_cnitool ;;
+    kube-proxy)
+      ensure kube-proxy "$KUBERNETES_VERSION" \
+        "$(recipe "kubernetes_ldflags build_kube_proxy" "$here/k8s-extra/go.mod" "$here/k8s-extra/go.sum")" \
+        build_kube_proxy ;;
+    coredns) ensure coredns "$COREDNS_VERSION" "$(recipe build_coredns)" build_coredns ;;
+    crictl) ensure crictl "$CRICTL_VERSION" "$(recipe build_crictl)" build_crictl ;;
+    e2e)
+      ensure e2e "$KUBERNETES_VERSION" \
+        "$(recipe "kubernetes_ldflags build_e2e" "$here/k8s-extra/go.mod" "$here/k8s-extra/go.sum")" \
+        build_e2e ;;
+    ginkgo)
+      ensure ginkgo "$GINKGO_VERSION" \
+        "$(recipe build_ginkgo "$here/k8s-extra/go.mod" "$here/k8s-extra/go.sum")" build_ginkgo ;;
+    agnhost)
+      ensure agnhost "$AGNHOST_VERSION" \
+        "$(recipe build_agnhost "$here/k8s-extra/go.mod" "$here/k8s-extra/go.sum")" build_agnhost ;;
     *) log "unknown tool $t"; exit 2 ;;
   esac
 done

@@ -17,7 +17,7 @@ from node_plugin.cni.gomodel import GoModel, config_error
 from node_plugin.cni.result import DNS
 
 DEFAULT_BRIDGE = "cni0"
-_MAC = re.compile(r"^[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5}$")
+_MAC = re.compile(r"[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5}")  # fullmatch: no trailing newline
 
 
 class VlanTrunkConf(GoModel):
@@ -167,7 +167,7 @@ def trunk_vlans(trunks: list[VlanTrunkConf] | None) -> tuple[int, ...]:
 
 
 def _mac(value: str, where: str, env: bool = False) -> str:
-    if not _MAC.match(value) or int(value[:2], 16) & 1:
+    if not _MAC.fullmatch(value) or int(value[:2], 16) & 1:
         problem = f"{value!r} is not a unicast MAC address"
         if env:
             raise CniError(INVALID_ENV, f"{where}: {problem}")

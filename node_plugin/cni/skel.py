@@ -42,7 +42,8 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "STATUS": (),
     "VERSION": (),
 }
-_ID = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+# Matched with fullmatch: `$` would also match before a trailing newline ("pod1\n").
+_ID = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*")
 _MODULES = {BRIDGE: "node_plugin.bridge.plugin", HOST_LOCAL: "node_plugin.ipam.hostlocal"}
 ABOUT = "CNI {plugin} plugin (cniwarden)\nCNI protocol versions supported: {versions}\n"
 
@@ -153,6 +154,11 @@ def dispatch(request: CniRequest) -> CniResponse:
     except CniError as err:
         log.debug("%s failed: %r", request.plugin, err)
         return _error(err, reported_version)
+    except RecursionError:
+        # json.loads limits nesting only by the interpreter's stack: a config nested
+        # thousands deep is a bad config (6), not an internal error.
+        msg = "error decoding network config from stdin: nested too deeply"
+        return _error(CniError(DECODE_FAILURE, msg), reported_version)
     except Exception as exc:
         log.exception("%s: unexpected failure", request.plugin)
         return _error(CniError(INTERNAL, f"internal error: {exc}"), reported_version)
@@ -163,6 +169,10 @@ def decode_config(stdin: bytes) -> dict[str, Any]:
         config = json.loads(stdin)
     except (ValueError, UnicodeDecodeError) as exc:
         raise CniError(DECODE_FAILURE, f"error decoding network config from stdin: {exc}") from None
+    except RecursionError:
+        raise CniError(
+            DECODE_FAILURE, "error decoding network config from stdin: nested too deeply"
+        ) from None
     if not isinstance(config, dict):
         raise CniError(DECODE_FAILURE, "network config on stdin must be a JSON object")
     return config
@@ -185,11 +195,18 @@ def _validated_env(command: str, env: Mapping[str, str]) -> dict[str, str]:
     values = {k: env.get(k, "") for k in ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME")}
     values["CNI_ARGS"] = env.get("CNI_ARGS", "")
     values["CNI_PATH"] = env.get("CNI_PATH", "")
+    for key, value in values.items():
+        # Bytes that are not UTF-8 reach us as surrogates (os.environ, the server's
+        # fsdecode); the CNI spec's values are UTF-8 strings.
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise CniError(INVALID_ENV, f"{key}: not valid UTF-8: {value!r}") from None
     missing = [k for k in REQUIRED[command] if not values[k]]
     if missing:
         raise CniError(INVALID_ENV, f"required env variables [{' '.join(missing)}] missing")
     cid = values["CNI_CONTAINERID"]
-    if cid and not _ID.match(cid):
+    if cid and not _ID.fullmatch(cid):
         raise CniError(
             INVALID_ENV,
             "CNI_CONTAINERID: invalid characters in container id",
@@ -204,7 +221,7 @@ def _validate_name(config: Mapping[str, Any]) -> None:
     name = config.get("name")
     if name is None or name == "":
         raise CniError(INVALID_CONFIG, "invalid network config: name: missing network name")
-    if not isinstance(name, str) or not _ID.match(name):
+    if not isinstance(name, str) or not _ID.fullmatch(name):
         raise CniError(
             INVALID_CONFIG,
             f"invalid network config: name: {name!r} must match {_ID.pattern}",

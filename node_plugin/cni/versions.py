@@ -17,12 +17,12 @@ DEFAULT_WHEN_MISSING = "0.1.0"  # SPEC: a config without cniVersion is 0.1.0
 # Verbs that only exist from a given spec version on.
 MINIMUM_FOR_VERB: dict[str, str] = {"CHECK": "0.4.0", "GC": "1.1.0", "STATUS": "1.1.0"}
 
-_SEMVER = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
+_SEMVER = re.compile(r"([0-9]+)\.([0-9]+)\.([0-9]+)")  # fullmatch: no trailing newline
 
 
 def parse(version: str) -> tuple[int, int, int]:
     """'1.0.0' -> (1, 0, 0); anything else is a decode failure (code 6)."""
-    match = _SEMVER.match(version)
+    match = _SEMVER.fullmatch(version)
     if not match:
         raise CniError(DECODE_FAILURE, f"unparsable cniVersion {version!r}")
     major, minor, patch = match.groups()

@@ -7,19 +7,18 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from node_plugin.server.config import DEFAULT_SOCKET, ServerConfig
 from node_plugin.server.delqueue import DEFAULT_DEL_QUEUE
-from node_plugin.server.dispatch import load_handler
-from node_plugin.server.server import DEFAULT_SOCKET, CniServer, ServerConfig, ServerError
-
-DEFAULT_HANDLER = "node_plugin.server.dispatch:node_plugin_handler"
+from node_plugin.server.dispatch import node_plugin_handler
+from node_plugin.server.server import CniServer, ServerError
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "cniwarden cni-server") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="cniwarden cni-server",
+        prog=prog,
         description="Serve the cniwarden CNI plugins to the static shim over a Unix socket.",
     )
     parser.add_argument("--socket", type=Path, default=DEFAULT_SOCKET, help="%(default)s")
@@ -37,19 +36,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds before a request is answered 'try again' (%(default)s)",
     )
     parser.add_argument("--log-level", default="INFO", help="%(default)s")
-    parser.add_argument("--handler", default=DEFAULT_HANDLER, help=argparse.SUPPRESS)
-    # Tests: DEL leaves tombstones and nothing unregisters them (to kill the server then).
-    parser.add_argument("--hold-tombstones", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def config_from(args: argparse.Namespace) -> ServerConfig:
+    return ServerConfig(
+        socket_path=args.socket,
+        del_queue=args.del_queue,
+        workers=args.workers,
+        request_timeout=args.request_timeout,
+    )
+
+
+def setup_logging(level: str) -> None:
     logging.basicConfig(
         stream=sys.stderr,
-        level=args.log_level.upper(),
+        level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+
+
+def serve(build: Callable[[], CniServer]) -> int:
+    """Builds the server, starts it and runs it until SIGTERM or SIGINT; the exit code.
+
+    The signal handlers come first, so a SIGTERM during the plugins' warm-up imports
+    still stops the server cleanly."""
     stop_requested = threading.Event()
 
     def request_stop(signum: int, _frame: object) -> None:
@@ -58,14 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    config = ServerConfig(
-        socket_path=args.socket,
-        del_queue=args.del_queue,
-        workers=args.workers,
-        request_timeout=args.request_timeout,
-        hold_tombstones=args.hold_tombstones,
-    )
-    server = CniServer(load_handler(args.handler), config)
+    server = build()
     try:
         server.start()
     except ServerError as e:
@@ -75,3 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         pass
     server.stop()
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    return serve(lambda: CniServer(node_plugin_handler(), config_from(args)))

@@ -48,13 +48,3 @@ def node_plugin_handler() -> Handler:
         return Reply(exit_code=response.exit_code, stdout=response.stdout)
 
     return handle
-
-
-def load_handler(spec: str) -> Handler:
-    """`module:factory` -> the Handler the factory returns (tests plug in fakes this way)."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep:
-        raise ValueError(f"handler {spec!r} is not of the form module:factory")
-    factory = getattr(importlib.import_module(module_name), attr)
-    handler: Handler = factory()
-    return handler

@@ -16,20 +16,16 @@ import threading
 import time
 
 from node_plugin.cni.errors import CniError
-from node_plugin.kernel import tombstones
-from node_plugin.kernel.netns import THREAD_NETNS, identity
+from node_plugin.kernel import netns, tombstones
 from node_plugin.kernel.rtnl import Rtnl
-from node_plugin.server import netns
+from node_plugin.server.stranded import exit_stranded
 
 log = logging.getLogger("cniwarden.cni_server")
 
 
 class Reaper:
-    def __init__(self, *, interval: float = 5.0, hold: bool = False) -> None:
-        # hold: never unregister anything (tests look at tombstones, or kill the server
-        # while some exist); DEL still buries.
+    def __init__(self, *, interval: float = 5.0) -> None:
         self._interval = interval
-        self._hold = hold
         self._cond = threading.Condition()
         self._pending: dict[tuple[int, int], int] = {}  # namespace identity -> its fd
         self._busy = False
@@ -38,14 +34,12 @@ class Reaper:
 
     def schedule(self) -> None:
         """Called by DEL, in the namespace where it left tombstones."""
-        if self._hold:
-            return
         try:
-            fd = os.open(THREAD_NETNS, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(netns.THREAD_NETNS, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:  # DEL succeeded; the sweep or a GC deletes the tombstone
             log.error("cannot schedule reaping: %s", exc)
             return
-        ident = identity(fd)
+        ident = netns.identity(fd)
         with self._cond:
             if ident in self._pending or self._stopping:
                 os.close(fd)
@@ -56,8 +50,6 @@ class Reaper:
     def reap_here(self) -> bool:
         """Unregisters the tombstones of the calling thread's namespace now (blocking);
         False when there were none."""
-        if self._hold:
-            return False
         with Rtnl() as sock:
             return tombstones.reap(sock)
 
@@ -113,7 +105,9 @@ class Reaper:
         try:
             with netns.entered(fd), Rtnl() as sock:
                 tombstones.reap(sock)
-        except (CniError, netns.NetnsError, OSError) as exc:
+        except netns.NetnsRestoreError:
+            exit_stranded("reaper")
+        except (CniError, OSError) as exc:
             # The sweep of the server's namespace and GC catch what is left.
             log.error("unregistering tombstones failed: %s", exc)
         finally:

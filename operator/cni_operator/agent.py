@@ -239,6 +239,15 @@ class Agent:
         if pod_routes is not None:
             result.status["podRoutes"] = pod_routes
         await asyncio.to_thread(self._publish, result, snapshot)
+        for event in self.host_gw.take_events():  # a refused pod CIDR, about its Node
+            await asyncio.to_thread(
+                self.kube.post_event,
+                event.involved,
+                "Warning",
+                event.reason,
+                event.message,
+                COMPONENT,
+            )
 
     def _publish(self, result: PassResult, snapshot: dict[str, dict[str, Any]]) -> None:
         now = time.monotonic()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from devtools.localcluster import hostres, images, procs, realnode
+from devtools.localcluster import containerd, hostres, images, nodenet, nodesysctls, procs
 from devtools.localcluster.layout import MAX_SLOTS, Layout, Ports, validate_name
 from devtools.localcluster.tiers import Tier
 
@@ -70,7 +70,7 @@ def test_node_names_fit_the_kernel_and_addresses_fit_the_subnet() -> None:
 
 def test_containerd_config_is_valid_toml_with_our_dirs() -> None:
     node = Layout(Path("/var/tmp/c"), "dev", 3, "abcdef").node(0)
-    text = realnode._containerd_config(node)
+    text = containerd.containerd_config(node)
     parsed = tomllib.loads(text)
     cri = parsed["plugins"]["io.containerd.grpc.v1.cri"]
     assert cri["cni"]["conf_dir"] == str(node.cni_conf_dir)
@@ -81,7 +81,7 @@ def test_containerd_config_is_valid_toml_with_our_dirs() -> None:
 
 
 def test_bridge_conflist_uses_the_node_pod_cidr() -> None:
-    conf = realnode.bridge_conflist("10.244.3.0/24", Path("/d"))
+    conf = nodenet.bridge_conflist("10.244.3.0/24", Path("/d"))
     plugins = conf["plugins"]
     assert isinstance(plugins, list)
     ranges = plugins[0]["ipam"]["ranges"]
@@ -134,7 +134,7 @@ def test_image_layers_are_reproducible(tmp_path: Path) -> None:
 
 def test_toml_writer_refuses_unknown_types() -> None:
     with pytest.raises(TypeError, match="cannot write"):
-        realnode._toml({"x": 1.5})
+        containerd.toml({"x": 1.5})
 
 
 def test_mountinfo_escapes_are_decoded() -> None:
@@ -179,7 +179,7 @@ def test_sysctls_are_restored_only_where_still_ours(monkeypatch: pytest.MonkeyPa
     }
     monkeypatch.setattr(hostres, "read_sysctl", live.__getitem__)
     monkeypatch.setattr(hostres, "write_sysctl", live.__setitem__)
-    realnode.restore_sysctls(
+    nodesysctls.restore_sysctls(
         {"kernel.panic": "1", "vm.overcommit_memory": "0", "fs.inotify.max_user_instances": "128"}
     )
     assert live == {

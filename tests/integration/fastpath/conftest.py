@@ -137,12 +137,17 @@ class Node:
     work: Path
     server: subprocess.Popen[bytes] | None = None
 
-    def start_server(self, *options: str) -> None:
+    def start_server(self, *options: str, hold_tombstones: bool = False) -> None:
+        """The product's server; with `hold_tombstones`, the test harness's (same server,
+        with a reaper that never unregisters: devtools.cniserver_harness)."""
         log = self.work / "server.log"
         mark = log.stat().st_size if log.exists() else 0
-        argv = ["nsenter", f"--net={self.host.path}", sys.executable, "-m", "node_plugin.server"]
+        entry = "devtools.cniserver_harness" if hold_tombstones else "node_plugin.server"
+        argv = ["nsenter", f"--net={self.host.path}", sys.executable, "-m", entry]
         argv += ["--socket", str(self.shim.socket_path), "--del-queue", str(self.shim.queue)]
         argv += options
+        if hold_tombstones:
+            argv += ["--hold-tombstones"]
         env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'operator'}"}
         with log.open("ab") as out:
             self.server = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=out, stderr=out)

@@ -3,9 +3,10 @@
 The pair is buried (node_plugin.kernel.tombstones): the host end detached from the bridge, down,
 renamed and marked with the tombstone link group, the sandbox end down, without
 addresses and renamed, so CNI_IFNAME is free at once; the server's reaper unregisters it
-after the answer. These tests hold the reaper (`--hold-tombstones`) where they need the
-tombstones to last, and check what a runtime and the next pods see meanwhile, and what
-clears tombstones: the reaper, a restarted server, GC of either plugin path.
+after the answer. These tests hold the reaper (the test harness's `--hold-tombstones`,
+devtools.cniserver_harness) where they need the tombstones to last, and check what a
+runtime and the next pods see meanwhile, and what clears tombstones: the reaper, a
+restarted server, GC of either plugin path.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def packets(ns: Netns, ifname: str) -> tuple[int, int]:
 def test_del_answers_with_the_pair_out_of_service_and_the_interface_name_free(
     node: Node, workdir: Path, sandboxes: Sandboxes
 ) -> None:
-    node.start_server("--hold-tombstones")
+    node.start_server(hold_tombstones=True)
     config = network(workdir, "10.81.0.9", "10.81.0.9")
     pod = sandboxes()
     first = add(node, config, pod, "c1")
@@ -128,7 +129,7 @@ def test_del_answers_with_the_pair_out_of_service_and_the_interface_name_free(
 def test_a_released_address_serves_a_new_pod_while_the_old_pair_awaits_reaping(
     node: Node, workdir: Path, sandboxes: Sandboxes
 ) -> None:
-    node.start_server("--hold-tombstones")
+    node.start_server(hold_tombstones=True)
     config = network(workdir, "10.81.0.2", "10.81.0.3")
     neighbour, old, new = sandboxes(), sandboxes(), sandboxes()
     assert address(add(node, config, neighbour, "neighbour")) == "10.81.0.2"
@@ -173,7 +174,7 @@ def test_the_reaper_unregisters_every_buried_pair(
 def test_tombstones_of_a_killed_server_are_unregistered_when_it_restarts(
     node: Node, workdir: Path, sandboxes: Sandboxes
 ) -> None:
-    node.start_server("--hold-tombstones")
+    node.start_server(hold_tombstones=True)
     config = network(workdir, "10.81.0.2", "10.81.0.200")
     pods = [sandboxes() for _ in range(3)]
     for i, pod in enumerate(pods):
@@ -197,7 +198,7 @@ def test_tombstones_of_a_killed_server_are_unregistered_when_it_restarts(
 def test_gc_unregisters_tombstones_on_both_plugin_paths(
     node: Node, workdir: Path, sandboxes: Sandboxes
 ) -> None:
-    node.start_server("--hold-tombstones")
+    node.start_server(hold_tombstones=True)
     config = network(workdir, "10.81.0.2", "10.81.0.200")
     gc = {**config, "cni.dev/valid-attachments": []}
     standalone = Path(sys.executable).parent / "cniwarden-bridge"
@@ -229,7 +230,7 @@ def test_a_sandbox_veth_whose_peer_is_elsewhere_is_deleted_and_nothing_is_buried
     node: Node, workdir: Path, sandboxes: Sandboxes
 ) -> None:
     """Interface indices repeat across namespaces: the host end must be proven, not guessed."""
-    node.start_server("--hold-tombstones")
+    node.start_server(hold_tombstones=True)
     config = network(workdir, "10.81.0.2", "10.81.0.200")
     pod = sandboxes()
     result = add(node, config, pod, "pod")

@@ -84,9 +84,9 @@ OBJECT_RULES: dict[tuple[str, str, int], tuple[dict[str, Any], dict[str, Any], s
         "metadata.name must be at most 200 characters",
     ),
     ("cninetworks.cniwarden.io", ".spec", 0): (
-        network(routing={"mode": "HostGateway"}),
+        network(routing={"mode": "HostGateway", "clusterCIDRs": ["10.244.0.0/16"]}),
         network(
-            routing={"mode": "HostGateway"},
+            routing={"mode": "HostGateway", "clusterCIDRs": ["10.244.0.0/16"]},
             plugins=[bridge(ranges=[[{"subnet": "10.1.0.0/24"}]])],
         ),
         "routing.mode HostGateway needs an IPAM range with subnet usePodCIDR",
@@ -119,6 +119,11 @@ OBJECT_RULES: dict[tuple[str, str, int], tuple[dict[str, Any], dict[str, Any], s
         network(binaries=[{"name": "b", "sha256": "a" * 64, "source": {"file": "/opt/b"}}]),
         network(binaries=[{"name": "b", "sha256": "a" * 64, "source": {"file": "opt/b"}}]),
         "source.file must be an absolute path",
+    ),
+    ("cninetworks.cniwarden.io", ".spec.routing", 0): (
+        network(routing={"mode": "HostGateway", "clusterCIDRs": ["10.244.0.0/16"]}),
+        network(routing={"mode": "HostGateway"}),
+        "routing.mode HostGateway needs routing.clusterCIDRs",
     ),
     ("cninetworks.cniwarden.io", ".spec.routing.clusterCIDRs[]", 0): (
         network(routing={"mode": "None", "clusterCIDRs": ["10.244.0.0/16", "fd00::/48"]}),

@@ -75,3 +75,11 @@ def test_vlan_trunk_expansion() -> None:
 def test_case_insensitive_keys() -> None:
     conf = load(ISGATEWAY=True, Bridge="br9", ipMASQ=True)
     assert conf.is_gateway and conf.bridge == "br9" and conf.raw.ip_masq
+
+
+@pytest.mark.parametrize("mac", ["02:00:00:00:00:02\n", "02-00-00-00-00-02\r\n"])
+def test_a_mac_with_a_trailing_newline_is_refused(mac: str) -> None:
+    with pytest.raises(CniError) as raised:
+        load(args={"cni": {"mac": mac}})
+    assert raised.value.code == 7, raised.value
+    assert "mac" in raised.value.msg

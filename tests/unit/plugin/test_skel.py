@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -106,3 +107,63 @@ def test_handle_is_thread_safe_for_independent_requests() -> None:
     for t in threads:
         t.join()
     assert all(code == 1 and out["code"] == 4 for code, out in results)
+
+
+# ---- identifiers are matched in full (issue 11, item 9) --------------------------------
+
+
+@pytest.mark.parametrize("container", ["pod1\n", "pod1\n\n", "\npod1", "pod1 ", "pod1\r"])
+def test_a_container_id_with_a_trailing_newline_is_refused(container: str) -> None:
+    """`$` matches before a final newline: `pod1\\n` used to pass as a container id."""
+    env = {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": container, "CNI_IFNAME": "e", "CNI_PATH": "/"}
+    got, out = call(env)
+    assert (got, out["code"]) == (1, 4), out
+    assert "CNI_CONTAINERID" in out["msg"]
+
+
+@pytest.mark.parametrize("name", ["rtnet\n", "rtnet\n\n", "rtnet\r\n"])
+def test_a_network_name_with_a_trailing_newline_is_refused(name: str, tmp_path: Any) -> None:
+    """`rtnet\\n` used to pass, and made a second lease store next to `rtnet`'s: two
+    stores handing out the same addresses."""
+    config = {
+        "cniVersion": "1.1.0",
+        "name": name,
+        "ipam": {"type": "cniwarden-host-local", "subnet": "10.9.0.0/24", "dataDir": str(tmp_path)},
+    }
+    env = {"CNI_COMMAND": "GC", "CNI_PATH": "/"}
+    got, out = call(env, config)
+    assert (got, out["code"]) == (1, 7), out
+    assert out["msg"].startswith("invalid network config: name:")
+    assert list(tmp_path.iterdir()) == [], "no store was created"
+
+
+# ---- error codes of hostile inputs (issue 11, item 12) --------------------------------
+
+
+def test_deeply_nested_json_is_a_decode_failure() -> None:
+    """100k levels of nesting used to escape as a RecursionError, answered 999."""
+    deep = b'{"cniVersion":"1.1.0","name":"net","x":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    env = {"CNI_COMMAND": "GC", "CNI_PATH": "/"}
+    got, out = call(env, deep)
+    assert (got, out["code"]) == (1, 6), out
+    assert "nested too deeply" in out["msg"]
+    got, out = call(env, b"[" * 100_000)  # and an unterminated one
+    assert (got, out["code"]) == (1, 6), out
+
+
+@pytest.mark.parametrize(
+    "variable", ["CNI_IFNAME", "CNI_CONTAINERID", "CNI_NETNS", "CNI_PATH", "CNI_ARGS"]
+)
+def test_an_environment_value_that_is_not_utf8_is_invalid_env(variable: str) -> None:
+    """Non-UTF-8 bytes reach the plugin as surrogates (os.fsdecode, as os.environ and the
+    server decode them); CNI_IFNAME's used to make `.encode()` fail with 999."""
+    env = {
+        "CNI_COMMAND": "DEL",
+        "CNI_CONTAINERID": "c1",
+        "CNI_IFNAME": "eth0",
+        "CNI_PATH": "/",
+        variable: "eth" + os.fsdecode(b"\xff\xfe") + "0",
+    }
+    got, out = call(env)
+    assert (got, out["code"]) == (1, 4), out
+    assert out["msg"].startswith(f"{variable}: not valid UTF-8")

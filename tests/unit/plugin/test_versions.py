@@ -57,3 +57,13 @@ def test_verb_minimums(verb: str, version: str, allowed: bool) -> None:
         with pytest.raises(CniError) as info:
             versions.check_verb_allowed(verb, version)
         assert info.value.code == 1 and verb in info.value.msg
+
+
+@pytest.mark.parametrize("version", ["1.0.0\n", "1.1.0\n", "0.4.0\r\n"])
+def test_a_version_with_a_trailing_newline_is_unparsable(version: str) -> None:
+    with pytest.raises(CniError) as raised:
+        versions.effective_version({"cniVersion": version})
+    assert raised.value.code == 6, raised.value
+    with pytest.raises(CniError) as raised:
+        versions.effective_version({"cniVersion": "1.0.0", "cniVersions": [version]})
+    assert raised.value.code == 6, raised.value

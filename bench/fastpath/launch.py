@@ -1,0 +1,67 @@
+"""The cni-servers the bench runs, and what /proc says about a process's memory and CPU."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.fastpath.impls import ROOT
+
+
+def start_server(work: Path, handler: str | None = None) -> tuple[subprocess.Popen[str], Path]:
+    """The shipped server (`python -m node_plugin.server`), or with `handler` (a
+    devtools.fake_handlers factory) the test harness's, which can load one."""
+    sock = work / ("echo.sock" if handler else "cni.sock")
+    entry = "devtools.cniserver_harness" if handler else "node_plugin.server"
+    argv = [
+        sys.executable,
+        "-m",
+        entry,
+        "--socket",
+        str(sock),
+        "--del-queue",
+        str(work / "queue"),
+        "--log-level",
+        "WARNING",
+    ]
+    if handler:
+        argv += ["--handler", handler]
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'operator'}"}
+    proc = subprocess.Popen(argv, env=env, cwd=ROOT, stderr=subprocess.DEVNULL, text=True)
+    deadline = time.monotonic() + 60
+    while not sock.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise SystemExit(f"cni-server did not start: {proc.communicate()[1]}")
+        time.sleep(0.05)
+    return proc, sock
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    """(VmRSS, VmHWM) in MiB."""
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    return (int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024)
+
+
+def children_cpu_ms() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (usage.ru_utime + usage.ru_stime) * 1000
+
+
+def process_cpu_ms(pid: int) -> float:
+    """CPU time of every thread of `pid` (schedstat, ns) and of its reaped children
+    (iptables, nft: cutime + cstime, in clock ticks)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            total += int((task / "schedstat").read_text().split()[0])
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    children_ticks = int(stat[13]) + int(stat[14])  # fields 16 and 17: cutime, cstime
+    return total / 1e6 + children_ticks * 1000 / os.sysconf("SC_CLK_TCK")

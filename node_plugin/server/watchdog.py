@@ -1,0 +1,38 @@
+"""The watchdog: a request past its deadline is answered "try again" (11) at its deadline.
+
+The runtime's own timeout is longer than ours (the shim's is 30 s, ours 25 s), so it gets a
+CNI answer it knows how to handle instead of a killed plugin; the work itself goes on and
+requests for the same attachment keep waiting for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from node_plugin.server.flights import Flights
+from node_plugin.server.protocol import Reply
+from node_plugin.server.replies import CNI_TRY_AGAIN, error_reply, who
+
+log = logging.getLogger("cniwarden.cni_server")
+
+
+def watch(
+    flights: Flights,
+    timeout: float,
+    stopping: threading.Event,
+    send: Callable[[socket.socket, Reply], None],
+) -> None:
+    """Runs until `stopping` is set, looking at the flights every 50 ms (or timeout/4)."""
+    while not stopping.wait(min(0.05, timeout / 4)):
+        for flight in flights.late(time.monotonic()):
+            request = flight.request
+            msg = (
+                f"{request.command} did not finish within {timeout:g}s; it continues in "
+                "the background and requests for this attachment wait for it: retry"
+            )
+            if flight.answer_once(error_reply(request, CNI_TRY_AGAIN, msg), send):
+                log.warning("%s %s still running after %ss", request.command, who(request), timeout)
