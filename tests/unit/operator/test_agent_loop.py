@@ -50,6 +50,9 @@ class RecordingHostGateway:
         self.synced.append(dict(applied))
         return None
 
+    def take_events(self) -> list[Any]:
+        return []
+
 
 @pytest.fixture
 def agent(tmp_path: Path) -> Agent:
