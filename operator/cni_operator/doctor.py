@@ -17,7 +17,8 @@ from cni_operator.node import manifest as manifest_io
 from cni_operator.node.binaries import VersionProber
 from cni_operator.node.manifest import Manifest, ManifestError
 from cni_operator.node.paths import HostPaths
-from cni_operator.node.scan import ERROR, NodeScan, Problem, report_dict, scan_node
+from cni_operator.node.scan import NodeScan, report_dict, scan_node
+from cni_operator.problems import ERROR, Problem
 from cni_operator.runtime_order import RuntimeView
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_BROKEN = 0, 1, 2

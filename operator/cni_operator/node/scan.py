@@ -15,6 +15,7 @@ from cni_operator.node.binaries import VersionProber, binary_inventory
 from cni_operator.node.manifest import Manifest
 from cni_operator.node.paths import HostPaths
 from cni_operator.node.quarantine import Quarantine
+from cni_operator.problems import ERROR, WARNING, Problem
 from cni_operator.runtime_order import (
     DirAnalysis,
     Verdict,
@@ -22,29 +23,6 @@ from cni_operator.runtime_order import (
     is_config_name,
     parse_config,
 )
-
-ERROR = "error"
-WARNING = "warning"
-
-
-@dataclass(frozen=True)
-class Problem:
-    code: str
-    severity: str
-    message: str
-    fix: str
-    path: str | None = None
-
-    def to_dict(self) -> dict[str, str]:
-        out = {
-            "code": self.code,
-            "severity": self.severity,
-            "message": self.message,
-            "fix": self.fix,
-        }
-        if self.path:
-            out["path"] = self.path
-        return out
 
 
 @dataclass

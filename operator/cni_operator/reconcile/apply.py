@@ -19,7 +19,8 @@ from cni_operator.node.atomic import atomic_write, remove, sha256_bytes
 from cni_operator.node.attachments import AttachmentScan
 from cni_operator.node.fetch import FetchLimits
 from cni_operator.node.manifest import ManagedNetwork, Manifest
-from cni_operator.node.scan import ERROR, Problem, read_config_dir
+from cni_operator.node.scan import read_config_dir
+from cni_operator.problems import ERROR, Problem
 from cni_operator.reconcile.gate import GateInput, judge
 from cni_operator.reconcile.install import OwnBinaries, install_binaries
 from cni_operator.reconcile.model import DesiredNetwork, NetworkEntry, NodeContext

@@ -14,7 +14,7 @@ from typing import Any
 from cni_operator.api import NetworkSpec
 from cni_operator.node.manifest import Manifest
 from cni_operator.node.paths import HostPaths
-from cni_operator.node.scan import Problem
+from cni_operator.problems import Problem
 from cni_operator.switch_gate import acknowledged
 
 

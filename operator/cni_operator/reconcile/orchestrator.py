@@ -20,7 +20,7 @@ from cni_operator.node.manifest import Manifest
 from cni_operator.node.own_binaries import OwnBinarySource
 from cni_operator.node.paths import HostPaths
 from cni_operator.node.quarantine import Quarantine, QuarantineError
-from cni_operator.node.scan import ERROR, Problem
+from cni_operator.problems import ERROR, Problem
 from cni_operator.reconcile.apply import apply_network
 from cni_operator.reconcile.cleanup import remove_unused_binaries
 from cni_operator.reconcile.install import OwnBinaries

@@ -16,7 +16,8 @@ from typing import Any
 from cni_operator.conditions import STATE_APPLIED, STATE_BLOCKED, STATE_INVALID
 from cni_operator.node.binaries import VersionProber
 from cni_operator.node.manifest import Manifest
-from cni_operator.node.scan import ERROR, Problem, report_dict, scan_node
+from cni_operator.node.scan import report_dict, scan_node
+from cni_operator.problems import ERROR, Problem
 from cni_operator.reconcile.model import AgentEvent, NetworkEntry, NodeContext, StepOutput
 
 _EVENT_OF_STATE = {

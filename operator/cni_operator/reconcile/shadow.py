@@ -17,7 +17,8 @@ from cni_operator.kube_time import now_iso
 from cni_operator.node.attachments import AttachmentScan
 from cni_operator.node.manifest import Manifest
 from cni_operator.node.quarantine import Quarantine, QuarantineError
-from cni_operator.node.scan import ERROR, WARNING, Problem, read_config_dir
+from cni_operator.node.scan import read_config_dir
+from cni_operator.problems import ERROR, WARNING, Problem
 from cni_operator.reconcile.model import AgentEvent, NodeContext, StepOutput
 from cni_operator.runtime_order import IGNORE_BINARIES, analyze, parse_config
 
