@@ -69,6 +69,13 @@ bench-rtt: setup plugins
 
 bench: bench-plugin bench-fastpath bench-rtt
 
+# Long fuzz runs: every tests/unit/*/test_fuzz*.py with fresh randomness and
+# FUZZ_EXAMPLES examples per property (CI runs them with a fixed, derandomized budget).
+FUZZ_EXAMPLES ?= 20000
+fuzz: venv
+	CNIWARDEN_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) CNIWARDEN_FUZZ_FRESH=1 \
+	  $(BIN)/pytest -q -p no:cacheprovider --timeout=0 $(wildcard tests/unit/*/test_fuzz*.py)
+
 # The whole suite, as CI runs it.
 test: setup lint typecheck plugins
 	CNIWARDEN_REQUIRE_ALL=1 $(BIN)/pytest tests

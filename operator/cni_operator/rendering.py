@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import ipaddress
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +65,9 @@ def _expand_pod_cidr_ranges(
     for set_index, range_set in enumerate(range_sets):
         if not isinstance(range_set, list):
             raise SpecError(f"{where}.ranges[{set_index}] must be a list of ranges")
+        for index, one in enumerate(range_set):
+            if not isinstance(one, dict):
+                raise SpecError(f"{where}.ranges[{set_index}][{index}] must be an object")
         uses_pod_cidr = [
             r for r in range_set if isinstance(r, dict) and r.get("subnet") == USE_POD_CIDR
         ]
@@ -88,18 +91,23 @@ def _expand_pod_cidr_ranges(
                 f"node {node.name} has no spec.podCIDRs, so subnet {USE_POD_CIDR} "
                 "cannot be filled in (enable --allocate-node-cidrs or set the subnet)"
             )
-        for cidr in _one_per_family(node.pod_cidrs):
+        for cidr in _one_per_family(node):
             rendered = dict(template)
             rendered["subnet"] = cidr
             result.append([rendered])
     return result
 
 
-def _one_per_family(cidrs: Iterable[str]) -> list[str]:
+def _one_per_family(node: NodeFacts) -> list[str]:
     seen: set[int] = set()
     out = []
-    for cidr in cidrs:
-        family = ipaddress.ip_network(cidr, strict=False).version
+    for cidr in node.pod_cidrs:
+        try:
+            family = ipaddress.ip_network(cidr, strict=False).version
+        except ValueError:
+            raise SpecError(
+                f"node {node.name} has spec.podCIDRs entry {cidr!r}, which is not a CIDR"
+            ) from None
         if family not in seen:
             seen.add(family)
             out.append(cidr)
@@ -111,7 +119,10 @@ def _render_ipam(ipam: dict[str, Any], node: NodeFacts, where: str) -> dict[str,
     if ipam.get("subnet") == USE_POD_CIDR:
         # Legacy single-range form: turn it into `ranges` so it can expand per family.
         legacy = {k: ipam.pop(k) for k in ("subnet", *_FAMILY_BOUND_RANGE_KEYS) if k in ipam}
-        ipam["ranges"] = [[legacy], *ipam.get("ranges", [])]
+        more = ipam.get("ranges", [])
+        if not isinstance(more, list):
+            raise SpecError(f"{where}.ranges must be a list of range sets")
+        ipam["ranges"] = [[legacy], *more]
     if "ranges" in ipam:
         if not isinstance(ipam["ranges"], list):
             raise SpecError(f"{where}.ranges must be a list of range sets")
