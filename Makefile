@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(CURDIR)/.tools/bin:$(PATH)
 
-.PHONY: setup debs venv tools images test lint typecheck unit integration e2e bench plugins bench-fastpath bench-plugin \
+.PHONY: setup debs venv tools images test lint typecheck unit integration e2e bench plugins bench-fastpath bench-plugin fuzz \
         cluster-up cluster-down demo demo-down bench-rtt clean
 
 setup: debs venv tools
