@@ -28,9 +28,13 @@ def _logging(verbose: bool) -> None:
 
 
 def _sources(args: argparse.Namespace) -> BinarySourcePolicy:
-    from cni_operator.api import BinarySourcePolicy  # noqa: PLC0415
+    from cni_operator.api import BinarySourcePolicy, check_url_prefix  # noqa: PLC0415
 
-    return BinarySourcePolicy(tuple(args.binary_url_prefix or ()))
+    try:  # the flag's values are checked by argparse already; the env's are not
+        prefixes = tuple(check_url_prefix(p) for p in args.binary_url_prefix or ())
+    except ValueError as error:
+        raise SystemExit(f"cniwarden: CNIWARDEN_BINARY_URL_PREFIXES: {error}") from None
+    return BinarySourcePolicy(prefixes)
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
@@ -108,7 +112,7 @@ def _add_sources(parser: argparse.ArgumentParser) -> None:
         "--binary-url-prefix",
         action="append",
         type=_url_prefix,
-        default=[_url_prefix(p) for p in env.split()] or None,
+        default=env.split() or None,
         metavar="URL",
         help="spec.binaries[].source.url must start with one of these (repeat the flag; "
         "each an http(s) URL ending in '/'); none given: any http(s) URL. "

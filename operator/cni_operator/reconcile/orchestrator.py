@@ -47,8 +47,8 @@ def extra_lease_stores(paths: HostPaths, manifest: Manifest) -> list[Path]:
     for managed in manifest.networks.values():
         for plugin in managed.spec.get("plugins") or []:
             data_dir = ((plugin or {}).get("ipam") or {}).get("dataDir")
-            if isinstance(data_dir, str) and data_dir.startswith("/"):
-                stores.append(paths.root / data_dir.lstrip("/"))
+            if isinstance(data_dir, str) and data_dir.startswith("/") and ".." not in data_dir:
+                stores.append(paths.root / data_dir.lstrip("/"))  # never outside the root
     return stores
 
 

@@ -1,0 +1,26 @@
+"""The agent's and operator's flags for declared binaries."""
+
+import pytest
+from cni_operator import cli
+
+
+def test_binary_flags_parse_and_prefixes_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CNIWARDEN_BINARY_URL_PREFIXES", raising=False)
+    args = cli.build_parser().parse_args(
+        [
+            "agent",
+            "--binary-url-prefix=https://h.example/a/",
+            "--binary-url-prefix=https://h.example/b/",
+            "--binary-fetch-timeout=7.5",
+            "--binary-max-bytes=1024",
+        ]
+    )
+    assert cli._sources(args).url_prefixes == ("https://h.example/a/", "https://h.example/b/")
+    assert (args.binary_fetch_timeout, args.binary_max_bytes) == (7.5, 1024)
+    for bad in ("--binary-url-prefix=https://h.example/a", "--binary-max-bytes=0"):
+        with pytest.raises(SystemExit):
+            cli.build_parser().parse_args(["agent", bad])
+    monkeypatch.setenv("CNIWARDEN_BINARY_URL_PREFIXES", "https://h.example/c/ ftp://x/")
+    env_args = cli.build_parser().parse_args(["operator"])
+    with pytest.raises(SystemExit, match="CNIWARDEN_BINARY_URL_PREFIXES: .*ftp://x/"):
+        cli._sources(env_args)
