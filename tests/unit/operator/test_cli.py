@@ -22,5 +22,5 @@ def test_binary_flags_parse_and_prefixes_are_checked(monkeypatch: pytest.MonkeyP
             cli.build_parser().parse_args(["agent", bad])
     monkeypatch.setenv("CNIWARDEN_BINARY_URL_PREFIXES", "https://h.example/c/ ftp://x/")
     env_args = cli.build_parser().parse_args(["operator"])
-    with pytest.raises(SystemExit, match="CNIWARDEN_BINARY_URL_PREFIXES: .*ftp://x/"):
+    with pytest.raises(SystemExit, match=r"CNIWARDEN_BINARY_URL_PREFIXES: .*ftp://x/"):
         cli._sources(env_args)
