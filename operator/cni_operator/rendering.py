@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cni_operator.api import USE_POD_CIDR, NetworkSpec, SpecError, config_file_name
+from cni_operator.gojson import go_field
 
 # Keys of a host-local range that only make sense for one concrete subnet.
 _FAMILY_BOUND_RANGE_KEYS = ("rangeStart", "rangeEnd", "gateway")
@@ -159,15 +160,18 @@ def render(object_name: str, spec: NetworkSpec, node: NodeFacts) -> RenderedConf
 
 
 def referenced_types(config: Mapping[str, Any]) -> list[str]:
-    """Every binary a config makes the runtime exec: plugin types and IPAM delegates."""
-    plugins = config.get("plugins")
+    """Every binary a config makes the runtime exec: plugin types and IPAM delegates,
+    with the keys read as the runtime reads them (Go's rule, see gojson)."""
+    plugins = go_field(config, "plugins")
     if not isinstance(plugins, list):
         plugins = [config]
     types: list[str] = []
     for plugin in plugins:
         if not isinstance(plugin, dict):
             continue
-        for candidate in (plugin.get("type"), (plugin.get("ipam") or {}).get("type")):
+        ipam = go_field(plugin, "ipam")
+        ipam_type = go_field(ipam, "type") if isinstance(ipam, dict) else None
+        for candidate in (go_field(plugin, "type"), ipam_type):
             if isinstance(candidate, str) and candidate and candidate not in types:
                 types.append(candidate)
     return types

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeAlias
 
+from cni_operator.gojson import go_field
 from cni_operator.rendering import referenced_types
 
 CONFIG_SUFFIXES = (".conf", ".conflist", ".json")
@@ -79,25 +80,55 @@ def parse_config(name: str, data: bytes | None) -> ParsedConfig:
         return ParsedConfig(name, error=f"invalid JSON: {error}")
     if not isinstance(raw, dict):
         return ParsedConfig(name, error="invalid JSON: top level is not an object")
-    version = raw.get("cniVersion", "0.1.0")
+    version = go_field(raw, "cniVersion") or "0.1.0"
     if not isinstance(version, str) or not _VERSION_RE.match(version):
         return ParsedConfig(name, error=f"invalid cniVersion {version!r}")
-    network = raw.get("name")
+    network = go_field(raw, "name")
+    if network is not None and not isinstance(network, str):
+        return ParsedConfig(name, error=f"'name' must be a string, not {_json_kind(network)}")
     if name.endswith(".conflist"):
-        if not isinstance(network, str) or not network:
+        if not network:
             return ParsedConfig(name, error="conflist has no 'name'")
-        plugins = raw.get("plugins")
+        plugins = go_field(raw, "plugins")
         if not isinstance(plugins, list):
             return ParsedConfig(name, network, version, error="conflist has no 'plugins' list")
         if not plugins:
             return ParsedConfig(name, network, version, error="conflist has no plugins")
         for index, plugin in enumerate(plugins):
-            if not isinstance(plugin, dict) or not plugin.get("type"):
-                return ParsedConfig(name, network, version, error=f"plugins[{index}] has no 'type'")
-    elif not raw.get("type"):
-        hint = " (it holds a conflist: rename it to .conflist)" if "plugins" in raw else ""
-        return ParsedConfig(name, network, version, error=f"config has no 'type'{hint}")
+            problem = _plugin_problem(plugin)
+            if problem:
+                return ParsedConfig(name, network, version, error=f"plugins[{index}] {problem}")
+    else:
+        problem = _plugin_problem(raw)
+        if problem:
+            hint = " (it holds a conflist: rename it to .conflist)" if "plugins" in raw else ""
+            return ParsedConfig(name, network, version, error=f"config {problem}{hint}")
     return ParsedConfig(name, network, version, tuple(referenced_types(raw)))
+
+
+def _json_kind(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}.get(
+        type(value), "a number"
+    )
+
+
+def _plugin_problem(plugin: Any) -> str | None:
+    """Why libcni could not load this plugin object (its NetConf), if it could not:
+    no `type`, or a field of the wrong JSON kind (Go's decoder refuses the file)."""
+    if not isinstance(plugin, dict):
+        return "is not an object"
+    kind = go_field(plugin, "type")
+    if kind is not None and not isinstance(kind, str):
+        return f"has 'type' as {_json_kind(kind)}, not a string"
+    if not kind:
+        return "has no 'type'"
+    ipam = go_field(plugin, "ipam")
+    if ipam is not None and not isinstance(ipam, dict):
+        return f"has 'ipam' as {_json_kind(ipam)}, not an object"
+    ipam_type = None if ipam is None else go_field(ipam, "type")
+    if ipam_type is not None and not isinstance(ipam_type, str):
+        return f"has 'ipam.type' as {_json_kind(ipam_type)}, not a string"
+    return None
 
 
 @dataclass(frozen=True)

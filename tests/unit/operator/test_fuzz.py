@@ -260,5 +260,7 @@ def test_a_spec_parses_renders_and_compares_or_says_why(
 
 
 def test_the_budget_was_spent() -> None:
-    """Runs after the properties (file order): each ran its whole budget."""
-    assert dict.fromkeys(("runtime_order", "journal", "spec"), EXAMPLES) == RAN, RAN
+    """Runs after the properties (file order): each ran at least its budget (more
+    when a failure was being shrunk)."""
+    assert set(RAN) == {"runtime_order", "journal", "spec"}, RAN
+    assert min(RAN.values()) >= EXAMPLES, RAN

@@ -151,3 +151,31 @@ def test_ignoring_binaries_judges_order_and_syntax_only() -> None:
     # A missing binary makes containerd fail pods, not pick another file.
     assert effective_network(dict(files)) == "podman"
     assert effective_network({"10-ours.conflist": OURS[1], "05-bad.conflist": b"{"}) is None
+
+
+def test_files_are_read_as_libcni_reads_them() -> None:
+    """Go's decoder: keys match case-insensitively (the last match wins) and a field
+    of the wrong JSON kind fails the file. `make fuzz` found the second: a foreign
+    `{"ipam":[[]],"type":[null]}` crashed the model (and with it the agent's pass)."""
+    fuzz_found = parse_config(".conf", b'{"ipam":[[]],"type":[null]}')
+    assert fuzz_found.error == "config has 'type' as an array, not a string"
+    assert parse_config("a.conf", b'{"type":"bridge","ipam":[]}').error == (
+        "config has 'ipam' as an array, not an object"
+    )
+    assert parse_config("a.conf", b'{"type":"bridge","ipam":{"type":5}}').error == (
+        "config has 'ipam.type' as a number, not a string"
+    )
+    assert parse_config("a.conf", b'{"type":"bridge","name":7}').error == (
+        "'name' must be a string, not a number"
+    )
+    folded = parse_config(
+        "a.conflist",
+        b'{"CNIVersion":"1.0.0","Name":"n","Plugins":[{"Type":"bridge","IPAM":{"TYPE":"x"}}]}',
+    )
+    assert folded.valid and folded.network == "n" and folded.types == ("bridge", "x")
+    last_wins = parse_config("a.conf", b'{"type":"bridge","TYPE":"macvlan"}')
+    assert last_wins.types == ("macvlan",)
+    analysis = analyze(
+        [OURS, ("00-x.conf", b'{"ipam":[[]],"type":[null]}')], ["10-ours.conflist"], V
+    )
+    assert analysis.containerd.healthy is False and by_file(analysis)["00-x.conf"].node_killer
