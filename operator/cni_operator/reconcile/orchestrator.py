@@ -5,6 +5,7 @@ the last state of each network (for transition Events) and the VERSION cache."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -120,7 +121,7 @@ class Reconciler:
             for network in intake.by_file_order():
                 self._apply(network, facts, manifest, attachments, output)
             wants = {d.name for d in intake.desired.values() if d.spec.shadowPolicy == QUARANTINE}
-            shadow = guard_shadows(ctx, wants, manifest, attachments)
+            shadow = guard_shadows(ctx, wants, manifest, attachments, time.time())
             output.merge(shadow)
             recheck_in = shadow.recheck_in
             declared = {b.name for d in intake.desired.values() for b in d.spec.binaries}

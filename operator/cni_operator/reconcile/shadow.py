@@ -9,7 +9,6 @@ them); otherwise the pass says when to look again, or reports why it waits.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
@@ -49,9 +48,14 @@ def _restore_unwanted(ctx: NodeContext, wants: Collection[str], out: ShadowOutco
 
 
 def guard_shadows(
-    ctx: NodeContext, wants: Collection[str], manifest: Manifest, attachments: AttachmentScan
+    ctx: NodeContext,
+    wants: Collection[str],
+    manifest: Manifest,
+    attachments: AttachmentScan,
+    now: float,
 ) -> ShadowOutcome:
-    """`wants`: the networks on this node whose policy is Quarantine."""
+    """`wants`: the networks on this node whose policy is Quarantine; `now`: the
+    time (epoch seconds) the files' ages are judged at."""
     out = ShadowOutcome()
     _restore_unwanted(ctx, wants, out)
     files = read_config_dir(ctx.paths.conf_dir)
@@ -67,10 +71,13 @@ def guard_shadows(
     for file_name in analysis.shadowing_files:
         path = ctx.paths.conf_dir / file_name
         try:
-            age = time.time() - path.lstat().st_mtime
+            age = now - path.lstat().st_mtime
         except FileNotFoundError:
             continue
-        if age < QUARANTINE_SETTLE_SECONDS:
+        # A writer that is still at it has just set the mtime: a file from the
+        # future was touched on purpose (or the clock jumped), and waiting for it
+        # would let `touch -d 2099-01-01` keep a file in place forever.
+        if 0 <= age < QUARANTINE_SETTLE_SECONDS:
             # Perhaps still being written (create, then write): look again soon
             # rather than move half a file.
             out.recheck_in = min(out.recheck_in or 1e9, QUARANTINE_SETTLE_SECONDS - age)

@@ -10,12 +10,16 @@ from typing import Any
 
 import pytest
 from cni_operator.api import BinarySourcePolicy
+from cni_operator.node import manifest as manifest_io
 from cni_operator.node.atomic import sha256_file
+from cni_operator.node.attachments import scan_attachments
 from cni_operator.node.fetch import FetchLimits
 from cni_operator.node.own_binaries import DirectorySource
 from cni_operator.node.paths import HostPaths
 from cni_operator.node.watcher import IN_MOVED_TO, DirectoryWatcher, DirEvent
 from cni_operator.reconcile import Reconciler
+from cni_operator.reconcile.model import NodeContext
+from cni_operator.reconcile.shadow import guard_shadows
 
 from .loopback_http import LoopbackServer, respond, serving
 
@@ -183,9 +187,17 @@ def test_quarantine_moves_winner_aside_and_restores_exactly(
     payload = b'{"cniVersion":"1.0.0","name":"podman","plugins":[{"type":"bridge"}]}\n'
     planted.write_bytes(payload)
     report = reconciler.reconcile({"podnet": network()}, NODE)
-    fresh = reconciler.reconcile({"podnet": network(generation=2, shadowPolicy="Quarantine")}, NODE)
+    # The shadow step judged 0.1 s after the file was written (its `now` is an input,
+    # so this does not depend on how fast the machine runs the pass):
+    young = guard_shadows(
+        NodeContext(host, "n1"),
+        {"podnet"},
+        manifest_io.load(host),
+        scan_attachments(host),
+        planted.lstat().st_mtime + 0.1,
+    )
     assert planted.exists(), "a file that may still be being written is not moved yet"
-    assert fresh.recheck_in is not None and 0 < fresh.recheck_in <= 0.5
+    assert young.recheck_in is not None and abs(young.recheck_in - 0.4) < 1e-6
     old = planted.stat().st_mtime - 5
     os.utime(planted, (old, old))
     assert report.status["shadowingFiles"] == ["/etc/cni/net.d/00-podman.conflist"]
@@ -418,3 +430,18 @@ def test_binaries_land_before_the_config_that_names_them(
     for binary in ("bridge", "host-local"):
         assert landed.index((host.bin_dir, binary)) < config, landed
     assert landed[-1] == (host.conf_dir, "10-podnet.conflist"), landed
+
+
+def test_a_file_from_the_future_is_not_waited_for(host: HostPaths, reconciler: Reconciler) -> None:
+    """`touch -d 2099-01-01` must not keep a winning file out of quarantine forever."""
+    host.conf_dir.mkdir(parents=True)
+    planted = host.conf_dir / "00-podman.conflist"
+    planted.write_bytes(b'{"cniVersion":"1.0.0","name":"podman","plugins":[{"type":"bridge"}]}')
+    future = planted.stat().st_mtime + 10 * 365 * 86400
+    os.utime(planted, (future, future))
+    result = reconciler.reconcile({"podnet": network(shadowPolicy="Quarantine")}, NODE)
+    assert not planted.exists()
+    assert result.recheck_in is None
+    assert [q["original"] for q in result.status["quarantined"]] == [
+        "/etc/cni/net.d/00-podman.conflist"
+    ]
