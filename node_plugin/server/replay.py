@@ -111,6 +111,8 @@ class Replayer:
             self._queue.remove_stale_temps()
         except OSError as e:
             log.error("DEL queue replay failed: %s", e)
+        except Exception:  # the next pass may succeed; a dead replay thread never would
+            log.exception("DEL queue replay failed")
 
     def _load_entry(self, entry: Path) -> Request | None:
         """The queued DEL in `entry`; None (and the entry quarantined) if it is not one,

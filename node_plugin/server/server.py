@@ -173,6 +173,8 @@ class CniServer:
                 self._converse(conn)
             except OSError as e:
                 log.info("client went away: %s", e)
+            except BaseException:  # one request must never cost the server a worker
+                log.exception("serving a connection failed")
             finally:
                 conn.close()
 
@@ -267,6 +269,6 @@ class CniServer:
     def _call_handler(self, request: Request) -> Reply:
         try:
             return self._handler(request)
-        except Exception as e:
+        except (Exception, SystemExit) as e:  # SystemExit too: it would end the worker
             log.exception("%s %s failed", request.command, who(request))
             return error_reply(request, CNI_INTERNAL, f"internal error in cni-server: {e}")

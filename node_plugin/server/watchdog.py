@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from node_plugin.server.flights import Flights
+from node_plugin.server.flights import Flight, Flights
 from node_plugin.server.protocol import Reply
 from node_plugin.server.replies import CNI_TRY_AGAIN, error_reply, who
 
@@ -29,10 +29,19 @@ def watch(
     """Runs until `stopping` is set, looking at the flights every 50 ms (or timeout/4)."""
     while not stopping.wait(min(0.05, timeout / 4)):
         for flight in flights.late(time.monotonic()):
-            request = flight.request
-            msg = (
-                f"{request.command} did not finish within {timeout:g}s; it continues in "
-                "the background and requests for this attachment wait for it: retry"
-            )
-            if flight.answer_once(error_reply(request, CNI_TRY_AGAIN, msg), send):
-                log.warning("%s %s still running after %ss", request.command, who(request), timeout)
+            try:
+                _answer_late(flight, timeout, send)
+            except Exception:  # one flight must never end the watchdog for all others
+                log.exception("watchdog: answering a late request failed")
+
+
+def _answer_late(
+    flight: Flight, timeout: float, send: Callable[[socket.socket, Reply], None]
+) -> None:
+    request = flight.request
+    msg = (
+        f"{request.command} did not finish within {timeout:g}s; it continues in "
+        "the background and requests for this attachment wait for it: retry"
+    )
+    if flight.answer_once(error_reply(request, CNI_TRY_AGAIN, msg), send):
+        log.warning("%s %s still running after %ss", request.command, who(request), timeout)

@@ -23,6 +23,7 @@ from node_plugin.server.protocol import (
     decode_reply,
     decode_request,
     encode_request,
+    read_reply,
 )
 from node_plugin.server.server import CniServer, ServerConfig, ServerError
 from tests.integration.fastpath.conftest import ServerFactory, ShimEnv
@@ -457,3 +458,112 @@ def test_encode_request_matches_what_the_shim_writes(shim: ShimEnv) -> None:
     (entry,) = shim.queued()
     data = entry.read_bytes()
     assert encode_request(decode_request_file(entry)) == data
+
+
+# ---- no request costs the server a thread (issue 11, item 8) ---------------------------
+
+
+def exchange_with_fd(path: Path, payload: bytes, fd: int, timeout: float = 5) -> Reply:
+    """Like the shim: the request's first bytes carry a descriptor (SCM_RIGHTS)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(timeout)
+        conn.connect(str(path))
+        socket.send_fds(conn, [payload[:16]], [fd])
+        conn.sendall(payload[16:])
+        conn.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+    return decode_reply(data)
+
+
+def exchange_one(path: Path, payload: bytes, timeout: float = 5) -> Reply:
+    """Sends a request and reads one reply frame, as the shim does (the server may keep
+    the connection open after a watchdog answer, until the work is done)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(timeout)
+        conn.connect(str(path))
+        conn.sendall(payload)
+        conn.shutdown(socket.SHUT_WR)
+
+        def read_exact(n: int) -> bytes:
+            data = b""
+            while len(data) < n:
+                chunk = conn.recv(n - len(data))
+                assert chunk, "the server closed the connection before its reply"
+                data += chunk
+            return data
+
+        return read_reply(read_exact)
+
+
+def server_threads() -> list[str]:
+    return sorted(t.name for t in threading.enumerate() if t.name.startswith("cni-"))
+
+
+DEEP_STDIN = b'{"cniVersion":"1.1.0","x":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+
+
+def deep_request(command: str = "ADD", container: str = "deep") -> bytes:
+    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": container, "CNI_IFNAME": "eth0"}
+    return encode_request(Request("cniwarden-bridge", env, DEEP_STDIN))
+
+
+def test_a_deep_request_with_a_foreign_descriptor_kills_no_worker(
+    shim: ShimEnv, start_server: ServerFactory, tmp_path: Path
+) -> None:
+    """The review's crash: 100k-deep JSON plus a descriptor that is no netns. Entering it
+    fails, and building that error's reply parsed the stdin for its cniVersion: the
+    RecursionError ended cni-worker-0."""
+    recorder = Recorder()
+    start_server(recorder, workers=1)
+    before = server_threads()
+    not_a_netns = tmp_path / "plain-file"
+    not_a_netns.write_bytes(b"")
+    fd = os.open(not_a_netns, os.O_RDONLY)
+    try:
+        for _ in range(3):  # more times than there are workers
+            reply = exchange_with_fd(shim.socket_path, deep_request(), fd)
+            error = json.loads(reply.stdout)
+            assert error["code"] == 5, error
+            assert "cannot enter the caller's network namespace" in error["msg"]
+    finally:
+        os.close(fd)
+    assert shim.run("ADD").code == 0, "the one worker still serves"
+    assert server_threads() == before
+    assert recorder.commands() == [("ADD", "ctr1")]
+
+
+def test_a_deep_request_past_its_deadline_kills_no_watchdog(
+    shim: ShimEnv, start_server: ServerFactory
+) -> None:
+    """The watchdog's "try again" also read the stdin's cniVersion: a deep request that
+    overran ended the cni-watchdog thread, and no later request got its 11."""
+    gates = {("ADD", f"deep{i}"): threading.Event() for i in range(2)}
+    gates[("ADD", "ctr1")] = threading.Event()
+    start_server(Recorder(gates=gates), request_timeout=0.5)
+    before = server_threads()
+    try:
+        for i in range(2):
+            reply = exchange_one(shim.socket_path, deep_request(container=f"deep{i}"))
+            assert json.loads(reply.stdout)["code"] == 11
+        # A plain request that overruns still gets its 11 from the watchdog.
+        assert shim.run("ADD").error_code == 11
+        assert "cni-watchdog" in server_threads()
+    finally:
+        for gate in gates.values():
+            gate.set()
+    wait_until(lambda: server_threads() == before, "the workers to be back")
+
+
+def test_a_handler_that_raises_system_exit_kills_no_worker(
+    shim: ShimEnv, start_server: ServerFactory
+) -> None:
+    def exits(request: Request) -> Reply:
+        raise SystemExit(3)
+
+    start_server(exits, workers=1)
+    before = server_threads()
+    for _ in range(3):
+        assert shim.run("ADD").error_code == 999
+    assert server_threads() == before
