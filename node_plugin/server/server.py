@@ -33,7 +33,7 @@ from node_plugin.cni.errors import CniError
 from node_plugin.kernel import netns
 from node_plugin.server.attachments import AttachmentLocks
 from node_plugin.server.config import DEFAULT_SOCKET, ServerConfig
-from node_plugin.server.connection import ConnectionReader, send_reply
+from node_plugin.server.connection import ConnectionReader, ReadTimeoutError, send_reply
 from node_plugin.server.delqueue import DelQueue, RetryBook, RetryPolicy
 from node_plugin.server.flights import Flight, Flights
 from node_plugin.server.listener import Listener, ServerError
@@ -182,6 +182,19 @@ class CniServer:
         send_reply(conn, reply, self._config.read_timeout)
 
     def _converse(self, conn: socket.socket) -> None:
+        # In flight from accept: the request's deadline runs from here, and the whole
+        # request must arrive within read_timeout (a timeout per recv let a client that
+        # sends a byte every few seconds hold the worker for ever).
+        accepted = time.monotonic()
+        flight = Flight(conn, deadline=accepted + self._config.request_timeout)
+        self._flights.add(flight)
+        try:
+            self._serve(flight, read_deadline=accepted + self._config.read_timeout)
+        finally:
+            self._flights.remove(flight)
+
+    def _serve(self, flight: Flight, read_deadline: float) -> None:
+        conn = flight.conn
         peer = peer_credentials(conn)
         if peer.uid not in self._allowed:
             log.warning("refused a request from pid %d uid %d", peer.pid, peer.uid)
@@ -189,10 +202,14 @@ class CniServer:
             reply = error_reply(None, CNI_IO_FAILURE, msg)
             send_reply(conn, reply, self._config.read_timeout, drain=True)
             return
-        conn.settimeout(self._config.read_timeout)
-        reader = ConnectionReader(conn)
+        reader = ConnectionReader(conn, read_deadline)
         try:
             request = read_request(reader.read_exact)
+        except ReadTimeoutError as e:
+            # A shim sends its request at once: a client this slow is dropped unanswered.
+            reader.close_fd()
+            log.warning("dropped pid %d: %s within %gs", peer.pid, e, self._config.read_timeout)
+            return
         except ProtocolError as e:
             reader.close_fd()
             log.warning("bad request from pid %d: %s", peer.pid, e)
@@ -202,16 +219,15 @@ class CniServer:
         except OSError:
             reader.close_fd()
             raise
-        deadline = time.monotonic() + self._config.request_timeout
+        flight.netns_fd = reader.take_fd()
         request = dataclasses.replace(
-            request, netns_fd=reader.netns_fd, reaper=self.reaper, deadline=deadline
+            request, netns_fd=flight.netns_fd, reaper=self.reaper, deadline=flight.deadline
         )
-        flight = Flight(conn, request, deadline)
-        self._flights.add(flight)
+        flight.request = request
         try:
             reply = self._execute(request)
         finally:
-            self._flights.remove(flight)
+            flight.close_fd()
         if not flight.answer_once(reply, self._send):
             log.warning(
                 "%s %s finished after its deadline (exit %d)",
@@ -223,18 +239,14 @@ class CniServer:
     # ---- running a request -----------------------------------------------------------
 
     def _execute(self, request: Request) -> Reply:
-        try:
-            start = time.perf_counter()
-            key = request.attachment
-            with self._attachments.hold(key):
-                if key is not None and request.command != "DEL" and self._queue.pending():
-                    # A queued DEL of this attachment predates this request: keep the
-                    # runtime's order. (A DEL does what the queued one would.)
-                    self._replayer.replay_attachment(key)
-                reply = self._in_callers_netns(request)
-        finally:
-            if request.netns_fd is not None:
-                os.close(request.netns_fd)
+        start = time.perf_counter()
+        key = request.attachment
+        with self._attachments.hold(key):
+            if key is not None and request.command != "DEL" and self._queue.pending():
+                # A queued DEL of this attachment predates this request: keep the
+                # runtime's order. (A DEL does what the queued one would.)
+                self._replayer.replay_attachment(key)
+            reply = self._in_callers_netns(request)
         log.info(
             "%s %s %s -> %d in %.1f ms",
             request.plugin,

@@ -39,6 +39,7 @@ def _answer_late(
     flight: Flight, timeout: float, send: Callable[[socket.socket, Reply], None]
 ) -> None:
     request = flight.request
+    assert request is not None  # Flights.late() lists read requests only
     msg = (
         f"{request.command} did not finish within {timeout:g}s; it continues in "
         "the background and requests for this attachment wait for it: retry"

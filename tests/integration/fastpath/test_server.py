@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -498,7 +499,9 @@ def exchange_one(path: Path, payload: bytes, timeout: float = 5) -> Reply:
 
 
 def server_threads() -> list[str]:
-    return sorted(t.name for t in threading.enumerate() if t.name.startswith("cni-"))
+    """The server's threads by role (a replaced worker has a new number, same role)."""
+    names = [t.name for t in threading.enumerate() if t.name.startswith("cni-")]
+    return sorted(name.rstrip("0123456789") for name in names)
 
 
 DEEP_STDIN = b'{"cniVersion":"1.1.0","x":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
@@ -567,3 +570,63 @@ def test_a_handler_that_raises_system_exit_kills_no_worker(
     for _ in range(3):
         assert shim.run("ADD").error_code == 999
     assert server_threads() == before
+
+
+# ---- slow clients (issue 11, item 7) --------------------------------------------------
+
+
+class Trickler:
+    """A client that sends its request one byte at a time, `every` seconds apart, until
+    the server drops it or it has sent `limit` bytes (slowloris)."""
+
+    def __init__(self, path: Path, every: float, limit: int) -> None:
+        self.conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.conn.connect(str(path))
+        self.every = every
+        self.payload = encode_request(request("ADD", "slow"))[:limit]
+        self.dropped = threading.Event()  # the server closed the connection
+        self.gave_up = threading.Event()  # it sent everything it was allowed to
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        self.conn.settimeout(self.every)
+        try:
+            for byte in self.payload:
+                self.conn.send(bytes([byte]))
+                with contextlib.suppress(TimeoutError):
+                    if self.conn.recv(1) == b"":
+                        self.dropped.set()
+                        return
+        except OSError:  # EPIPE, ECONNRESET: dropped
+            self.dropped.set()
+            return
+        self.gave_up.set()
+
+    def close(self) -> None:
+        self.conn.close()
+        self._thread.join(10)
+
+
+def test_slow_clients_cannot_hold_the_workers(shim: ShimEnv, start_server: ServerFactory) -> None:
+    """The review's slowloris: clients sending a byte every 3 s held a 2-worker server's
+    workers for good (the read timeout was per recv). Each connection now has one
+    deadline for its whole request, counted from accept."""
+    server = start_server(handlers.echo(), workers=2, read_timeout=1.0)
+    # More slow clients than the server has threads; each could trickle for 40 s.
+    slow = [Trickler(shim.socket_path, every=0.2, limit=200) for _ in range(4)]
+    try:
+        # In flight from accept on: the server counts them before any request is read.
+        wait_until(
+            lambda: server.in_flight().count(("(reading)", "-")) >= 2,
+            "the slow connections to be in flight while their requests are read",
+        )
+        for client in slow:
+            assert client.dropped.wait(15), "a slow client was never dropped"
+            assert not client.gave_up.is_set()
+        run = shim.run("ADD")
+        assert run.code == 0, run.stdout
+        assert not any(client.gave_up.is_set() for client in slow)
+    finally:
+        for client in slow:
+            client.close()
