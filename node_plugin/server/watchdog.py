@@ -1,8 +1,12 @@
-"""The watchdog: a request past its deadline is answered "try again" (11) at its deadline.
+"""The watchdog: a request past its deadline is answered "try again" (11), and its worker
+is replaced.
 
 The runtime's own timeout is longer than ours (the shim's is 30 s, ours 25 s), so it gets a
-CNI answer it knows how to handle instead of a killed plugin; the work itself goes on and
-requests for the same attachment keep waiting for it.
+CNI answer it knows how to handle instead of a killed plugin. The work itself goes on (it
+may be in the middle of kernel changes that its own undo must finish), and requests for
+the same attachment keep waiting for it, up to their own deadlines; but its thread no
+longer counts as one of the server's workers: `replace` starts another one in its place,
+so a request that never ends costs one thread, never the server's capacity.
 """
 
 from __future__ import annotations
@@ -25,14 +29,16 @@ def watch(
     timeout: float,
     stopping: threading.Event,
     send: Callable[[socket.socket, Reply], None],
+    replace: Callable[[Flight], None],
 ) -> None:
     """Runs until `stopping` is set, looking at the flights every 50 ms (or timeout/4)."""
     while not stopping.wait(min(0.05, timeout / 4)):
         for flight in flights.late(time.monotonic()):
             try:
                 _answer_late(flight, timeout, send)
+                replace(flight)
             except Exception:  # one flight must never end the watchdog for all others
-                log.exception("watchdog: answering a late request failed")
+                log.exception("watchdog: handling a late request failed")
 
 
 def _answer_late(

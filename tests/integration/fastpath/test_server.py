@@ -630,3 +630,110 @@ def test_slow_clients_cannot_hold_the_workers(shim: ShimEnv, start_server: Serve
     finally:
         for client in slow:
             client.close()
+
+
+# ---- no worker is lost for good (issue 11, item 2) -------------------------------------
+
+
+def test_a_stuck_worker_is_replaced_at_its_deadline(
+    shim: ShimEnv, start_server: ServerFactory
+) -> None:
+    """The watchdog answered 11 but never freed the worker: a one-worker server then
+    served nothing while the request hung. Now another worker takes its place."""
+    hung = threading.Event()
+    recorder = Recorder(gates={("ADD", "stuck"): hung})
+    start_server(recorder, workers=1, request_timeout=0.5)
+    fast_fail = {"CNIWARDEN_TIMEOUT_MS": "5000"}  # a shim gives up after 5 s, not 30
+    try:
+        for i in range(3):  # three hung requests, one after another, on a 1-worker server
+            stuck = shim.run("ADD", extra_env={"CNI_CONTAINERID": "stuck", **fast_fail})
+            assert stuck.error_code == 11
+            run = shim.run("ADD", extra_env={"CNI_CONTAINERID": f"next{i}", **fast_fail})
+            assert run.code == 0, run.stdout
+        assert [c for c in recorder.commands() if c[1].startswith("next")] == [
+            ("ADD", "next0"),
+            ("ADD", "next1"),
+            ("ADD", "next2"),
+        ]
+        assert recorder.active == 1, "the hung request still runs, on its retired thread"
+    finally:
+        hung.set()
+
+
+def test_status_and_version_are_answered_while_every_worker_is_busy(
+    shim: ShimEnv, start_server: ServerFactory
+) -> None:
+    """Two hung requests on a 2-worker server left an unrelated STATUS unanswered."""
+    gates = {("ADD", f"busy{i}"): threading.Event() for i in range(2)}
+    recorder = Recorder(gates=gates)
+    server = start_server(recorder, workers=2, request_timeout=60)
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            busy = [
+                pool.submit(shim.run, "ADD", extra_env={"CNI_CONTAINERID": f"busy{i}"})
+                for i in range(2)
+            ]
+            wait_until(lambda: recorder.active == 2, "both workers to be busy")
+            status = shim.run("STATUS", extra_env={"CNIWARDEN_TIMEOUT_MS": "5000"})
+            assert status.code == 0, status.stdout
+            env = {"CNI_COMMAND": "VERSION"}
+            version = exchange_one(shim.socket_path, encode_request(Request("x", env, b"")))
+            assert version.exit_code == 0
+            # A third ADD waits for a worker (the pool is the bound), and runs once one
+            # is free, in arrival order.
+            third = pool.submit(shim.run, "ADD", extra_env={"CNI_CONTAINERID": "third"})
+            wait_until(lambda: ("ADD", "third/eth0") in server.in_flight(), "the third ADD")
+            assert ("ADD", "third") not in recorder.commands()
+            gates[("ADD", "busy0")].set()
+            assert third.result().code == 0
+            assert busy[0].result().code == 0
+            gates[("ADD", "busy1")].set()
+            assert busy[1].result().code == 0
+    finally:
+        for gate in gates.values():
+            gate.set()
+
+
+def test_each_queued_del_replays_under_its_own_deadline(
+    shim: ShimEnv, start_server: ServerFactory
+) -> None:
+    """The single replay thread used to wait for a hung DEL for ever, and every later
+    queued DEL stayed queued (its lease kept) until a request for its own attachment."""
+    hung = threading.Event()
+    recorder = Recorder(gates={("DEL", "hung"): hung})
+    queue = DelQueue(shim.queue)
+    queue.enqueue(request("DEL", "hung"))
+    for i in range(3):
+        queue.enqueue(request("DEL", f"later{i}"))
+    try:
+        start_server(recorder, start_replay_wait=0.1, replay_interval=0.1, request_timeout=0.5)
+        wait_until(
+            lambda: (
+                [decode_request_file(p).env["CNI_CONTAINERID"] for p in shim.queued()] == ["hung"]
+            ),
+            "the replay to run the later DELs while the first one hangs",
+        )
+        assert recorder.commands()[0] == ("DEL", "hung")
+        assert sorted(recorder.commands()[1:]) == [("DEL", f"later{i}") for i in range(3)]
+    finally:
+        hung.set()
+    wait_until(lambda: shim.queued() == [], "the hung DEL to complete and leave the queue")
+
+
+def test_a_request_waits_for_its_attachment_only_until_its_deadline(
+    shim: ShimEnv, start_server: ServerFactory
+) -> None:
+    """A DEL behind a hung ADD of the same attachment: answered 11 at its deadline (the
+    shim queues it), and it never runs behind the runtime's back afterwards."""
+    hung = threading.Event()
+    recorder = Recorder(gates={("ADD", "ctr1"): hung})
+    start_server(recorder, request_timeout=0.5, replay_interval=3600)
+    try:
+        assert shim.run("ADD").error_code == 11
+        assert shim.run("DEL").code == 0  # answered 11 by the server: queued by the shim
+        assert len(shim.queued()) == 1
+        assert recorder.commands() == [("ADD", "ctr1")]
+    finally:
+        hung.set()
+    wait_until(lambda: recorder.active == 0, "the hung ADD to end")
+    assert recorder.commands() == [("ADD", "ctr1")], "the timed-out DEL never ran"
