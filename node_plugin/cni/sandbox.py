@@ -4,7 +4,8 @@ open(2) of a FIFO blocks until a writer shows up, so a CNI_NETNS pointing at one
 hold the plugin (and a resident server's worker) for ever. The reference plugins ask
 statfs(2) first and refuse anything that is neither nsfs nor procfs ("unknown FS
 magic"); this does the same on an O_PATH descriptor, which never blocks and reads
-nothing.
+nothing. The same descriptor tells whether the path is the caller's own network
+namespace: ADD, CHECK or DEL there would create or delete the node's own links.
 
 Standard library only (os, ctypes for fstatfs, which Python does not wrap); it enters no
 namespace and reads no file.
@@ -20,11 +21,13 @@ from dataclasses import dataclass
 NSFS_MAGIC = 0x6E736673
 PROC_SUPER_MAGIC = 0x9FA0
 _NAMESPACE_FILESYSTEMS = frozenset({NSFS_MAGIC, PROC_SUPER_MAGIC})
+_CALLER_NETNS = ("/proc/thread-self/ns/net", "/proc/self/ns/net")  # this thread's, the process's
 
 
 class Kind(enum.Enum):
     MISSING = "missing"
     NOT_A_NAMESPACE = "not a namespace"
+    CALLERS_OWN = "the caller's own network namespace"
     NAMESPACE = "a namespace"  # nsfs/procfs, not ours: the plugin checks the type itself
 
 
@@ -63,6 +66,10 @@ def inspect(path: str) -> Sandbox:
         magic = _fs_magic(fd)
         if magic not in _NAMESPACE_FILESYSTEMS:
             return Sandbox(Kind.NOT_A_NAMESPACE, f"unknown FS magic on netns {path!r}: {magic:x}")
+        st = os.fstat(fd)
     finally:
         os.close(fd)
+    ours = {(s.st_dev, s.st_ino) for s in map(os.stat, _CALLER_NETNS)}
+    if (st.st_dev, st.st_ino) in ours:
+        return Sandbox(Kind.CALLERS_OWN, "it is the network namespace the plugin runs in")
     return Sandbox(Kind.NAMESPACE)

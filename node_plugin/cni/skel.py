@@ -227,13 +227,21 @@ def _checked_sandbox(command: str, path: str) -> str:
 
     Never blocks (node_plugin.cni.sandbox): a FIFO or any other file that is no
     namespace is refused at once with 121 (for DEL there is nothing to clean in it: DEL
-    goes on without a sandbox, as for a missing one).
+    goes on without a sandbox, as for a missing one); the caller's own network namespace
+    (the node's, for a runtime) is refused for every verb before anything is touched.
     """
     if not path:
         return path
     from node_plugin.cni import sandbox
 
     found = sandbox.inspect(path)
+    if found.kind is sandbox.Kind.CALLERS_OWN:
+        raise CniError(
+            INVALID_ENV,
+            f"CNI_NETNS {path!r} is the node's own network namespace, not a sandbox: "
+            f"refusing {command} there",
+            found.detail,
+        )
     if found.kind is sandbox.Kind.NOT_A_NAMESPACE:
         if command == "DEL":
             return ""

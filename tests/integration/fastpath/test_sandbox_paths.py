@@ -1,5 +1,5 @@
-"""CNI_NETNS that is no sandbox: a FIFO (issue 11, item 2), through the standalone plugin
-and through the shim and the resident server.
+"""CNI_NETNS that is no sandbox: a FIFO (issue 11, item 2) and the node's own namespace
+(item 13), through the standalone plugin and through the shim and the resident server.
 
 The node is a namespace the test owns; the server runs in it (a 2-worker server, as in
 the review), and so does every plugin exec.
@@ -136,3 +136,26 @@ def test_a_fifo_netns_is_refused_at_once_and_costs_no_worker(
     assert status.returncode == 0, status.stdout
     # The standalone plugin answers the same, at once.
     assert code(standalone(node, "ADD", config, str(fifo), "eth1")) == 121
+
+
+@pytest.mark.parametrize("path", ["standalone", "shim+server"])
+@pytest.mark.parametrize("command", ["ADD", "CHECK", "DEL"])
+def test_the_nodes_own_namespace_is_refused_before_anything_is_touched(
+    node: Node, workdir: Path, path: str, command: str
+) -> None:
+    """DEL with CNI_NETNS set to the node's own namespace deleted the node's links (the
+    reference does the same); ADD would plug the node itself into the bridge."""
+    if path == "shim+server":
+        node.start_server()
+    plugin = standalone if path == "standalone" else through_shim
+    node.host.exec("ip", "link", "add", "eth7", "type", "veth", "peer", "name", "eth7p")
+    before = sorted(link["ifname"] for link in node.host.links())
+    config = network(workdir)
+    if command == "CHECK":
+        config["prevResult"] = {"cniVersion": "1.1.0", "interfaces": [], "ips": []}
+    run = plugin(node, command, config, node.host.path, "eth7")
+    assert code(run) == 4, run.stdout
+    answer = json.loads(run.stdout)
+    assert "node's own network namespace" in answer["msg"] and command in answer["msg"]
+    assert sorted(link["ifname"] for link in node.host.links()) == before
+    assert not (workdir / "ipam").exists(), "no lease store was touched"

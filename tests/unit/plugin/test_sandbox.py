@@ -43,3 +43,9 @@ def test_a_missing_path_is_missing(tmp_path: Path) -> None:
 def test_a_namespace_file_is_a_namespace() -> None:
     # Another type of namespace: the plugin's open checks the type (NS_GET_NSTYPE).
     assert inspect_within("/proc/self/ns/mnt").kind is sandbox.Kind.NAMESPACE
+
+
+def test_the_callers_own_network_namespace_is_recognised() -> None:
+    for path in ("/proc/self/ns/net", "/proc/thread-self/ns/net"):
+        found = inspect_within(path)
+        assert found.kind is sandbox.Kind.CALLERS_OWN, path
