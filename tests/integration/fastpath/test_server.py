@@ -8,6 +8,8 @@ import os
 import socket
 import stat
 import struct
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -737,3 +739,45 @@ def test_a_request_waits_for_its_attachment_only_until_its_deadline(
         hung.set()
     wait_until(lambda: recorder.active == 0, "the hung ADD to end")
     assert recorder.commands() == [("ADD", "ctr1")], "the timed-out DEL never ran"
+
+
+def test_a_lease_store_locked_outside_the_server_delays_nothing_else(
+    shim: ShimEnv, start_server: ServerFactory, workdir: Path
+) -> None:
+    """A flock held outside the server delayed STATUS by 21 s in the review: the store
+    lock had no deadline. Now that network's request fails by the lock's deadline (5 s)
+    naming the holder, and other networks are served meanwhile."""
+    from node_plugin.server.dispatch import node_plugin_handler  # noqa: PLC0415
+
+    def network(name: str) -> bytes:
+        ipam = {"type": "cniwarden-host-local", "subnet": "10.85.0.0/24"}
+        config = {"cniVersion": "1.1.0", "name": name, "type": "cniwarden-host-local"}
+        return json.dumps({**config, "ipam": {**ipam, "dataDir": str(workdir / "ipam")}}).encode()
+
+    start_server(node_plugin_handler(), workers=2, request_timeout=20)
+    locked = workdir / "ipam" / "locked"
+    locked.mkdir(parents=True)
+    hold = "import fcntl,os,sys,time;fd=os.open(sys.argv[1],os.O_RDWR|os.O_CREAT);"
+    hold += "fcntl.flock(fd,fcntl.LOCK_EX);print('held',flush=True);time.sleep(120)"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", hold, str(locked / "lock")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        with ThreadPoolExecutor(1) as pool:
+            started = time.monotonic()
+            stuck = pool.submit(
+                shim.run, "STATUS", stdin=network("locked"), plugin="cniwarden-host-local"
+            )
+            other = shim.run("STATUS", stdin=network("free"), plugin="cniwarden-host-local")
+            assert other.code == 0, other.stdout
+            answer = stuck.result()
+            waited = time.monotonic() - started
+        assert answer.error_code == 5, answer.stdout
+        error = json.loads(answer.stdout)
+        assert "is locked by another process for more than 5s" in error["msg"]
+        assert error["details"] == f"held by pid {holder.pid}"
+        assert waited < 15, "answered by the lock's deadline, not the request's (20 s)"
+    finally:
+        holder.kill()
+        holder.wait()
