@@ -19,7 +19,8 @@ from cni_operator.node.atomic import atomic_write, remove, sha256_bytes
 from cni_operator.node.attachments import AttachmentScan
 from cni_operator.node.fetch import FetchLimits
 from cni_operator.node.manifest import ManagedNetwork, Manifest
-from cni_operator.node.scan import ERROR, Problem, read_config_dir
+from cni_operator.node.scan import read_config_dir
+from cni_operator.problems import ERROR, Problem
 from cni_operator.reconcile.gate import GateInput, judge
 from cni_operator.reconcile.install import OwnBinaries, install_binaries
 from cni_operator.reconcile.model import DesiredNetwork, NetworkEntry, NodeContext
@@ -103,15 +104,22 @@ def apply_network(
         )
 
     target = paths.conf_dir / rendered.file_name
-    manifest.networks[name] = ManagedNetwork(
-        rendered.file_name, digest, generation, spec.model_dump(mode="json", exclude_none=True)
+    previous = [] if managed is None else [f for f in managed.files if f != rendered.file_name]
+    applied = ManagedNetwork(
+        rendered.file_name,
+        digest,
+        generation,
+        spec.model_dump(mode="json", exclude_none=True),
+        old_files=previous,
     )
-    manifest_io.save(paths, manifest)  # intent first: a crash leaves our file known
+    manifest.networks[name] = applied
+    manifest_io.save(paths, manifest)  # intent first: a crash leaves our files known
     current = target.read_bytes() if target.is_file() else None
     if current != rendered.content:
         atomic_write(target, rendered.content)
-    if managed is not None and managed.file != rendered.file_name:
-        remove(paths.conf_dir / managed.file)
+    for old_file in previous:
+        remove(paths.conf_dir / old_file)
+    applied.old_files = []  # saved with the manifest at the end of the pass
     return ApplyOutcome(
         ctx.entry(
             name,

@@ -21,7 +21,8 @@ def remove_unused_binaries(
     """Remove owned binaries that neither our files nor `declared` name; the removed."""
     keep: set[str] = set(declared)
     for managed in manifest.networks.values():
-        path = paths.conf_dir / managed.file
-        data = path.read_bytes() if path.is_file() else None
-        keep.update(parse_config(managed.file, data).types)
+        for file in managed.files:
+            path = paths.conf_dir / file
+            data = path.read_bytes() if path.is_file() else None
+            keep.update(parse_config(file, data).types)
     return binaries.uninstall_unused(paths, manifest, keep)

@@ -66,8 +66,8 @@ def takeover(
     """Would writing this file change the network new pods get while pods are
     attached to the current one?"""
     after = dict(conf_files)
-    if applied is not None:
-        after.pop(applied.file, None)
+    for file in [] if applied is None else applied.files:
+        after.pop(file, None)
     after[rendered.file_name] = rendered.content
     before_net = effective_network(conf_files)
     after_net = effective_network(after)

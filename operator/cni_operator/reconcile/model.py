@@ -14,15 +14,16 @@ from typing import Any
 from cni_operator.api import NetworkSpec
 from cni_operator.node.manifest import Manifest
 from cni_operator.node.paths import HostPaths
-from cni_operator.node.scan import Problem
+from cni_operator.problems import Problem
 from cni_operator.switch_gate import acknowledged
 
 
 @dataclass(frozen=True)
 class AgentEvent:
-    """An Event the agent posts about a CNINetwork (`type`: Normal | Warning)."""
+    """An Event the agent posts about a CNINetwork, or about this node's CNINodeState
+    when `network` is None (`type`: Normal | Warning)."""
 
-    network: str
+    network: str | None
     type: str
     reason: str
     message: str
@@ -35,8 +36,9 @@ class PassResult:
     status: dict[str, Any]
     events: list[AgentEvent] = field(default_factory=list)
     recheck_in: float | None = None  # run another pass after this many seconds
-    # The specs of the networks whose files are on this node after the pass.
-    applied_specs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The specs of the networks whose files are on this node after the pass; None
+    # when the pass could not tell (its manifest was unreadable): keep the last known.
+    applied_specs: dict[str, dict[str, Any]] | None = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,8 @@ def remove_gone(
                     attachments=count,
                 )
                 continue
-        remove(ctx.paths.conf_dir / managed.file)
+        for file in managed.files:
+            remove(ctx.paths.conf_dir / file)
         del manifest.networks[name]
         restored = Quarantine(ctx.paths).restore(name, final=deleting)
         message = "removed from this node"

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from cni_operator.kube_time import now_iso
 from cni_operator.node.attachments import AttachmentScan
 from cni_operator.node.manifest import Manifest
-from cni_operator.node.quarantine import Quarantine
-from cni_operator.node.scan import WARNING, Problem, read_config_dir
+from cni_operator.node.quarantine import Quarantine, QuarantineError
+from cni_operator.node.scan import read_config_dir
+from cni_operator.problems import ERROR, WARNING, Problem
 from cni_operator.reconcile.model import AgentEvent, NodeContext, StepOutput
 from cni_operator.runtime_order import IGNORE_BINARIES, analyze, parse_config
 
@@ -66,7 +67,7 @@ def guard_shadows(
     for file_name in analysis.shadowing_files:
         path = ctx.paths.conf_dir / file_name
         try:
-            age = time.time() - path.stat().st_mtime
+            age = time.time() - path.lstat().st_mtime
         except FileNotFoundError:
             continue
         if age < QUARANTINE_SETTLE_SECONDS:
@@ -88,7 +89,22 @@ def guard_shadows(
                 )
             )
             continue
-        entry = quarantine.quarantine(path, owner)
+        try:
+            entry = quarantine.quarantine(path, owner)
+        except FileNotFoundError:
+            continue  # gone meanwhile: nothing to move
+        except (OSError, QuarantineError) as error:
+            out.problems.append(
+                Problem(
+                    "QuarantineFailed",
+                    ERROR,
+                    f"{path} wins over ours but was not moved aside: {error}",
+                    "It stays where it is and the agent tries again on its next pass; "
+                    "fix what the message names (e.g. free space where the journal lives).",
+                    str(path),
+                )
+            )
+            continue
         out.events.append(
             AgentEvent(
                 owner,

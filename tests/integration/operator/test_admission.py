@@ -290,3 +290,56 @@ def test_canonical_and_unknown_keys_pass_the_policy(canonical_keys_policy: Local
         },
     }
     assert dry_run(canonical_keys_policy, network(plugins=[plugin])) is None
+
+
+def can_i(cluster: LocalCluster, user: str, verb: str) -> bool:
+    out = cluster.kubectl(
+        "auth", "can-i", verb, "cninetworks.cniwarden.io", "--as", user, check=False
+    )
+    return out.stdout.strip() == "yes"
+
+
+def test_only_the_cniwarden_admin_role_may_create_networks(crds: LocalCluster) -> None:
+    """The chart's aggregated admin role, filled by the real controller manager,
+    grants CNINetwork writes; the built-in admin role does not, view may read."""
+    release = f"rbac{RUN}"
+    objects = render_chart(release=release)
+    roles = [
+        o
+        for o in objects
+        if o["kind"] == "ClusterRole"
+        and o["metadata"]["name"].endswith(("-admin", "-admin-networks", "-view"))
+    ]
+    assert len(roles) == 3
+    admin = next(o["metadata"]["name"] for o in roles if o["metadata"]["name"].endswith("-admin"))
+    users = {f"alice-{RUN}": admin, f"bob-{RUN}": "admin", f"carol-{RUN}": "view"}
+    bindings = [
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": f"{user}-binding"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": role,
+            },
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+        }
+        for user, role in users.items()
+    ]
+    items = {"apiVersion": "v1", "kind": "List", "items": roles + bindings}
+    crds.kubectl("apply", "-f", "-", input=json.dumps(items))
+    try:
+        alice, bob, carol = users
+        deadline = time.monotonic() + 60
+        while not can_i(crds, alice, "create"):  # the aggregation controller fills the role
+            assert time.monotonic() < deadline, "the admin role was never aggregated"
+            time.sleep(0.5)
+        assert can_i(crds, alice, "delete")
+        assert not can_i(crds, bob, "create"), "the built-in admin role may create networks"
+        assert can_i(crds, carol, "list") and not can_i(crds, carol, "create")
+    finally:
+        for obj in bindings + roles:
+            crds.kubectl(
+                "delete", obj["kind"], obj["metadata"]["name"], "--ignore-not-found", check=False
+            )

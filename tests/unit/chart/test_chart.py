@@ -210,7 +210,7 @@ def test_agent_daemonset_runs_everywhere_with_only_the_host_paths_it_needs() -> 
     pod = daemonset["spec"]["template"]["spec"]
     assert pod["hostNetwork"] is True
     assert pod["tolerations"] == [{"operator": "Exists"}]
-    host_paths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"]}
+    host_paths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
     assert host_paths == {
         "cni-conf": "/etc/cni/net.d",
         "cni-bin": "/opt/cni/bin",
@@ -229,6 +229,7 @@ def test_agent_daemonset_runs_everywhere_with_only_the_host_paths_it_needs() -> 
         "/etc/cni/net.d",
         "/opt/cni/bin",
         "/var/lib/cni",
+        "/var/run/secrets/kubernetes.io/serviceaccount",
     }
     ctx = agent["securityContext"]
     assert ctx["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN"]}
@@ -267,7 +268,9 @@ def test_host_paths_follow_the_runtime_but_mount_at_the_standard_paths() -> None
     }
     daemonset = find(render_chart(values), "DaemonSet", "-agent")
     volumes = {
-        v["name"]: v["hostPath"]["path"] for v in daemonset["spec"]["template"]["spec"]["volumes"]
+        v["name"]: v["hostPath"]["path"]
+        for v in daemonset["spec"]["template"]["spec"]["volumes"]
+        if "hostPath" in v
     }
     assert volumes["cni-conf"] == k3s and volumes["cni-bin"] == "/bin/cni"
     mounts = {m["name"]: m["mountPath"] for m in container(daemonset, "agent")["volumeMounts"]}
@@ -278,7 +281,7 @@ def test_server_can_be_switched_off() -> None:
     daemonset = find(render_chart({"agent": {"cniServer": {"enabled": False}}}), "DaemonSet")
     pod = daemonset["spec"]["template"]["spec"]
     assert [c["name"] for c in pod["containers"]] == ["agent"]
-    assert {v["name"] for v in pod["volumes"]} == {"cni-conf", "cni-bin", "cni-state"}
+    assert {v["name"] for v in pod["volumes"]} == {"api-token", "cni-conf", "cni-bin", "cni-state"}
 
 
 def test_images_come_from_values() -> None:
@@ -379,6 +382,7 @@ def test_kind_config_disables_the_default_cni_and_has_two_workers() -> None:
 def test_chart_directory_has_no_stray_files() -> None:
     expected = {
         "Chart.yaml",
+        "README.md",
         "values.yaml",
         "values.schema.json",
         ".helmignore",
@@ -457,3 +461,64 @@ def test_binary_sources_reach_the_agent_and_the_controller() -> None:
             check=False,
         )
         assert out.returncode != 0 and "urlPrefixes" in out.stderr, bad
+
+
+# ---------------------------------------------------------- least privilege (issue 11)
+TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+def test_only_the_agent_container_gets_an_api_token() -> None:
+    """The privileged cni-server never calls the API server: no token in it."""
+    daemonset = find(render_chart(), "DaemonSet", "-agent")
+    pod = daemonset["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    (token,) = [
+        m for m in container(daemonset, "agent")["volumeMounts"] if m["mountPath"] == TOKEN_PATH
+    ]
+    assert token["readOnly"] is True
+    volume = next(v for v in pod["volumes"] if v["name"] == token["name"])
+    sources = volume["projected"]["sources"]
+    assert sources[0]["serviceAccountToken"]["path"] == "token"
+    assert sources[1]["configMap"]["name"] == "kube-root-ca.crt"
+    assert sources[2]["downwardAPI"]["items"][0]["path"] == "namespace"
+    for name in ("cni-server", *[c["name"] for c in pod.get("initContainers") or []]):
+        spec = container(daemonset, name) if name == "cni-server" else pod["initContainers"][0]
+        mounts = [m for m in spec.get("volumeMounts") or [] if m["name"] == token["name"]]
+        assert not mounts, f"{name} mounts the API token"
+
+
+def test_the_server_socket_directory_is_made_private_first() -> None:
+    pod = find(render_chart(), "DaemonSet", "-agent")["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    assert init["command"] == ["python", "-c", "import os; os.chmod('/run/cniwarden', 0o700)"]
+    assert init["volumeMounts"] == [{"name": "cni-run", "mountPath": "/run/cniwarden"}]
+    assert init["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert not init["securityContext"]["allowPrivilegeEscalation"]
+    run_dir = next(v for v in pod["volumes"] if v["name"] == "cni-run")
+    assert run_dir["hostPath"]["path"] == "/run/cniwarden"
+    off = find(render_chart({"agent": {"cniServer": {"enabled": False}}}), "DaemonSet", "-agent")
+    assert "initContainers" not in off["spec"]["template"]["spec"]
+
+
+def test_creating_a_network_is_a_node_admin_role_of_its_own() -> None:
+    objects = render_chart()
+    admin = find(objects, "ClusterRole", "cniwarden-admin")
+    assert admin["aggregationRule"]["clusterRoleSelectors"] == [
+        {"matchLabels": {"cniwarden.io/aggregate-to-admin": "true"}}
+    ]
+    networks = find(objects, "ClusterRole", "cniwarden-admin-networks")
+    assert networks["metadata"]["labels"]["cniwarden.io/aggregate-to-admin"] == "true"
+    assert rules(objects, "cniwarden-admin-networks") >= grants(
+        ("cniwarden.io", "cninetworks", ["create", "update", "patch", "delete"])
+    )
+    view = find(objects, "ClusterRole", "cniwarden-view")
+    assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    assert {v for _, _, v in rules(objects, "cniwarden-view")} == {"get", "list", "watch"}
+    for obj in objects:
+        labels = obj["metadata"].get("labels") or {}
+        for builtin in ("admin", "edit"):
+            assert f"rbac.authorization.k8s.io/aggregate-to-{builtin}" not in labels, obj
+    readme = (CHART / "README.md").read_text()
+    notes = (CHART / "templates" / "NOTES.txt").read_text()
+    for text in (readme, notes):
+        assert "node-admin" in text and "binarySources.urlPrefixes" in text

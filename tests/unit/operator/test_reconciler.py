@@ -14,6 +14,7 @@ from cni_operator.node.atomic import sha256_file
 from cni_operator.node.fetch import FetchLimits
 from cni_operator.node.own_binaries import DirectorySource
 from cni_operator.node.paths import HostPaths
+from cni_operator.node.watcher import IN_MOVED_TO, DirectoryWatcher, DirEvent
 from cni_operator.reconcile import Reconciler
 
 from .loopback_http import LoopbackServer, respond, serving
@@ -396,3 +397,24 @@ def test_download_limits_and_allowed_sources_apply(host: HostPaths, tmp_path: Pa
         assert too_big["state"] == "Invalid"
         assert "more than the 1024 allowed" in too_big["message"]
     assert not (host.conf_dir / "10-podnet.conflist").exists()
+
+
+def test_binaries_land_before_the_config_that_names_them(
+    host: HostPaths, reconciler: Reconciler
+) -> None:
+    """The order as the kernel saw it: one inotify queue over both directories
+    records each rename into place, so the trace shows which landed first."""
+    host.ensure()
+    watcher = DirectoryWatcher([host.conf_dir, host.bin_dir])
+    try:
+        reconciler.reconcile({"podnet": network()}, NODE)
+        events: list[DirEvent] = []
+        while batch := watcher.read_events():
+            events += batch
+    finally:
+        watcher.close()
+    landed = [(e.directory, e.name) for e in events if e.mask & IN_MOVED_TO]
+    config = landed.index((host.conf_dir, "10-podnet.conflist"))
+    for binary in ("bridge", "host-local"):
+        assert landed.index((host.bin_dir, binary)) < config, landed
+    assert landed[-1] == (host.conf_dir, "10-podnet.conflist"), landed
