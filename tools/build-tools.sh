@@ -190,6 +190,32 @@ build_crictl() {
     "sigs.k8s.io/cri-tools/cmd/crictl@$1"
 }
 
+# containerd, as its Makefile builds a release, minus the snapshotters whose C
+# libraries or devices this machine lacks: btrfs (needs cgo + libbtrfs; CGO is
+# off here anyway) and devmapper (needs a thin pool and dmsetup). The shim is
+# static upstream too. Each version is linked into a directory of its own
+# (.tools/runtimes/containerd-<minor>/bin) so Debian's containerd 1.6 keeps
+# being the one on PATH.
+containerd_tags() { echo "no_btrfs no_devmapper urfave_cli_no_docs"; }
+containerd_ldflags() {
+  local pkg=$1 version=$2
+  echo "-s -w -X $pkg/version.Version=$version -X $pkg/version.Revision= -X $pkg/version.Package=$pkg"
+}
+
+build_containerd_1_7() {
+  local version=$1 out=$2 c=github.com/containerd/containerd
+  mkdir -p "$out"
+  (cd "$here/containerd-1.7" && go build -mod=readonly -trimpath -tags "$(containerd_tags)" \
+    -ldflags "$(containerd_ldflags "$c" "$version")" -o "$out/" \
+    "$c/cmd/containerd" "$c/cmd/containerd-shim-runc-v2" "$c/cmd/ctr")
+}
+
+build_containerd_2() {
+  local version=$1 c=github.com/containerd/containerd/v2
+  GOBIN=$2 go install -trimpath -tags "$(containerd_tags)" -ldflags "$(containerd_ldflags "$c" "$version")" \
+    "$c/cmd/containerd@$version" "$c/cmd/containerd-shim-runc-v2@$version" "$c/cmd/ctr@$version"
+}
+
 # A recipe = the wrapper module's go.mod/go.sum plus the source of the functions
 # that build the tool, so editing how a tool is built rebuilds it.
 recipe() {
@@ -215,6 +241,15 @@ for t in $tools; do
         build_kube_proxy ;;
     coredns) ensure coredns "$COREDNS_VERSION" "$(recipe build_coredns)" build_coredns ;;
     crictl) ensure crictl "$CRICTL_VERSION" "$(recipe build_crictl)" build_crictl ;;
+    containerd-1.7)
+      ensure containerd-1.7 "$CONTAINERD_1_7_VERSION" \
+        "$(recipe "containerd_tags containerd_ldflags build_containerd_1_7" \
+          "$here/containerd-1.7/go.mod" "$here/containerd-1.7/go.sum")" \
+        build_containerd_1_7 "$root/.tools/runtimes/containerd-1.7/bin" ;;
+    containerd-2)
+      ensure containerd-2 "$CONTAINERD_2_VERSION" \
+        "$(recipe "containerd_tags containerd_ldflags build_containerd_2")" \
+        build_containerd_2 "$root/.tools/runtimes/containerd-2/bin" ;;
     e2e)
       ensure e2e "$KUBERNETES_VERSION" \
         "$(recipe "kubernetes_ldflags build_e2e" "$here/k8s-extra/go.mod" "$here/k8s-extra/go.sum")" \
