@@ -216,6 +216,29 @@ build_containerd_2() {
     "$c/cmd/containerd@$version" "$c/cmd/containerd-shim-runc-v2@$version" "$c/cmd/ctr@$version"
 }
 
+# CRI-O without cgo: containers_image_openpgp (signatures in Go, not gpgme),
+# no btrfs or devicemapper graph drivers, no ostree, and no seccomp tag (CRI-O's
+# seccomp needs libseccomp through cgo; the OCI runtime, runc, still applies the
+# profiles it is given). pinns, CRI-O's C helper that pins namespaces, is built
+# from the module's pinns/src with gcc as its Makefile does (static). conmon is
+# Debian's (scripts/install-debian-packages.sh).
+crio_tags() {
+  echo "containers_image_openpgp containers_image_ostree_stub exclude_graphdriver_btrfs" \
+    "btrfs_noversion exclude_graphdriver_devicemapper"
+}
+
+build_crio() {
+  local version=$1 out=$2 m=github.com/cri-o/cri-o src date
+  src=$(cd "$here/crio" && go list -mod=readonly -m -f '{{.Dir}}' "$m") || return 1
+  date=$(cd "$here/crio" && go list -mod=readonly -m -f '{{.Time.UTC.Format "2006-01-02T15:04:05Z"}}' "$m") \
+    || return 1
+  mkdir -p "$out"
+  (cd "$here/crio" && go build -mod=readonly -trimpath -tags "$(crio_tags)" \
+    -ldflags "-s -w -X $m/internal/version.buildDate=$date" -o "$out/crio" "$m/cmd/crio") &&
+    gcc -std=c99 -Os -O3 -Wall -Werror -Wextra -static -o "$out/pinns" "$src"/pinns/src/*.c &&
+    strip -s "$out/pinns"
+}
+
 # A recipe = the wrapper module's go.mod/go.sum plus the source of the functions
 # that build the tool, so editing how a tool is built rebuilds it.
 recipe() {
@@ -250,6 +273,10 @@ for t in $tools; do
       ensure containerd-2 "$CONTAINERD_2_VERSION" \
         "$(recipe "containerd_tags containerd_ldflags build_containerd_2")" \
         build_containerd_2 "$root/.tools/runtimes/containerd-2/bin" ;;
+    crio)
+      ensure crio "$CRIO_VERSION" \
+        "$(recipe "crio_tags build_crio" "$here/crio/go.mod" "$here/crio/go.sum")" build_crio \
+        "$root/.tools/runtimes/crio/bin" ;;
     e2e)
       ensure e2e "$KUBERNETES_VERSION" \
         "$(recipe "kubernetes_ldflags build_e2e" "$here/k8s-extra/go.mod" "$here/k8s-extra/go.sum")" \
