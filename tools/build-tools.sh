@@ -9,8 +9,14 @@
 # module's go.mod/go.sum and the ldflags): changing either rebuilds that tool.
 #
 # Knobs: CNIWARDEN_TOOLS_CACHE (cache root), CNIWARDEN_GO_PARALLEL (go build -p,
-# default 2), TOOLS="kubernetes etcd helm kwok cnitool" (subset to build; the
-# tools known: see the case list at the end).
+# default 2), TOOLS (what to build, default "default"): tool names (the case
+# list at the end) and groups:
+#   default      kubernetes etcd helm kwok cnitool kube-proxy coredns crictl
+#                containerd-1.7 containerd-2 crio   (`make tools`)
+#   conformance  e2e ginkgo agnhost                 (the upstream e2e kit)
+#   all          both
+# Container runtimes are linked into .tools/runtimes/<name>/bin, the rest into
+# .tools/bin.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -21,7 +27,20 @@ root=$(cd "$here/.." && pwd)
 cache=${CNIWARDEN_TOOLS_CACHE:-$HOME/.cache/cniwarden/tools}
 bindir=$root/.tools/bin
 parallel=${CNIWARDEN_GO_PARALLEL:-2}
-tools=${TOOLS:-kubernetes etcd helm kwok cnitool}
+expand() {
+  local t
+  for t in "$@"; do
+    case $t in
+      default) echo kubernetes etcd helm kwok cnitool kube-proxy coredns crictl \
+        containerd-1.7 containerd-2 crio ;;
+      conformance) echo e2e ginkgo agnhost ;;
+      all) expand default conformance ;;
+      *) echo "$t" ;;
+    esac
+  done
+}
+# shellcheck disable=SC2086 # TOOLS is a word list
+tools=$(expand ${TOOLS:-default})
 mkdir -p "$cache" "$bindir"
 
 export CGO_ENABLED=0
@@ -291,3 +310,6 @@ for t in $tools; do
   esac
 done
 log "ready in $bindir: $(cd "$bindir" && echo *)"
+if [ -d "$root/.tools/runtimes" ]; then
+  log "runtimes in $root/.tools/runtimes: $(cd "$root/.tools/runtimes" && echo *)"
+fi
