@@ -22,6 +22,7 @@ from node_plugin.cni.errors import (
     INTERNAL,
     INVALID_CONFIG,
     INVALID_ENV,
+    NETNS_UNAVAILABLE,
     CniError,
 )
 from node_plugin.cni.request import BRIDGE, HOST_LOCAL, CniRequest, CniResponse, LinkReaper
@@ -45,6 +46,8 @@ REQUIRED: dict[str, tuple[str, ...]] = {
 # Matched with fullmatch: `$` would also match before a trailing newline ("pod1\n").
 _ID = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*")
 _MODULES = {BRIDGE: "node_plugin.bridge.plugin", HOST_LOCAL: "node_plugin.ipam.hostlocal"}
+# Plugins that work inside CNI_NETNS (host-local only records it).
+USES_SANDBOX = frozenset({BRIDGE})
 ABOUT = "CNI {plugin} plugin (cniwarden)\nCNI protocol versions supported: {versions}\n"
 
 
@@ -121,6 +124,8 @@ def dispatch(request: CniRequest) -> CniResponse:
         if command == "VERSION":
             return _ok(versions.version_info())
         env = _validated_env(command, request.env)
+        if request.plugin in USES_SANDBOX and command in ("ADD", "CHECK", "DEL"):
+            env["CNI_NETNS"] = _checked_sandbox(command, env["CNI_NETNS"])
         config = decode_config(request.stdin)
         raw_version = config.get("cniVersion")
         if isinstance(raw_version, str) and raw_version in versions.SUPPORTED:
@@ -215,6 +220,35 @@ def _validated_env(command: str, env: Mapping[str, str]) -> dict[str, str]:
     if values["CNI_IFNAME"]:
         validate_ifname(values["CNI_IFNAME"])
     return values
+
+
+def _checked_sandbox(command: str, path: str) -> str:
+    """CNI_NETNS as the plugin gets it, once known to be safe to open.
+
+    Never blocks (node_plugin.cni.sandbox): a FIFO or any other file that is no
+    namespace is refused at once with 121 (for DEL there is nothing to clean in it: DEL
+    goes on without a sandbox, as for a missing one); the caller's own network namespace
+    (the node's, for a runtime) is refused for every verb before anything is touched.
+    """
+    if not path:
+        return path
+    from node_plugin.cni import sandbox
+
+    found = sandbox.inspect(path)
+    if found.kind is sandbox.Kind.CALLERS_OWN:
+        raise CniError(
+            INVALID_ENV,
+            f"CNI_NETNS {path!r} is the node's own network namespace, not a sandbox: "
+            f"refusing {command} there",
+            found.detail,
+        )
+    if found.kind is sandbox.Kind.NOT_A_NAMESPACE:
+        if command == "DEL":
+            return ""
+        raise CniError(
+            NETNS_UNAVAILABLE, f"CNI_NETNS {path!r} is not a network namespace", found.detail
+        )
+    return path
 
 
 def _validate_name(config: Mapping[str, Any]) -> None:

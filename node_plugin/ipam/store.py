@@ -18,6 +18,7 @@ import ipaddress
 import os
 import secrets
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -52,6 +53,25 @@ class Lease:
         return self.container_id == container_id.strip() and self.ifname == ifname
 
 
+def _flock_holders(fd: int) -> str:
+    """Who holds the flock on `fd`'s file, from /proc/locks (for the error message)."""
+    st = os.fstat(fd)
+    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return ""
+    pids = sorted(
+        {
+            fields[4]
+            for fields in (line.split() for line in lines)
+            if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == inode
+        }
+    )
+    return f"held by pid {', '.join(pids)}" if pids else ""
+
+
 def _io_error(action: str, path: Path, exc: OSError) -> CniError:
     return CniError(IO_FAILURE, f"host-local store: cannot {action} {path}: {exc.strerror or exc}")
 
@@ -63,23 +83,55 @@ class Store:
         self.dir = Path(data_dir) / network
 
     @contextmanager
-    def locked(self, create: bool = True) -> Iterator[Store]:
-        """Hold the in-process lock, then flock `<dir>/lock`. `create=False` skips a missing dir."""
-        with _thread_lock(os.path.abspath(self.dir)):
+    def locked(self, create: bool = True, timeout: float = 5.0) -> Iterator[Store]:
+        """Hold the in-process lock, then flock `<dir>/lock`. `create=False` skips a missing dir.
+
+        Both waits end `timeout` seconds after the call, with code 5 naming who holds the
+        lock: a holder takes it for milliseconds (ours and the reference's), so a longer
+        wait means a stuck process, and a resident server's worker must never wait with it.
+        flock is polled non-blocking (first at once: no cost when nobody holds it).
+        """
+        deadline = time.monotonic() + timeout
+        lock_path = self.dir / LOCK_NAME
+        thread_lock = _thread_lock(os.path.abspath(self.dir))
+        if not thread_lock.acquire(timeout=timeout):
+            raise CniError(
+                IO_FAILURE,
+                f"host-local store: {lock_path} is held by another request of this "
+                f"process for more than {timeout:g}s",
+            )
+        try:
             try:
                 if create:
                     self.dir.mkdir(mode=0o755, parents=True, exist_ok=True)
                 elif not self.dir.is_dir():
                     yield self
                     return
-                fd = os.open(self.dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             except OSError as exc:
-                raise _io_error("open", self.dir / LOCK_NAME, exc) from None
+                raise _io_error("open", lock_path, exc) from None
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                pause = 0.001
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            raise CniError(
+                                IO_FAILURE,
+                                f"host-local store: {lock_path} is locked by another process "
+                                f"for more than {timeout:g}s",
+                                _flock_holders(fd),
+                            ) from None
+                        time.sleep(min(pause, left))
+                        pause = min(pause * 2, 0.05)
                 yield self
             finally:
                 os.close(fd)  # closing the descriptor releases the flock
+        finally:
+            thread_lock.release()
 
     def exists(self) -> bool:
         return self.dir.is_dir()

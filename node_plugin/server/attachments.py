@@ -9,9 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 Attachment = tuple[str, str]  # (CNI_CONTAINERID, CNI_IFNAME)
+
+
+class AttachmentBusyError(Exception):
+    """An earlier request for the attachment was still running at the deadline."""
+
+    def __init__(self, key: Attachment) -> None:
+        super().__init__(f"an earlier request for {key[0][:12]}/{key[1]} is still running")
+        self.key = key
 
 
 class AttachmentLocks:
@@ -23,31 +32,39 @@ class AttachmentLocks:
         self._locks: dict[Attachment, tuple[threading.Lock, int]] = {}
 
     @contextlib.contextmanager
-    def hold(self, key: Attachment | None) -> Iterator[None]:
-        """Holds the attachment for the block (None: a request of no attachment, no lock)."""
+    def hold(self, key: Attachment | None, deadline: float | None = None) -> Iterator[None]:
+        """Holds the attachment for the block (None: a request of no attachment, no lock).
+
+        AttachmentBusyError when an earlier request still holds it at `deadline`
+        (time.monotonic()): a request must never wait longer than it may run.
+        """
         if key is None:
             yield
             return
         lock = self._enter(key)
-        try:
-            with lock:
-                yield
-        finally:
+        timeout = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+        if not lock.acquire(timeout=timeout):
             self._release(key)
-
-    @contextlib.contextmanager
-    def try_hold(self, key: Attachment) -> Iterator[bool]:
-        """Holds the attachment if it is free; yields False (holding nothing) if not."""
-        lock = self._enter(key)
-        if not lock.acquire(blocking=False):
-            self._release(key)
-            yield False
-            return
+            raise AttachmentBusyError(key)
         try:
-            yield True
+            yield
         finally:
             lock.release()
             self._release(key)
+
+    def try_acquire(self, key: Attachment) -> Callable[[], None] | None:
+        """Takes the attachment if it is free, for a holder that may outlive the caller
+        (another thread releases it): the function that releases it, or None if busy."""
+        lock = self._enter(key)
+        if not lock.acquire(blocking=False):
+            self._release(key)
+            return None
+
+        def release() -> None:
+            lock.release()
+            self._release(key)
+
+        return release
 
     def _enter(self, key: Attachment) -> threading.Lock:
         with self._mutex:

@@ -92,7 +92,12 @@ class Reaper:
                 if not batch and not stopping:
                     self.sweep()
                 for fd in batch.values():
-                    self._reap_in(fd)
+                    try:
+                        self._reap_in(fd)
+                    except Exception:  # the sweep and GC catch what is left; the thread lives
+                        log.exception("unregistering tombstones failed")
+            except Exception:
+                log.exception("sweeping tombstones failed")
             finally:
                 with self._cond:
                     self._busy = False
@@ -122,4 +127,7 @@ class Reaper:
             return self.reap_here()
         except (CniError, OSError) as exc:
             log.error("sweeping tombstones failed: %s", exc)
+            return False
+        except Exception:
+            log.exception("sweeping tombstones failed")
             return False

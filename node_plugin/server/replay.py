@@ -6,6 +6,10 @@ holds it), or that was answered "try again" not long ago, is left for a later pa
 are that attachment's later entries, which keeps their order. And a request (ADD, CHECK)
 first runs the queued DELs of its own attachment under that attachment's lock, so the
 runtime's order holds without any request waiting for another attachment's DEL.
+
+Each queued DEL of a pass runs under its own deadline (the request timeout): one that
+hangs keeps its own attachment busy, never the other attachments' DELs, which the pass
+replays meanwhile.
 """
 
 from __future__ import annotations
@@ -77,12 +81,46 @@ class Replayer:
             if not self._book.due(entry.name, time.monotonic()):
                 busy.add(key)  # and the attachment's later entries wait behind it
                 continue
-            with self._attachments.try_hold(key) as held:
-                if not held:
-                    busy.add(key)  # its later entries too: they stay in order
-                    continue
-                done += self._replay_entry(entry, request)
+            release = self._attachments.try_acquire(key)
+            if release is None:
+                busy.add(key)  # its later entries too: they stay in order
+                continue
+            completed = self._replay_bounded(entry, request, release)
+            if completed is None:
+                busy.add(key)  # still running: its later entries wait for the next pass
+            else:
+                done += completed
         return done
+
+    def _replay_bounded(
+        self, entry: Path, request: Request, release: Callable[[], None]
+    ) -> int | None:
+        """Runs one queued DEL on a thread of its own and waits for it until its deadline:
+        1 or 0 as _replay_entry, None when it still runs (it goes on, holding its
+        attachment until it ends; the pass goes on with the other attachments)."""
+        result: list[int] = []
+
+        def run() -> None:
+            try:
+                result.append(self._replay_entry(entry, request))
+            except Exception:
+                log.exception("replaying queued DEL %s failed", entry.name)
+            finally:
+                release()
+
+        runner = threading.Thread(target=run, name=f"cni-replay-{entry.name}", daemon=True)
+        runner.start()
+        runner.join(self._request_timeout)
+        if runner.is_alive():
+            log.warning(
+                "queued DEL %s for %s still runs after %gs: replaying the other "
+                "attachments meanwhile",
+                entry.name,
+                who(request),
+                self._request_timeout,
+            )
+            return None
+        return result[0] if result else 0
 
     def replay_attachment(self, key: Attachment) -> None:
         """Runs the queued DELs of one attachment, oldest first; the caller holds its lock."""
@@ -111,6 +149,8 @@ class Replayer:
             self._queue.remove_stale_temps()
         except OSError as e:
             log.error("DEL queue replay failed: %s", e)
+        except Exception:  # the next pass may succeed; a dead replay thread never would
+            log.exception("DEL queue replay failed")
 
     def _load_entry(self, entry: Path) -> Request | None:
         """The queued DEL in `entry`; None (and the entry quarantined) if it is not one,

@@ -25,7 +25,7 @@ def config_version(stdin: bytes) -> str:
     """The request's `cniVersion`, so a runtime parses our error in the version it sent."""
     try:
         version = json.loads(stdin).get("cniVersion")
-    except (ValueError, AttributeError):
+    except Exception:  # not JSON, not an object, nested too deeply (RecursionError)...
         return DEFAULT_VERSION
     return version if isinstance(version, str) and version else DEFAULT_VERSION
 
@@ -45,7 +45,7 @@ def error_code(reply: Reply) -> int | None:
         return None
     try:
         code = json.loads(reply.stdout).get("code")
-    except (ValueError, AttributeError):
+    except Exception:  # whatever a handler printed, it must not end the replay thread
         code = None
     return code if isinstance(code, int) else reply.exit_code
 

@@ -16,6 +16,7 @@ import pytest
 
 from devtools.localcluster import containerd, hostres, images, nodenet, nodesysctls, procs
 from devtools.localcluster.layout import MAX_SLOTS, Layout, Ports, validate_name
+from devtools.localcluster.state import ClusterState, NodeRecord, ProcessRecord
 from devtools.localcluster.tiers import Tier
 
 IFNAMSIZ = 15
@@ -187,3 +188,28 @@ def test_sysctls_are_restored_only_where_still_ours(monkeypatch: pytest.MonkeyPa
         "vm.overcommit_memory": "2",
         "fs.inotify.max_user_instances": "128",
     }
+
+
+def test_a_state_written_by_another_version_loads(tmp_path: Path) -> None:
+    """Clusters of other checkouts share this machine and read each other's state
+    (e.g. for shared sysctls): fields this version does not know are dropped."""
+    state = ClusterState(
+        name="c",
+        short_id="ab12",
+        slot=3,
+        tier="real-node",
+        root=str(tmp_path),
+        workdir=str(tmp_path),
+        kubeconfig="k",
+        server="https://127.0.0.1:1",
+        processes=[ProcessRecord("etcd", 10, 20, "etcd.log")],
+        nodes=[NodeRecord(0, "n0", "ns", "v", "10.0.0.1", "d", "/kubelet", "s")],
+    )
+    state.save()
+    raw = json.loads(state.path.read_text())
+    raw["proxy_mode"] = "iptables"
+    raw["processes"][0]["restarts"] = 2
+    raw["nodes"][0]["runtime"] = "crio"
+    state.path.write_text(json.dumps(raw))
+    loaded = ClusterState.load(state.path)
+    assert loaded == state

@@ -13,7 +13,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,17 +137,27 @@ class Node:
     work: Path
     server: subprocess.Popen[bytes] | None = None
 
-    def start_server(self, *options: str, hold_tombstones: bool = False) -> None:
-        """The product's server; with `hold_tombstones`, the test harness's (same server,
-        with a reaper that never unregisters: devtools.cniserver_harness)."""
+    def start_server(
+        self, *options: str, hold_tombstones: bool = False, pause_at: Sequence[str] = ()
+    ) -> None:
+        """The product's server; with `hold_tombstones` or `pause_at`, the test harness's
+        (the same server with a reaper that never unregisters, or stopping for ever at
+        the given points, see devtools.cniserver_harness), which also writes
+        `self.events_path`."""
         log = self.work / "server.log"
         mark = log.stat().st_size if log.exists() else 0
-        entry = "devtools.cniserver_harness" if hold_tombstones else "node_plugin.server"
+        harness = hold_tombstones or bool(pause_at)
+        entry = "devtools.cniserver_harness" if harness else "node_plugin.server"
         argv = ["nsenter", f"--net={self.host.path}", sys.executable, "-m", entry]
         argv += ["--socket", str(self.shim.socket_path), "--del-queue", str(self.shim.queue)]
         argv += options
         if hold_tombstones:
             argv += ["--hold-tombstones"]
+        if harness:
+            self.events_path.unlink(missing_ok=True)
+            argv += ["--events", str(self.events_path)]
+        for point in pause_at:
+            argv += ["--pause-at", point]
         env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'operator'}"}
         with log.open("ab") as out:
             self.server = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=out, stderr=out)
@@ -156,6 +166,39 @@ class Node:
             assert self.server.poll() is None, log.read_text()
             assert time.monotonic() < deadline, "server did not start"
             time.sleep(0.05)
+
+    @property
+    def events_path(self) -> Path:
+        return self.work / "server-events.jsonl"
+
+    def events(self) -> list[dict[str, Any]]:
+        """What the harness server reported: requests in and out of the handler, pauses."""
+        if not self.events_path.exists():
+            return []
+        lines = self.events_path.read_text().splitlines()
+        return [json.loads(line) for line in lines if line.endswith("}")]
+
+    def in_handler(self) -> list[tuple[str, str]]:
+        """(verb, container) of the requests the server reports inside its handler."""
+        inside: list[tuple[str, str]] = []
+        for event in self.events():
+            key = (event.get("command", ""), event.get("container", ""))
+            if event["event"] == "start":
+                inside.append(key)
+            elif event["event"] == "end":
+                inside.remove(key)
+        return inside
+
+    def wait_paused(self, timeout: float = 60) -> dict[str, Any]:
+        """The harness's "paused" event, once its server stopped at its pause point."""
+        deadline = time.monotonic() + timeout
+        while True:
+            paused = [e for e in self.events() if e["event"] == "paused"]
+            if paused:
+                return paused[0]
+            assert self.server is not None and self.server.poll() is None, "server died"
+            assert time.monotonic() < deadline, "the server never reached its pause point"
+            time.sleep(0.01)
 
     def kill_server(self) -> None:
         assert self.server is not None

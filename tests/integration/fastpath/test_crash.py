@@ -6,6 +6,10 @@ runtime did what runtimes do (DEL every pod whose ADD failed), the lease store, 
 and GC must agree: every pod that got its network still has its address and its veth, and
 nothing else holds an address or a link, including the veth pairs DEL left for the
 server's reaper (tombstones).
+
+The kill is deterministic: the test harness's server stops for ever at a named point of
+one request (devtools.cniserver_harness --pause-at), the test sees it reported in the
+handler, and kills the server then; every request still in the handler is cut short.
 """
 
 from __future__ import annotations
@@ -52,9 +56,20 @@ def leases(store: Path) -> dict[str, str]:
     }
 
 
-@pytest.mark.parametrize("kill_after", [4, 12])
+# Where the server stops (for ever, devtools.cniserver_harness --pause-at) to be killed:
+# the N-th call since it started, the established pods' ADDs included. The kill then
+# happens while the server reports that request (and whatever else runs) in its handler,
+# not after some number of answers, which a fast or a slow machine shifts.
+KILL_POINTS = {
+    "ADD with its lease written": f"node_plugin.ipam.store:Store.reserve:after:{ESTABLISHED + 4}",
+    "ADD with its veth created": f"node_plugin.kernel.netlink:create_veth:after:{ESTABLISHED + 8}",
+    "DEL with the pair buried": "node_plugin.kernel.tombstones:bury:after:3",
+}
+
+
+@pytest.mark.parametrize("kill_point", sorted(KILL_POINTS))
 def test_killing_the_server_mid_burst_loses_no_lease_and_leaks_nothing(
-    node: Node, pods: list[Netns], workdir: Path, kill_after: int
+    node: Node, pods: list[Netns], workdir: Path, kill_point: str
 ) -> None:
     network = unique("crash")
     config = {
@@ -70,7 +85,7 @@ def test_killing_the_server_mid_burst_loses_no_lease_and_leaks_nothing(
         },
     }
     store = workdir / "ipam" / network
-    node.start_server()
+    node.start_server(pause_at=[KILL_POINTS[kill_point]])
     results: dict[str, dict[str, Any]] = {}
 
     def add(i: int) -> tuple[str, subprocess.CompletedProcess[bytes]]:
@@ -94,16 +109,22 @@ def test_killing_the_server_mid_burst_loses_no_lease_and_leaks_nothing(
     outcomes: dict[str, tuple[str, subprocess.CompletedProcess[bytes]]] = {}
     with ThreadPoolExecutor(12) as pool:
         futures = {pool.submit(fn, i): f"pod{i}" for fn, i in burst}
-        for done, future in enumerate(as_completed(futures), start=1):
+        node.wait_paused()
+        assert node.in_handler(), "the server reports the paused request in its handler"
+        node.kill_server()
+        for future in as_completed(futures):
             outcomes[futures[future]] = future.result()
-            if done == kill_after:
-                node.kill_server()
+    # Whatever was in the handler when the server died (it never left it) was cut short.
+    in_flight = node.in_handler()
     interrupted = [
         pod
         for pod, (verb, run) in outcomes.items()
         if b"closed the connection" in run.stdout + run.stderr
     ]
     assert interrupted, "the kill hit no request in flight: the test proved nothing"
+    assert {(verb, pod) for pod, (verb, _) in outcomes.items() if pod in interrupted} >= set(
+        in_flight
+    ), "every request the server reported in flight was cut short"
     for pod, (verb, run) in outcomes.items():
         if verb == "DEL":
             assert run.returncode == 0, f"DEL of {pod} failed: {run.stdout!r}"

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import stat
 import struct
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +26,7 @@ from node_plugin.server.protocol import (
     decode_reply,
     decode_request,
     encode_request,
+    read_reply,
 )
 from node_plugin.server.server import CniServer, ServerConfig, ServerError
 from tests.integration.fastpath.conftest import ServerFactory, ShimEnv
@@ -457,3 +461,323 @@ def test_encode_request_matches_what_the_shim_writes(shim: ShimEnv) -> None:
     (entry,) = shim.queued()
     data = entry.read_bytes()
     assert encode_request(decode_request_file(entry)) == data
+
+
+# ---- no request costs the server a thread (issue 11, item 8) ---------------------------
+
+
+def exchange_with_fd(path: Path, payload: bytes, fd: int, timeout: float = 5) -> Reply:
+    """Like the shim: the request's first bytes carry a descriptor (SCM_RIGHTS)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(timeout)
+        conn.connect(str(path))
+        socket.send_fds(conn, [payload[:16]], [fd])
+        conn.sendall(payload[16:])
+        conn.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+    return decode_reply(data)
+
+
+def exchange_one(path: Path, payload: bytes, timeout: float = 5) -> Reply:
+    """Sends a request and reads one reply frame, as the shim does (the server may keep
+    the connection open after a watchdog answer, until the work is done)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(timeout)
+        conn.connect(str(path))
+        conn.sendall(payload)
+        conn.shutdown(socket.SHUT_WR)
+
+        def read_exact(n: int) -> bytes:
+            data = b""
+            while len(data) < n:
+                chunk = conn.recv(n - len(data))
+                assert chunk, "the server closed the connection before its reply"
+                data += chunk
+            return data
+
+        return read_reply(read_exact)
+
+
+def server_threads() -> list[str]:
+    """The server's threads by role (a replaced worker has a new number, same role)."""
+    names = [t.name for t in threading.enumerate() if t.name.startswith("cni-")]
+    return sorted(name.rstrip("0123456789") for name in names)
+
+
+DEEP_STDIN = b'{"cniVersion":"1.1.0","x":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+
+
+def deep_request(command: str = "ADD", container: str = "deep") -> bytes:
+    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": container, "CNI_IFNAME": "eth0"}
+    return encode_request(Request("cniwarden-bridge", env, DEEP_STDIN))
+
+
+def test_a_deep_request_with_a_foreign_descriptor_kills_no_worker(
+    shim: ShimEnv, start_server: ServerFactory, tmp_path: Path
+) -> None:
+    """The review's crash: 100k-deep JSON plus a descriptor that is no netns. Entering it
+    fails, and building that error's reply parsed the stdin for its cniVersion: the
+    RecursionError ended cni-worker-0."""
+    recorder = Recorder()
+    start_server(recorder, workers=1)
+    before = server_threads()
+    not_a_netns = tmp_path / "plain-file"
+    not_a_netns.write_bytes(b"")
+    fd = os.open(not_a_netns, os.O_RDONLY)
+    try:
+        for _ in range(3):  # more times than there are workers
+            reply = exchange_with_fd(shim.socket_path, deep_request(), fd)
+            error = json.loads(reply.stdout)
+            assert error["code"] == 5, error
+            assert "cannot enter the caller's network namespace" in error["msg"]
+    finally:
+        os.close(fd)
+    assert shim.run("ADD").code == 0, "the one worker still serves"
+    assert server_threads() == before
+    assert recorder.commands() == [("ADD", "ctr1")]
+
+
+def test_a_deep_request_past_its_deadline_kills_no_watchdog(
+    shim: ShimEnv, start_server: ServerFactory
+) -> None:
+    """The watchdog's "try again" also read the stdin's cniVersion: a deep request that
+    overran ended the cni-watchdog thread, and no later request got its 11."""
+    gates = {("ADD", f"deep{i}"): threading.Event() for i in range(2)}
+    gates[("ADD", "ctr1")] = threading.Event()
+    start_server(Recorder(gates=gates), request_timeout=0.5)
+    before = server_threads()
+    try:
+        for i in range(2):
+            reply = exchange_one(shim.socket_path, deep_request(container=f"deep{i}"))
+            assert json.loads(reply.stdout)["code"] == 11
+        # A plain request that overruns still gets its 11 from the watchdog.
+        assert shim.run("ADD").error_code == 11
+        assert "cni-watchdog" in server_threads()
+    finally:
+        for gate in gates.values():
+            gate.set()
+    wait_until(lambda: server_threads() == before, "the workers to be back")
+
+
+def test_a_handler_that_raises_system_exit_kills_no_worker(
+    shim: ShimEnv, start_server: ServerFactory
+) -> None:
+    def exits(request: Request) -> Reply:
+        raise SystemExit(3)
+
+    start_server(exits, workers=1)
+    before = server_threads()
+    for _ in range(3):
+        assert shim.run("ADD").error_code == 999
+    assert server_threads() == before
+
+
+# ---- slow clients (issue 11, item 7) --------------------------------------------------
+
+
+class Trickler:
+    """A client that sends its request one byte at a time, `every` seconds apart, until
+    the server drops it or it has sent `limit` bytes (slowloris)."""
+
+    def __init__(self, path: Path, every: float, limit: int) -> None:
+        self.conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.conn.connect(str(path))
+        self.every = every
+        self.payload = encode_request(request("ADD", "slow"))[:limit]
+        self.dropped = threading.Event()  # the server closed the connection
+        self.gave_up = threading.Event()  # it sent everything it was allowed to
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        self.conn.settimeout(self.every)
+        try:
+            for byte in self.payload:
+                self.conn.send(bytes([byte]))
+                with contextlib.suppress(TimeoutError):
+                    if self.conn.recv(1) == b"":
+                        self.dropped.set()
+                        return
+        except OSError:  # EPIPE, ECONNRESET: dropped
+            self.dropped.set()
+            return
+        self.gave_up.set()
+
+    def close(self) -> None:
+        self.conn.close()
+        self._thread.join(10)
+
+
+def test_slow_clients_cannot_hold_the_workers(shim: ShimEnv, start_server: ServerFactory) -> None:
+    """The review's slowloris: clients sending a byte every 3 s held a 2-worker server's
+    workers for good (the read timeout was per recv). Each connection now has one
+    deadline for its whole request, counted from accept."""
+    server = start_server(handlers.echo(), workers=2, read_timeout=1.0)
+    # More slow clients than the server has threads; each could trickle for 40 s.
+    slow = [Trickler(shim.socket_path, every=0.2, limit=200) for _ in range(4)]
+    try:
+        # In flight from accept on: the server counts them before any request is read.
+        wait_until(
+            lambda: server.in_flight().count(("(reading)", "-")) >= 2,
+            "the slow connections to be in flight while their requests are read",
+        )
+        for client in slow:
+            assert client.dropped.wait(15), "a slow client was never dropped"
+            assert not client.gave_up.is_set()
+        run = shim.run("ADD")
+        assert run.code == 0, run.stdout
+        assert not any(client.gave_up.is_set() for client in slow)
+    finally:
+        for client in slow:
+            client.close()
+
+
+# ---- no worker is lost for good (issue 11, item 2) -------------------------------------
+
+
+def test_a_stuck_worker_is_replaced_at_its_deadline(
+    shim: ShimEnv, start_server: ServerFactory
+) -> None:
+    """The watchdog answered 11 but never freed the worker: a one-worker server then
+    served nothing while the request hung. Now another worker takes its place."""
+    hung = threading.Event()
+    recorder = Recorder(gates={("ADD", "stuck"): hung})
+    start_server(recorder, workers=1, request_timeout=0.5)
+    fast_fail = {"CNIWARDEN_TIMEOUT_MS": "5000"}  # a shim gives up after 5 s, not 30
+    try:
+        for i in range(3):  # three hung requests, one after another, on a 1-worker server
+            stuck = shim.run("ADD", extra_env={"CNI_CONTAINERID": "stuck", **fast_fail})
+            assert stuck.error_code == 11
+            run = shim.run("ADD", extra_env={"CNI_CONTAINERID": f"next{i}", **fast_fail})
+            assert run.code == 0, run.stdout
+        assert [c for c in recorder.commands() if c[1].startswith("next")] == [
+            ("ADD", "next0"),
+            ("ADD", "next1"),
+            ("ADD", "next2"),
+        ]
+        assert recorder.active == 1, "the hung request still runs, on its retired thread"
+    finally:
+        hung.set()
+
+
+def test_status_and_version_are_answered_while_every_worker_is_busy(
+    shim: ShimEnv, start_server: ServerFactory
+) -> None:
+    """Two hung requests on a 2-worker server left an unrelated STATUS unanswered."""
+    gates = {("ADD", f"busy{i}"): threading.Event() for i in range(2)}
+    recorder = Recorder(gates=gates)
+    server = start_server(recorder, workers=2, request_timeout=60)
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            busy = [
+                pool.submit(shim.run, "ADD", extra_env={"CNI_CONTAINERID": f"busy{i}"})
+                for i in range(2)
+            ]
+            wait_until(lambda: recorder.active == 2, "both workers to be busy")
+            status = shim.run("STATUS", extra_env={"CNIWARDEN_TIMEOUT_MS": "5000"})
+            assert status.code == 0, status.stdout
+            env = {"CNI_COMMAND": "VERSION"}
+            version = exchange_one(shim.socket_path, encode_request(Request("x", env, b"")))
+            assert version.exit_code == 0
+            # A third ADD waits for a worker (the pool is the bound), and runs once one
+            # is free, in arrival order.
+            third = pool.submit(shim.run, "ADD", extra_env={"CNI_CONTAINERID": "third"})
+            wait_until(lambda: ("ADD", "third/eth0") in server.in_flight(), "the third ADD")
+            assert ("ADD", "third") not in recorder.commands()
+            gates[("ADD", "busy0")].set()
+            assert third.result().code == 0
+            assert busy[0].result().code == 0
+            gates[("ADD", "busy1")].set()
+            assert busy[1].result().code == 0
+    finally:
+        for gate in gates.values():
+            gate.set()
+
+
+def test_each_queued_del_replays_under_its_own_deadline(
+    shim: ShimEnv, start_server: ServerFactory
+) -> None:
+    """The single replay thread used to wait for a hung DEL for ever, and every later
+    queued DEL stayed queued (its lease kept) until a request for its own attachment."""
+    hung = threading.Event()
+    recorder = Recorder(gates={("DEL", "hung"): hung})
+    queue = DelQueue(shim.queue)
+    queue.enqueue(request("DEL", "hung"))
+    for i in range(3):
+        queue.enqueue(request("DEL", f"later{i}"))
+    try:
+        start_server(recorder, start_replay_wait=0.1, replay_interval=0.1, request_timeout=0.5)
+        wait_until(
+            lambda: (
+                [decode_request_file(p).env["CNI_CONTAINERID"] for p in shim.queued()] == ["hung"]
+            ),
+            "the replay to run the later DELs while the first one hangs",
+        )
+        assert recorder.commands()[0] == ("DEL", "hung")
+        assert sorted(recorder.commands()[1:]) == [("DEL", f"later{i}") for i in range(3)]
+    finally:
+        hung.set()
+    wait_until(lambda: shim.queued() == [], "the hung DEL to complete and leave the queue")
+
+
+def test_a_request_waits_for_its_attachment_only_until_its_deadline(
+    shim: ShimEnv, start_server: ServerFactory
+) -> None:
+    """A DEL behind a hung ADD of the same attachment: answered 11 at its deadline (the
+    shim queues it), and it never runs behind the runtime's back afterwards."""
+    hung = threading.Event()
+    recorder = Recorder(gates={("ADD", "ctr1"): hung})
+    start_server(recorder, request_timeout=0.5, replay_interval=3600)
+    try:
+        assert shim.run("ADD").error_code == 11
+        assert shim.run("DEL").code == 0  # answered 11 by the server: queued by the shim
+        assert len(shim.queued()) == 1
+        assert recorder.commands() == [("ADD", "ctr1")]
+    finally:
+        hung.set()
+    wait_until(lambda: recorder.active == 0, "the hung ADD to end")
+    assert recorder.commands() == [("ADD", "ctr1")], "the timed-out DEL never ran"
+
+
+def test_a_lease_store_locked_outside_the_server_delays_nothing_else(
+    shim: ShimEnv, start_server: ServerFactory, workdir: Path
+) -> None:
+    """A flock held outside the server delayed STATUS by 21 s in the review: the store
+    lock had no deadline. Now that network's request fails by the lock's deadline (5 s)
+    naming the holder, and other networks are served meanwhile."""
+    from node_plugin.server.dispatch import node_plugin_handler  # noqa: PLC0415
+
+    def network(name: str) -> bytes:
+        ipam = {"type": "cniwarden-host-local", "subnet": "10.85.0.0/24"}
+        config = {"cniVersion": "1.1.0", "name": name, "type": "cniwarden-host-local"}
+        return json.dumps({**config, "ipam": {**ipam, "dataDir": str(workdir / "ipam")}}).encode()
+
+    start_server(node_plugin_handler(), workers=2, request_timeout=20)
+    locked = workdir / "ipam" / "locked"
+    locked.mkdir(parents=True)
+    hold = "import fcntl,os,sys,time;fd=os.open(sys.argv[1],os.O_RDWR|os.O_CREAT);"
+    hold += "fcntl.flock(fd,fcntl.LOCK_EX);print('held',flush=True);time.sleep(120)"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", hold, str(locked / "lock")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        with ThreadPoolExecutor(1) as pool:
+            started = time.monotonic()
+            stuck = pool.submit(
+                shim.run, "STATUS", stdin=network("locked"), plugin="cniwarden-host-local"
+            )
+            other = shim.run("STATUS", stdin=network("free"), plugin="cniwarden-host-local")
+            assert other.code == 0, other.stdout
+            answer = stuck.result()
+            waited = time.monotonic() - started
+        assert answer.error_code == 5, answer.stdout
+        error = json.loads(answer.stdout)
+        assert "is locked by another process for more than 5s" in error["msg"]
+        assert error["details"] == f"held by pid {holder.pid}"
+        assert waited < 15, "answered by the lock's deadline, not the request's (20 s)"
+    finally:
+        holder.kill()
+        holder.wait()

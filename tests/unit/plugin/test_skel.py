@@ -91,22 +91,51 @@ def test_no_command_prints_about_to_stderr_only(capsys: pytest.CaptureFixture[st
     assert "cniwarden" in capsys.readouterr().err
 
 
-def test_handle_is_thread_safe_for_independent_requests() -> None:
-    results: list[tuple[int, Any]] = []
+def test_handle_is_thread_safe_for_independent_requests(tmp_path: Any) -> None:
+    """Real work from many threads at once (host-local on one store): ADDs and DELs in
+    parallel, every address handed out once, and exactly the kept ones stay leased."""
+    config = {
+        "cniVersion": "1.1.0",
+        "name": "net",
+        "ipam": {"type": "cniwarden-host-local", "subnet": "10.9.0.0/24", "dataDir": str(tmp_path)},
+    }
+    pods = 24
+    env = {"CNI_NETNS": "/x", "CNI_IFNAME": "eth0", "CNI_PATH": "/"}
     lock = threading.Lock()
+    addresses: dict[str, str] = {}
 
-    def worker(i: int) -> None:
-        env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": f"c{i}", "CNI_IFNAME": "eth0"}
-        r = call(env, b"{bad")  # missing env is reported before stdin is looked at
+    def add(i: int) -> None:
+        code, out = call({**env, "CNI_COMMAND": "ADD", "CNI_CONTAINERID": f"c{i}"}, config)
+        assert code == 0, out
         with lock:
-            results.append(r)
+            addresses[f"c{i}"] = out["ips"][0]["address"]
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert all(code == 1 and out["code"] == 4 for code, out in results)
+    def delete(i: int) -> None:
+        code, out = call({**env, "CNI_COMMAND": "DEL", "CNI_CONTAINERID": f"c{i}"}, config)
+        assert code == 0, out
+
+    def run_all(jobs: list[threading.Thread]) -> None:
+        for job in jobs:
+            job.start()
+        for job in jobs:
+            job.join(60)
+            assert not job.is_alive()
+
+    run_all([threading.Thread(target=add, args=(i,)) for i in range(pods // 2)])
+    # New pods come while the first half goes: ADD and DEL interleaved on one store.
+    mixed = [threading.Thread(target=add, args=(i,)) for i in range(pods // 2, pods)]
+    mixed += [threading.Thread(target=delete, args=(i,)) for i in range(0, pods // 2, 2)]
+    run_all(mixed)
+    assert len(addresses) == pods and len(set(addresses.values())) == pods, addresses
+    kept = {f"c{i}" for i in range(pods)} - {f"c{i}" for i in range(0, pods // 2, 2)}
+    leases = {
+        p.name: p.read_bytes().split(b"\r\n")[0].decode()
+        for p in (tmp_path / "net").iterdir()
+        if p.name[0].isdigit()
+    }
+    assert sorted(leases.values()) == sorted(kept)
+    for pod in kept:
+        assert leases[addresses[pod].split("/")[0]] == pod
 
 
 # ---- identifiers are matched in full (issue 11, item 9) --------------------------------
