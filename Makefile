@@ -93,3 +93,12 @@ demo-down: venv
 
 clean:
 	rm -rf build dist .mypy_cache .ruff_cache .pytest_cache
+
+# Long fuzzing runs: every hypothesis target (tests marked fuzz) with FUZZ_EXAMPLES
+# random examples each, failures remembered in .hypothesis/ (CI runs a fixed, small,
+# derandomized budget as part of `make test`).
+FUZZ_EXAMPLES ?= 20000
+.PHONY: fuzz
+fuzz: venv plugins
+	CNIWARDEN_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -m fuzz --timeout=0 \
+	  --hypothesis-show-statistics tests/unit/fuzz tests/integration/fastpath/test_fuzz_wire.py
