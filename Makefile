@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(CURDIR)/.tools/bin:$(PATH)
 
-.PHONY: setup debs venv tools test lint typecheck unit integration e2e bench plugins bench-fastpath bench-plugin \
+.PHONY: setup debs venv tools images test lint typecheck unit integration e2e bench plugins bench-fastpath bench-plugin \
         cluster-up cluster-down demo demo-down bench-rtt clean
 
 setup: debs venv tools
@@ -25,9 +25,15 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 tools: debs
 	./tools/build-tools.sh
 
+# Both images from images/Dockerfile with buildah (devtools/ship/images.py); unchanged
+# inputs hit the layer cache. Archives in build/images/ for the local cluster's nodes.
+images: debs venv
+	$(BIN)/python -m devtools.ship.images
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	PYTHONPATH=operator:. $(BIN)/lint-imports --no-cache
 
 typecheck: venv
 	$(BIN)/mypy

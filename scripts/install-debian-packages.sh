@@ -4,12 +4,15 @@
 set -eu
 # What each is for: iproute2/iptables/nftables (plugins, host-gw, tests),
 # containernetworking-plugins (the reference plugins we are compared with),
-# containerd/runc (real nodes), busybox-static (pod image, udhcpd), iputils-ping,
+# containerd/runc (real nodes), conmon (CRI-O's container monitor; CRI-O itself
+# is built by tools/build-tools.sh), busybox-static (pod image, udhcpd), iputils-ping,
 # procps (sysctl, ps), util-linux (nsenter, unshare, mount), gcc/libc6-dev/make (the
-# static shim and pause), python3-venv + ca-certificates (the venv on a stock Debian).
-PACKAGES="iproute2 iptables nftables containernetworking-plugins containerd runc
+# static shim and pause), python3-venv + ca-certificates (the venv on a stock Debian),
+# buildah + mmdebstrap (`make images`: the builder, and the pinned base made from
+# Debian's packages when no image registry answers).
+PACKAGES="iproute2 iptables nftables containernetworking-plugins containerd runc conmon
 busybox-static iputils-ping procps util-linux gcc libc6-dev make python3-venv
-ca-certificates"
+ca-certificates buildah mmdebstrap"
 missing=""
 for p in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

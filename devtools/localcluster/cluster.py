@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import controlplane, fakenodes, hostres, procs, realnode, slots
+from . import controlplane, fakenodes, hostres, nodenet, nodesysctls, procs, realnode, slots
 from .layout import DEFAULT_ROOT, CniHostDirs, Layout, NodeLayout, validate_name
 from .state import ClusterState
 from .tiers import Tier
@@ -131,7 +131,7 @@ class LocalCluster:
         index = max((n.index for n in self.state.nodes), default=-1) + 1
         node = realnode.add_node(self.layout, self.state, self.kubectl, index, cni=cni)
         if cni == "bridge":
-            realnode.route_pod_cidrs(self.state, self.kubectl)
+            nodenet.route_pod_cidrs(self.state, self.kubectl)
         return next(n for n in self.real_nodes if n.name == node.name)
 
     def pids(self) -> list[int]:
@@ -209,7 +209,7 @@ def up(
     try:
         _log(f"{name}: slot {slot}, workdir {workdir}, tier {tier.value}")
         if real:
-            realnode.setup_bridge(layout, state)
+            nodenet.setup_bridge(layout, state)
         pki = controlplane.create_pki(layout, api_address)
         kcfgs = controlplane.write_kubeconfigs(layout, pki, state.server)
         controlplane.start_etcd(layout, state)
@@ -231,7 +231,7 @@ def up(
                 node: NodeLayout = realnode.add_node(layout, state, cluster.kubectl, i, cni=cni)
                 _log(f"{name}: real node {node.name} up ({node.ip})")
             if cni == "bridge":
-                realnode.route_pod_cidrs(state, cluster.kubectl)
+                nodenet.route_pod_cidrs(state, cluster.kubectl)
             state.timings["real_nodes_up_s"] = round(time.monotonic() - t0, 2)
         state.timings["total_up_s"] = round(time.monotonic() - started, 2)
         state.save()
@@ -297,7 +297,7 @@ def _restore_sysctls(state: ClusterState) -> None:
         return
     with slots.registry_lock(Path(state.root)) as slots_dir:
         if not slots.others_have_real_nodes(slots_dir, Path(state.workdir)):
-            realnode.restore_sysctls(state.saved_sysctls)
+            nodesysctls.restore_sysctls(state.saved_sysctls)
 
 
 def down_by_name(name: str, root: Path | None = None) -> bool:

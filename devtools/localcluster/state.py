@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+_Record = TypeVar("_Record")
 
 
 @dataclass
@@ -68,7 +70,15 @@ class ClusterState:
 
     @classmethod
     def load(cls, path: Path) -> ClusterState:
+        """The state at `path`. Other checkouts on this machine (another branch, an
+        older or newer version) may have written it with fields this one does not
+        know: those are dropped, so reading another cluster's state never fails."""
         raw: dict[str, Any] = json.loads(path.read_text())
-        raw["processes"] = [ProcessRecord(**p) for p in raw.get("processes", [])]
-        raw["nodes"] = [NodeRecord(**n) for n in raw.get("nodes", [])]
-        return cls(**raw)
+        raw["processes"] = [_known(ProcessRecord, p) for p in raw.get("processes", [])]
+        raw["nodes"] = [_known(NodeRecord, n) for n in raw.get("nodes", [])]
+        return _known(cls, raw)
+
+
+def _known(record: type[_Record], raw: dict[str, Any]) -> _Record:
+    names = {f.name for f in fields(record)}  # type: ignore[arg-type]
+    return record(**{k: v for k, v in raw.items() if k in names})

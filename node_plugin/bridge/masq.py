@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import shutil
 from collections.abc import Iterable, Sequence
 
 from node_plugin.bridge import masq_names as names
 from node_plugin.cni.errors import INTERNAL, INVALID_CONFIG, CniError
-from node_plugin.kernel.netfilter import check, nft_apply, nft_json, run
+from node_plugin.kernel.netfilter import available, check, nft_apply, nft_json, run
 
 log = logging.getLogger(__name__)
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -26,7 +25,7 @@ def choose_backend(configured: str | None) -> str:
     """The configured backend, else iptables unless only nft is installed (the reference's rule)."""
     if configured:
         return configured
-    if shutil.which("iptables-restore") is None and shutil.which("nft") is not None:
+    if not available("iptables-restore") and available("nft"):
         return "nftables"
     return "iptables"
 
@@ -66,7 +65,7 @@ def teardown(
     chain = names.iptables_chain(network, container_id)
     for family in sorted(set(families)):
         ipt, restore = _IPT[family]
-        if shutil.which(ipt) is None:
+        if not available(ipt):
             continue
         try:
             listing = check(run([ipt, "-w", "-t", "nat", "-S"], what=ipt), ipt)
@@ -75,7 +74,7 @@ def teardown(
                 check(run([restore, "-w", "--noflush"], script, what=restore), restore, script)
         except CniError as exc:
             errors.append(exc.msg)
-    if shutil.which("nft") is not None:
+    if available("nft"):
         try:
             nft_listing = _nft_masq_chain()
             prefix = names.nft_instance_hash(network, ifname, container_id)
@@ -93,7 +92,7 @@ def gc(network: str, keep: set[tuple[str, str]]) -> list[str]:
     keep_ids = {cid for cid, _ in keep}
     for family in (4, 6):
         ipt, restore = _IPT[family]
-        if shutil.which(ipt) is None:
+        if not available(ipt):
             continue
         try:
             listing = check(run([ipt, "-w", "-t", "nat", "-S"], what=ipt), ipt)
@@ -106,7 +105,7 @@ def gc(network: str, keep: set[tuple[str, str]]) -> list[str]:
                     check(run([restore, "-w", "--noflush"], script, what=restore), restore)
         except CniError as exc:
             errors.append(exc.msg)
-    if shutil.which("nft") is not None:
+    if available("nft"):
         try:
             nft_listing = _nft_masq_chain()
             valid = {names.nft_comment(network, ifname, cid) for cid, ifname in keep}

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from node_plugin.cni.errors import IO_FAILURE, CniError
@@ -137,27 +137,11 @@ class Store:
         return self.dir.is_dir()
 
     def leases(self) -> dict[IPAddress, Lease]:
-        out: dict[IPAddress, Lease] = {}
-        try:
-            entries = list(os.scandir(self.dir))
-        except FileNotFoundError:
-            return out
-        except OSError as exc:
-            raise _io_error("list", self.dir, exc) from None
-        for entry in entries:
-            try:
-                ip = ipaddress.ip_address(entry.name)
-            except ValueError:
-                continue
-            try:
-                with open(entry.path, "rb") as f:
-                    content = f.read().decode("utf-8", errors="replace")
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                raise _io_error("read", Path(entry.path), exc) from None
-            out[ip] = parse_lease(content)
-        return out
+        found = read_lease_dir(self.dir)
+        if found.unreadable:
+            path, exc = found.unreadable[0]
+            raise _io_error("list" if path == self.dir else "read", path, exc)
+        return found.leases
 
     def reserve(self, ip: IPAddress, container_id: str, ifname: str, set_index: int) -> bool:
         """Create the lease file for `ip`; False when someone already holds it."""
@@ -230,6 +214,56 @@ class Store:
         except OSError as exc:
             _unlink_quietly(tmp)
             raise _io_error("write", final, exc) from None
+
+
+@dataclass
+class LeaseDir:
+    """One network's leases as read without the lock, and what could not be read."""
+
+    leases: dict[IPAddress, Lease] = field(default_factory=dict)
+    unreadable: list[tuple[Path, OSError]] = field(default_factory=list)
+
+
+def read_lease_dir(directory: Path) -> LeaseDir:
+    """The leases in `<dataDir>/<network>`: files named by an address (the layout
+    host-local reads too; `lock`, `last_reserved_ip.*` and temporaries are not
+    leases). A file removed while we list is skipped. No lock is taken: callers
+    that allocate hold `Store.locked`; readers that only count (the node agent)
+    take a snapshot and read again on the next change."""
+    found = LeaseDir()
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return found
+    except OSError as exc:
+        found.unreadable.append((directory, exc))
+        return found
+    for entry in entries:
+        try:
+            ip = ipaddress.ip_address(entry.name)
+        except ValueError:
+            continue
+        try:
+            with open(entry.path, "rb") as f:
+                content = f.read().decode("utf-8", errors="replace")
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            found.unreadable.append((Path(entry.path), exc))
+            continue
+        found.leases[ip] = parse_lease(content)
+    return found
+
+
+def read_data_dir(data_dir: Path) -> dict[str, LeaseDir]:
+    """Every network's leases under a host-local `dataDir`, by network name."""
+    try:
+        networks = sorted(
+            (entry for entry in os.scandir(data_dir) if entry.is_dir()), key=lambda e: e.name
+        )
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    return {entry.name: read_lease_dir(Path(entry.path)) for entry in networks}
 
 
 def parse_lease(content: str) -> Lease:

@@ -1,9 +1,13 @@
-"""Netlink work for the bridge plugin, through node_plugin.kernel.rtnl (pyroute2 only for VLANs).
+"""Link, address and route operations for the node, through node_plugin.kernel.rtnl
+(pyroute2 only for bridge VLAN filters, which rtnl does not speak).
 
+Two users: the bridge plugin (every pod's ADD, CHECK, DEL) and the agent's host-gw
+routing (cni_operator.hostgw_node: routes tagged with its own protocol number).
 Host-side sockets are cached per thread and per network namespace (a resident
 server's worker may serve several "host" namespaces, e.g. in tests); sandbox
-sockets are opened by the caller inside `netns.entered(...)` and closed after.
-Every kernel error becomes a CniError that says what was being done.
+sockets are opened by the caller inside `netns.entered(...)` and closed after;
+`opened()` is for rare callers. Every kernel error becomes a CniError that says what
+was being done.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from node_plugin.kernel.rtnl import (
     IFLA_LINK,
     IFLA_MASTER,
     IFLA_MTU,
+    RT_TABLE_MAIN,
+    RTN_UNICAST,
     LinkMsg,
     RouteMsg,
     Rtnl,
@@ -45,6 +51,7 @@ _local = threading.local()
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True)
@@ -108,6 +115,20 @@ def host_socket() -> IPRoute:
     fresh = _CachedSocket(ident)
     _local.host = fresh
     return fresh.ipr
+
+
+@contextmanager
+def opened() -> Iterator[IPRoute]:
+    """A socket in the calling thread's namespace, closed after the block: for callers
+    that run now and then (the agent), where a cached socket would outlive its thread."""
+    try:
+        ipr = Rtnl()
+    except OSError as exc:
+        raise CniError(INTERNAL, f"open a netlink socket: {exc.strerror or exc}") from None
+    try:
+        yield ipr
+    finally:
+        ipr.close()
 
 
 @contextmanager
@@ -346,3 +367,58 @@ def routes(ipr: IPRoute, family: int) -> list[RouteMsg]:
         return ipr.routes(family)
     except RtnlError as exc:
         raise failure("list routes", exc) from None
+
+
+def interface_addresses(ipr: IPRoute) -> list[IPInterface]:
+    """Every address of every link, link-local and loopback ones left out: the node's own
+    addresses and, with their prefixes, its directly connected subnets."""
+    try:
+        msgs = ipr.addrs()
+    except RtnlError as exc:
+        raise failure("list addresses", exc) from None
+    found = (m.interface for m in msgs)
+    return [i for i in found if not (i.ip.is_link_local or i.ip.is_loopback)]
+
+
+def routes_of_protocol(
+    ipr: IPRoute, protocol: int, *, table: int = RT_TABLE_MAIN
+) -> list[tuple[IPNetwork, IPAddress | None]]:
+    """(destination, gateway) of the unicast routes of both families that `protocol`
+    installed in `table`: how an owner finds its routes again, and only its own."""
+    found: list[tuple[IPNetwork, IPAddress | None]] = []
+    for family in (AF_INET, AF_INET6):
+        for route in routes(ipr, family):
+            if route.protocol != protocol or route.table != table or route.kind != RTN_UNICAST:
+                continue
+            destination = ipaddress.ip_network(f"{route.dst or _ANY[family]}/{route.dst_len}")
+            gateway = ipaddress.ip_address(route.gateway) if route.gateway else None
+            found.append((destination, gateway))
+    return found
+
+
+_ANY = {AF_INET: "0.0.0.0", AF_INET6: "::"}
+
+
+def replace_route(
+    ipr: IPRoute, destination: IPNetwork, gateway: IPAddress, *, protocol: int
+) -> None:
+    """`ip route replace DESTINATION via GATEWAY proto PROTOCOL` in the main table: created,
+    or overwritten whoever owned it (the caller decides which destinations it may take)."""
+    try:
+        ipr.add_route(destination, gateway=gateway, proto=protocol, replace=True)
+    except RtnlError as exc:
+        raise failure(f"route {destination} via {gateway}", exc) from None
+
+
+def delete_route(
+    ipr: IPRoute, destination: IPNetwork, gateway: IPAddress | None, *, protocol: int
+) -> bool:
+    """Deletes our route (this gateway, this protocol) from the main table; False when
+    there was none, so a route of the same destination with another owner stays."""
+    try:
+        ipr.del_route(destination, gateway=gateway, table=RT_TABLE_MAIN, proto=protocol)
+    except RtnlError as exc:
+        if exc.code == errno.ESRCH:
+            return False
+        raise failure(f"remove route {destination} via {gateway}", exc) from None
+    return True

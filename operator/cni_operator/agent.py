@@ -28,10 +28,12 @@ from cni_operator import api, kopf_runtime
 from cni_operator.hostgw_node import HostGatewayNode
 from cni_operator.kube import Kube
 from cni_operator.kube_time import now_iso
+from cni_operator.node.fetch import FetchLimits
 from cni_operator.node.own_binaries import default_source
 from cni_operator.node.paths import HostPaths
 from cni_operator.node.watcher import DirectoryWatcher
-from cni_operator.reconciler import PassResult, Reconciler
+from cni_operator.reconcile import PassResult, Reconciler
+from cni_operator.reconcile.report import failed_pass_status
 from cni_operator.teardown import tidy_node
 
 log = logging.getLogger("cniwarden.agent")
@@ -48,6 +50,8 @@ class AgentSettings:
     heartbeat_seconds: float = 10.0
     debounce_seconds: float = 0.05
     liveness_endpoint: str | None = None
+    sources: api.BinarySourcePolicy = field(default_factory=api.BinarySourcePolicy)
+    fetch_limits: FetchLimits = field(default_factory=FetchLimits)
 
 
 @dataclass
@@ -63,10 +67,19 @@ class Agent:
     _last_publish: float = 0.0
     _state_exists: bool = False
     _last_list: float = 0.0
+    _failures: int = 0
+    _last_applied: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _node_state: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.paths = HostPaths(self.settings.host_root)
-        self.reconciler = Reconciler(self.paths, self.settings.node_name, default_source())
+        self.reconciler = Reconciler(
+            self.paths,
+            self.settings.node_name,
+            default_source(),
+            sources=self.settings.sources,
+            fetch_limits=self.settings.fetch_limits,
+        )
         self.kube = Kube(self.settings.kubeconfig)
         self.host_gw = HostGatewayNode(self.settings.node_name)
 
@@ -153,12 +166,14 @@ class Agent:
                 try:
                     if woken or not await asyncio.to_thread(self._renew_heartbeat):
                         await self._pass()
+                    watcher.directories = self._watched_dirs()
+                    watcher.rearm()
                 except Exception:
-                    log.exception("reconcile pass failed; retrying")
+                    # _pass reports its own failures; this is the API server (first
+                    # list, publish) or inotify being away: try again soon.
+                    log.exception("agent loop: retrying in 1 s")
                     await asyncio.sleep(1.0)
                     self.wake.set()
-                watcher.directories = self._watched_dirs()
-                watcher.rearm()
         finally:
             loop.remove_reader(watcher.fd)
             watcher.close()
@@ -183,6 +198,9 @@ class Agent:
         self.listed = True
 
     async def _pass(self) -> None:
+        """Reconcile, sync host-gw, publish. Whatever the reconcile raises, the other
+        two still run: the report says what failed and the heartbeat goes on, so a
+        broken node is visible instead of silent; the next try waits longer each time."""
         now = time.monotonic()
         if not self.listed or now - self._last_list > self.settings.resync_seconds:
             try:
@@ -194,22 +212,49 @@ class Agent:
                 # The API server is away: keep guarding the node with what we know.
                 log.warning("cannot list CNINetworks (%s); using the last known set", error)
         snapshot = {name: dict(body) for name, body in self.networks.items()}
-        result = await asyncio.to_thread(
-            self._locked, self.reconciler.reconcile, snapshot if self.listed else None, self.node
-        )
+        loop = asyncio.get_running_loop()
+        try:
+            result = await asyncio.to_thread(
+                self._locked,
+                self.reconciler.reconcile,
+                snapshot if self.listed else None,
+                self.node,
+            )
+            self._failures = 0
+        except Exception as error:
+            log.exception("reconcile pass failed; reporting it and retrying")
+            self._failures += 1
+            status = failed_pass_status(self._last_status, self.settings.node_name, error)
+            result = PassResult(status, [], retry_delay(self._failures), None)
+            result.events = self.reconciler.node_problem_events(status["problems"])
         if result.recheck_in is not None:
-            asyncio.get_running_loop().call_later(result.recheck_in + 0.05, self.wake.set)
-        pod_routes = await asyncio.to_thread(self.host_gw.sync, result.applied_specs)
+            loop.call_later(result.recheck_in + 0.05, self.wake.set)
+        if result.applied_specs is not None:
+            self._last_applied = result.applied_specs
+        try:
+            pod_routes = await asyncio.to_thread(self.host_gw.sync, self._last_applied)
+        except Exception as error:
+            log.exception("host-gw sync failed")
+            pod_routes = {"error": f"host-gw sync failed: {error}"}
         if pod_routes is not None:
             result.status["podRoutes"] = pod_routes
         await asyncio.to_thread(self._publish, result, snapshot)
+        for event in self.host_gw.take_events():  # a refused pod CIDR, about its Node
+            await asyncio.to_thread(
+                self.kube.post_event,
+                event.involved,
+                "Warning",
+                event.reason,
+                event.message,
+                COMPONENT,
+            )
 
     def _publish(self, result: PassResult, snapshot: dict[str, dict[str, Any]]) -> None:
         now = time.monotonic()
         due = now - self._last_publish > self.settings.heartbeat_seconds
         if result.status != self._last_status or due:
             if not self._state_exists:
-                self.kube.ensure_node_state(self.node, self.settings.node_name)
+                self._node_state = self.kube.ensure_node_state(self.node, self.settings.node_name)
                 self._state_exists = True
             status = dict(result.status, heartbeatTime=now_iso())
             try:
@@ -221,9 +266,20 @@ class Agent:
             self._last_status = result.status
             self._last_publish = now
         for event in result.events:
-            body = snapshot.get(event.network)
+            body = self._node_state if event.network is None else snapshot.get(event.network)
             if body is not None:
                 self.kube.post_event(body, event.type, event.reason, event.message, COMPONENT)
+
+
+# After a failed pass, wait this long before the next try, doubling up to the cap.
+RETRY_FIRST_SECONDS = 1.0
+RETRY_CAP_SECONDS = 60.0
+
+
+def retry_delay(failures: int) -> float:
+    """1, 2, 4, ... 60 s: a pass that fails for good (a full disk) is retried without
+    spinning, and the report stays current in between (heartbeats)."""
+    return min(RETRY_CAP_SECONDS, RETRY_FIRST_SECONDS * 2.0 ** max(0, failures - 1))
 
 
 def _rv(body: dict[str, Any]) -> int:

@@ -2,16 +2,28 @@
 
 Pure: no kopf or kubernetes imports, so the rendering and safety logic can be
 tested on plain dicts. The CRD schema in `crds/` is the API server's copy of the
-same rules; `validate_spec` repeats the ones a node needs before it writes.
+same rules; `parse_spec` repeats the ones a node needs before it writes. The CNI
+versions come from `node_plugin.cni.versions`, the plugins' own list.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from node_plugin.cni import versions as cni_versions
 
 GROUP = "cniwarden.io"
 VERSION = "v1alpha1"
@@ -29,7 +41,12 @@ ACK_GENERATION_ANNOTATION = "cniwarden.io/proceed-generation"
 ACK_NODES_ANNOTATION = "cniwarden.io/proceed-nodes"
 
 USE_POD_CIDR = "usePodCIDR"
-SUPPORTED_CNI_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+# We render conflists, and a conflist exists from CNI 0.3.0 on; which versions the
+# plugins speak is node_plugin's to say (the CRD's enum is checked against this).
+CONFLIST_MINIMUM_VERSION = "0.3.0"
+SUPPORTED_CNI_VERSIONS: tuple[str, ...] = tuple(
+    v for v in cni_versions.SUPPORTED if cni_versions.at_least(v, CONFLIST_MINIMUM_VERSION)
+)
 PLUGIN_TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 NETWORK_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -128,8 +145,10 @@ class NetworkSpec(BaseModel):
 
     @field_validator("plugins")
     @classmethod
-    def _plugins(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _plugins(cls, value: list[dict[str, Any]], info: ValidationInfo) -> list[dict[str, Any]]:
         for index, plugin in enumerate(value):
+            if (info.context or {}).get(NEW_SPEC):
+                _refuse_other_spellings(plugin, index)
             kind = plugin.get("type")
             if not isinstance(kind, str) or not PLUGIN_TYPE_RE.match(kind):
                 raise ValueError(f"plugins[{index}].type must be a plugin file name")
@@ -139,10 +158,48 @@ class NetworkSpec(BaseModel):
         return value
 
 
+# Validation context of a spec as the user wrote it now (parse_spec), as opposed to one
+# this agent applied earlier (the manifest's), which is taken as it was.
+NEW_SPEC = "new-spec"
+
+# The plugin keys the CRD's rules, rendering and the gate look at. The plugins read
+# keys case-insensitively (Go's rule), so another spelling of one of these would be
+# read by the plugins yet escape every check made on it: refused (as the chart's
+# admission policy does at `kubectl apply`).
+PLUGIN_KEYS = ("type", "ipam")
+IPAM_KEYS = ("type", "subnet", "ranges", "rangeStart", "rangeEnd", "gateway", "dataDir")
+RANGE_KEYS = ("subnet", "rangeStart", "rangeEnd", "gateway")
+
+
+def _refuse_other_spellings(plugin: dict[str, Any], index: int) -> None:
+    _canonical_keys(plugin, PLUGIN_KEYS, f"plugins[{index}]")
+    ipam = plugin.get("ipam")
+    if not isinstance(ipam, dict):
+        return
+    _canonical_keys(ipam, IPAM_KEYS, f"plugins[{index}].ipam")
+    ranges = ipam.get("ranges")
+    for set_index, range_set in enumerate(ranges if isinstance(ranges, list) else []):
+        for range_index, one in enumerate(range_set if isinstance(range_set, list) else []):
+            if isinstance(one, dict):
+                where = f"plugins[{index}].ipam.ranges[{set_index}][{range_index}]"
+                _canonical_keys(one, RANGE_KEYS, where)
+
+
+def _canonical_keys(obj: dict[str, Any], known: tuple[str, ...], where: str) -> None:
+    canonical = {name.lower(): name for name in known}
+    for key in obj:
+        name = canonical.get(str(key).lower())
+        if name is not None and key != name:
+            raise ValueError(
+                f"{where}.{key}: write {name!r} (the plugins read keys case-insensitively, "
+                f"so {key!r} would escape the checks made on {name!r})"
+            )
+
+
 def parse_spec(raw: dict[str, Any]) -> NetworkSpec:
     """Parse a spec dict, turning pydantic's report into one readable SpecError."""
     try:
-        return NetworkSpec.model_validate(raw)
+        return NetworkSpec.model_validate(raw, context={NEW_SPEC: True})
     except ValidationError as error:
         parts = []
         for item in error.errors():
@@ -154,3 +211,60 @@ def parse_spec(raw: dict[str, Any]) -> NetworkSpec:
 def config_file_name(priority: int, network: str) -> str:
     """The node file name the API fixes: `<priority, two digits>-<name>.conflist`."""
     return f"{priority:02d}-{network}.conflist"
+
+
+def url_under_prefix(url: str, prefix: str) -> bool:
+    """Is `url` inside `prefix`? Same scheme, host and port, no user info, and a path
+    under the prefix's path with no `.`/`..` segment (which a server would resolve
+    out of it). Percent-escapes are decoded first, so `%2e%2e` is `..` too."""
+    try:
+        found, allowed = urlsplit(url), urlsplit(prefix)
+        same_port = found.port == allowed.port
+    except ValueError:
+        return False
+    if found.scheme.lower() != allowed.scheme.lower() or not same_port:
+        return False
+    if (found.hostname or "").lower() != (allowed.hostname or "").lower() or not found.hostname:
+        return False
+    if found.username is not None or found.password is not None:
+        return False
+    path = unquote(found.path)
+    if any(segment in (".", "..") for segment in path.split("/")):
+        return False
+    return path.startswith(unquote(allowed.path))
+
+
+def check_url_prefix(prefix: str) -> str:
+    """A prefix for `BinarySourcePolicy`: an http(s) URL with a host whose path ends
+    in `/` (so `https://h/org` cannot also allow `https://h/organization-evil`)."""
+    parts = urlsplit(prefix)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"binary URL prefix {prefix!r} must be an http(s) URL with a host")
+    if not parts.path.endswith("/"):
+        raise ValueError(f"binary URL prefix {prefix!r} must end with '/'")
+    if parts.query or parts.fragment:
+        raise ValueError(f"binary URL prefix {prefix!r} must have no query or fragment")
+    return prefix
+
+
+@dataclass(frozen=True)
+class BinarySourcePolicy:
+    """Where `spec.binaries[].source.url` may point (the operator's and the agents'
+    `--binary-url-prefix`); no prefix: any http(s) URL. A CNINetwork is node-admin
+    (its binaries run as root on every node it selects); this narrows what a
+    network's author can make the nodes download."""
+
+    url_prefixes: tuple[str, ...] = ()
+
+    def refusals(self, spec: NetworkSpec) -> list[str]:
+        if not self.url_prefixes:
+            return []
+        out = []
+        for index, binary in enumerate(spec.binaries):
+            url = binary.source.url
+            if url is not None and not any(url_under_prefix(url, p) for p in self.url_prefixes):
+                out.append(
+                    f"spec.binaries[{index}].source.url: {url} is not under an allowed prefix "
+                    f"(this cluster allows only: {', '.join(self.url_prefixes)})"
+                )
+        return out

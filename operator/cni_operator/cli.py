@@ -10,6 +10,10 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cni_operator.api import BinarySourcePolicy
 
 
 def _host_root(value: str | None) -> Path:
@@ -23,6 +27,12 @@ def _logging(verbose: bool) -> None:
     )
 
 
+def _sources(args: argparse.Namespace) -> BinarySourcePolicy:
+    from cni_operator.api import BinarySourcePolicy  # noqa: PLC0415
+
+    return BinarySourcePolicy(tuple(args.binary_url_prefix or ()))
+
+
 def cmd_operator(args: argparse.Namespace) -> int:
     from cni_operator import controller  # noqa: PLC0415
 
@@ -32,6 +42,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
             kubeconfig=args.kubeconfig,
             stale_agent_seconds=args.stale_agent_seconds,
             liveness_endpoint=args.liveness,
+            sources=_sources(args),
         )
     )
     return 0
@@ -39,6 +50,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
 
 def cmd_agent(args: argparse.Namespace) -> int:
     from cni_operator import agent  # noqa: PLC0415
+    from cni_operator.node.fetch import FetchLimits  # noqa: PLC0415
 
     _logging(args.verbose)
     node_name = args.node_name or os.environ.get("NODE_NAME")
@@ -52,6 +64,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
             kubeconfig=args.kubeconfig,
             resync_seconds=args.resync_seconds,
             liveness_endpoint=args.liveness,
+            sources=_sources(args),
+            fetch_limits=FetchLimits(args.binary_fetch_timeout, args.binary_max_bytes),
         )
     )
     return 0
@@ -67,6 +81,39 @@ def cmd_cni_server(args: argparse.Namespace) -> int:
     from node_plugin.server.cli import main as cni_server_main  # noqa: PLC0415
 
     return cni_server_main(args.server_args)
+
+
+def _url_prefix(value: str) -> str:
+    from cni_operator.api import check_url_prefix  # noqa: PLC0415
+
+    try:
+        return check_url_prefix(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _positive(kind: type[float] | type[int]) -> Callable[[str], float]:
+    def parse(value: str) -> float:
+        number = kind(value)
+        if number <= 0:
+            raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+        return number
+
+    return parse
+
+
+def _add_sources(parser: argparse.ArgumentParser) -> None:
+    env = os.environ.get("CNIWARDEN_BINARY_URL_PREFIXES", "")
+    parser.add_argument(
+        "--binary-url-prefix",
+        action="append",
+        type=_url_prefix,
+        default=[_url_prefix(p) for p in env.split()] or None,
+        metavar="URL",
+        help="spec.binaries[].source.url must start with one of these (repeat the flag; "
+        "each an http(s) URL ending in '/'); none given: any http(s) URL. "
+        "Env: CNIWARDEN_BINARY_URL_PREFIXES (space-separated)",
+    )
 
 
 def _add_kube(parser: argparse.ArgumentParser) -> None:
@@ -92,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=float(os.environ.get("CNIWARDEN_STALE_AGENT_SECONDS", "120")),
         help="an agent silent this long no longer holds up a deletion",
     )
+    _add_sources(p)
     p.set_defaults(func=cmd_operator)
 
     p = sub.add_parser("agent", help="run the node agent for one node")
@@ -102,6 +150,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--resync-seconds",
         type=float,
         default=float(os.environ.get("CNIWARDEN_RESYNC_SECONDS", "30")),
+    )
+    _add_sources(p)
+    p.add_argument(
+        "--binary-fetch-timeout",
+        type=_positive(float),
+        default=float(os.environ.get("CNIWARDEN_BINARY_FETCH_TIMEOUT", "120")),
+        metavar="SECONDS",
+        help="the whole download of one declared binary, redirects included",
+    )
+    p.add_argument(
+        "--binary-max-bytes",
+        type=_positive(int),
+        default=int(os.environ.get("CNIWARDEN_BINARY_MAX_BYTES", str(256 * 1024 * 1024))),
+        metavar="BYTES",
+        help="the largest declared binary the agent reads or downloads",
     )
     p.set_defaults(func=cmd_agent)
 

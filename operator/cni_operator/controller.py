@@ -12,7 +12,6 @@ an unsafe change through. The controller turns those per-node holds into the
 from __future__ import annotations
 
 import asyncio
-import calendar
 import contextlib
 import logging
 import time
@@ -25,7 +24,7 @@ from cni_operator import api, kopf_runtime
 from cni_operator.api import SpecError, parse_spec
 from cni_operator.conditions import SHADOWED, build_status, network_entry, same_status
 from cni_operator.kube import Kube
-from cni_operator.kube_time import now_iso
+from cni_operator.kube_time import now_iso, parse_rfc3339
 from cni_operator.rendering import NodeFacts, render, selects
 
 log = logging.getLogger("cniwarden.controller")
@@ -40,6 +39,7 @@ class ControllerSettings:
     aggregate_interval: float = 0.2
     recheck_seconds: float = 30.0
     liveness_endpoint: str | None = None
+    sources: api.BinarySourcePolicy = field(default_factory=api.BinarySourcePolicy)
 
 
 def _content(report: dict[str, Any]) -> dict[str, Any]:
@@ -47,13 +47,9 @@ def _content(report: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in report.items() if k != "heartbeatTime"}
 
 
-def _parse_time(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return float(calendar.timegm(time.strptime(value, "%Y-%m-%dT%H:%M:%SZ")))
-    except ValueError:
-        return None
+# A heartbeat further ahead of this clock than this is a broken clock or a lie, not
+# skew between machines: it would otherwise never go stale.
+CLOCK_SKEW_SECONDS = 30.0
 
 
 @dataclass
@@ -102,6 +98,9 @@ class Controller:
             spec = parse_spec(dict(body.get("spec") or {}))
         except SpecError as error:
             return SpecCheck(str(error), [])
+        refusals = self.settings.sources.refusals(spec)
+        if refusals:
+            return SpecCheck("; ".join(refusals), [])
         check = SpecCheck(None, self.selected_nodes(spec))
         for node in check.selected:
             try:
@@ -130,9 +129,14 @@ class Controller:
         )
 
     def is_stale(self, report: dict[str, Any]) -> bool:
-        """An agent silent for too long: its report no longer vouches for the node."""
-        beat = _parse_time(report.get("heartbeatTime"))
-        return beat is not None and time.time() - beat > self.settings.stale_agent_seconds
+        """A report that no longer vouches for its node: its agent has been silent for
+        too long, or its heartbeat is missing, unparsable or in the future (any of
+        which would otherwise let one bad agent hold up every deletion forever)."""
+        beat = parse_rfc3339(report.get("heartbeatTime"))
+        if beat is None:
+            return True
+        age = time.time() - beat
+        return age > self.settings.stale_agent_seconds or age < -CLOCK_SKEW_SECONDS
 
     def on_report(self, node: str, report: dict[str, Any] | None) -> None:
         """Store a node's CNINodeState status (None: deleted). Re-aggregate only when

@@ -15,8 +15,10 @@ from typing import TextIO
 
 from cni_operator.node import manifest as manifest_io
 from cni_operator.node.binaries import VersionProber
+from cni_operator.node.manifest import Manifest, ManifestError
 from cni_operator.node.paths import HostPaths
-from cni_operator.node.scan import ERROR, NodeScan, report_dict, scan_node
+from cni_operator.node.scan import NodeScan, report_dict, scan_node
+from cni_operator.problems import ERROR, Problem
 from cni_operator.runtime_order import RuntimeView
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_BROKEN = 0, 1, 2
@@ -43,9 +45,8 @@ def _versions(values: object) -> str:
     return f"CNI {values[0]}..{values[-1]}" if len(values) > 1 else f"CNI {values[0]}"
 
 
-def render_text(scan: NodeScan, runtimes: list[str], out: TextIO) -> None:
+def render_text(scan: NodeScan, manifest: Manifest, runtimes: list[str], out: TextIO) -> None:
     paths = scan.paths
-    manifest = manifest_io.load(paths)
     w = out.write
     w(f"cniwarden doctor: {paths.conf_dir}  (bin dir {paths.bin_dir})\n\n")
     views: dict[str, RuntimeView] = {
@@ -108,10 +109,26 @@ def verdict(scan: NodeScan, runtimes: list[str]) -> int:
     return EXIT_OK
 
 
+def load_manifest(paths: HostPaths) -> tuple[Manifest, Problem | None]:
+    """The agent's manifest, or an empty one and the problem: the doctor still scans."""
+    try:
+        return manifest_io.load(paths), None
+    except ManifestError as error:
+        return Manifest(), Problem(
+            "ManifestUnreadable",
+            ERROR,
+            f"{error}; every file is shown as foreign",
+            f"Repair {paths.manifest} or move it aside (the agent then writes its configs again).",
+            str(paths.manifest),
+        )
+
+
 def main(host_root: Path, *, as_json: bool = False, runtime: str = "auto") -> int:
     paths = HostPaths(host_root)
-    manifest = manifest_io.load(paths)
+    manifest, unreadable = load_manifest(paths)
     scan = scan_node(paths, manifest, VersionProber())
+    if unreadable is not None:
+        scan.problems.insert(0, unreadable)
     runtimes = detect_runtimes(paths, runtime)
     code = verdict(scan, runtimes)
     if as_json:
@@ -121,7 +138,7 @@ def main(host_root: Path, *, as_json: bool = False, runtime: str = "auto") -> in
         json.dump(report, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        render_text(scan, runtimes, sys.stdout)
+        render_text(scan, manifest, runtimes, sys.stdout)
         summary = {EXIT_OK: "OK", EXIT_PROBLEMS: "PROBLEMS", EXIT_BROKEN: "BROKEN"}[code]
         sys.stdout.write(f"\nVerdict: {summary} (judged by {', '.join(runtimes)})\n")
     return code

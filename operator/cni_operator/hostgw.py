@@ -7,6 +7,15 @@ connected subnet. Pod traffic that leaves the cluster's pod CIDRs is masqueraded
 when a network asks for it (`spec.routing.ipMasq`); pod-to-pod traffic never is,
 so pods see each other's real addresses.
 
+A Node's podCIDRs are a claim, not a fact: whoever can write a Node could otherwise pull
+any traffic (`128.0.0.0/1`, the node network, another node's pods) to it. So a peer's pod
+CIDR is routed only when it lies inside the network's `routing.clusterCIDRs` (required
+with HostGateway: the cluster's own configuration is not readable through the API), and
+overlaps neither this node's pod CIDR, nor another Node's, nor a subnet this node is
+directly connected to. Node IPAM never hands out overlapping ranges, so an overlap means
+a Node lies, and which one cannot be told from the objects: every claimant is refused.
+Each refusal is a `Refusal` naming the Node, for the node report and an Event.
+
 Pure: plain values in, a plan and an nft script out. No netlink and no kopf here:
 `hostgw_node` applies the plan to the kernel and the agent feeds it Nodes.
 """
@@ -38,6 +47,7 @@ class PeerNode:
     name: str
     internal_ips: tuple[str, ...] = ()
     pod_cidrs: tuple[str, ...] = ()
+    uid: str = ""  # for an Event about the Node
 
     @classmethod
     def from_node(cls, node: Mapping[str, Any]) -> PeerNode:
@@ -52,7 +62,12 @@ class PeerNode:
             for a in status.get("addresses") or []
             if a.get("type") == "InternalIP" and a.get("address")
         ]
-        return cls(str(meta.get("name", "")), tuple(ips), tuple(str(c) for c in cidrs))
+        return cls(
+            str(meta.get("name", "")),
+            tuple(ips),
+            tuple(str(c) for c in cidrs),
+            str(meta.get("uid") or ""),
+        )
 
 
 @dataclass(frozen=True, order=True)
@@ -60,6 +75,19 @@ class Route:
     destination: str
     gateway: str
     node: str = field(compare=False)
+
+
+@dataclass(frozen=True, order=True)
+class Refusal:
+    """A peer's pod CIDR that is not routed, and why (the reason names the CIDR)."""
+
+    node: str
+    cidr: str
+    reason: str
+
+    @property
+    def message(self) -> str:
+        return f"node {self.node}: {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -75,13 +103,20 @@ class Masquerade:
 class Plan:
     routes: tuple[Route, ...] = ()
     masquerade: Masquerade | None = None
-    skipped: tuple[str, ...] = ()
+    skipped: tuple[str, ...] = ()  # every refusal's message, then what else was left out
     networks: tuple[str, ...] = ()
     host_gateway: bool = False
+    refused: tuple[Refusal, ...] = ()
 
     @property
     def empty(self) -> bool:
+        """Nothing to install in the kernel."""
         return not self.routes and self.masquerade is None
+
+    @property
+    def silent(self) -> bool:
+        """Nothing to install and nothing to report."""
+        return self.empty and not self.skipped
 
 
 @dataclass(frozen=True)
@@ -147,36 +182,50 @@ def plan(
     """Routes and masquerade for `this_node`.
 
     `local_prefixes` are the node's directly connected subnets (its interfaces'
-    address/prefix): a gateway outside all of them cannot be routed through and
-    is reported in `skipped` instead. `local_addresses` are the node's own
-    addresses (a peer claiming one of them is misconfigured).
+    address/prefix): a peer CIDR overlapping one is refused, and a gateway outside
+    all of them cannot be routed through. `local_addresses` are the node's own
+    addresses (a peer claiming one of them is misconfigured). Everything not routed
+    is in `refused` (per Node and CIDR) and `skipped` (as text).
     """
     wishes = list(wishes)
     nodes = sorted(nodes, key=lambda n: n.name)
     if not wishes:
         return Plan()
     me = next((n for n in nodes if n.name == this_node), PeerNode(this_node))
-    my_cidrs = [c for c in (_network(t) for t in me.pod_cidrs) if c is not None]
+    my_cidrs = _networks(me.pod_cidrs)
     connected = [p for p in (_network(t) for t in local_prefixes) if p is not None]
     own = {a for a in (_address(t) for t in local_addresses) if a is not None}
     skipped: list[str] = []
+    refused: list[Refusal] = []
     routes: list[Route] = []
-    if any(w.host_gateway for w in wishes):
+    gateway_wishes = [w for w in wishes if w.host_gateway]
+    if gateway_wishes:
+        for wish in gateway_wishes:
+            if not wish.cluster_cidrs:
+                skipped.append(
+                    f"network {wish.network}: HostGateway routes only pod CIDRs inside "
+                    "routing.clusterCIDRs, and it declares none"
+                )
+        allowed = _networks(c for w in gateway_wishes for c in w.cluster_cidrs)
+        # Competing claims: other Nodes' pod CIDRs that could be routed (inside the cluster's
+        # CIDRs); a claim outside them is refused on its own and takes nobody's route.
+        others = {
+            n.name: [c for c in _networks(n.pod_cidrs) if any(_within(c, a) for a in allowed)]
+            for n in nodes
+            if n.name != this_node
+        }
+        claims = Claims(allowed, my_cidrs, connected, others)
         for peer in nodes:
             if peer.name == this_node:
                 continue
-            routes += _peer_routes(peer, my_cidrs, connected, own, skipped)
+            routes += _peer_routes(peer, claims, connected, own, refused)
     masquerade = None
     if any(w.ip_masq for w in wishes):
         if not my_cidrs:
             skipped.append(f"ipMasq: node {this_node} has no spec.podCIDRs to masquerade from")
         else:
-            declared = [
-                c for w in wishes for c in (_network(t) for t in w.cluster_cidrs) if c is not None
-            ]
-            every_pod_cidr = [
-                c for n in nodes for c in (_network(t) for t in n.pod_cidrs) if c is not None
-            ]
+            declared = _networks(c for w in wishes for c in w.cluster_cidrs)
+            every_pod_cidr = _networks(c for n in nodes for c in n.pod_cidrs)
             cluster = _collapse(declared or every_pod_cidr)
             masquerade = Masquerade(
                 sources=tuple(str(c) for c in _collapse(my_cidrs)),
@@ -185,44 +234,94 @@ def plan(
     return Plan(
         routes=tuple(sorted(set(routes))),
         masquerade=masquerade,
-        skipped=tuple(skipped),
+        skipped=tuple(r.message for r in refused) + tuple(skipped),
         networks=tuple(w.network for w in wishes),
-        host_gateway=any(w.host_gateway for w in wishes),
+        host_gateway=bool(gateway_wishes),
+        refused=tuple(refused),
     )
+
+
+def _networks(texts: Iterable[str]) -> list[IPNetwork]:
+    return [c for c in (_network(t) for t in texts) if c is not None]
+
+
+@dataclass(frozen=True)
+class Claims:
+    """What a peer's pod CIDR is judged against."""
+
+    allowed: list[IPNetwork]  # the routed networks' clusterCIDRs
+    mine: list[IPNetwork]  # this node's pod CIDRs
+    connected: list[IPNetwork]  # this node's directly connected subnets
+    others: dict[str, list[IPNetwork]]  # every other Node's pod CIDRs, by name
+
+    def refusal(self, peer: str, cidr: IPNetwork) -> str | None:
+        """Why `peer` may not have `cidr` routed to it; None when it may."""
+        if not any(_within(cidr, allowed) for allowed in self.allowed):
+            declared = ", ".join(str(a) for a in self.allowed) or "none declared"
+            return f"podCIDR {cidr} is outside the network's routing.clusterCIDRs ({declared})"
+        for mine in self.mine:
+            if _overlap(cidr, mine):
+                return f"podCIDR {cidr} overlaps this node's pod CIDR {mine}"
+        for other, theirs in sorted(self.others.items()):
+            for their in theirs:
+                if other != peer and _overlap(cidr, their):
+                    return f"podCIDR {cidr} overlaps node {other}'s podCIDR {their}"
+        for prefix in self.connected:
+            if _overlap(cidr, prefix):
+                return f"podCIDR {cidr} overlaps {prefix}, a directly connected subnet of this node"
+        return None
+
+
+def _overlap(a: IPNetwork, b: IPNetwork) -> bool:
+    return a.version == b.version and a.overlaps(b)
+
+
+def _within(inner: IPNetwork, outer: IPNetwork) -> bool:
+    if isinstance(inner, ipaddress.IPv4Network) and isinstance(outer, ipaddress.IPv4Network):
+        return inner.subnet_of(outer)
+    if isinstance(inner, ipaddress.IPv6Network) and isinstance(outer, ipaddress.IPv6Network):
+        return inner.subnet_of(outer)
+    return False
 
 
 def _peer_routes(
     peer: PeerNode,
-    my_cidrs: list[IPNetwork],
+    claims: Claims,
     connected: list[IPNetwork],
     own: set[IPAddress],
-    skipped: list[str],
+    refused: list[Refusal],
 ) -> list[Route]:
     routes = []
     gateways = [a for a in (_address(t) for t in peer.internal_ips) if a is not None]
-    for text in peer.pod_cidrs:
+    for text in dict.fromkeys(peer.pod_cidrs):
+
+        def refuse(reason: str, cidr_text: str = text) -> None:
+            refused.append(Refusal(peer.name, cidr_text, reason))
+
         cidr = _network(text)
         if cidr is None:
-            skipped.append(f"node {peer.name}: podCIDR {text!r} is not a CIDR")
+            refuse(f"podCIDR {text!r} is not a CIDR")
             continue
-        if any(cidr.overlaps(mine) for mine in my_cidrs if mine.version == cidr.version):
-            skipped.append(f"node {peer.name}: podCIDR {cidr} overlaps this node's pod CIDR")
+        reason = claims.refusal(peer.name, cidr)
+        if reason is not None:
+            refuse(reason, str(cidr))
             continue
         family = [g for g in gateways if g.version == cidr.version]
         if not family:
-            skipped.append(f"node {peer.name}: no IPv{cidr.version} InternalIP to route {cidr} via")
+            refuse(f"no IPv{cidr.version} InternalIP to route {cidr} via", str(cidr))
             continue
         onlink = [g for g in family if any(g in p for p in connected) and g not in own]
-        if family and all(g in own for g in family):
-            skipped.append(
-                f"node {peer.name}: InternalIP {family[0]} is this node's own address; "
-                f"{cidr} is not routed"
+        if all(g in own for g in family):
+            refuse(
+                f"InternalIP {family[0]} is this node's own address; {cidr} is not routed",
+                str(cidr),
             )
             continue
         if not onlink:
-            skipped.append(
-                f"node {peer.name}: InternalIP {family[0]} is not on a directly connected "
-                f"subnet of this node; {cidr} is not routed (host-gw needs one L2 segment)"
+            refuse(
+                f"InternalIP {family[0]} is not on a directly connected subnet of this node; "
+                f"{cidr} is not routed (host-gw needs one L2 segment)",
+                str(cidr),
             )
             continue
         routes.append(Route(str(cidr), str(onlink[0]), peer.name))
@@ -304,6 +403,7 @@ def report(plan_: Plan, applied: bool, error: str | None = None) -> dict[str, An
             else None
         ),
         "skipped": list(plan_.skipped),
+        "refused": [{"node": r.node, "podCIDR": r.cidr, "reason": r.reason} for r in plan_.refused],
         "applied": applied,
     }
     if error:

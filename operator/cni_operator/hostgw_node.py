@@ -1,102 +1,75 @@
 """Host-gw on the node: applies `hostgw.plan` to the kernel of the agent's network namespace.
 
-Routes go through netlink (pyroute2) tagged with `hostgw.ROUTE_PROTOCOL`, so a
-restarted agent finds exactly its own routes again and never touches others.
-The masquerade rule is one nftables table, replaced in one `nft -f` transaction
-(the nft CLI, as the plugins use it: pyroute2's nftables support is not stable).
+Through the node's one kernel toolkit, as the plugins use it: routes through
+`node_plugin.kernel.netlink`, tagged with `hostgw.ROUTE_PROTOCOL` so a restarted agent
+finds exactly its own routes again and never touches others; the masquerade rule as one
+nftables table, replaced in one `nft -f` transaction through `node_plugin.kernel.netfilter`.
+Failures are the toolkit's CniError, reported by their message in the node report.
 
 The agent feeds Node events to `on_node` and calls `sync` after each reconcile
 pass with the specs of the networks that pass left applied (the manifest's), so
-routes exist exactly while a routed network's file is on this node.
+routes exist exactly while a routed network's file is on this node. A peer pod CIDR
+`hostgw.plan` refuses is in the report each pass, and once (until it is routable again)
+in `take_events()`, for an Event about the Node that claimed it.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-import os
-import shutil
-import socket
-import subprocess
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from cni_operator import hostgw
+from node_plugin.cni.errors import CniError
+from node_plugin.kernel import netfilter, netlink
 
 log = logging.getLogger("cniwarden.hostgw")
-_FAMILIES = (socket.AF_INET, socket.AF_INET6)
+ROUTE_REFUSED = "HostGatewayRouteRefused"
 
 
-class HostGatewayError(RuntimeError):
-    pass
+@dataclass(frozen=True)
+class NodeEvent:
+    """An Event to post about a Node (`involved` is its object reference)."""
+
+    involved: dict[str, Any]
+    reason: str
+    message: str
 
 
-class KernelRoutes:
-    """Our routes in the main table of the current network namespace."""
-
-    def __init__(self) -> None:
-        from pyroute2 import IPRoute  # noqa: PLC0415  (agents without routing never load it)
-
-        self._ipr = IPRoute()
-
-    def close(self) -> None:
-        self._ipr.close()
-
-    def ours(self) -> set[tuple[str, str]]:
-        found = set()
-        for family in _FAMILIES:
-            for route in self._ipr.route("dump", family=family, proto=hostgw.ROUTE_PROTOCOL):
-                if route.get("table") != 254 or route.get("proto") != hostgw.ROUTE_PROTOCOL:
-                    continue
-                dst, gateway = route.get("dst"), route.get("gateway")
-                if dst and gateway:
-                    found.add((f"{dst}/{route['dst_len']}", str(gateway)))
-        return found
-
-    def local_addresses(self) -> tuple[list[str], list[str]]:
-        """(connected prefixes, own addresses), link-local excluded."""
-        prefixes, addresses = [], []
-        for msg in self._ipr.addr("dump"):
-            address, length = msg.get("address"), msg.get("prefixlen")
-            if not address or length is None:
-                continue
-            iface = ipaddress.ip_interface(f"{address}/{length}")
-            if iface.ip.is_link_local or iface.ip.is_loopback:
-                continue
-            prefixes.append(str(iface.network))
-            addresses.append(str(iface.ip))
-        return prefixes, addresses
-
-    def replace(self, route: hostgw.Route) -> None:
-        self._ipr.route(
-            "replace",
-            dst=route.destination,
-            gateway=route.gateway,
-            proto=hostgw.ROUTE_PROTOCOL,
-        )
-
-    def delete(self, destination: str, gateway: str) -> None:
-        from pyroute2.netlink.exceptions import NetlinkError  # noqa: PLC0415
-
-        try:
-            self._ipr.route("del", dst=destination, gateway=gateway, proto=hostgw.ROUTE_PROTOCOL)
-        except NetlinkError as error:
-            if error.code != 3:  # ESRCH: already gone
-                raise
+def our_routes(ipr: netlink.IPRoute) -> set[tuple[str, str]]:
+    """(destination, gateway) of the routes host-gw installed in the main table."""
+    return {
+        (str(destination), str(gateway))
+        for destination, gateway in netlink.routes_of_protocol(ipr, hostgw.ROUTE_PROTOCOL)
+        if gateway is not None
+    }
 
 
-def apply_nft(script: str, nft: str | None = None) -> None:
-    binary = nft or shutil.which("nft") or "/usr/sbin/nft"
-    out = subprocess.run(
-        [binary, "-f", "-"], input=script, capture_output=True, text=True, check=False, timeout=30
+def local_addresses(ipr: netlink.IPRoute) -> tuple[list[str], list[str]]:
+    """(connected prefixes, own addresses), link-local and loopback excluded."""
+    found = netlink.interface_addresses(ipr)
+    return [str(i.network) for i in found], [str(i.ip) for i in found]
+
+
+def replace_route(ipr: netlink.IPRoute, route: hostgw.Route) -> None:
+    netlink.replace_route(
+        ipr,
+        ipaddress.ip_network(route.destination),
+        ipaddress.ip_address(route.gateway),
+        protocol=hostgw.ROUTE_PROTOCOL,
     )
-    if out.returncode != 0:
-        raise HostGatewayError(f"nft failed ({out.returncode}): {out.stderr.strip()}")
 
 
-def nft_available() -> bool:
-    return shutil.which("nft") is not None or os.path.exists("/usr/sbin/nft")
+def delete_route(ipr: netlink.IPRoute, destination: str, gateway: str) -> None:
+    netlink.delete_route(
+        ipr,
+        ipaddress.ip_network(destination),
+        ipaddress.ip_address(gateway),
+        protocol=hostgw.ROUTE_PROTOCOL,
+    )
 
 
 class HostGatewayNode:
@@ -104,9 +77,12 @@ class HostGatewayNode:
         self.node_name = node_name
         self._nodes: dict[str, hostgw.PeerNode] = {}
         self._lock = threading.Lock()
-        self._routes: KernelRoutes | None = None
         self._applied_script: str | None = None
-        self._first = True
+        # True once a pass left nothing of ours in the kernel; until then (from start: a
+        # previous agent may have left routes) every pass looks.
+        self._clean = False
+        self._refused: set[hostgw.Refusal] = set()  # as of the last pass
+        self._events: list[NodeEvent] = []
 
     # ------------------------------------------------------------ inputs
     def on_node(self, event_type: str | None, body: Mapping[str, Any]) -> bool:
@@ -127,73 +103,97 @@ class HostGatewayNode:
         with self._lock:
             return list(self._nodes.values())
 
+    # ------------------------------------------------------------ outputs
+    def take_events(self) -> list[NodeEvent]:
+        """The Events due since the last call: one per newly refused peer pod CIDR."""
+        with self._lock:
+            events, self._events = self._events, []
+        return events
+
+    def _note_refusals(self, refused: tuple[hostgw.Refusal, ...]) -> None:
+        uids = {n.name: n.uid for n in self.nodes()}
+        fresh = [r for r in refused if r not in self._refused]
+        self._refused = set(refused)
+        events = [
+            NodeEvent(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Node",
+                    "metadata": {"name": r.node, "uid": uids.get(r.node) or None},
+                },
+                ROUTE_REFUSED,
+                f"host-gw on node {self.node_name} does not route {r.cidr} to node {r.node}: "
+                f"{r.reason}",
+            )
+            for r in fresh
+        ]
+        with self._lock:
+            self._events += events
+
     # ------------------------------------------------------------- apply
-    def _kernel(self) -> KernelRoutes:
-        if self._routes is None:
-            self._routes = KernelRoutes()
-        return self._routes
-
-    def desired(self, applied_specs: Mapping[str, Mapping[str, Any]]) -> hostgw.Plan:
-        wishes = hostgw.wishes_from_specs(applied_specs)
-        if not wishes:
-            return hostgw.Plan()
-        prefixes, addresses = self._kernel().local_addresses()
-        return hostgw.plan(self.node_name, self.nodes(), wishes, prefixes, addresses)
-
     def sync(self, applied_specs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any] | None:
         """Make the kernel match the plan for the networks applied on this node (their
         specs by name); returns the node report section (None when host-gw has never
         been used here and nothing is to be done)."""
         try:
-            plan = self.desired(applied_specs)
-        except Exception as error:  # a broken spec or netlink: report, do not crash
+            wishes = hostgw.wishes_from_specs(applied_specs)
+        except ValueError as error:  # a spec the agent could not parse: report, never crash
             log.warning("host-gw: cannot compute routes: %s", error)
             return hostgw.report(hostgw.Plan(), applied=False, error=str(error))
-        if plan.empty and self._routes is None and not self._first:
+        if self._clean and not wishes and not self._refused:
             return None
+        try:
+            with netlink.opened() as ipr:
+                return self._sync(wishes, ipr)
+        except CniError as error:
+            log.warning("host-gw: %s", error.msg)
+            return hostgw.report(hostgw.Plan(), applied=False, error=error.msg)
+
+    def _sync(
+        self, wishes: list[hostgw.RoutingWish], ipr: netlink.IPRoute
+    ) -> dict[str, Any] | None:
+        plan = hostgw.Plan()
+        if wishes:
+            prefixes, addresses = local_addresses(ipr)
+            plan = hostgw.plan(self.node_name, self.nodes(), wishes, prefixes, addresses)
+        self._note_refusals(plan.refused)
         errors: list[str] = []
         try:
-            kernel = self._kernel()
-            changes = hostgw.route_changes(kernel.ours(), plan.routes)
-            for route in changes.add:
-                try:
-                    kernel.replace(route)
-                    log.info(
-                        "host-gw: route %s via %s (%s)",
-                        route.destination,
-                        route.gateway,
-                        route.node,
-                    )
-                except Exception as error:
-                    errors.append(f"route {route.destination} via {route.gateway}: {error}")
-            for destination, gateway in changes.remove:
-                try:
-                    kernel.delete(destination, gateway)
-                    log.info("host-gw: removed route %s via %s", destination, gateway)
-                except Exception as error:
-                    errors.append(f"remove route {destination} via {gateway}: {error}")
-        except Exception as error:
-            errors.append(f"netlink: {error}")
-        script = hostgw.nft_script(plan.masquerade)
-        if script != self._applied_script:
-            wanted = plan.masquerade is not None
-            if wanted or nft_available():
-                try:
-                    apply_nft(script)
-                    self._applied_script = script
-                except (OSError, subprocess.SubprocessError, HostGatewayError) as error:
-                    errors.append(f"masquerade: {error}")
-            else:
-                self._applied_script = script
-        self._first = False
+            changes = hostgw.route_changes(our_routes(ipr), plan.routes)
+        except CniError as error:
+            errors.append(error.msg)
+            changes = hostgw.RouteChanges((), ())
+        for route in changes.add:
+            try:
+                replace_route(ipr, route)
+                log.info(
+                    "host-gw: route %s via %s (%s)", route.destination, route.gateway, route.node
+                )
+            except CniError as error:
+                errors.append(error.msg)
+        for destination, gateway in changes.remove:
+            try:
+                delete_route(ipr, destination, gateway)
+                log.info("host-gw: removed route %s via %s", destination, gateway)
+            except CniError as error:
+                errors.append(error.msg)
+        self._apply_masquerade(plan, errors)
         for message in errors:
             log.warning("host-gw: %s", message)
-        if plan.empty and not errors:
-            self.close()
+        self._clean = plan.empty and not errors
+        if self._clean and plan.silent:
             return None
         return hostgw.report(plan, applied=not errors, error="; ".join(errors) or None)
 
-    def close(self) -> None:
-        if self._routes is not None:
-            self._routes.close()
-            self._routes = None
+    def _apply_masquerade(self, plan: hostgw.Plan, errors: list[str]) -> None:
+        script = hostgw.nft_script(plan.masquerade)
+        if script == self._applied_script:
+            return
+        if plan.masquerade is None and not netfilter.available("nft"):
+            self._applied_script = script  # no nft: no table of ours can exist
+            return
+        try:
+            netfilter.nft_apply(script, "host-gw masquerade: nft")
+            self._applied_script = script
+        except CniError as error:
+            errors.append(error.msg)

@@ -69,9 +69,11 @@ class Kube:
             raise
         return result
 
-    def ensure_node_state(self, node: dict[str, Any] | None, name: str) -> None:
-        if self.get_node_state(name) is not None:
-            return
+    def ensure_node_state(self, node: dict[str, Any] | None, name: str) -> dict[str, Any]:
+        """The node's CNINodeState, created if missing."""
+        existing = self.get_node_state(name)
+        if existing is not None:
+            return existing
         body: dict[str, Any] = {
             "apiVersion": api.API_VERSION,
             "kind": api.NODE_STATE_KIND,
@@ -89,12 +91,14 @@ class Kube:
                 }
             ]
         try:
-            self.custom.create_cluster_custom_object(
+            created: dict[str, Any] = self.custom.create_cluster_custom_object(  # type: ignore[assignment]
                 api.GROUP, api.VERSION, api.NODE_STATE_PLURAL, body
             )
         except ApiException as error:
             if error.status != 409:
                 raise
+            return self.get_node_state(name) or body
+        return created
 
     def patch_node_state_status(self, name: str, status: dict[str, Any]) -> None:
         self.custom.patch_cluster_custom_object_status(

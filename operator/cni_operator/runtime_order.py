@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeAlias
 
 from cni_operator.rendering import referenced_types
 
@@ -100,10 +100,29 @@ def parse_config(name: str, data: bytes | None) -> ParsedConfig:
     return ParsedConfig(name, network, version, tuple(referenced_types(raw)))
 
 
+@dataclass(frozen=True)
+class IgnoreBinaries:
+    """Judge files by name order and syntax alone, leaving the bin dir out.
+
+    For questions the binaries cannot change the answer to: which network
+    containerd picks (the first valid file, whatever its binaries) and which
+    foreign files sort before ours. Saying so, instead of passing an empty
+    versions map, keeps every file from looking `MissingBinary` on the way.
+    """
+
+
+IGNORE_BINARIES = IgnoreBinaries()
+# Binary name -> the versions its VERSION command lists (None: it did not answer);
+# a missing key means the binary is absent from the bin dir.
+BinaryVersions: TypeAlias = Mapping[str, Sequence[str] | None]
+
+
 def binary_problem(
-    parsed: ParsedConfig, versions: Mapping[str, Sequence[str] | None]
+    parsed: ParsedConfig, versions: BinaryVersions | IgnoreBinaries
 ) -> tuple[Verdict, str] | None:
     """The first reason the runtime could not run this (valid) config, if any."""
+    if isinstance(versions, IgnoreBinaries):
+        return None
     for kind in parsed.types:
         if kind not in versions:
             return Verdict.MISSING_BINARY, f"plugin binary {kind!r} is missing from the bin dir"
@@ -158,7 +177,7 @@ class DirAnalysis:
 
 
 def _containerd_view(
-    ordered: list[ParsedConfig], ours: set[str], versions: Mapping[str, Sequence[str] | None]
+    ordered: list[ParsedConfig], ours: set[str], versions: BinaryVersions | IgnoreBinaries
 ) -> RuntimeView:
     if not ordered:
         return RuntimeView("containerd", None, None, False, False, "no CNI config: node NotReady")
@@ -180,7 +199,7 @@ def _containerd_view(
 
 
 def _crio_view(
-    ordered: list[ParsedConfig], ours: set[str], versions: Mapping[str, Sequence[str] | None]
+    ordered: list[ParsedConfig], ours: set[str], versions: BinaryVersions | IgnoreBinaries
 ) -> RuntimeView:
     skipped: list[str] = []
     for parsed in ordered:
@@ -197,12 +216,13 @@ def _crio_view(
 def analyze(
     files: Iterable[tuple[str, bytes | None]],
     ours: Iterable[str],
-    versions: Mapping[str, Sequence[str] | None],
+    versions: BinaryVersions | IgnoreBinaries,
 ) -> DirAnalysis:
     """Analyze a config dir.
 
     `files`: (name, content) of every entry; non-config names are ignored.
-    `ours`: the file names we manage. `versions`: binary name -> VERSION answer.
+    `ours`: the file names we manage. `versions`: binary name -> VERSION answer,
+    or `IGNORE_BINARIES` to judge order and syntax alone.
     """
     our_names = set(ours)
     ordered = sorted(
@@ -263,11 +283,11 @@ def analyze(
     return analysis
 
 
-def effective_network_after(
-    files: Mapping[str, bytes | None], versions: Mapping[str, Sequence[str] | None]
-) -> str | None:
-    """The network name containerd would use for new pods with this directory content."""
-    return analyze(files.items(), (), versions).containerd.network
+def effective_network(files: Mapping[str, bytes | None]) -> str | None:
+    """The network containerd gives new pods with this directory content: the first
+    valid file's, whatever its binaries (a missing binary fails the pods, it does
+    not make containerd pick another file)."""
+    return analyze(files.items(), (), IGNORE_BINARIES).containerd.network
 
 
 def parse_json_object(data: bytes) -> dict[str, Any] | None:

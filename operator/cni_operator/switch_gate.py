@@ -27,6 +27,39 @@ UNSAFE_PLUGIN_KEYS = frozenset(
 UNSAFE_IPAM_KEYS = frozenset(
     {"type", "ranges", "subnet", "rangeStart", "rangeEnd", "gateway", "dataDir"}
 )
+# How the gate names a key in its report, whatever the spelling in the spec.
+_CANONICAL = {key.lower(): key for key in (*UNSAFE_PLUGIN_KEYS, *UNSAFE_IPAM_KEYS, "ipam")}
+
+
+def go_view(value: Any) -> Any:
+    """A config value as the plugins read it, for comparison.
+
+    The plugins (ours, see node_plugin.cni.gomodel, and the reference ones, Go's
+    encoding/json) match object keys to their fields case-insensitively, so keys
+    fold to lower case here: `Bridge` and `bridge` are one field, and respelling it
+    is no change. Where an object spells one key twice, our plugins take the exact
+    spelling and Go's decoder the last one; those spellings then stay apart (a
+    tuple of (spelling, value)), so a change to any of them is still seen.
+    """
+    if isinstance(value, dict):
+        groups: dict[str, list[tuple[str, Any]]] = {}
+        for key, item in value.items():
+            groups.setdefault(str(key).lower(), []).append((str(key), go_view(item)))
+        return {k: v[0][1] if len(v) == 1 else tuple(v) for k, v in groups.items()}
+    if isinstance(value, list):
+        return [go_view(item) for item in value]
+    return value
+
+
+def _shown(folded: str, *spelled_in: Mapping[str, Any]) -> str:
+    """The key's canonical name if the gate knows it, else as the spec spells it."""
+    if folded in _CANONICAL:
+        return _CANONICAL[folded]
+    for mapping in spelled_in:
+        for key in mapping:
+            if str(key).lower() == folded:
+                return str(key)
+    return folded
 
 
 @dataclass
@@ -52,10 +85,25 @@ def _compare_mapping(
     old: Mapping[str, Any],
     new: Mapping[str, Any],
     unsafe_keys: frozenset[str],
+    *,
+    skip: str | None = None,
 ) -> None:
-    for key in sorted(set(old) | set(new)):
-        if old.get(key) != new.get(key):
-            change.add(f"{prefix}.{key}", unsafe=key in unsafe_keys)
+    """Compare two objects field by field as the plugins read them (`go_view`)."""
+    old_view, new_view = go_view(dict(old)), go_view(dict(new))
+    unsafe = {key.lower() for key in unsafe_keys}
+    for key in sorted(set(old_view) | set(new_view)):
+        if key != skip and old_view.get(key) != new_view.get(key):
+            change.add(f"{prefix}.{_shown(key, new, old)}", unsafe=key in unsafe)
+
+
+def _field(mapping: Mapping[str, Any], name: str) -> Any:
+    """`mapping[name]` as the plugins read it (any spelling, see `go_view`)."""
+    return go_view(dict(mapping)).get(name.lower())
+
+
+def _spellings(mapping: Mapping[str, Any], name: str) -> list[Any]:
+    """The raw values of `name` in every spelling the object has."""
+    return [value for key, value in mapping.items() if str(key).lower() == name.lower()]
 
 
 def classify(old: NetworkSpec, new: NetworkSpec) -> SpecChange:
@@ -81,16 +129,19 @@ def classify(old: NetworkSpec, new: NetworkSpec) -> SpecChange:
             change.add(f"{where} (removed {old_plugins[index].get('type')})", unsafe=True)
             continue
         before, after = old_plugins[index], new_plugins[index]
-        if before.get("type") != after.get("type"):
+        if _field(before, "type") != _field(after, "type"):
             change.add(f"{where}.type", unsafe=True)
             continue
-        plain_before = {k: v for k, v in before.items() if k != "ipam"}
-        plain_after = {k: v for k, v in after.items() if k != "ipam"}
-        _compare_mapping(change, where, plain_before, plain_after, UNSAFE_PLUGIN_KEYS)
-        ipam_before = before.get("ipam") or {}
-        ipam_after = after.get("ipam") or {}
-        if isinstance(ipam_before, dict) and isinstance(ipam_after, dict):
-            _compare_mapping(change, f"{where}.ipam", ipam_before, ipam_after, UNSAFE_IPAM_KEYS)
+        _compare_mapping(change, where, before, after, UNSAFE_PLUGIN_KEYS, skip="ipam")
+        if _field(before, "ipam") == _field(after, "ipam"):
+            continue
+        old_ipam, new_ipam = _spellings(before, "ipam"), _spellings(after, "ipam")
+        single = len(old_ipam) <= 1 and len(new_ipam) <= 1
+        old_dict, new_dict = (old_ipam or [{}])[0], (new_ipam or [{}])[0]
+        if single and isinstance(old_dict, dict) and isinstance(new_dict, dict):
+            _compare_mapping(change, f"{where}.ipam", old_dict, new_dict, UNSAFE_IPAM_KEYS)
+        else:
+            change.add(f"{where}.ipam", unsafe=True)
     return change
 
 

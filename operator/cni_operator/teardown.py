@@ -14,6 +14,7 @@ merely restarted or upgraded leaves running pods and new pods alone.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
@@ -47,6 +48,11 @@ def tidy_node(host_root: Path) -> tuple[bool, str]:
     unknown = sorted(found - _IDLE_FILES)
     if unknown:
         return False, f"keeping {paths.host_view(paths.state_dir)}: it holds {', '.join(unknown)}"
+    store = Quarantine(paths).store
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        if any(store.iterdir()):
+            return False, f"keeping {paths.host_view(store)}: copies of moved files are there"
+        store.rmdir()
     shutil.rmtree(paths.state_dir)
     return True, f"removed the empty agent state {paths.host_view(paths.state_dir)}"
 

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from devtools.localcluster import hostres, images, procs, realnode
+from devtools.localcluster import containerd, hostres, images, nodenet, nodesysctls, procs
 from devtools.localcluster.layout import MAX_SLOTS, Layout, Ports, validate_name
+from devtools.localcluster.state import ClusterState, NodeRecord, ProcessRecord
 from devtools.localcluster.tiers import Tier
 
 IFNAMSIZ = 15
@@ -70,7 +71,7 @@ def test_node_names_fit_the_kernel_and_addresses_fit_the_subnet() -> None:
 
 def test_containerd_config_is_valid_toml_with_our_dirs() -> None:
     node = Layout(Path("/var/tmp/c"), "dev", 3, "abcdef").node(0)
-    text = realnode._containerd_config(node)
+    text = containerd.containerd_config(node)
     parsed = tomllib.loads(text)
     cri = parsed["plugins"]["io.containerd.grpc.v1.cri"]
     assert cri["cni"]["conf_dir"] == str(node.cni_conf_dir)
@@ -81,7 +82,7 @@ def test_containerd_config_is_valid_toml_with_our_dirs() -> None:
 
 
 def test_bridge_conflist_uses_the_node_pod_cidr() -> None:
-    conf = realnode.bridge_conflist("10.244.3.0/24", Path("/d"))
+    conf = nodenet.bridge_conflist("10.244.3.0/24", Path("/d"))
     plugins = conf["plugins"]
     assert isinstance(plugins, list)
     ranges = plugins[0]["ipam"]["ranges"]
@@ -134,7 +135,7 @@ def test_image_layers_are_reproducible(tmp_path: Path) -> None:
 
 def test_toml_writer_refuses_unknown_types() -> None:
     with pytest.raises(TypeError, match="cannot write"):
-        realnode._toml({"x": 1.5})
+        containerd.toml({"x": 1.5})
 
 
 def test_mountinfo_escapes_are_decoded() -> None:
@@ -179,7 +180,7 @@ def test_sysctls_are_restored_only_where_still_ours(monkeypatch: pytest.MonkeyPa
     }
     monkeypatch.setattr(hostres, "read_sysctl", live.__getitem__)
     monkeypatch.setattr(hostres, "write_sysctl", live.__setitem__)
-    realnode.restore_sysctls(
+    nodesysctls.restore_sysctls(
         {"kernel.panic": "1", "vm.overcommit_memory": "0", "fs.inotify.max_user_instances": "128"}
     )
     assert live == {
@@ -187,3 +188,28 @@ def test_sysctls_are_restored_only_where_still_ours(monkeypatch: pytest.MonkeyPa
         "vm.overcommit_memory": "2",
         "fs.inotify.max_user_instances": "128",
     }
+
+
+def test_a_state_written_by_another_version_loads(tmp_path: Path) -> None:
+    """Clusters of other checkouts share this machine and read each other's state
+    (e.g. for shared sysctls): fields this version does not know are dropped."""
+    state = ClusterState(
+        name="c",
+        short_id="ab12",
+        slot=3,
+        tier="real-node",
+        root=str(tmp_path),
+        workdir=str(tmp_path),
+        kubeconfig="k",
+        server="https://127.0.0.1:1",
+        processes=[ProcessRecord("etcd", 10, 20, "etcd.log")],
+        nodes=[NodeRecord(0, "n0", "ns", "v", "10.0.0.1", "d", "/kubelet", "s")],
+    )
+    state.save()
+    raw = json.loads(state.path.read_text())
+    raw["proxy_mode"] = "iptables"
+    raw["processes"][0]["restarts"] = 2
+    raw["nodes"][0]["runtime"] = "crio"
+    state.path.write_text(json.dumps(raw))
+    loaded = ClusterState.load(state.path)
+    assert loaded == state

@@ -11,8 +11,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import secrets
+import stat
 from pathlib import Path
+
+_TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -39,6 +43,26 @@ def temp_name_for(target: Path) -> Path:
     return target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
 
 
+def sweep_temp_files(directory: Path) -> list[str]:
+    """Remove temp files a killed writer of ours left (`temp_name_for` names; regular
+    files only). Only safe when no write of ours runs: the agent calls it once, at
+    the start of its first pass. No runtime ever read them (see above)."""
+    removed: list[str] = []
+    try:
+        names = os.listdir(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    for name in names:
+        path = directory / name
+        if not _TEMP_NAME.fullmatch(name):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISREG(path.lstat().st_mode):
+                path.unlink()
+                removed.append(str(path))
+    return removed
+
+
 def atomic_write(target: Path, data: bytes, mode: int = 0o644) -> None:
     """Write `data` to `target` so readers see the old or the new bytes, nothing else."""
     temp = temp_name_for(target)
@@ -50,6 +74,12 @@ def atomic_write(target: Path, data: bytes, mode: int = 0o644) -> None:
             os.fsync(handle.fileno())
         os.chmod(temp, mode)
         os.replace(temp, target)
+    except OSError as error:
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+        if error.filename is None:  # a failed write names no file; say which
+            raise OSError(error.errno, error.strerror, str(target)) from None
+        raise
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             temp.unlink()

@@ -1,8 +1,9 @@
 """Live attachments per network, read from what the runtime and host-local leave.
 
 Two sources, united by (container id, interface): host-local's lease files
-`<var/lib/cni>/networks/<network>/<ip>` holding `containerID\\r\\nifname`, and
-libcni's result cache `<var/lib/cni>/results/<network>-<id>-<ifname>` holding a
+`<var/lib/cni>/networks/<network>/<ip>` (read by `node_plugin.ipam.store`, the
+plugins' own reader of that layout, so it is known in one place), and libcni's
+result cache `<var/lib/cni>/results/<network>-<id>-<ifname>` holding a
 `cniCacheV1` JSON. Either one alone proves a sandbox is attached.
 """
 
@@ -14,8 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cni_operator.node.paths import HostPaths
-
-_NOT_LEASES = ("lock",)
+from node_plugin.ipam.store import read_data_dir
 
 
 @dataclass
@@ -30,25 +30,13 @@ class AttachmentScan:
         self.by_network.setdefault(network, set()).add((container, ifname))
 
 
-def _read_leases(store: Path, scan: AttachmentScan) -> None:
-    if not store.is_dir():
-        return
-    for network_dir in store.iterdir():
-        if not network_dir.is_dir():
-            continue
-        for lease in network_dir.iterdir():
-            name = lease.name
-            if name in _NOT_LEASES or name.startswith(("last_reserved_ip", ".")):
-                continue
-            try:
-                text = lease.read_text(errors="replace")
-            except (OSError, IsADirectoryError):
-                continue
-            parts = text.replace("\r\n", "\n").split("\n")
-            container = parts[0].strip()
-            ifname = parts[1].strip() if len(parts) > 1 else ""
-            if container:
-                scan.add(network_dir.name, container, ifname)
+def _read_leases(data_dir: Path, scan: AttachmentScan) -> None:
+    """Through the plugins' own reader, so the layout is known in one place. A lease
+    file that cannot be read is skipped, as the runtime's own listing would."""
+    for network, found in read_data_dir(data_dir).items():
+        for lease in found.leases.values():
+            if lease.container_id:
+                scan.add(network, lease.container_id, lease.ifname or "")
 
 
 def _read_result_cache(results: Path, scan: AttachmentScan) -> None:

@@ -3,7 +3,8 @@
 An install writes the bytes under a temp name, checks the sha256 of what landed,
 and renames it into place; it never replaces a same-named file the manifest
 does not say is ours (that is reported instead). Binaries go in before the
-config that names them.
+config that names them. A declared binary already in place (same sha256) is not
+fetched again, so a download outage never touches a node that has it.
 """
 
 from __future__ import annotations
@@ -11,17 +12,16 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from cni_operator.api import DeclaredBinary
 from cni_operator.node.atomic import atomic_write, remove, sha256_bytes, sha256_file
+from cni_operator.node.fetch import FetchError, FetchLimits, fetch_url
 from cni_operator.node.manifest import Manifest, OwnedBinary
 from cni_operator.node.paths import HostPaths
 
-FETCH_TIMEOUT_S = 30
 VERSION_TIMEOUT_S = 10
 
 
@@ -37,15 +37,22 @@ class InstallResult:
     message: str
 
 
-def fetch_declared(binary: DeclaredBinary) -> bytes:
-    """Read a declared binary from its source and verify its sha256."""
+def fetch_declared(binary: DeclaredBinary, limits: FetchLimits | None = None) -> bytes:
+    """Read a declared binary from its source (within `limits`) and verify its sha256."""
+    limits = limits or FetchLimits()
     if binary.source.file:
-        data = Path(binary.source.file).read_bytes()
+        path = Path(binary.source.file)
+        size = path.stat().st_size
+        if size > limits.max_bytes:
+            raise BinaryError(
+                f"{binary.name}: {path} is {size} bytes, more than the {limits.max_bytes} allowed"
+            )
+        data = path.read_bytes()
     elif binary.source.url:
-        if not binary.source.url.startswith(("http://", "https://")):
-            raise BinaryError(f"{binary.name}: only http(s) URLs are supported")
-        with urllib.request.urlopen(binary.source.url, timeout=FETCH_TIMEOUT_S) as response:
-            data = response.read()
+        try:
+            data = fetch_url(binary.source.url, limits)
+        except FetchError as error:
+            raise BinaryError(f"{binary.name}: {error}") from None
     else:
         raise BinaryError(f"{binary.name}: source needs `file` or `url`")
     actual = sha256_bytes(data)
@@ -55,6 +62,35 @@ def fetch_declared(binary: DeclaredBinary) -> bytes:
             "not installed"
         )
     return data
+
+
+def check_installed(
+    paths: HostPaths, manifest: Manifest, name: str, wanted: str, source: str
+) -> InstallResult | None:
+    """The outcome of installing a binary with sha256 `wanted`, when it needs no write:
+    it is in place (ours, or an identical file of someone else's), or a different
+    file we do not own holds the name. None: it must be written. Updates `manifest`
+    when our binary is in place under another source. Lets the caller skip fetching
+    the bytes (a download) when they are already there."""
+    target = paths.bin_dir / name
+    if not (target.exists() or target.is_symlink()):
+        return None
+    current = sha256_file(target) if target.is_file() else ""
+    owned = manifest.binaries.get(name)
+    if owned is None:
+        if current == wanted:
+            return InstallResult(name, True, False, "present (identical, not ours)")
+        return InstallResult(
+            name,
+            False,
+            False,
+            f"{target} exists and is not ours (sha256 {current[:12]}...); left untouched",
+        )
+    if current == wanted and os.access(target, os.X_OK):
+        if owned.sha256 != wanted or owned.source != source:
+            manifest.binaries[name] = OwnedBinary(wanted, source)
+        return InstallResult(name, True, False, "up to date")
+    return None
 
 
 def install(
@@ -74,22 +110,9 @@ def install(
     """
     target = paths.bin_dir / name
     wanted = sha256_bytes(data)
-    owned = manifest.binaries.get(name)
-    if target.exists() or target.is_symlink():
-        current = sha256_file(target) if target.is_file() else ""
-        if owned is None:
-            if current == wanted:
-                return InstallResult(name, True, False, "present (identical, not ours)")
-            return InstallResult(
-                name,
-                False,
-                False,
-                f"{target} exists and is not ours (sha256 {current[:12]}...); left untouched",
-            )
-        if current == wanted and os.access(target, os.X_OK):
-            if owned.sha256 != wanted or owned.source != source:
-                manifest.binaries[name] = OwnedBinary(wanted, source)
-            return InstallResult(name, True, False, "up to date")
+    found = check_installed(paths, manifest, name, wanted, source)
+    if found is not None:
+        return found
     paths.bin_dir.mkdir(parents=True, exist_ok=True)
     manifest.binaries[name] = OwnedBinary(wanted, source)
     if before_write is not None:

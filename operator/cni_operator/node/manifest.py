@@ -17,12 +17,24 @@ from cni_operator.node.paths import HostPaths
 MANIFEST_VERSION = 1
 
 
+class ManifestError(ValueError):
+    """The manifest exists but cannot be read: which files are ours is unknown."""
+
+
 @dataclass
 class ManagedNetwork:
     file: str
     sha256: str
     generation: int
     spec: dict[str, Any]
+    # Files this network had before a rename (a priority change), still ours until
+    # removed: recorded with the new name before it is written, so a crash in
+    # between never leaves an old file of ours that a restart takes for foreign.
+    old_files: list[str] = field(default_factory=list)
+
+    @property
+    def files(self) -> list[str]:
+        return [self.file, *self.old_files]
 
 
 @dataclass
@@ -38,7 +50,7 @@ class Manifest:
 
     @property
     def config_files(self) -> set[str]:
-        return {entry.file for entry in self.networks.values()}
+        return {file for entry in self.networks.values() for file in entry.files}
 
     def to_json(self) -> bytes:
         data = {
@@ -59,9 +71,13 @@ class Manifest:
 
 def load(paths: HostPaths) -> Manifest:
     try:
-        return Manifest.from_json(paths.manifest.read_bytes())
+        raw = paths.manifest.read_bytes()
     except FileNotFoundError:
         return Manifest()
+    try:
+        return Manifest.from_json(raw)
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        raise ManifestError(f"{paths.manifest} cannot be read: {error!r}"[:500]) from None
 
 
 def save(paths: HostPaths, manifest: Manifest) -> None:

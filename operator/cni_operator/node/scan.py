@@ -8,13 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cni_operator.journal import JournalEntry
+from cni_operator.journal import CorruptLine, JournalEntry, interrupted_moves, outstanding
 from cni_operator.node.atomic import sha256_bytes, sha256_file
 from cni_operator.node.attachments import AttachmentScan, scan_attachments
 from cni_operator.node.binaries import VersionProber, binary_inventory
 from cni_operator.node.manifest import Manifest
 from cni_operator.node.paths import HostPaths
 from cni_operator.node.quarantine import Quarantine
+from cni_operator.problems import ERROR, WARNING, Problem
 from cni_operator.runtime_order import (
     DirAnalysis,
     Verdict,
@@ -22,29 +23,6 @@ from cni_operator.runtime_order import (
     is_config_name,
     parse_config,
 )
-
-ERROR = "error"
-WARNING = "warning"
-
-
-@dataclass(frozen=True)
-class Problem:
-    code: str
-    severity: str
-    message: str
-    fix: str
-    path: str | None = None
-
-    def to_dict(self) -> dict[str, str]:
-        out = {
-            "code": self.code,
-            "severity": self.severity,
-            "message": self.message,
-            "fix": self.fix,
-        }
-        if self.path:
-            out["path"] = self.path
-        return out
 
 
 @dataclass
@@ -57,6 +35,9 @@ class NodeScan:
     attachments: AttachmentScan
     quarantined: list[JournalEntry]
     problems: list[Problem] = field(default_factory=list)
+    journal_corrupt: list[CorruptLine] = field(default_factory=list)
+    interrupted_moves: list[JournalEntry] = field(default_factory=list)
+    unjournaled_copies: list[str] = field(default_factory=list)
 
     @property
     def broken(self) -> bool:
@@ -99,6 +80,8 @@ def scan_node(
     versions = prober.bin_dir_versions(paths.bin_dir, wanted_types)
     ours = manifest.config_files & set(files)
     analysis = analyze(files.items(), ours, versions)
+    quarantine = Quarantine(paths)
+    journal = quarantine.read()
     scan = NodeScan(
         paths=paths,
         files=files,
@@ -106,8 +89,14 @@ def scan_node(
         analysis=analysis,
         binaries=binary_inventory(paths, manifest, prober, wanted_types),
         attachments=scan_attachments(paths),
-        quarantined=Quarantine(paths).entries(),
+        quarantined=outstanding(journal.entries),
+        journal_corrupt=journal.corrupt,
+        interrupted_moves=interrupted_moves(journal.entries),
     )
+    if journal.corrupt:
+        # Only then does a copy no line names matter: it may be what a corrupt line meant.
+        named = {entry.stored for entry in journal.entries}
+        scan.unjournaled_copies = [c for c in quarantine.copies() if c not in named]
     scan.problems = find_problems(scan, manifest, node_view=node_view)
     return scan
 
@@ -233,6 +222,37 @@ def find_problems(scan: NodeScan, manifest: Manifest, *, node_view: bool = False
                     str(path),
                 )
             )
+    if scan.journal_corrupt:
+        journal = show(paths.journal)
+        lines = "; ".join(str(c) for c in scan.journal_corrupt[:5])
+        more = len(scan.journal_corrupt) - 5
+        copies = ", ".join(map(show, scan.unjournaled_copies[:10])) or "none"
+        problems.append(
+            Problem(
+                "QuarantineJournalCorrupt",
+                ERROR,
+                f"{journal}: {len(scan.journal_corrupt)} corrupt line(s) skipped ({lines}"
+                + (f"; and {more} more" if more > 0 else "")
+                + "); what they recorded is never restored automatically. Quarantined "
+                f"copies no readable line names: {copies}",
+                f"Inspect those lines of {journal}; a copy's name ends with the original "
+                f"file name (it came from {conf}): put it back by hand if it belongs there, "
+                "then delete the corrupt lines. Every other entry is restored as usual.",
+                journal,
+            )
+        )
+    for intent in scan.interrupted_moves:
+        problems.append(
+            Problem(
+                "QuarantineMoveInterrupted",
+                WARNING,
+                f"{intent.original} was being moved to {intent.stored} when the agent stopped "
+                "(or could not write its journal)",
+                "The agent's next pass records the move (or retires it if the file never "
+                "moved); if this stays, see the agent's other problems (e.g. a full disk).",
+                intent.original,
+            )
+        )
     for cache in map(show, scan.attachments.empty_cache_files):
         problems.append(
             Problem(

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from node_plugin.kernel import netns, rtnl
+from node_plugin.cni.errors import INTERNAL, CniError
+from node_plugin.kernel import netlink, netns, rtnl
 from node_plugin.kernel.rtnl import Rtnl, RtnlError
 from tests.integration.plugin.kernel import Netns, create_netns, delete_netns
 
@@ -251,3 +252,101 @@ def test_a_peer_in_another_namespace_is_named_by_its_namespace_id(ns: Netns, soc
     finally:
         os.close(fd)
         delete_netns(other)
+
+
+HOSTGW = 157  # cni_operator.hostgw.ROUTE_PROTOCOL: an owner's tag on its routes
+
+
+def on_link(ns: Netns, sock: Rtnl) -> int:
+    """A veth pair with both ends up, 10.7.0.1/24 and fd00:7::1/64 on cwp0: gateways in
+    10.7.0.0/24 and fd00:7::/64 are directly connected."""
+    sock.add_veth("cwv0", "cwp0")
+    for name in ("cwv0", "cwp0"):
+        link = sock.get_link(name=name)
+        assert link is not None
+        sock.set_link(link.index, up=True)
+    subprocess.run(
+        ["ip", "-n", ns.name, "addr", "add", "fd00:7::1/64", "dev", "cwp0", "nodad"], check=True
+    )
+    subprocess.run(["ip", "-n", ns.name, "addr", "add", "10.7.0.1/24", "dev", "cwp0"], check=True)
+    link = sock.get_link(name="cwp0")
+    assert link is not None
+    return link.index
+
+
+def shown_routes(ns: Netns) -> list[tuple[str, str | None, str]]:
+    """(dst, gateway, protocol) of every gateway route iproute2 lists in the main table, both
+    families (unfiltered: iproute2 leaves out what a filter implies)."""
+    return sorted(
+        (r["dst"], r.get("gateway"), str(r.get("protocol")))
+        for family in ("-4", "-6")
+        for r in ip_json(ns, family, "route", "show", "table", "main")
+        if "gateway" in r
+    )
+
+
+def test_routes_of_an_owner_are_replaced_listed_and_deleted(ns: Netns, sock: Rtnl) -> None:
+    """What the agent's host-gw routing does, checked with iproute2."""
+    on_link(ns, sock)
+    net = ipaddress.ip_network
+    addr = ipaddress.ip_address
+    netlink.replace_route(sock, net("10.244.1.0/24"), addr("10.7.0.11"), protocol=HOSTGW)
+    netlink.replace_route(sock, net("fd10:1::/64"), addr("fd00:7::11"), protocol=HOSTGW)
+    assert shown_routes(ns) == [
+        ("10.244.1.0/24", "10.7.0.11", str(HOSTGW)),
+        ("fd10:1::/64", "fd00:7::11", str(HOSTGW)),
+    ]
+    # Replacing moves the route to the new gateway; it never adds a second one.
+    netlink.replace_route(sock, net("10.244.1.0/24"), addr("10.7.0.12"), protocol=HOSTGW)
+    assert shown_routes(ns)[0] == ("10.244.1.0/24", "10.7.0.12", str(HOSTGW))
+    assert len(shown_routes(ns)) == 2
+
+    # Others' routes: another protocol, or ours in another table, are not listed as ours.
+    subprocess.run(
+        ["ip", "-n", ns.name, "route", "add", "10.99.0.0/24", "via", "10.7.0.11"], check=True
+    )
+    other_table = ["10.98.0.0/24", "via", "10.7.0.11", "proto", str(HOSTGW), "table", "100"]
+    subprocess.run(["ip", "-n", ns.name, "route", "add", *other_table], check=True)
+    assert sorted(netlink.routes_of_protocol(sock, HOSTGW), key=str) == [
+        (net("10.244.1.0/24"), addr("10.7.0.12")),
+        (net("fd10:1::/64"), addr("fd00:7::11")),
+    ]
+
+    # Deleting names the owner: the other owner's route to the same place stays.
+    assert not netlink.delete_route(sock, net("10.99.0.0/24"), addr("10.7.0.11"), protocol=HOSTGW)
+    assert ("10.99.0.0/24", "10.7.0.11", "boot") in shown_routes(ns)
+    assert netlink.delete_route(sock, net("10.244.1.0/24"), addr("10.7.0.12"), protocol=HOSTGW)
+    assert netlink.delete_route(sock, net("fd10:1::/64"), addr("fd00:7::11"), protocol=HOSTGW)
+    assert not netlink.delete_route(sock, net("fd10:1::/64"), addr("fd00:7::11"), protocol=HOSTGW)
+    assert shown_routes(ns) == [("10.99.0.0/24", "10.7.0.11", "boot")]
+    table_100 = ip_json(ns, "route", "show", "table", "100")
+    assert [(r["dst"], r["gateway"]) for r in table_100] == [("10.98.0.0/24", "10.7.0.11")]
+
+
+def test_a_route_the_kernel_refuses_says_which_and_why(ns: Netns, sock: Rtnl) -> None:
+    on_link(ns, sock)
+    with pytest.raises(CniError) as refused:
+        netlink.replace_route(
+            sock,
+            ipaddress.ip_network("10.244.2.0/24"),
+            ipaddress.ip_address("192.0.2.9"),  # not on a connected subnet
+            protocol=HOSTGW,
+        )
+    assert refused.value.code == INTERNAL
+    assert refused.value.msg.startswith("route 10.244.2.0/24 via 192.0.2.9: Network is unreachable")
+    assert shown_routes(ns) == []
+
+
+def test_interface_addresses_are_the_nodes_own_without_loopback_or_link_local(
+    ns: Netns, sock: Rtnl
+) -> None:
+    subprocess.run(["ip", "-n", ns.name, "link", "set", "lo", "up"], check=True)
+    on_link(ns, sock)
+    found = {str(i) for i in netlink.interface_addresses(sock)}
+    shown = {
+        f"{a['local']}/{a['prefixlen']}"
+        for entry in ip_json(ns, "addr", "show")
+        for a in entry["addr_info"]
+    }
+    assert {"127.0.0.1/8", "::1/128"} <= shown and any(s.startswith("fe80:") for s in shown)
+    assert found == {"10.7.0.1/24", "fd00:7::1/64"}

@@ -19,18 +19,23 @@ from typing import Any
 
 import pytest
 from cni_operator import hostgw
+from cni_operator.hostgw_node import ROUTE_REFUSED
+from cni_operator.kube import Kube
 from cni_operator.node import manifest as manifest_io
 from cni_operator.node.manifest import ManagedNetwork, Manifest
 from cni_operator.node.paths import HostPaths
+
+from devtools.localcluster.cluster import LocalCluster
 
 pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)"),
 ]
 ROOT = Path(__file__).resolve().parents[3]
+CLUSTER = ["10.244.0.0/16"]  # the network's routing.clusterCIDRs
 
 DRIVER = """
-import json, sys
+import dataclasses, json, sys
 from pathlib import Path
 from cni_operator.hostgw_node import HostGatewayNode
 from cni_operator.node import manifest as manifest_io
@@ -41,7 +46,13 @@ for body in args["nodes"]:
     node.on_node("ADDED", body)
 # What the agent's reconcile pass hands over: the specs applied on this node.
 applied = manifest_io.load(HostPaths(Path(args["root"]))).networks
-print(json.dumps(node.sync({name: m.spec for name, m in applied.items()})))
+passes = []
+for _ in range(args["passes"]):
+    report = node.sync({name: m.spec for name, m in applied.items()})
+    events = [dataclasses.asdict(e) for e in node.take_events()]
+    passes.append({"report": report, "events": events})
+loaded = sorted(m for m in sys.modules if m.split(".")[0] == "pyroute2")
+print(json.dumps({"passes": passes, "pyroute2": loaded}))
 """
 
 
@@ -91,7 +102,7 @@ class TwoNodes:
 
     def node(self, name: str, ip: str, cidr: str) -> dict[str, Any]:
         return {
-            "metadata": {"name": name},
+            "metadata": {"name": name, "uid": f"uid-{name}"},
             "spec": {"podCIDRs": [cidr]},
             "status": {"addresses": [{"type": "InternalIP", "address": ip}]},
         }
@@ -125,7 +136,12 @@ class TwoNodes:
         manifest_io.save(self.paths, manifest)
 
     def sync(self, nodes: list[dict[str, Any]]) -> dict[str, Any] | None:
-        args = json.dumps({"root": str(self.root), "me": "a", "nodes": nodes})
+        report: dict[str, Any] | None = self.passes(nodes, 1)[0]["report"]
+        return report
+
+    def passes(self, nodes: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+        """`count` agent passes in one process: each one's report and the Events it made."""
+        args = json.dumps({"root": str(self.root), "me": "a", "nodes": nodes, "passes": count})
         out = sh(
             "nsenter",
             f"--net=/run/netns/{self.a}",
@@ -134,8 +150,11 @@ class TwoNodes:
             DRIVER,
             args,
         )
-        result: dict[str, Any] | None = json.loads(out.strip().splitlines()[-1])
-        return result
+        answer = json.loads(out.strip().splitlines()[-1])
+        # One kernel toolkit: the agent's host-gw never loads pyroute2 (~24 MiB of RSS).
+        assert answer["pyroute2"] == [], answer["pyroute2"]
+        passes: list[dict[str, Any]] = answer["passes"]
+        return passes
 
     def routes(self) -> list[tuple[str, str]]:
         listing = json.loads(
@@ -169,7 +188,7 @@ def nodes(tmp_path: Path) -> Iterator[TwoNodes]:
 
 
 def test_routes_follow_the_nodes_and_go_with_the_network(nodes: TwoNodes) -> None:
-    nodes.manifest({"mode": "HostGateway", "ipMasq": True})
+    nodes.manifest({"mode": "HostGateway", "ipMasq": True, "clusterCIDRs": CLUSTER})
     report = nodes.sync(nodes.nodes())
     assert report is not None and report["applied"], report
     s = nodes.subnet
@@ -190,7 +209,7 @@ def test_routes_follow_the_nodes_and_go_with_the_network(nodes: TwoNodes) -> Non
     assert f"via {s}.11" in others
 
     # Masquerade off: the table goes, the routes stay.
-    nodes.manifest({"mode": "HostGateway", "ipMasq": False})
+    nodes.manifest({"mode": "HostGateway", "ipMasq": False, "clusterCIDRs": CLUSTER})
     nodes.sync(nodes.nodes())
     assert nodes.routes() == [("10.244.1.0/24", f"{s}.11"), ("10.244.2.0/24", f"{s}.12")]
     assert "masquerade" not in nodes.nft_table()
@@ -223,7 +242,7 @@ def test_a_fresh_agent_removes_routes_left_by_a_previous_one(nodes: TwoNodes) ->
 
 
 def test_unreachable_peers_are_reported_not_routed(nodes: TwoNodes) -> None:
-    nodes.manifest({"mode": "HostGateway"})
+    nodes.manifest({"mode": "HostGateway", "clusterCIDRs": CLUSTER})
     far = nodes.node("far", "192.0.2.9", "10.244.5.0/24")
     report = nodes.sync([*nodes.nodes(extra=False), far])
     assert report is not None and report["applied"]
@@ -231,3 +250,90 @@ def test_unreachable_peers_are_reported_not_routed(nodes: TwoNodes) -> None:
     assert any(
         "far: InternalIP 192.0.2.9 is not on a directly connected" in s for s in report["skipped"]
     )
+
+
+def test_claims_a_node_may_not_make_are_refused_reported_and_evented(nodes: TwoNodes) -> None:
+    """The review's three claims, all with a reachable InternalIP: 128.0.0.0/1, the node
+    network itself, and half of another node's range. None becomes a route; each is in the
+    report and one Event names the claiming Node (and the Node it collides with)."""
+    s = nodes.subnet
+    nodes.manifest({"mode": "HostGateway", "clusterCIDRs": ["10.0.0.0/8"]})
+    claims = [
+        *nodes.nodes(),  # a (us), b 10.244.1.0/24, c 10.244.2.0/24
+        nodes.node("wide", f"{s}.66", "128.0.0.0/1"),
+        nodes.node("lan", f"{s}.67", f"{s}.0/25"),  # the nodes' own subnet
+        nodes.node("half", f"{s}.68", "10.244.2.128/25"),  # half of c's range
+    ]
+    first, second = nodes.passes(claims, 2)
+    report = first["report"]
+    assert report is not None and report["applied"], report
+    assert nodes.routes() == [("10.244.1.0/24", f"{s}.11")]
+    assert sh("ip", "-n", nodes.a, "route", "show", "128.0.0.0/1") == ""
+    refused = {(r["node"], r["podCIDR"]): r["reason"] for r in report["refused"]}
+    assert refused == {
+        ("wide", "128.0.0.0/1"): "podCIDR 128.0.0.0/1 is outside the network's "
+        "routing.clusterCIDRs (10.0.0.0/8)",
+        ("lan", f"{s}.0/25"): f"podCIDR {s}.0/25 overlaps {s}.0/24, "
+        "a directly connected subnet of this node",
+        ("c", "10.244.2.0/24"): "podCIDR 10.244.2.0/24 overlaps node half's podCIDR "
+        "10.244.2.128/25",
+        ("half", "10.244.2.128/25"): "podCIDR 10.244.2.128/25 overlaps node c's podCIDR "
+        "10.244.2.0/24",
+    }
+    events = {e["involved"]["metadata"]["name"]: e for e in first["events"]}
+    assert set(events) == {"wide", "lan", "c", "half"}
+    for name, event in events.items():
+        assert event["involved"] == {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": name, "uid": f"uid-{name}"},
+        }
+        assert event["reason"] == "HostGatewayRouteRefused"
+        assert event["message"].startswith("host-gw on node a does not route ")
+        assert f"to node {name}: " in event["message"]
+    # The next pass reports the same refusals but posts no Event again.
+    assert second["report"]["refused"] == report["refused"]
+    assert second["events"] == []
+
+
+@pytest.mark.cluster("control-plane")
+def test_a_refusal_event_is_about_the_node_and_kubectl_shows_it(
+    nodes: TwoNodes, cluster: LocalCluster
+) -> None:
+    """The Event a refused claim gives, posted as the agent posts it, to a real API server:
+    it lands on the Node object (its uid), where `kubectl describe node` shows it."""
+    s = nodes.subnet
+    name = f"hgw-wide-{secrets.token_hex(3)}"
+    claim = nodes.node(name, f"{s}.66", "128.0.0.0/1")
+    created = {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name},
+        "spec": claim["spec"],
+    }
+    cluster.kubectl("create", "-f", "-", input=json.dumps(created))
+    try:
+        status = json.dumps({"status": claim["status"]})
+        cluster.kubectl("patch", "node", name, "--subresource=status", "--type=merge", "-p", status)
+        stored = json.loads(cluster.kubectl("get", "node", name, "-o", "json").stdout)
+        nodes.manifest({"mode": "HostGateway", "clusterCIDRs": CLUSTER})
+        (only,) = nodes.passes([*nodes.nodes(extra=False), stored], 1)
+        assert nodes.routes() == [("10.244.1.0/24", f"{s}.11")]
+        (event,) = only["events"]
+        assert event["involved"]["metadata"] == {"name": name, "uid": stored["metadata"]["uid"]}
+        Kube(str(cluster.kubeconfig)).post_event(
+            event["involved"], "Warning", event["reason"], event["message"], "cniwarden-agent"
+        )
+        selector = f"involvedObject.kind=Node,involvedObject.name={name}"
+        listed = cluster.kubectl(
+            "get", "events", "-A", "--field-selector", selector, "-o", "json"
+        ).stdout
+        ours = [e for e in json.loads(listed)["items"] if e["reason"] == ROUTE_REFUSED]
+        assert [(e["type"], e["involvedObject"]["uid"]) for e in ours] == [
+            ("Warning", stored["metadata"]["uid"])
+        ]
+        described = cluster.kubectl("describe", "node", name).stdout
+        assert ROUTE_REFUSED in described
+        assert "128.0.0.0/1 is outside the network's routing.clusterCIDRs" in described
+    finally:
+        cluster.kubectl("delete", "node", name, "--ignore-not-found", check=False)

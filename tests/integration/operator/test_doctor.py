@@ -13,7 +13,7 @@ import pytest
 from cni_operator.node.atomic import sha256_file
 from cni_operator.node.own_binaries import DirectorySource
 from cni_operator.node.paths import HostPaths
-from cni_operator.reconciler import Reconciler
+from cni_operator.reconcile import Reconciler
 
 REFERENCE = Path("/usr/lib/cni")
 pytestmark = pytest.mark.skipif(
@@ -129,3 +129,26 @@ def test_empty_node_is_broken(tmp_path: Path) -> None:
     out = doctor(tmp_path)
     assert out.returncode == 2
     assert "NoUsableConfig" in out.stdout
+
+
+def test_a_corrupt_journal_or_manifest_is_a_problem_never_a_crash(node: HostPaths) -> None:
+    """Issue 11 item 4: one corrupt journal line that is not the last made the
+    doctor crash with a traceback; so did an unreadable manifest."""
+    node.journal.parent.mkdir(parents=True, exist_ok=True)
+    good = (
+        '{"op": "quarantine", "original": "/etc/cni/net.d/00-x.conflist", "stored": '
+        '"/etc/cni/net.d/.cniwarden-quarantine/a.quarantined", "sha256": "' + "ab" * 32 + '", '
+        '"time": "2026-01-01T00:00:00Z", "network": "podnet"}\n'
+    )
+    node.journal.write_text(good + "{broken\n" + good)
+    out = doctor(node.root)
+    assert "Traceback" not in out.stderr, out.stderr
+    assert out.returncode == 1, out.stdout
+    assert "QuarantineJournalCorrupt" in out.stdout and "line 2" in out.stdout
+    assert "00-x.conflist" in out.stdout  # the readable entry is still listed
+
+    node.manifest.write_text('{"networks": {"podnet": ')
+    out = doctor(node.root, "--json")
+    assert "Traceback" not in out.stderr, out.stderr
+    codes = [p["code"] for p in json.loads(out.stdout)["problems"]]
+    assert codes[0] == "ManifestUnreadable" and "QuarantineJournalCorrupt" in codes

@@ -609,3 +609,53 @@ def test_api_server_restart_loses_nothing(fleet: Fleet) -> None:
         fleet.delete(name, timeout=2 * CONVERGE_SECONDS)
     assert planted.exists()  # restored on delete
     planted.unlink()
+
+
+def test_a_corrupt_journal_line_is_reported_and_the_agent_keeps_beating(fleet: Fleet) -> None:
+    """Issue 11 item 4: one corrupt journal line that is not the last made every
+    pass raise: no report, no heartbeat, no host-gw. Now it is a node problem and an
+    Event about the node's CNINodeState, and the agent goes on."""
+    node = fleet.nodes[2]
+    journal = fleet.roots[node] / "var/lib/cni/cniwarden/quarantine/journal.jsonl"
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    written_at = now_iso()
+    journal.write_text('{"op": "quarantine", "orig\n' + '{"op": "restore"}\n')
+    nudge = fleet.conf_dir(node) / "nudge.txt"  # any change in net.d wakes the agent
+    nudge.write_text("")
+    try:
+
+        def corrupt_reported() -> dict[str, Any] | None:
+            state = fleet.node_state(node)
+            found = [
+                p for p in state.get("problems") or [] if p["code"] == "QuarantineJournalCorrupt"
+            ]
+            return found[0] if found and state.get("heartbeatTime", "") >= written_at else None
+
+        problem = fleet.wait(corrupt_reported, "the corrupt journal reported")
+        assert problem["severity"] == "error"
+        assert "2 corrupt line(s) skipped (line 1: " in problem["message"]
+        first_beat = fleet.node_state(node)["heartbeatTime"]
+        fleet.wait(
+            lambda: fleet.node_state(node).get("heartbeatTime", "") > first_beat,
+            "a later heartbeat",
+        )
+        event = fleet.wait(
+            lambda: next(
+                (e for e in fleet.events(node) if e["reason"] == "QuarantineJournalCorrupt"), None
+            ),
+            "an Event about the node's CNINodeState",
+        )
+        assert event["involvedObject"]["kind"] == "CNINodeState", event
+        assert event["type"] == "Warning" and event["message"].startswith(f"node {node}: ")
+    finally:
+        journal.unlink(missing_ok=True)
+    fleet.wait(
+        lambda: (
+            not [
+                p
+                for p in fleet.node_state(node).get("problems") or []
+                if p["code"] == "QuarantineJournalCorrupt"
+            ]
+        ),
+        "the problem gone with the corrupt lines",
+    )

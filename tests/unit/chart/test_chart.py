@@ -210,7 +210,7 @@ def test_agent_daemonset_runs_everywhere_with_only_the_host_paths_it_needs() -> 
     pod = daemonset["spec"]["template"]["spec"]
     assert pod["hostNetwork"] is True
     assert pod["tolerations"] == [{"operator": "Exists"}]
-    host_paths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"]}
+    host_paths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
     assert host_paths == {
         "cni-conf": "/etc/cni/net.d",
         "cni-bin": "/opt/cni/bin",
@@ -229,6 +229,7 @@ def test_agent_daemonset_runs_everywhere_with_only_the_host_paths_it_needs() -> 
         "/etc/cni/net.d",
         "/opt/cni/bin",
         "/var/lib/cni",
+        "/var/run/secrets/kubernetes.io/serviceaccount",
     }
     ctx = agent["securityContext"]
     assert ctx["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN"]}
@@ -267,7 +268,9 @@ def test_host_paths_follow_the_runtime_but_mount_at_the_standard_paths() -> None
     }
     daemonset = find(render_chart(values), "DaemonSet", "-agent")
     volumes = {
-        v["name"]: v["hostPath"]["path"] for v in daemonset["spec"]["template"]["spec"]["volumes"]
+        v["name"]: v["hostPath"]["path"]
+        for v in daemonset["spec"]["template"]["spec"]["volumes"]
+        if "hostPath" in v
     }
     assert volumes["cni-conf"] == k3s and volumes["cni-bin"] == "/bin/cni"
     mounts = {m["name"]: m["mountPath"] for m in container(daemonset, "agent")["volumeMounts"]}
@@ -278,7 +281,7 @@ def test_server_can_be_switched_off() -> None:
     daemonset = find(render_chart({"agent": {"cniServer": {"enabled": False}}}), "DaemonSet")
     pod = daemonset["spec"]["template"]["spec"]
     assert [c["name"] for c in pod["containers"]] == ["agent"]
-    assert {v["name"] for v in pod["volumes"]} == {"cni-conf", "cni-bin", "cni-state"}
+    assert {v["name"] for v in pod["volumes"]} == {"api-token", "cni-conf", "cni-bin", "cni-state"}
 
 
 def test_images_come_from_values() -> None:
@@ -337,27 +340,27 @@ def test_example_network_values_reach_the_spec() -> None:
 
 
 # --------------------------------------------------------------- images
-@pytest.mark.parametrize("image", ["controller", "agent"])
-def test_dockerfiles_are_multi_stage_pinned_and_copy_what_exists(image: str) -> None:
-    text = (ROOT / "images" / image / "Dockerfile").read_text()
+def test_one_dockerfile_builds_both_images_from_a_pinned_base() -> None:
+    text = (ROOT / "images" / "Dockerfile").read_text()
     args = dict(re.findall(r"^ARG (\w+)=(\S+)$", text, re.MULTILINE))
-    bases = re.findall(r"^FROM (\S+)", text, re.MULTILINE)
-    assert len(bases) >= 2, "multi-stage"
-    for base in bases:
+    stages = re.findall(r"^FROM (\S+) AS (\S+)$", text, re.MULTILINE)
+    names = {name for _, name in stages}
+    assert {"controller", "agent"} <= names, "one target per image"
+    for base, _ in stages:
         ref = args.get(base.strip("${}"), base)
-        if ref in ("build", "shim"):
+        if ref in names | {"scratch"}:
             continue
         _, _, tag = ref.partition(":")
         assert re.search(r"\d+\.\d+", tag), f"{ref}: pin a versioned tag, never latest"
     for source in re.findall(r"^COPY (?!--from)(.+) \S+$", text, re.MULTILINE):
         for path in source.split():
             assert (ROOT / path).exists(), f"COPY {path}: not in the repository"
-    if image == "controller":
-        assert re.search(r"^USER 65532:65532$", text, re.MULTILINE), "non-root"
-    else:
-        assert "/usr/lib/cniwarden/cni-bin" in text
-        assert "CNIWARDEN_OWN_BIN_DIR=/usr/lib/cniwarden/cni-bin" in text
-        assert "make plugins" in text
+    controller = text[text.index("AS controller") : text.index("AS agent")]
+    agent = text[text.index("AS agent") :]
+    assert re.search(r"^USER 65532:65532$", controller, re.MULTILINE), "non-root"
+    assert "/usr/lib/cniwarden/cni-bin" in agent
+    assert "CNIWARDEN_OWN_BIN_DIR=/usr/lib/cniwarden/cni-bin" in agent
+    assert "make plugins" in text
 
 
 def test_the_images_entry_points_are_in_the_package() -> None:
@@ -379,6 +382,7 @@ def test_kind_config_disables_the_default_cni_and_has_two_workers() -> None:
 def test_chart_directory_has_no_stray_files() -> None:
     expected = {
         "Chart.yaml",
+        "README.md",
         "values.yaml",
         "values.schema.json",
         ".helmignore",
@@ -391,7 +395,7 @@ def test_chart_directory_has_no_stray_files() -> None:
 
 def test_agents_may_write_only_their_own_nodes_report() -> None:
     objects = render_chart(namespace="cw-system")
-    policy = find(objects, "ValidatingAdmissionPolicy")
+    policy = find(objects, "ValidatingAdmissionPolicy", "-own-node-state")
     rules = policy["spec"]["matchConstraints"]["resourceRules"]
     assert rules[0]["resources"] == ["cninodestates", "cninodestates/status"]
     assert set(rules[0]["operations"]) == {"CREATE", "UPDATE"}
@@ -400,10 +404,121 @@ def test_agents_may_write_only_their_own_nodes_report() -> None:
     (validation,) = policy["spec"]["validations"]
     assert "authentication.kubernetes.io/node-name" in validation["expression"]
     assert "object.metadata.name" in validation["expression"]
-    binding = find(objects, "ValidatingAdmissionPolicyBinding")
+    binding = find(objects, "ValidatingAdmissionPolicyBinding", "-own-node-state")
     assert binding["spec"] == {
         "policyName": policy["metadata"]["name"],
         "validationActions": ["Deny"],
     }
     off = render_chart({"agent": {"ownNodeStateOnly": False}})
-    assert not [o for o in off if o["kind"].startswith("ValidatingAdmissionPolicy")]
+    assert not [
+        o
+        for o in off
+        if o["kind"].startswith("ValidatingAdmissionPolicy")
+        and o["metadata"]["name"].endswith("-own-node-state")
+    ]
+
+
+def test_canonical_keys_policy_lists_what_the_agent_refuses() -> None:
+    """The admission policy and the agent's parser refuse the same spellings."""
+    from cni_operator import api  # noqa: PLC0415
+
+    objects = render_chart()
+    policy = find(objects, "ValidatingAdmissionPolicy", "-canonical-keys")
+    variables = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}
+    for name, keys in (
+        ("pluginKeys", api.PLUGIN_KEYS),
+        ("ipamKeys", api.IPAM_KEYS),
+        ("rangeKeys", api.RANGE_KEYS),
+    ):
+        assert variables[name] == "[" + ", ".join(f"'{k}'" for k in keys) + "]"
+    binding = find(objects, "ValidatingAdmissionPolicyBinding", "-canonical-keys")
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    off = render_chart({"cniNetworkAdmission": {"canonicalKeys": False}})
+    assert not [o for o in off if o["metadata"]["name"].endswith("-canonical-keys")]
+
+
+def test_binary_sources_reach_the_agent_and_the_controller() -> None:
+    prefix = "https://github.com/containernetworking/plugins/releases/download/"
+    values = {
+        "binarySources": {"urlPrefixes": [prefix], "fetchTimeoutSeconds": 30, "maxBytes": 1000}
+    }
+    objects = render_chart(values)
+    agent_args = container(find(objects, "DaemonSet"), "agent")["args"]
+    assert "--binary-fetch-timeout=30" in agent_args
+    assert "--binary-max-bytes=1000" in agent_args
+    assert f"--binary-url-prefix={prefix}" in agent_args
+    controller_args = container(find(objects, "Deployment"), "controller")["args"]
+    assert f"--binary-url-prefix={prefix}" in controller_args
+    defaults = container(find(render_chart(), "DaemonSet"), "agent")["args"]
+    assert "--binary-max-bytes=268435456" in defaults
+    assert not [a for a in defaults if a.startswith("--binary-url-prefix")]
+    for bad in ("https://github.com/org", "ftp://h/x/", "https://h/x/?a=b/"):
+        out = helm(
+            "template",
+            "t",
+            str(CHART),
+            *set_args({"binarySources": {"urlPrefixes": [bad]}}),
+            check=False,
+        )
+        assert out.returncode != 0 and "urlPrefixes" in out.stderr, bad
+
+
+# ---------------------------------------------------------- least privilege (issue 11)
+TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+def test_only_the_agent_container_gets_an_api_token() -> None:
+    """The privileged cni-server never calls the API server: no token in it."""
+    daemonset = find(render_chart(), "DaemonSet", "-agent")
+    pod = daemonset["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    (token,) = [
+        m for m in container(daemonset, "agent")["volumeMounts"] if m["mountPath"] == TOKEN_PATH
+    ]
+    assert token["readOnly"] is True
+    volume = next(v for v in pod["volumes"] if v["name"] == token["name"])
+    sources = volume["projected"]["sources"]
+    assert sources[0]["serviceAccountToken"]["path"] == "token"
+    assert sources[1]["configMap"]["name"] == "kube-root-ca.crt"
+    assert sources[2]["downwardAPI"]["items"][0]["path"] == "namespace"
+    for name in ("cni-server", *[c["name"] for c in pod.get("initContainers") or []]):
+        spec = container(daemonset, name) if name == "cni-server" else pod["initContainers"][0]
+        mounts = [m for m in spec.get("volumeMounts") or [] if m["name"] == token["name"]]
+        assert not mounts, f"{name} mounts the API token"
+
+
+def test_the_server_socket_directory_is_made_private_first() -> None:
+    pod = find(render_chart(), "DaemonSet", "-agent")["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    assert init["command"] == ["python", "-c", "import os; os.chmod('/run/cniwarden', 0o700)"]
+    assert init["volumeMounts"] == [{"name": "cni-run", "mountPath": "/run/cniwarden"}]
+    assert init["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert not init["securityContext"]["allowPrivilegeEscalation"]
+    run_dir = next(v for v in pod["volumes"] if v["name"] == "cni-run")
+    assert run_dir["hostPath"]["path"] == "/run/cniwarden"
+    off = find(render_chart({"agent": {"cniServer": {"enabled": False}}}), "DaemonSet", "-agent")
+    assert "initContainers" not in off["spec"]["template"]["spec"]
+
+
+def test_creating_a_network_is_a_node_admin_role_of_its_own() -> None:
+    objects = render_chart()
+    admin = find(objects, "ClusterRole", "cniwarden-admin")
+    assert admin["aggregationRule"]["clusterRoleSelectors"] == [
+        {"matchLabels": {"cniwarden.io/aggregate-to-admin": "true"}}
+    ]
+    networks = find(objects, "ClusterRole", "cniwarden-admin-networks")
+    assert networks["metadata"]["labels"]["cniwarden.io/aggregate-to-admin"] == "true"
+    assert rules(objects, "cniwarden-admin-networks") >= grants(
+        ("cniwarden.io", "cninetworks", ["create", "update", "patch", "delete"])
+    )
+    view = find(objects, "ClusterRole", "cniwarden-view")
+    assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    assert {v for _, _, v in rules(objects, "cniwarden-view")} == {"get", "list", "watch"}
+    for obj in objects:
+        labels = obj["metadata"].get("labels") or {}
+        for builtin in ("admin", "edit"):
+            assert f"rbac.authorization.k8s.io/aggregate-to-{builtin}" not in labels, obj
+    readme = (CHART / "README.md").read_text()
+    notes = (CHART / "templates" / "NOTES.txt").read_text()
+    for text in (readme, notes):
+        assert "node-admin" in text and "binarySources.urlPrefixes" in text

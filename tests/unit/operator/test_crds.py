@@ -136,3 +136,14 @@ def test_defaults_agree_with_the_model() -> None:
     assert spec["cniVersion"]["default"] == model.cniVersion
     assert spec["shadowPolicy"]["default"] == model.shadowPolicy
     assert spec["cniVersion"]["enum"] == list(api.SUPPORTED_CNI_VERSIONS)
+
+
+def test_cni_version_enum_is_the_plugins_list_from_conflist_on() -> None:
+    """One source: node_plugin says which versions exist; the CRD offers those a
+    conflist can carry (0.3.0 on), in the same order."""
+    from node_plugin.cni import versions  # noqa: PLC0415
+
+    spec = schema_of("cninetworks.cniwarden.io")["properties"]["spec"]["properties"]
+    expected = [v for v in versions.SUPPORTED if versions.at_least(v, "0.3.0")]
+    assert spec["cniVersion"]["enum"] == expected
+    assert "1.1.0" in expected and "0.2.0" not in expected

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from cni_operator import hostgw
 from cni_operator.api import SpecError, parse_spec
-from cni_operator.hostgw import Masquerade, PeerNode, Route, RoutingWish
+from cni_operator.hostgw import Masquerade, PeerNode, Refusal, Route, RoutingWish
 
 from tests.unit.operator.test_crds import cel, rule_at
 
@@ -33,7 +33,8 @@ def peers(*bodies: dict[str, Any]) -> list[PeerNode]:
     return [PeerNode.from_node(b) for b in bodies]
 
 
-HGW = [RoutingWish("pods", host_gateway=True, ip_masq=False)]
+CLUSTER_CIDRS = ("10.244.0.0/16", "fd10::/16")
+HGW = [RoutingWish("pods", host_gateway=True, ip_masq=False, cluster_cidrs=CLUSTER_CIDRS)]
 CLUSTER = peers(
     node("a", "10.231.0.10", "10.244.0.0/24"),
     node("b", "10.231.0.11", "10.244.1.0/24"),
@@ -81,7 +82,7 @@ def test_unreachable_or_unusable_peers_are_skipped_with_a_reason() -> None:
     text = "\n".join(plan.skipped)
     assert "far: InternalIP 192.168.7.5 is not on a directly connected subnet" in text
     assert "noip: no IPv4 InternalIP" in text
-    assert "clash: podCIDR 10.244.0.128/25 overlaps" in text
+    assert "clash: podCIDR 10.244.0.128/25 overlaps this node's pod CIDR 10.244.0.0/24" in text
     assert "v6only: no IPv6 InternalIP" in text
     assert "selfip" in text
     assert "nocidr" not in text  # a node without a podCIDR simply has nothing to route
@@ -189,7 +190,7 @@ def test_routing_is_part_of_the_spec_model() -> None:
 
 
 def test_report_names_routes_masquerade_and_skips() -> None:
-    wish = [RoutingWish("pods", True, True)]
+    wish = [RoutingWish("pods", True, True, CLUSTER_CIDRS)]
     nodes = [*CLUSTER, PeerNode("far", ("192.168.7.5",), ("10.244.5.0/24",))]
     report = hostgw.report(hostgw.plan("a", nodes, wish, LOCAL), applied=True)
     assert report["mode"] == "HostGateway"
@@ -213,3 +214,132 @@ def test_crd_refuses_host_gateway_without_use_pod_cidr() -> None:
     legacy = spec(mode="HostGateway")
     legacy["plugins"][0]["ipam"] = {"type": "host-local", "subnet": "usePodCIDR"}
     assert cel(rule, self=legacy)
+
+
+# ---- issue 11: host-gw routes only what a Node may claim --------------------------------
+
+
+def refusals(plan: hostgw.Plan) -> dict[tuple[str, str], str]:
+    return {(r.node, r.cidr): r.reason for r in plan.refused}
+
+
+def test_host_gateway_without_cluster_cidrs_routes_nothing() -> None:
+    """Any podCIDR used to become a route; without the cluster's CIDRs none can be judged."""
+    plan = hostgw.plan("a", CLUSTER, [RoutingWish("pods", True, False)], LOCAL, ["10.231.0.10"])
+    assert plan.routes == ()
+    assert plan.skipped[-1] == (
+        "network pods: HostGateway routes only pod CIDRs inside routing.clusterCIDRs, "
+        "and it declares none"
+    )
+    assert refusals(plan) == {
+        ("b", "10.244.1.0/24"): "podCIDR 10.244.1.0/24 is outside the network's "
+        "routing.clusterCIDRs (none declared)",
+        ("c", "10.244.2.0/24"): "podCIDR 10.244.2.0/24 is outside the network's "
+        "routing.clusterCIDRs (none declared)",
+    }
+
+
+def test_a_claim_outside_the_cluster_cidrs_is_refused() -> None:
+    """The review's 128.0.0.0/1: half the Internet routed to whoever wrote that Node."""
+    nodes = [*CLUSTER, *peers(node("evil", "10.231.0.66", "128.0.0.0/1", "fd99::/64"))]
+    plan = hostgw.plan("a", nodes, HGW, LOCAL, ["10.231.0.10"])
+    assert [r.node for r in plan.routes] == ["b", "c"]
+    assert refusals(plan) == {
+        ("evil", "128.0.0.0/1"): "podCIDR 128.0.0.0/1 is outside the network's "
+        "routing.clusterCIDRs (10.244.0.0/16, fd10::/16)",
+        ("evil", "fd99::/64"): "podCIDR fd99::/64 is outside the network's "
+        "routing.clusterCIDRs (10.244.0.0/16, fd10::/16)",
+    }
+    assert plan.skipped[0].startswith("node evil: podCIDR 128.0.0.0/1 is outside")
+
+
+def test_a_claim_on_another_nodes_range_is_refused_for_every_claimant() -> None:
+    """Half of b's range claimed by d: which Node lies cannot be told, so neither is routed."""
+    nodes = [*CLUSTER, *peers(node("d", "10.231.0.13", "10.244.1.128/25"))]
+    plan = hostgw.plan("a", nodes, HGW, LOCAL, ["10.231.0.10"])
+    assert plan.routes == (Route("10.244.2.0/24", "10.231.0.12", "c"),)
+    assert refusals(plan) == {
+        ("b", "10.244.1.0/24"): "podCIDR 10.244.1.0/24 overlaps node d's podCIDR 10.244.1.128/25",
+        ("d", "10.244.1.128/25"): "podCIDR 10.244.1.128/25 overlaps node b's podCIDR 10.244.1.0/24",
+    }
+
+
+def test_a_claim_outside_the_cluster_takes_nobodys_route() -> None:
+    """10.0.0.0/8 covers every node's range but is refused on its own: it competes with none."""
+    nodes = [*CLUSTER, *peers(node("greedy", "10.231.0.13", "10.0.0.0/8"))]
+    plan = hostgw.plan("a", nodes, HGW, LOCAL, ["10.231.0.10"])
+    assert [r.node for r in plan.routes] == ["b", "c"]
+    assert set(refusals(plan)) == {("greedy", "10.0.0.0/8")}
+
+
+def test_a_claim_on_a_connected_subnet_is_refused() -> None:
+    """A peer claiming the node network (a peer node's own subnet, or more) would divert the
+    nodes' own traffic, even when the declared cluster range is wide enough to contain it."""
+    wide = [RoutingWish("pods", True, False, ("10.0.0.0/8",))]
+    for claim in ("10.231.0.0/25", "10.231.0.0/16"):
+        nodes = [*CLUSTER, *peers(node("d", "10.231.0.13", claim))]
+        plan = hostgw.plan("a", nodes, wide, LOCAL, ["10.231.0.10"])
+        assert [r.node for r in plan.routes] == ["b", "c"]
+        assert refusals(plan) == {
+            ("d", claim): f"podCIDR {claim} overlaps 10.231.0.0/24, "
+            "a directly connected subnet of this node"
+        }
+
+
+def test_a_claim_on_every_range_refuses_every_claimant() -> None:
+    """Inside a wide declared range, one Node claiming all of it overlaps every Node: all
+    are refused (fail closed, each one reported) rather than any traffic misrouted."""
+    wide = [RoutingWish("pods", True, False, ("10.0.0.0/8",))]
+    nodes = [*CLUSTER, *peers(node("e", "10.231.0.14", "10.244.0.0/15"))]
+    plan = hostgw.plan("a", nodes, wide, LOCAL, ["10.231.0.10"])
+    assert plan.routes == ()
+    assert set(refusals(plan)) == {
+        ("b", "10.244.1.0/24"),
+        ("c", "10.244.2.0/24"),
+        ("e", "10.244.0.0/15"),
+    }
+    assert refusals(plan)[("e", "10.244.0.0/15")].endswith("this node's pod CIDR 10.244.0.0/24")
+
+
+def test_a_claim_on_our_own_range_is_refused() -> None:
+    nodes = peers(
+        node("a", "10.231.0.10", "10.244.0.0/24"), node("x", "10.231.0.9", "10.244.0.0/16")
+    )
+    plan = hostgw.plan("a", nodes, HGW, LOCAL, ["10.231.0.10"])
+    assert plan.routes == ()
+    assert refusals(plan) == {
+        ("x", "10.244.0.0/16"): "podCIDR 10.244.0.0/16 overlaps this node's pod CIDR 10.244.0.0/24"
+    }
+
+
+def test_every_refusal_is_in_the_node_report_by_node() -> None:
+    nodes = [*CLUSTER, *peers(node("evil", "10.231.0.66", "128.0.0.0/1"))]
+    plan = hostgw.plan("a", nodes, HGW, LOCAL, ["10.231.0.10"])
+    report = hostgw.report(plan, applied=True)
+    assert report["refused"] == [
+        {
+            "node": "evil",
+            "podCIDR": "128.0.0.0/1",
+            "reason": "podCIDR 128.0.0.0/1 is outside the network's routing.clusterCIDRs "
+            "(10.244.0.0/16, fd10::/16)",
+        }
+    ]
+    assert Refusal("evil", "128.0.0.0/1", "x").message == "node evil: x"
+    # Nothing to install but something refused: still worth a report.
+    refused_only = hostgw.plan("a", peers(node("evil", "10.231.0.66", "128.0.0.0/1")), HGW, LOCAL)
+    assert refused_only.empty and not refused_only.silent
+
+
+def test_peer_node_keeps_its_uid_for_events() -> None:
+    body = node("b", "10.231.0.11", "10.244.1.0/24")
+    body["metadata"]["uid"] = "1234-abcd"
+    assert PeerNode.from_node(body).uid == "1234-abcd"
+
+
+def test_crd_requires_cluster_cidrs_with_host_gateway() -> None:
+    rule = rule_at("cninetworks.cniwarden.io", ".spec.routing")
+    assert not cel(rule, self={"mode": "HostGateway"})
+    assert not cel(rule, self={"mode": "HostGateway", "clusterCIDRs": []})
+    assert cel(rule, self={"mode": "HostGateway", "clusterCIDRs": ["10.244.0.0/16"]})
+    assert cel(rule, self={"mode": "None", "ipMasq": True})
+    assert cel(rule, self={"ipMasq": True})

@@ -26,6 +26,8 @@ from cni_operator.node.quarantine import Quarantine
 from cni_operator.node.scan import scan_node
 from cni_operator.node.watcher import IN_CREATE, IN_DELETE, DirectoryWatcher, DirEvent
 
+from tests.faults import run_child
+
 REFERENCE = Path("/usr/lib/cni")
 needs_reference = pytest.mark.skipif(
     not (REFERENCE / "bridge").exists(),
@@ -170,7 +172,7 @@ def test_quarantine_and_exact_restore(host: HostPaths) -> None:
     assert quarantine.entries() == []
     assert not stored.exists()
     journal = host.journal.read_text().splitlines()
-    assert [json.loads(line)["op"] for line in journal] == ["quarantine", "restore"]
+    assert [json.loads(line)["op"] for line in journal] == ["moving", "quarantine", "restore"]
 
 
 def test_restore_never_overwrites_a_new_file(host: HostPaths) -> None:
@@ -359,3 +361,30 @@ def test_declared_binary_from_a_url_is_verified(tmp_path: Path) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_install_refuses_a_binary_that_does_not_read_back_as_written(host: HostPaths) -> None:
+    """The read-back check, exercised: another writer changes the file between its
+    rename into place and the agent's read-back (at that exact call, through
+    tests/faults.py), and the install fails naming both digests."""
+    data = b"#!/bin/sh\necho ours\n"
+    target = host.bin_dir / "cniwarden-x"
+
+    def install() -> None:
+        binaries.install(host, Manifest(), "cniwarden-x", data, "test")
+
+    def tamper() -> None:
+        with target.open("r+b") as handle:
+            handle.write(b"#!/bin/sh\necho evil\n")
+
+    probe = run_child(install)
+    assert probe.error is None and target.read_bytes() == data
+    target.unlink()
+    renamed = next(i for i, e in enumerate(probe.events, 1) if e.startswith("os.rename"))
+    read_back = next(
+        i for i, e in enumerate(probe.events, 1) if i > renamed and e.startswith(f"open {target} ")
+    )
+    run = run_child(install, act_at=read_back, action=tamper)
+    assert run.error is not None, "the tampered binary was accepted"
+    tampered = sha256_bytes(b"#!/bin/sh\necho evil\n")
+    assert f"wrote sha256 {sha256_bytes(data)} but read back {tampered}" in run.error

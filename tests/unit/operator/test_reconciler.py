@@ -9,10 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cni_operator.api import BinarySourcePolicy
 from cni_operator.node.atomic import sha256_file
+from cni_operator.node.fetch import FetchLimits
 from cni_operator.node.own_binaries import DirectorySource
 from cni_operator.node.paths import HostPaths
-from cni_operator.reconciler import Reconciler
+from cni_operator.node.watcher import IN_MOVED_TO, DirectoryWatcher, DirEvent
+from cni_operator.reconcile import Reconciler
+
+from .loopback_http import LoopbackServer, respond, serving
 
 REFERENCE = Path("/usr/lib/cni")
 pytestmark = pytest.mark.skipif(
@@ -299,3 +304,117 @@ def test_policy_back_to_report_restores(host: HostPaths, reconciler: Reconciler)
     assert back.status["quarantined"] == []
     assert back.status["shadowingFiles"] == ["/etc/cni/net.d/00-podman.conflist"]
     assert any(e.reason == "Restored" for e in back.events)
+
+
+def test_other_spellings_never_bypass_the_gate(host: HostPaths, reconciler: Reconciler) -> None:
+    """Issue 11 item 6: with a live lease, a change of `Bridge` is held like one of
+    `bridge`, and an `IPAM` beside `ipam` (read by the plugins, unseen by every
+    check) is refused."""
+    spelled = network()
+    plugin = spelled["spec"]["plugins"][0]
+    plugin["Bridge"] = plugin.pop("bridge")
+    reconciler.reconcile({"podnet": spelled}, NODE)
+    before = (host.conf_dir / "10-podnet.conflist").read_bytes()
+    attach(host, "podnet", "sandbox1")
+    moved = network(generation=2)
+    moved["spec"]["plugins"][0].pop("bridge")
+    moved["spec"]["plugins"][0]["Bridge"] = "cw1"
+    held = entry(reconciler.reconcile({"podnet": moved}, NODE).status, "podnet")
+    assert held["state"] == "Blocked" and held["blockedFields"] == ["plugins[0].bridge"]
+    assert (host.conf_dir / "10-podnet.conflist").read_bytes() == before
+
+    shadowed = network(generation=3)
+    shadowed["spec"]["plugins"][0]["IPAM"] = {
+        "type": "host-local",
+        "ranges": [[{"subnet": "10.9.0.0/24"}]],
+    }
+    refused = entry(reconciler.reconcile({"podnet": shadowed}, NODE).status, "podnet")
+    assert refused["state"] == "Invalid"
+    assert "plugins[0].IPAM: write 'ipam'" in refused["message"]
+    assert (host.conf_dir / "10-podnet.conflist").read_bytes() == before
+
+
+def served(server: LoopbackServer, *names: str) -> list[dict[str, Any]]:
+    return [
+        {"name": n, "sha256": sha256_file(REFERENCE / n), "source": {"url": server.url("/" + n)}}
+        for n in names
+    ]
+
+
+def test_url_binaries_are_fetched_only_when_the_node_lacks_them(
+    host: HostPaths, reconciler: Reconciler
+) -> None:
+    """Issue 11 item 3: a second pass (every lease write wakes one) downloads
+    nothing; a source that is down never invalidates a network whose verified
+    binaries are in place, and a safe MTU change still rolls out."""
+    routes = {f"/{n}": respond((REFERENCE / n).read_bytes()) for n in ("bridge", "host-local")}
+    with serving(routes) as server:
+        spec = network(binaries=served(server, "bridge", "host-local"))
+        first = reconciler.reconcile({"podnet": spec}, NODE)
+        assert entry(first.status, "podnet")["state"] == "Applied"
+        assert sorted(server.requests) == ["/bridge", "/host-local"]
+        reconciler.reconcile({"podnet": spec}, NODE)
+        attach(host, "podnet", "sandbox1")
+        reconciler.reconcile({"podnet": spec}, NODE)
+        assert sorted(server.requests) == ["/bridge", "/host-local"], "fetched again"
+        binaries = served(server, "bridge", "host-local")
+    # The source is gone now (connection refused).
+    changed = network(generation=2, binaries=binaries)
+    changed["spec"]["plugins"][0]["mtu"] = 1400
+    result = reconciler.reconcile({"podnet": changed}, NODE)
+    assert entry(result.status, "podnet")["state"] == "Applied", entry(result.status, "podnet")
+    conf = json.loads((host.conf_dir / "10-podnet.conflist").read_bytes())
+    assert conf["plugins"][0]["mtu"] == 1400
+
+    # A binary the node does not have yet still needs its source, and says so.
+    (host.bin_dir / "host-local").unlink()
+    broken = reconciler.reconcile({"podnet": changed}, NODE)
+    state = entry(broken.status, "podnet")
+    assert state["state"] == "Invalid" and "host-local: http://127.0.0.1:" in state["message"]
+    assert (host.conf_dir / "10-podnet.conflist").exists(), "the last good file stays"
+
+
+def test_download_limits_and_allowed_sources_apply(host: HostPaths, tmp_path: Path) -> None:
+    own = tmp_path / "own-limits"
+    own.mkdir()
+    strict = Reconciler(
+        host,
+        "n1",
+        DirectorySource(own),
+        sources=BinarySourcePolicy(("https://plugins.example/releases/",)),
+        fetch_limits=FetchLimits(deadline_seconds=1.0, max_bytes=1024),
+    )
+    with serving({"/bridge": respond((REFERENCE / "bridge").read_bytes())}) as server:
+        spec = network(binaries=served(server, "bridge"))
+        refused = entry(strict.reconcile({"podnet": spec}, NODE).status, "podnet")
+        assert refused["state"] == "Invalid"
+        assert "is not under an allowed prefix" in refused["message"]
+        assert server.requests == []
+        capped = Reconciler(
+            host, "n1", DirectorySource(own), fetch_limits=FetchLimits(5.0, max_bytes=1024)
+        )
+        too_big = entry(capped.reconcile({"podnet": spec}, NODE).status, "podnet")
+        assert too_big["state"] == "Invalid"
+        assert "more than the 1024 allowed" in too_big["message"]
+    assert not (host.conf_dir / "10-podnet.conflist").exists()
+
+
+def test_binaries_land_before_the_config_that_names_them(
+    host: HostPaths, reconciler: Reconciler
+) -> None:
+    """The order as the kernel saw it: one inotify queue over both directories
+    records each rename into place, so the trace shows which landed first."""
+    host.ensure()
+    watcher = DirectoryWatcher([host.conf_dir, host.bin_dir])
+    try:
+        reconciler.reconcile({"podnet": network()}, NODE)
+        events: list[DirEvent] = []
+        while batch := watcher.read_events():
+            events += batch
+    finally:
+        watcher.close()
+    landed = [(e.directory, e.name) for e in events if e.mask & IN_MOVED_TO]
+    config = landed.index((host.conf_dir, "10-podnet.conflist"))
+    for binary in ("bridge", "host-local"):
+        assert landed.index((host.bin_dir, binary)) < config, landed
+    assert landed[-1] == (host.conf_dir, "10-podnet.conflist"), landed

@@ -3,10 +3,12 @@
 import json
 
 from cni_operator.runtime_order import (
+    IGNORE_BINARIES,
     DirAnalysis,
     FileVerdict,
     Verdict,
     analyze,
+    effective_network,
     parse_config,
     sort_key,
 )
@@ -130,3 +132,22 @@ def test_non_config_names_are_ignored() -> None:
     )
     assert analysis.foreign == []
     assert analysis.containerd.ours
+
+
+def test_ignoring_binaries_judges_order_and_syntax_only() -> None:
+    """The reconciler's takeover and shadow questions: no bin dir is consulted, so no
+    file is called MissingBinary on the way, and the order verdicts stay the same."""
+    files = [OURS, ("00-podman.conflist", conflist("podman", kind="podman-bridge"))]
+    with_bin_dir = analyze(files, ["10-ours.conflist"], V)
+    assert by_file(with_bin_dir)["00-podman.conflist"].verdicts == (
+        Verdict.WINS_OVER_OURS,
+        Verdict.MISSING_BINARY,
+    )
+    ignoring = analyze(files, ["10-ours.conflist"], IGNORE_BINARIES)
+    assert by_file(ignoring)["00-podman.conflist"].verdicts == (Verdict.WINS_OVER_OURS,)
+    assert ignoring.shadowing_files == with_bin_dir.shadowing_files == ["00-podman.conflist"]
+    assert ignoring.containerd.healthy and not with_bin_dir.containerd.healthy
+    assert ignoring.containerd.network == with_bin_dir.containerd.network == "podman"
+    # A missing binary makes containerd fail pods, not pick another file.
+    assert effective_network(dict(files)) == "podman"
+    assert effective_network({"10-ours.conflist": OURS[1], "05-bad.conflist": b"{"}) is None

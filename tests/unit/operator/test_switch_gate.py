@@ -1,9 +1,12 @@
 """The unsafe-switch decision."""
 
 import copy
+import re
+from collections.abc import Callable
 from typing import Any
 
-from cni_operator.api import parse_spec
+import pytest
+from cni_operator.api import NetworkSpec, SpecError, parse_spec
 from cni_operator.switch_gate import acknowledged, classify, decide
 
 BASE: dict[str, Any] = {
@@ -82,3 +85,75 @@ def test_acknowledgement_is_per_generation_and_node() -> None:
     assert acknowledged({**ann, "cniwarden.io/proceed-nodes": "*"}, 4, "zzz")
     assert not acknowledged({"cniwarden.io/proceed-nodes": "a"}, 4, "a")
     assert not acknowledged({**ann, "cniwarden.io/proceed-generation": "x"}, 4, "a")
+
+
+def respelled(mutate) -> Any:  # type: ignore[no-untyped-def]
+    """Like `changed`, but taking the specs as an agent's manifest holds them (no
+    refusal of other spellings: an older agent may have applied one)."""
+    new = copy.deepcopy(BASE)
+    mutate(new)
+    return classify(NetworkSpec.model_validate(BASE), NetworkSpec.model_validate(new))
+
+
+def test_a_new_spec_spells_the_keys_the_checks_look_at_exactly() -> None:
+    mutations: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
+        ("plugins[0].IPAM", lambda p: p.update(IPAM=p.pop("ipam"))),
+        ("plugins[0].Type", lambda p: p.update(Type="x")),
+        ("plugins[0].ipam.Ranges", lambda p: p["ipam"].update(Ranges=p["ipam"].pop("ranges"))),
+        (
+            "plugins[0].ipam.ranges[0][0].SubNet",
+            lambda p: p["ipam"]["ranges"][0][0].update(SubNet="x"),
+        ),
+    ]
+    for where, mutate in mutations:
+        spec = copy.deepcopy(BASE)
+        mutate(spec["plugins"][0])
+        with pytest.raises(SpecError, match=re.escape(where) + ": write"):
+            parse_spec(spec)
+
+
+def test_spelling_never_changes_the_verdict() -> None:
+    """Issue 11 item 6: the plugins read keys case-insensitively (Go's rule), so the
+    gate does too: `Bridge` and `IPAM` changes are as unsafe as `bridge` and `ipam`."""
+
+    def bridge_spelled(s: dict[str, Any]) -> None:
+        plugin = s["plugins"][0]
+        del plugin["bridge"]
+        plugin["Bridge"] = "cw1"
+
+    assert respelled(bridge_spelled).unsafe == ["plugins[0].bridge"]
+
+    def ipam_spelled(s: dict[str, Any]) -> None:
+        plugin = s["plugins"][0]
+        ipam = plugin.pop("ipam")
+        plugin["IPAM"] = {**ipam, "ranges": [[{"subnet": "10.9.0.0/24"}]]}
+
+    assert respelled(ipam_spelled).unsafe == ["plugins[0].ipam.ranges"]
+
+    def range_key_spelled(s: dict[str, Any]) -> None:
+        s["plugins"][0]["ipam"]["Ranges"] = s["plugins"][0]["ipam"].pop("ranges")
+        s["plugins"][0]["ipam"]["Ranges"][0][0] = {"Subnet": "10.9.0.0/24"}
+
+    assert respelled(range_key_spelled).unsafe == ["plugins[0].ipam.ranges"]
+
+    def masq_spelled(s: dict[str, Any]) -> None:
+        s["plugins"][0]["IPMASQ"] = True
+
+    assert respelled(masq_spelled).unsafe == ["plugins[0].ipMasq"]
+
+
+def test_a_respelling_alone_is_no_change_and_duplicates_are_seen() -> None:
+    def same_values(s: dict[str, Any]) -> None:
+        plugin = s["plugins"][0]
+        plugin["BRIDGE"] = plugin.pop("bridge")
+        plugin["Ipam"] = plugin.pop("ipam")
+        plugin["Ipam"]["Ranges"] = [[{"SUBNET": "10.1.0.0/24"}]]
+        del plugin["Ipam"]["ranges"]
+
+    assert respelled(same_values).changed == []
+
+    def shadow_key(s: dict[str, Any]) -> None:
+        # Go's decoder (the reference plugins) takes the last spelling, ours the exact one.
+        s["plugins"][0]["Bridge"] = "cw9"
+
+    assert respelled(shadow_key).unsafe == ["plugins[0].bridge"]

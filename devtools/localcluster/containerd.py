@@ -1,0 +1,142 @@
+"""A real node's containerd: its config (CRI, runc, CNI dirs), launch and `ctr`.
+
+Separate from kubelet because it has its own config language (TOML, written by
+a small writer here), its own readiness (the socket serves `ctr plugins ls`)
+and its own leftovers (the runc shims' sockets under the host's /run).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from . import procs
+from .layout import PAUSE_IMAGE, NodeLayout
+from .state import ClusterState
+from .toolpaths import system_tool
+
+NAMESPACE = "k8s.io"
+
+
+def containerd_config(node: NodeLayout) -> str:
+    state = node.containerd_dir / "state"
+    config = {
+        "version": 2,
+        "root": str(node.containerd_dir / "root"),
+        "state": str(state),
+        "disabled_plugins": [
+            "io.containerd.snapshotter.v1.aufs",
+            "io.containerd.snapshotter.v1.btrfs",
+            "io.containerd.snapshotter.v1.devmapper",
+            "io.containerd.snapshotter.v1.zfs",
+        ],
+        "grpc": {"address": str(node.containerd_socket)},
+        "plugins": {
+            "io.containerd.internal.v1.opt": {"path": str(node.containerd_dir / "opt")},
+            "io.containerd.grpc.v1.cri": {
+                "sandbox_image": PAUSE_IMAGE,
+                "disable_apparmor": True,
+                # The VM's root lacks CAP_SYS_RESOURCE, so no process may lower its
+                # oom_score_adj (runc fails on the -998 CRI asks for sandboxes):
+                # cap every container at containerd's own score instead.
+                "restrict_oom_score_adj": True,
+                # Pod netns bind mounts under our state dir, not the global /run/netns.
+                "netns_mounts_under_state_dir": True,
+                "stream_server_address": "127.0.0.1",
+                "stream_server_port": "0",
+                "containerd": {
+                    "snapshotter": "overlayfs",
+                    "default_runtime_name": "runc",
+                    "runtimes": {
+                        "runc": {
+                            "runtime_type": "io.containerd.runc.v2",
+                            "options": {
+                                "SystemdCgroup": False,
+                                "BinaryName": str(system_tool("runc")),
+                                "Root": str(state / "runc"),
+                            },
+                        }
+                    },
+                },
+                "cni": {
+                    "bin_dir": str(node.cni_bin_dir),
+                    "conf_dir": str(node.cni_conf_dir),
+                    "max_conf_num": 1,
+                },
+                "registry": {"config_path": ""},
+            },
+        },
+    }
+    return toml(config)
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def toml(table: dict[str, object], prefix: str = "") -> str:
+    """Minimal TOML writer for the nested tables of containerd's config."""
+    lines, subtables = [], []
+    for key, value in table.items():
+        quoted = key if key.replace("_", "").isalnum() else json.dumps(key)
+        if isinstance(value, dict):
+            subtables.append((f"{prefix}.{quoted}" if prefix else quoted, value))
+        else:
+            lines.append(f"{quoted} = {_toml_value(value)}")
+    out = ""
+    if lines:
+        out += (f"[{prefix}]\n" if prefix else "") + "\n".join(lines) + "\n\n"
+    for name, sub in subtables:
+        out += toml(sub, name)
+    return out
+
+
+def ctr(node: NodeLayout, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return procs.run(
+        ["ctr", "--address", str(node.containerd_socket), "--namespace", NAMESPACE, *args],
+        check=check,
+    )
+
+
+def start_containerd(state: ClusterState, node: NodeLayout) -> None:
+    cfg = node.containerd_dir / "config.toml"
+    cfg.parent.mkdir(parents=True, exist_ok=True)
+    cfg.write_text(containerd_config(node))
+    rec = procs.start(
+        "containerd",
+        [str(system_tool("containerd")), "--config", str(cfg)],
+        Path(state.workdir) / "logs" / f"{node.name}-containerd.log",
+        netns=node.netns_path,
+        mntns=node.mntns,
+        node=node.name,
+    )
+    state.processes.append(rec)
+    state.save()
+
+    def serving() -> bool:
+        if not node.containerd_socket.exists():
+            return False
+        return ctr(node, "plugins", "ls", check=False).returncode == 0
+
+    procs.wait_ready(rec, serving, timeout=60, what=f"containerd socket {node.containerd_socket}")
+
+
+def shim_sockets(containerd_state: Path) -> list[Path]:
+    """Sockets the runc shims made under the host's /run/containerd/s (a fixed path)."""
+    tasks = containerd_state / "io.containerd.runtime.v2.task"
+    found = []
+    if tasks.is_dir():
+        for address in tasks.glob("*/*/address"):
+            text = address.read_text().strip()
+            if text.startswith("unix://"):
+                found.append(Path(text.removeprefix("unix://")))
+    return found

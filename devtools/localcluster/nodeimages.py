@@ -1,0 +1,34 @@
+"""The images every real node holds: built once per cluster, imported into each
+node's containerd with `ctr` (nothing is ever pulled).
+
+Separate from `images.py` (which only writes OCI tarballs, no daemon involved)
+because importing needs the node's running containerd.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import images, procs
+from .containerd import ctr
+from .layout import BUSYBOX_IMAGE, PAUSE_IMAGE, Layout, NodeLayout
+
+
+def build_images(layout: Layout) -> list[Path]:
+    """The pause and busybox tarballs (built once per cluster, shared by its nodes)."""
+    pause = layout.images_dir / "pause.tar"
+    busybox = layout.images_dir / "busybox.tar"
+    if not pause.exists():
+        images.build_pause(pause)
+    if not busybox.exists():
+        images.build_busybox(busybox)
+    return [pause, busybox]
+
+
+def import_images(layout: Layout, node: NodeLayout) -> None:
+    for tarball in build_images(layout):
+        ctr(node, "images", "import", "--snapshotter", "overlayfs", str(tarball))
+    listed = ctr(node, "images", "ls", "-q").stdout.split()
+    missing = {PAUSE_IMAGE, BUSYBOX_IMAGE} - set(listed)
+    if missing:
+        raise procs.ComponentError(f"images not imported into {node.name}: {sorted(missing)}")

@@ -1,0 +1,102 @@
+"""The agent's pass around the reconcile (issue 11, item 4): whatever one pass
+raises, host-gw is still synced with what the node last applied, the report is
+published with its heartbeat and the failure as a problem (and an Event about
+the node's CNINodeState), and the next try waits longer each time.
+
+The agent's collaborators that talk to the API server and the kernel are replaced
+by recorders here: what is tested is the agent's own control flow. The real
+agent process against a real API server is in tests/integration/operator."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cni_operator.agent import Agent, AgentSettings, retry_delay
+from cni_operator.reconcile import PassResult
+
+KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:9"}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+"""
+
+
+class RecordingKube:
+    def __init__(self) -> None:
+        self.statuses: list[dict[str, Any]] = []
+        self.events: list[tuple[str, str, str]] = []
+
+    def ensure_node_state(self, node: Any, name: str) -> dict[str, Any]:
+        return {"kind": "CNINodeState", "metadata": {"name": name, "uid": "u1"}}
+
+    def patch_node_state_status(self, name: str, status: dict[str, Any]) -> None:
+        self.statuses.append(status)
+
+    def post_event(self, obj: dict[str, Any], kind: str, reason: str, msg: str, _: str) -> None:
+        self.events.append((obj["kind"], reason, msg))
+
+
+class RecordingHostGateway:
+    def __init__(self) -> None:
+        self.synced: list[dict[str, Any]] = []
+
+    def sync(self, applied: dict[str, Any]) -> dict[str, Any] | None:
+        self.synced.append(dict(applied))
+        return None
+
+    def take_events(self) -> list[Any]:
+        return []
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Agent:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(KUBECONFIG)
+    made = Agent(AgentSettings("n1", tmp_path / "root", str(kubeconfig), heartbeat_seconds=0))
+    made.kube = RecordingKube()  # type: ignore[assignment]
+    made.host_gw = RecordingHostGateway()  # type: ignore[assignment]
+    made.listed = True
+    made._last_list = time.monotonic() + 3600  # no relist in these passes
+    return made
+
+
+def test_a_pass_that_raises_still_syncs_host_gw_and_publishes(agent: Agent) -> None:
+    applied = {"podnet": {"priority": 10}}
+    good = PassResult({"nodeName": "n1", "problems": [], "networks": []}, [], None, applied)
+    outcomes: list[PassResult | Exception] = [good, RuntimeError("journal exploded"), good]
+
+    def reconcile(networks: Any, node: Any) -> PassResult:
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    agent.reconciler.reconcile = reconcile  # type: ignore[method-assign]
+    kube: RecordingKube = agent.kube  # type: ignore[assignment]
+    host_gw: RecordingHostGateway = agent.host_gw  # type: ignore[assignment]
+
+    async def passes() -> None:
+        await agent._pass()
+        await agent._pass()
+        assert agent.wake.is_set() is False  # the retry is scheduled, not immediate
+        await agent._pass()
+
+    asyncio.run(passes())
+    assert host_gw.synced == [applied, applied, applied]
+    failed = kube.statuses[1]
+    assert failed["heartbeatTime"]
+    problem = failed["problems"][0]
+    assert problem["code"] == "AgentPassFailed"
+    assert "RuntimeError: journal exploded" in problem["message"]
+    assert ("CNINodeState", "AgentPassFailed") in [(k, r) for k, r, _ in kube.events]
+    assert kube.statuses[2]["problems"] == [], "the next good pass clears it"
+
+
+def test_retries_wait_longer_each_time() -> None:
+    assert [retry_delay(n) for n in (1, 2, 3, 4, 7, 50)] == [1, 2, 4, 8, 60, 60]
