@@ -69,13 +69,6 @@ bench-rtt: setup plugins
 
 bench: bench-plugin bench-fastpath bench-rtt
 
-# Long fuzz runs: every tests/unit/*/test_fuzz*.py with fresh randomness and
-# FUZZ_EXAMPLES examples per property (CI runs them with a fixed, derandomized budget).
-FUZZ_EXAMPLES ?= 20000
-fuzz: venv
-	CNIWARDEN_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) CNIWARDEN_FUZZ_FRESH=1 \
-	  $(BIN)/pytest -q -p no:cacheprovider --timeout=0 $(wildcard tests/unit/*/test_fuzz*.py)
-
 # The whole suite, as CI runs it.
 test: setup lint typecheck plugins
 	CNIWARDEN_REQUIRE_ALL=1 $(BIN)/pytest tests
@@ -106,3 +99,12 @@ demo-down: venv
 
 clean:
 	rm -rf build dist .mypy_cache .ruff_cache .pytest_cache
+
+# Long fuzzing runs: every hypothesis target (tests marked fuzz) with FUZZ_EXAMPLES
+# random examples each, failures remembered in .hypothesis/ (CI runs a fixed, small,
+# derandomized budget as part of `make test`).
+FUZZ_EXAMPLES ?= 20000
+.PHONY: fuzz
+fuzz: venv plugins
+	CNIWARDEN_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -m fuzz --timeout=0 \
+	  --hypothesis-show-statistics tests/unit tests/integration/fastpath/test_fuzz_wire.py

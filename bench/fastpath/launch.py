@@ -12,32 +12,42 @@ from pathlib import Path
 
 from bench.fastpath.impls import ROOT
 
+CHART = ROOT / "charts" / "cniwarden"
+
+
+def chart_server_args() -> list[str]:
+    """The cni-server's options as the chart runs it (values.yaml's agent.cniServer), and
+    its log level: the chart passes none, so the server's default (INFO) applies; a
+    --log-level in the chart's template would be taken over here."""
+    import yaml  # noqa: PLC0415 (dev dependency; only the bench needs it)
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    server = values["agent"]["cniServer"]
+    args = [
+        f"--workers={server['workers']}",
+        f"--request-timeout={server['requestTimeoutSeconds']}",
+    ]
+    template = (CHART / "templates" / "agent.yaml").read_text()
+    args += [line.strip(" -") for line in template.splitlines() if "--log-level" in line]
+    return args
+
 
 def start_server(work: Path, handler: str | None = None) -> tuple[subprocess.Popen[str], Path]:
-    """The shipped server (`python -m node_plugin.server`), or with `handler` (a
-    devtools.fake_handlers factory) the test harness's, which can load one."""
+    """The shipped server (`python -m node_plugin.server`) with the chart's options, its
+    log to a file as a container runtime would collect it; or, with `handler` (a
+    devtools.fake_handlers factory), the test harness's, which can load one."""
     sock = work / ("echo.sock" if handler else "cni.sock")
     entry = "devtools.cniserver_harness" if handler else "node_plugin.server"
-    argv = [
-        sys.executable,
-        "-m",
-        entry,
-        "--socket",
-        str(sock),
-        "--del-queue",
-        str(work / "queue"),
-        "--log-level",
-        "WARNING",
-    ]
-    if handler:
-        argv += ["--handler", handler]
+    argv = [sys.executable, "-m", entry, "--socket", str(sock), "--del-queue", str(work / "queue")]
+    argv += ["--handler", handler, "--log-level", "WARNING"] if handler else chart_server_args()
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'operator'}"}
-    proc = subprocess.Popen(argv, env=env, cwd=ROOT, stderr=subprocess.DEVNULL, text=True)
+    log = (work / f"{sock.stem}.log").open("w")
+    proc = subprocess.Popen(argv, env=env, cwd=ROOT, stderr=log, text=True)
     deadline = time.monotonic() + 60
     while not sock.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            raise SystemExit(f"cni-server did not start: {proc.communicate()[1]}")
+            raise SystemExit(f"cni-server did not start: {(work / f'{sock.stem}.log').read_text()}")
         time.sleep(0.05)
     return proc, sock
 

@@ -4,6 +4,7 @@ the floors, and the server's memory with many attachments."""
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -24,32 +25,52 @@ def sequential(
     sandboxes: list[str],
     rounds: int,
     server_pid: int | None,
+    watch: HostLinks | None,
 ) -> tuple[dict[str, dict[str, list[float]]], dict[str, dict[str, float]]]:
-    """Per implementation and verb: the wall times, and the mean CPU time per call
-    (the plugin processes, plus the server's share for the shim)."""
+    """Per implementation and verb: the wall times, and the mean CPU time per call.
+
+    CPU: each plugin process's own (rusage of the child), and for shim+server also the
+    server's: all its threads and children, taken per phase (all ADDs of a round, all
+    CHECKs, all DELs) so that what it does after answering counts too: the reaper
+    unregistering the DELs' veth pairs (the DEL phase ends once they are gone) and the
+    periodic sweeps of whichever phase they fall in.
+    """
     times: dict[str, dict[str, list[float]]] = {
         i.label: {"ADD": [], "CHECK": [], "DEL": []} for i in impls
     }
     cpu: dict[str, dict[str, float]] = {i.label: {"ADD": 0, "CHECK": 0, "DEL": 0} for i in impls}
 
     def timed(impl: Impl, verb: str, cfg: dict[str, Any], sb: str) -> Sample:
-        serving = server_pid if impl.label == "shim+server" and server_pid else None
-        before = children_cpu_ms() + (process_cpu_ms(serving) if serving else 0)
+        before = children_cpu_ms()
         sample = must(run_plugin(impl, verb, cfg, sb, sb), f"{impl.label} {verb}")
-        after = children_cpu_ms() + (process_cpu_ms(serving) if serving else 0)
+        cpu[impl.label][verb] += children_cpu_ms() - before
         times[impl.label][verb].append(sample.ms)
-        cpu[impl.label][verb] += after - before
         return sample
+
+    def server_cpu() -> float:
+        return process_cpu_ms(server_pid) if server_pid else 0.0
 
     for r in range(rounds):
         results: dict[tuple[str, str], bytes] = {}
-        for i, sb in enumerate(sandboxes):
-            for impl in rotated(impls, i + r):
-                results[impl.label, sb] = timed(impl, "ADD", configs[impl.label], sb).stdout
-        for verb in ("CHECK", "DEL"):
+        for verb in ("ADD", "CHECK", "DEL"):
+            start = server_cpu()
+            ours = [
+                watch.index_of(results["shim+server", sb])
+                for sb in sandboxes
+                if watch is not None and verb == "DEL" and ("shim+server", sb) in results
+            ]
             for i, sb in enumerate(sandboxes):
                 for impl in rotated(impls, i + r):
-                    timed(impl, verb, with_prev(configs[impl.label], results[impl.label, sb]), sb)
+                    cfg = configs[impl.label]
+                    if verb != "ADD":
+                        cfg = with_prev(cfg, results[impl.label, sb])
+                    sample = timed(impl, verb, cfg, sb)
+                    if verb == "ADD":
+                        results[impl.label, sb] = sample.stdout
+            if ours and watch is not None:
+                watch.wait_gone(ours)  # the reaper's work is part of DEL's cost
+            if server_pid and "shim+server" in cpu:
+                cpu["shim+server"][verb] += server_cpu() - start
     calls = rounds * len(sandboxes)
     return times, {label: {v: t / calls for v, t in verbs.items()} for label, verbs in cpu.items()}
 
@@ -130,6 +151,35 @@ def parallel(
         if watch is not None and verb == "DEL":
             out["DEL_gone"] = (watch.wait_gone(indices) - started) * 1000
     return out
+
+
+def parallel_interleaved(
+    impls: list[Impl],
+    configs: dict[str, dict[str, Any]],
+    sandboxes: list[str],
+    watch: HostLinks | None,
+    rounds: int,
+) -> tuple[dict[str, dict[str, float]], list[dict[str, dict[str, float]]]]:
+    """parallel() for every implementation, `rounds` times, the order rotated per round so
+    that no implementation always runs on a machine the one before it has just loaded;
+    each burst starts once the one before is completely gone (DEL until unregistered).
+    The median of the rounds per implementation, and every round."""
+    per_round: list[dict[str, dict[str, float]]] = []
+    for r in range(rounds):
+        per_round.append(
+            {
+                impl.label: parallel(impl, configs[impl.label], sandboxes, watch)
+                for impl in rotated(impls, r)
+            }
+        )
+    medians = {
+        impl.label: {
+            key: statistics.median(run[impl.label][key] for run in per_round)
+            for key in per_round[0][impl.label]
+        }
+        for impl in impls
+    }
+    return medians, per_round
 
 
 def floor(shim_dir: Path, echo_sock: Path, sandbox: str, n: int = 60) -> dict[str, float]:

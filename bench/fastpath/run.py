@@ -27,12 +27,12 @@ from bench.fastpath.impls import (
     standalone_dir,
     with_prev,
 )
-from bench.fastpath.launch import rss_mb, start_server
+from bench.fastpath.launch import chart_server_args, rss_mb, start_server
 from bench.fastpath.measure import (
     HostLinks,
     del_until_gone,
     floor,
-    parallel,
+    parallel_interleaved,
     rss_with_attachments,
     sequential,
 )
@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sandboxes", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--parallel", type=int, default=50)
+    parser.add_argument(
+        "--parallel-rounds", type=int, default=3, help="bursts per implementation, interleaved"
+    )
     parser.add_argument("--attachments", type=int, default=200)
     parser.add_argument("--masq", action="store_true", help="ipMasq on (iptables rules)")
     parser.add_argument("--no-profile", action="store_true")
@@ -122,23 +125,25 @@ def main(argv: list[str] | None = None) -> int:
                 "masq": args.masq,
                 "loadavg": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
                 "parallel_n": args.parallel,
+                "parallel_rounds_n": args.parallel_rounds,
+                "server_args": chart_server_args(),
             }
             if server is not None:
                 data["rss_idle_mb"] = rss_mb(server.pid)[0]
+            watch = HostLinks() if full else None
             data["sequential"], data["cpu"] = sequential(
                 impls,
                 configs,
                 sandboxes[: args.sandboxes],
                 args.rounds,
                 server.pid if server is not None else None,
+                watch,
             )
-            watch = HostLinks() if full else None
             if watch is not None:
                 data["gone"] = del_until_gone(impls, configs, sandboxes[: args.sandboxes], watch)
-            data["parallel"] = {
-                impl.label: parallel(impl, configs[impl.label], sandboxes[: args.parallel], watch)
-                for impl in impls
-            }
+            data["parallel"], data["parallel_rounds"] = parallel_interleaved(
+                impls, configs, sandboxes[: args.parallel], watch, args.parallel_rounds
+            )
             fast = [i for i in impls if i.label == "shim+server"]
             if fast and server is not None:
                 data["rss"] = rss_with_attachments(
@@ -153,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             if fast and not args.no_profile:
                 cfg = {**configs["shim+server"], "name": f"cwbprof{run_id}"}
                 data["handler"], profile_text = profile_handler(cfg, sandboxes[0])
+        data["loadavg_end"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     finally:
         for proc in servers:
             proc.terminate()

@@ -391,7 +391,11 @@ class CniServer:
 
     def _call_handler(self, request: Request) -> Reply:
         try:
-            return self._handler(request)
+            reply = self._handler(request)
         except (Exception, SystemExit) as e:  # SystemExit too: it would end the worker
             log.exception("%s %s failed", request.command, who(request))
             return error_reply(request, CNI_INTERNAL, f"internal error in cni-server: {e}")
+        if not 0 <= reply.exit_code <= 255:  # the wire (and a process) cannot carry it
+            msg = f"internal error in cni-server: the handler exited {reply.exit_code}"
+            return error_reply(request, CNI_INTERNAL, msg)
+        return reply

@@ -3,9 +3,9 @@ net.d (the runtime model of runtime_order) and CNINetwork specs (parse_spec, the
 rendering, the switch gate and the source policy). The property: every input gets
 an answer or a SpecError, never another exception.
 
-CI runs a fixed budget (CNIWARDEN_FUZZ_EXAMPLES, default 300 examples per
-property, derandomized so a run is repeatable); `make fuzz` runs 20000 each with
-fresh randomness. Each test asserts the examples it actually ran, so a budget that
+CI runs a fixed budget (300 examples per property, derandomized so a run is
+repeatable); `make fuzz` sets CNIWARDEN_FUZZ_EXAMPLES (20000 each) with fresh
+randomness, like every target marked `fuzz`. Each test asserts the examples it actually ran, so a budget that
 silently shrank would fail.
 """
 
@@ -15,6 +15,7 @@ import json
 import os
 from typing import Any
 
+import pytest
 from cni_operator.api import BinarySourcePolicy, NetworkSpec, SpecError, parse_spec
 from cni_operator.journal import parse_lines
 from cni_operator.rendering import NodeFacts, check_against_binaries, render
@@ -23,8 +24,10 @@ from cni_operator.switch_gate import classify, go_view
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-EXAMPLES = int(os.environ.get("CNIWARDEN_FUZZ_EXAMPLES", "300"))
-FRESH = os.environ.get("CNIWARDEN_FUZZ_FRESH") == "1"
+pytestmark = pytest.mark.fuzz
+
+FRESH = bool(os.environ.get("CNIWARDEN_FUZZ_EXAMPLES"))
+EXAMPLES = int(os.environ.get("CNIWARDEN_FUZZ_EXAMPLES") or "300")
 BUDGET = settings(
     max_examples=EXAMPLES,
     deadline=None,
