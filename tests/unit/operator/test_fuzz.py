@@ -5,8 +5,8 @@ an answer or a SpecError, never another exception.
 
 CI runs a fixed budget (300 examples per property, derandomized so a run is
 repeatable); `make fuzz` sets CNIWARDEN_FUZZ_EXAMPLES (20000 each) with fresh
-randomness, like every target marked `fuzz`. Each test asserts the examples it actually ran, so a budget that
-silently shrank would fail.
+randomness, like every target marked `fuzz`. Each test asserts the examples it
+actually ran, so a budget that silently shrank would fail.
 """
 
 from __future__ import annotations
