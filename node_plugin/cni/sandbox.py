@@ -46,6 +46,11 @@ class _Statfs(ctypes.Structure):
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
+def on_namespace_fs(fd: int) -> bool:
+    """Whether `fd` (an O_PATH descriptor is enough) lies on nsfs or procfs."""
+    return _fs_magic(fd) in _NAMESPACE_FILESYSTEMS
+
+
 def _fs_magic(fd: int) -> int:
     buf = _Statfs()
     if _libc.fstatfs(fd, ctypes.byref(buf)) != 0:

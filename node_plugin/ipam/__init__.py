@@ -2,5 +2,6 @@
 reference layout, shared with the reference plugin and read by the node agent), its
 config, and the delegation of any other IPAM type to its binary by exec.
 
-May import `node_plugin.cni`; never `kernel` (IPAM touches files, not links).
+May import `node_plugin.cni` and, of the kernel toolkit, only `kernel.durable` (IPAM
+touches files, never links).
 """

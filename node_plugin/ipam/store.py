@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from node_plugin.cni.errors import IO_FAILURE, CniError
+from node_plugin.kernel.durable import write_all
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 LAST_RESERVED_PREFIX = "last_reserved_ip."
@@ -198,7 +199,7 @@ class Store:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
-                os.write(fd, content)
+                write_all(fd, content)
             finally:
                 os.close(fd)
         except OSError as exc:

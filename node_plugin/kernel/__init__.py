@@ -6,7 +6,8 @@ resident server and the operator's agent (host-gw routes and masquerade) alike.
 - `netns`      entering network namespaces per thread, and always coming back;
 - `sysctl`     /proc/sys reads and writes in the calling thread's namespace;
 - `netfilter`  running iptables/nft;
-- `tombstones` veth pairs a DEL took out of service, for a reaper to unregister.
+- `tombstones` veth pairs a DEL took out of service, for a reaper to unregister;
+- `durable`    files that survive a crash whole (short writes looped, fsync of the dir).
 
 Every failure is a `node_plugin.cni.errors.CniError` whose message says what was being
 done. Why a hand-written client rather than pyroute2: docs/kernel-toolkit.md (measured);

@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from node_plugin.cni import sandbox
 from node_plugin.cni.errors import NETNS_UNAVAILABLE, CniError
 
 CLONE_NEWNET = 0x40000000
@@ -40,13 +41,29 @@ def identity(fd: int | None = None) -> tuple[int, int]:
 
 
 def open_netns(path: str) -> int:
-    """An O_RDONLY fd for a netns path; code 121 when it is missing or not a namespace."""
+    """An O_RDONLY fd for a netns path; code 121 when it is missing or not a namespace.
+
+    The path is first opened O_PATH (never blocks, reads nothing) and its filesystem
+    checked: an open(2) for reading of a FIFO swapped in at that path would block the
+    thread for ever. The readable fd is then reopened through /proc/self/fd from that
+    very descriptor, so what is opened is what was checked, whatever the path names now.
+    """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        probe = os.open(path, os.O_PATH | os.O_CLOEXEC)
     except OSError as exc:
         raise CniError(
             NETNS_UNAVAILABLE, f"failed to open netns {path!r}: {exc.strerror}"
         ) from None
+    try:
+        if not sandbox.on_namespace_fs(probe):
+            raise CniError(NETNS_UNAVAILABLE, f"{path!r} is not a network namespace")
+        fd = os.open(f"/proc/self/fd/{probe}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise CniError(
+            NETNS_UNAVAILABLE, f"failed to open netns {path!r}: {exc.strerror}"
+        ) from None
+    finally:
+        os.close(probe)
     if not is_netns(fd):
         os.close(fd)
         raise CniError(NETNS_UNAVAILABLE, f"{path!r} is not a network namespace")

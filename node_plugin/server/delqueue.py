@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from node_plugin.kernel.durable import fsync_dir, write_all
 from node_plugin.server.protocol import Request, encode_request
 from node_plugin.server.replies import CNI_DELEGATE_TIMEOUT, CNI_TRY_AGAIN
 
@@ -31,14 +32,6 @@ ENTRY_SUFFIX = ".req"
 FAILED_DIR = "failed"
 # Answers to a queued DEL that keep it queued (retried later, less and less often).
 RETRY_LATER = frozenset({CNI_TRY_AGAIN, CNI_DELEGATE_TIMEOUT})
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class DelQueue:
@@ -73,18 +66,18 @@ class DelQueue:
         final = self.directory / f"{ENTRY_PREFIX}{ns:020d}-{os.getpid()}{ENTRY_SUFFIX}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, encode_request(request))
+            write_all(fd, encode_request(request))
             os.fsync(fd)
         finally:
             os.close(fd)
         os.rename(tmp, final)
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         return final
 
     def remove(self, entry: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             entry.unlink()
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
 
     def quarantine(self, entry: Path, why: bytes) -> Path:
         """Moves an entry that can never succeed aside, with the reason next to it."""
@@ -93,7 +86,7 @@ class DelQueue:
         target = failed / entry.name
         (failed / (entry.name + ".reply")).write_bytes(why)
         os.rename(entry, target)
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         return target
 
     def remove_stale_temps(self, older_than: float = 60.0) -> None:

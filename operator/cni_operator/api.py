@@ -47,9 +47,10 @@ CONFLIST_MINIMUM_VERSION = "0.3.0"
 SUPPORTED_CNI_VERSIONS: tuple[str, ...] = tuple(
     v for v in cni_versions.SUPPORTED if cni_versions.at_least(v, CONFLIST_MINIMUM_VERSION)
 )
-PLUGIN_TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-NETWORK_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+PLUGIN_TYPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+NETWORK_NAME_RE = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
+# Matched with fullmatch: `$` would also accept a trailing newline.
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 
 class SpecError(ValueError):
@@ -77,14 +78,14 @@ class DeclaredBinary(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not PLUGIN_TYPE_RE.match(value):
+        if not PLUGIN_TYPE_RE.fullmatch(value):
             raise ValueError(f"binary name {value!r} is not a valid plugin file name")
         return value
 
     @field_validator("sha256")
     @classmethod
     def _sha(cls, value: str) -> str:
-        if not SHA256_RE.match(value):
+        if not SHA256_RE.fullmatch(value):
             raise ValueError("sha256 must be 64 lowercase hex digits")
         return value
 
@@ -128,7 +129,7 @@ class NetworkSpec(BaseModel):
     @field_validator("networkName")
     @classmethod
     def _network_name(cls, value: str | None) -> str | None:
-        if value is not None and not PLUGIN_TYPE_RE.match(value):
+        if value is not None and not PLUGIN_TYPE_RE.fullmatch(value):
             raise ValueError(f"networkName {value!r} is not a valid CNI network name")
         return value
 
@@ -150,11 +151,16 @@ class NetworkSpec(BaseModel):
             if (info.context or {}).get(NEW_SPEC):
                 _refuse_other_spellings(plugin, index)
             kind = plugin.get("type")
-            if not isinstance(kind, str) or not PLUGIN_TYPE_RE.match(kind):
+            if not isinstance(kind, str) or not PLUGIN_TYPE_RE.fullmatch(kind):
                 raise ValueError(f"plugins[{index}].type must be a plugin file name")
             ipam = plugin.get("ipam")
             if ipam is not None and not isinstance(ipam, dict):
                 raise ValueError(f"plugins[{index}].ipam must be an object")
+            ipam_type = (ipam or {}).get("type")
+            if ipam_type is not None and (
+                not isinstance(ipam_type, str) or not PLUGIN_TYPE_RE.fullmatch(ipam_type)
+            ):
+                raise ValueError(f"plugins[{index}].ipam.type must be a plugin file name")
         return value
 
 

@@ -27,7 +27,7 @@ from cni_operator.gojson import go_field
 from cni_operator.rendering import referenced_types
 
 CONFIG_SUFFIXES = (".conf", ".conflist", ".json")
-_VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
+_VERSION_RE = re.compile(r"\d+\.\d+\.\d+")
 
 
 class Verdict(StrEnum):
@@ -81,7 +81,7 @@ def parse_config(name: str, data: bytes | None) -> ParsedConfig:
     if not isinstance(raw, dict):
         return ParsedConfig(name, error="invalid JSON: top level is not an object")
     version = go_field(raw, "cniVersion") or "0.1.0"
-    if not isinstance(version, str) or not _VERSION_RE.match(version):
+    if not isinstance(version, str) or not _VERSION_RE.fullmatch(version):
         return ParsedConfig(name, error=f"invalid cniVersion {version!r}")
     network = go_field(raw, "name")
     if network is not None and not isinstance(network, str):

@@ -16,6 +16,10 @@ import secrets
 import stat
 from pathlib import Path
 
+from node_plugin.kernel.durable import fsync_dir
+
+__all__ = ["atomic_write", "fsync_dir", "remove", "sha256_bytes", "sha256_file"]
+
 _TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")
 
 
@@ -29,14 +33,6 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def temp_name_for(target: Path) -> Path:
