@@ -427,13 +427,19 @@ def test_an_unsafe_change_is_refused_while_pods_are_attached(installed: Installe
     patch = [{"op": "replace", "path": "/spec/plugins/0/bridge", "value": f"cwz{p.run_id}"}]
     p.kubectl("patch", "cninetwork", installed.network, "--type=json", "-p", json.dumps(patch))
     try:
+        # Each node's agent reports on its own pass: the condition turns True with the
+        # first report and names the second node once that node has reported too.
         blocked = wait_for(
-            lambda: (c := installed.condition("SwitchBlocked")).get("status") == "True" and c,
-            "SwitchBlocked=True",
+            lambda: (
+                (c := installed.condition("SwitchBlocked")).get("status") == "True"
+                and n0.name in c.get("message", "")
+                and n1.name in c.get("message", "")
+                and c
+            ),
+            "SwitchBlocked=True naming both nodes",
             timeout=30,
         )
         assert "plugins[0].bridge" in blocked["message"], blocked
-        assert n0.name in blocked["message"] and n1.name in blocked["message"], blocked
         for n in p.nodes:
             assert n.read(f"/etc/cni/net.d/{installed.file}") == before[n.name], (
                 "the node file changed"
