@@ -160,6 +160,19 @@ build_kube_proxy() {
     -ldflags "$(kubernetes_ldflags "$version")" -o "$out/" k8s.io/kubernetes/cmd/kube-proxy)
 }
 
+# module_dir <wrapper module dir> <module>: where the module's source is in the
+# module cache, downloading it first if need be (`go list -m` alone leaves Dir
+# empty on a fresh machine).
+module_dir() {
+  local dir
+  dir=$(cd "$1" && go mod download -json "$2" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  if [ -z "$dir" ] || [ ! -d "$dir" ]; then
+    log "cannot find the source of $2 (go mod download in $1)"
+    return 1
+  fi
+  echo "$dir"
+}
+
 # The conformance kit, from tools/k8s-extra: e2e.test as Kubernetes builds it
 # (go test -c, version ldflags), ginkgo's CLI at the version e2e.test's module
 # pins, and agnhost (static, CGO off) at the tag e2e.test --list-images names,
@@ -185,8 +198,8 @@ build_ginkgo() {
 
 build_agnhost() {
   local version=$1 out=$2 src tag
-  src=$(cd "$here/k8s-extra" && go list -mod=readonly -m -f '{{.Dir}}' k8s.io/kubernetes)
-  tag=$(cat "$src/test/images/agnhost/VERSION")
+  src=$(module_dir "$here/k8s-extra" k8s.io/kubernetes) || return 1
+  tag=$(cat "$src/test/images/agnhost/VERSION") || return 1
   if [ "$tag" != "$version" ]; then
     log "AGNHOST_VERSION=$version, but k8s.io/kubernetes in tools/k8s-extra carries agnhost $tag"
     return 1
@@ -248,7 +261,7 @@ crio_tags() {
 
 build_crio() {
   local version=$1 out=$2 m=github.com/cri-o/cri-o src date
-  src=$(cd "$here/crio" && go list -mod=readonly -m -f '{{.Dir}}' "$m") || return 1
+  src=$(module_dir "$here/crio" "$m") || return 1
   date=$(cd "$here/crio" && go list -mod=readonly -m -f '{{.Time.UTC.Format "2006-01-02T15:04:05Z"}}' "$m") \
     || return 1
   mkdir -p "$out"
@@ -294,7 +307,7 @@ for t in $tools; do
         build_containerd_2 "$root/.tools/runtimes/containerd-2/bin" ;;
     crio)
       ensure crio "$CRIO_VERSION" \
-        "$(recipe "crio_tags build_crio" "$here/crio/go.mod" "$here/crio/go.sum")" build_crio \
+        "$(recipe "module_dir crio_tags build_crio" "$here/crio/go.mod" "$here/crio/go.sum")" build_crio \
         "$root/.tools/runtimes/crio/bin" ;;
     e2e)
       ensure e2e "$KUBERNETES_VERSION" \
@@ -305,7 +318,7 @@ for t in $tools; do
         "$(recipe build_ginkgo "$here/k8s-extra/go.mod" "$here/k8s-extra/go.sum")" build_ginkgo ;;
     agnhost)
       ensure agnhost "$AGNHOST_VERSION" \
-        "$(recipe build_agnhost "$here/k8s-extra/go.mod" "$here/k8s-extra/go.sum")" build_agnhost ;;
+        "$(recipe "module_dir build_agnhost" "$here/k8s-extra/go.mod" "$here/k8s-extra/go.sum")" build_agnhost ;;
     *) log "unknown tool $t"; exit 2 ;;
   esac
 done
