@@ -614,12 +614,21 @@ def _status_problem(parsed: ParsedConfig, versions: BinaryVersions | IgnoreBinar
 
 
 def _pod_problem(
-    parsed: ParsedConfig, network: str, versions: BinaryVersions | IgnoreBinaries
+    parsed: ParsedConfig,
+    network: str,
+    versions: BinaryVersions | IgnoreBinaries,
+    libcni: tuple[int, int],
 ) -> str | None:
+    """Why every ADD of this network fails, if it does."""
     problem = _network_name_problem(network)
     if problem is None:
         found = binary_problem(parsed, versions)
         problem = None if found is None else found[1]
+    version = parse_go_version(parsed.cni_version or "")
+    newest = (1, 0, 0) if libcni < (1, 2) else LIBCNI_SPEC
+    if problem is None and version is not None and version > newest:
+        # The plugin answers in the config's version, which this libcni cannot decode.
+        problem = f"libcni {libcni[0]}.{libcni[1]} cannot read a {parsed.cni_version} result"
     return problem
 
 
@@ -675,7 +684,7 @@ def _containerd_view(
         (
             f"{p.name}: {why}"
             for p in loaded
-            if (why := _pod_problem(p, p.network or "", versions)) is not None
+            if (why := _pod_problem(p, p.network or "", versions, rules.libcni)) is not None
         ),
         None,
     )
@@ -732,7 +741,7 @@ def _crio_view(
             network_ready=False,
             judged_by=label,
         )
-    problem = _pod_problem(chosen, wanted, versions)
+    problem = _pod_problem(chosen, wanted, versions, rules.libcni)
     message = "in use" + (f" (skipped {', '.join(skipped)})" if skipped else "")
     if problem is not None:
         message += f", but every pod fails: {problem}"
