@@ -120,7 +120,9 @@ class NodeLayout(CniHostDirs):
 
     @property
     def containerd_socket(self) -> Path:
-        return self.containerd_dir / "containerd.sock"
+        """Under the host root, where a node's runtime socket is, so the node agent
+        (`--host-root`) finds and asks the runtime as it does on a real node."""
+        return self.host_root / "run/containerd/containerd.sock"
 
     @property
     def kubelet_dir(self) -> Path:
