@@ -43,6 +43,23 @@ def crio_config(node: NodeLayout) -> str:
             "runtime": {
                 "cgroup_manager": "cgroupfs",
                 "default_runtime": "runc",
+                # containerd's default set: CRI-O's drops NET_RAW (and with it ping).
+                "default_capabilities": [
+                    "CHOWN",
+                    "DAC_OVERRIDE",
+                    "FSETID",
+                    "FOWNER",
+                    "MKNOD",
+                    "NET_RAW",
+                    "SETGID",
+                    "SETUID",
+                    "SETFCAP",
+                    "SETPCAP",
+                    "NET_BIND_SERVICE",
+                    "SYS_CHROOT",
+                    "KILL",
+                    "AUDIT_WRITE",
+                ],
                 "container_exits_dir": str(d / "run/exits"),
                 "container_attach_socket_dir": str(d / "run"),
                 "namespaces_dir": str(d / "ns"),
