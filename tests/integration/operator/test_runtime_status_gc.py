@@ -176,34 +176,37 @@ def test_containerd_2_status_turns_the_node_not_ready_and_back(
         try:
             started = time.monotonic()
             node.stop_server()
-            facts, cri_down = wait_until(
+            facts, _ = wait_until(
                 lambda: (f := probe.facts()).network_ready is False and f,
                 "containerd 2 says NetworkReady=false",
                 TRANSITION_SECONDS,
             )
+            cri_down = time.monotonic() - started
             report, _ = wait_until(
                 lambda: (s := fleet.node_state(node.real.name)).get("healthy") is False and s,
                 "the node report turns unhealthy",
                 TRANSITION_SECONDS,
             )
-            message, not_ready = wait_until(
-                node.not_ready_message, "kubelet: NotReady", TRANSITION_SECONDS
-            )
-            _, tainted = wait_until(
+            reported = time.monotonic() - started
+            message, _ = wait_until(node.not_ready_message, "kubelet: NotReady", TRANSITION_SECONDS)
+            not_ready = time.monotonic() - started
+            wait_until(
                 node.tainted_not_ready, "not-ready taint (no scheduling)", TRANSITION_SECONDS
             )
+            tainted = time.monotonic() - started
         finally:
             node.start_server()
         restarted = time.monotonic()
-        _, cri_up = wait_until(
+        wait_until(
             lambda: probe.facts().network_ready is True,
             "containerd 2 says NetworkReady=true",
             TRANSITION_SECONDS,
         )
-        _, ready = wait_until(node.ready, "kubelet: Ready again", TRANSITION_SECONDS)
-        _, untainted = wait_until(
-            lambda: not node.tainted_not_ready(), "taint gone", TRANSITION_SECONDS
-        )
+        cri_up = time.monotonic() - restarted
+        wait_until(node.ready, "kubelet: Ready again", TRANSITION_SECONDS)
+        ready = time.monotonic() - restarted
+        wait_until(lambda: not node.tainted_not_ready(), "taint gone", TRANSITION_SECONDS)
+        untainted = time.monotonic() - restarted
         wait_until(
             lambda: fleet.node_state(node.real.name).get("healthy") is True,
             "the node report healthy again",
@@ -211,18 +214,17 @@ def test_containerd_2_status_turns_the_node_not_ready_and_back(
         )
     probe.close()
     print(
-        f"\ncontainerd {state['runtime']['version']} STATUS, cni-server down: CRI "
-        f"NetworkReady=false after {cri_down:.1f} s, Node NotReady after {not_ready:.1f} s, "
-        f"not-ready taint after {tainted:.1f} s (from the stop); server back: NetworkReady=true "
-        f"after {cri_up:.1f} s, Node Ready after {ready:.1f} s, taint gone after "
-        f"{untainted:.1f} s (from the restart, {time.monotonic() - restarted:.1f} s in all)"
+        f"\ncontainerd {state['runtime']['version']} STATUS, from the cni-server's stop: CRI "
+        f"NetworkReady=false {cri_down:.1f} s, CNINodeState unhealthy {reported:.1f} s, Node "
+        f"NotReady {not_ready:.1f} s, not-ready taint {tainted:.1f} s; from its restart: "
+        f"NetworkReady=true {cri_up:.1f} s, Node Ready {ready:.1f} s, taint gone {untainted:.1f} s"
+        f"\ncontainerd said: {facts.network_message}\nkubelet said: {message}"
     )
     assert "NetworkReady=false" in message, message
     assert "cniwarden" in facts.network_message or "50" in facts.network_message, facts
     first = report["problems"][0]
     assert first["code"] == "RuntimeDisagrees", report["problems"]
     assert "our model predicted healthy" in first["message"]
-    assert time.monotonic() - started < 4 * TRANSITION_SECONDS
 
 
 def test_crio_gc_at_start_releases_leases_of_sandboxes_gone_while_it_was_down(
