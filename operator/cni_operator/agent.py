@@ -267,6 +267,7 @@ class Agent:
                 log.warning("cannot list CNINetworks (%s); using the last known set", error)
         snapshot = {name: dict(body) for name, body in self.networks.items()}
         loop = asyncio.get_running_loop()
+        self.reconciler.runtimes = self._cri_facts.rules  # judge by the runtime's rules
         try:
             result = await asyncio.to_thread(
                 self._locked,

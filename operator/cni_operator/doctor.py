@@ -161,17 +161,15 @@ def main(
 ) -> int:
     paths = HostPaths(host_root)
     manifest, unreadable = load_manifest(paths)
-    scan = scan_node(paths, manifest, VersionProber())
+    facts = ask_runtime(host_root, endpoint)
+    if runtime not in ("auto", facts.kind):
+        facts = replace(facts, name=runtime, version="")
+    runtimes = detect_runtimes(facts, runtime)
+    scan = scan_node(paths, manifest, VersionProber(), runtimes=facts.rules)
     if unreadable is not None:
         scan.problems.insert(0, unreadable)
-    facts = ask_runtime(host_root, endpoint)
-    runtimes = detect_runtimes(facts, runtime)
     report = report_dict(scan, manifest)
-    judgement = judge(
-        report["runtimes"],
-        facts if runtime in ("auto", facts.kind) else replace(facts, name=runtime, version=""),
-        conf_dir=str(paths.conf_dir),
-    )
+    judgement = judge(report["runtimes"], facts, conf_dir=str(paths.conf_dir))
     first, last = judgement.split()
     scan.problems[:0] = first
     scan.problems.extend(last)

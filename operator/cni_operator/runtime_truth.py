@@ -13,11 +13,13 @@ Pure: facts in (what the CRI socket and the Node said), a judgement out.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from cni_operator.problems import ERROR, WARNING, Problem
+from cni_operator.runtime_order import RuntimeRules, rules_for
 
 RUNTIMES = ("containerd", "crio")
 # CRI `Version` runtime_name -> the model's runtime (the keys of status.runtimes).
@@ -26,11 +28,21 @@ _KINDS = {"containerd": "containerd", "cri-o": "crio", "crio": "crio"}
 # (kubelet: "container runtime network not ready: NetworkReady=false
 # reason:NetworkPluginNotReady message:Network plugin returns error: ...").
 _NETWORK_MARKERS = ("NetworkReady=false", "NetworkPluginNotReady", "network not ready")
+# "1.6.20~ds1" (Debian), "v2.4.2", "1.34.0": the numbers the rule sets are chosen by.
+_VERSION = re.compile(r"v?(\d+)\.(\d+)(?:\.(\d+))?")
 
 
 def runtime_kind(runtime_name: str) -> str | None:
     """The model's name for a runtime CRI names, or None for one it has no rules for."""
     return _KINDS.get(runtime_name.strip().lower())
+
+
+def runtime_version(text: str) -> tuple[int, ...] | None:
+    """The version CRI reports, as numbers (None: unparsable, judged by the newest rules)."""
+    match = _VERSION.match(text.strip())
+    if match is None:
+        return None
+    return tuple(int(part) for part in match.groups() if part is not None)
 
 
 @dataclass(frozen=True)
@@ -58,6 +70,12 @@ class RuntimeFacts:
     @property
     def kind(self) -> str | None:
         return runtime_kind(self.name) if self.name else None
+
+    @property
+    def rules(self) -> tuple[RuntimeRules, ...] | None:
+        """The model's rules for this runtime and version (None: every rule set)."""
+        kind = self.kind
+        return None if kind is None else (rules_for(kind, runtime_version(self.version)),)
 
     @property
     def judged_by(self) -> tuple[str, ...]:
@@ -104,6 +122,12 @@ def _describe(facts: RuntimeFacts) -> str:
     return f"{facts.name} {facts.version}".strip()
 
 
+def rule_set_names(facts: RuntimeFacts) -> list[str]:
+    """The model's rule sets this node is judged by, e.g. ["containerd >= 2.0"]."""
+    rules = facts.rules
+    return sorted({r.rule_set.name for r in rules}) if rules else []
+
+
 def _model_summary(views: Mapping[str, Mapping[str, Any]], judged: Sequence[str]) -> str:
     parts = []
     for runtime in judged:
@@ -124,6 +148,9 @@ def judge(
     for the node's runtime with what the runtime and kubelet report."""
     judged = facts.judged_by
     model_healthy = all(bool((views.get(r) or {}).get("healthy")) for r in judged)
+    # What the model says the runtime's CRI Status reports (a view without the
+    # field: its health). A missing binary fails pods while NetworkReady stays true.
+    predicted_ready = all(_predicted_ready(views.get(r) or {}) for r in judged)
     problems: list[Problem] = []
     runtime: dict[str, Any] = {
         "name": facts.name or "unknown",
@@ -132,6 +159,7 @@ def judge(
         "endpoint": facts.endpoint or "",
         "identified": facts.kind is not None,
         "judgedBy": list(judged),
+        "ruleSets": rule_set_names(facts),
         "summary": _describe(facts),
     }
     if facts.kind is None:
@@ -172,7 +200,7 @@ def judge(
     runtime_down = facts.network_ready is False or facts.kubelet_network_down
     runtime_up = facts.network_ready is True
     model = _model_summary(views, judged)
-    if runtime_down and model_healthy:
+    if runtime_down and predicted_ready:
         if facts.network_ready is False:
             said = f"{facts.network_reason or 'NetworkReady=false'}: {facts.network_message}"
             source = "CRI Status"
@@ -190,21 +218,32 @@ def judge(
                 conf_dir,
             )
         )
-    elif runtime_up and not model_healthy:
+    elif runtime_up and not predicted_ready:
         problems.append(
             Problem(
                 "RuntimeDisagrees",
                 WARNING,
                 f"runtime reports NetworkReady=true (CRI Status); our model predicted "
-                f"broken ({model})",
+                f"NetworkReady=false ({model})",
                 "The runtime may still hold an older config it loaded; restart it only after "
                 "fixing the files the problems name, or report the layout to cniwarden.",
                 conf_dir,
             )
         )
     agrees = not any(p.code == "RuntimeDisagrees" for p in problems)
-    verdict = {"cri": cri, "kubelet": kubelet, "modelHealthy": model_healthy, "agrees": agrees}
+    verdict = {
+        "cri": cri,
+        "kubelet": kubelet,
+        "modelHealthy": model_healthy,
+        "modelNetworkReady": predicted_ready,
+        "agrees": agrees,
+    }
     return Judgement(runtime, verdict, problems, model_healthy and not runtime_down)
+
+
+def _predicted_ready(view: Mapping[str, Any]) -> bool:
+    ready = view.get("networkReady")
+    return bool(view.get("healthy")) if ready is None else bool(ready)
 
 
 def apply_judgement(status: Mapping[str, Any], facts: RuntimeFacts) -> dict[str, Any]:

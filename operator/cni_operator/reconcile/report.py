@@ -30,7 +30,7 @@ _EVENT_OF_STATE = {
 def build_status(
     ctx: NodeContext, manifest: Manifest, pass_output: StepOutput, prober: VersionProber
 ) -> dict[str, Any]:
-    scan = scan_node(ctx.paths, manifest, prober, node_view=True)
+    scan = scan_node(ctx.paths, manifest, prober, node_view=True, runtimes=ctx.runtimes)
     status = report_dict(scan, manifest)
     status["problems"] = [p.to_dict() for p in pass_output.problems] + status["problems"]
     status["networks"] = [

@@ -11,6 +11,7 @@ from cni_operator.runtime_truth import (
     judge,
     kubelet_ready_condition,
     runtime_kind,
+    runtime_version,
 )
 
 HEALTHY: dict[str, Any] = {
@@ -110,7 +111,9 @@ def test_runtime_up_while_the_model_says_broken_is_a_warning() -> None:
     judgement = judge({"crio": BROKEN}, RuntimeFacts(name="cri-o", network_ready=True))
     assert codes(judgement) == ["RuntimeDisagrees"]
     assert judgement.problems[0].severity == "warning"
-    assert "our model predicted broken (crio: no file, broken)" in judgement.problems[0].message
+    assert "our model predicted NetworkReady=false (crio: no file, broken)" in (
+        judgement.problems[0].message
+    )
 
 
 def test_judged_by_the_runtime_s_rules_only() -> None:
@@ -164,3 +167,27 @@ def test_kubelet_ready_condition_of_a_node_object() -> None:
     assert kubelet_ready_condition(None) == (None, "", "")
     unknown = {"status": {"conditions": [{"type": "Ready", "status": "Unknown"}]}}
     assert kubelet_ready_condition(unknown) == (None, "", "")
+
+
+def test_versions_as_cri_reports_them_pick_the_rule_set() -> None:
+    assert runtime_version("1.6.20~ds1") == (1, 6, 20)
+    assert runtime_version("v2.4.2") == (2, 4, 2)
+    assert runtime_version("1.34.0") == (1, 34, 0)
+    assert runtime_version("devel") is None
+    (rules,) = RuntimeFacts(name="containerd", version="v2.4.2").rules or ()
+    assert (rules.kind, rules.version) == ("containerd", (2, 4, 2))
+    (crio_rules,) = RuntimeFacts(name="cri-o", version="1.34.0").rules or ()
+    assert crio_rules.kind == "crio"
+    assert RuntimeFacts(name="kata").rules is None
+    judged = judge({"containerd": HEALTHY}, RuntimeFacts(name="containerd", version="2.4.2"))
+    assert judged.runtime["ruleSets"] == [rules.rule_set.name]
+
+
+def test_pods_failing_while_the_network_is_ready_is_no_disagreement() -> None:
+    """A missing binary: the model says pods fail but NetworkReady stays true, as
+    the runtime says; the node is unhealthy and nobody disagrees."""
+    missing = {**BROKEN, "file": "10-pods.conflist", "networkReady": True}
+    judgement = judge({"containerd": missing}, RuntimeFacts(name="containerd", network_ready=True))
+    assert codes(judgement) == []
+    assert judgement.healthy is False
+    assert judgement.verdict["modelNetworkReady"] is True
