@@ -68,6 +68,10 @@ class AgentSettings:
 
 # Problems of the runtime cross-check that also get an Event when they appear.
 RUNTIME_EVENT_PROBLEMS = frozenset({"RuntimeDisagrees"})
+# After net.d or the bin dir changes, the runtime's word waits this long: it
+# reloads them on inotify (containerd within ms, CRI-O within a second), and a
+# report must not flap on the gap.
+RUNTIME_SETTLE_SECONDS = 2.0
 
 
 @dataclass
@@ -87,6 +91,8 @@ class Agent:
     _last_applied: dict[str, dict[str, Any]] = field(default_factory=dict)
     _node_state: dict[str, Any] | None = None
     _cri_facts: RuntimeFacts = field(default_factory=RuntimeFacts)
+    _cri_asked_at: float = 0.0
+    _dirs_changed_at: float = float("-inf")  # net.d or the bin dir: never seen changing
     _runtime_task: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
@@ -132,6 +138,7 @@ class Agent:
             extra.mkdir(parents=True, exist_ok=True)
         # The runtime first, so the first report already names it.
         self._cri_facts = await asyncio.to_thread(self.runtime_probe.facts)
+        self._cri_asked_at = time.monotonic()
         self._runtime_task = asyncio.create_task(self._watch_runtime())
         self._task = asyncio.create_task(self._run())
         self.wake.set()  # a first pass right away: report this node even with no network
@@ -166,6 +173,7 @@ class Agent:
             except Exception:
                 log.exception("asking the container runtime failed")
                 continue
+            self._cri_asked_at = time.monotonic()
             if facts != self._cri_facts:
                 log.info(
                     "runtime %s %s: NetworkReady=%s %s %s",
@@ -181,8 +189,13 @@ class Agent:
     def runtime_facts(self) -> RuntimeFacts:
         """What the runtime (CRI) and kubelet (this Node's Ready condition) last said."""
         ready, reason, message = kubelet_ready_condition(self.node)
+        settling = self._cri_asked_at - self._dirs_changed_at < RUNTIME_SETTLE_SECONDS
         return replace(
-            self._cri_facts, kubelet_ready=ready, kubelet_reason=reason, kubelet_message=message
+            self._cri_facts,
+            kubelet_ready=ready,
+            kubelet_reason=reason,
+            kubelet_message=message,
+            settling=settling,
         )
 
     def _watched_dirs(self) -> list[Path]:
@@ -200,8 +213,17 @@ class Agent:
         loop = asyncio.get_running_loop()
         watcher = DirectoryWatcher(self._watched_dirs())
 
+        runtime_dirs = {self.paths.conf_dir, self.paths.bin_dir}
+
         def readable() -> None:
-            if watcher.read_events():
+            events = watcher.read_events()
+            if any(event.directory in runtime_dirs for event in events):
+                # Judge by the runtime's word again once it had time to reload.
+                self._dirs_changed_at = time.monotonic()
+                loop.call_later(
+                    RUNTIME_SETTLE_SECONDS + self.settings.runtime_poll_seconds, self.wake.set
+                )
+            if events:
                 self.wake.set()
 
         loop.add_reader(watcher.fd, readable)

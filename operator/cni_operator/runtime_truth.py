@@ -52,6 +52,8 @@ class RuntimeFacts:
     `endpoint`: the socket that answered (as the node names it) or None.
     `network_ready`: CRI Status's NetworkReady, None when Status could not be asked.
     `kubelet_ready`: the Node's Ready condition (None: not seen yet, or Unknown).
+    `settling`: net.d or the bin dir changed so recently that the runtime may not
+    have reloaded them yet (it does within ms to a second): its word waits.
     """
 
     endpoint: str | None = None
@@ -66,6 +68,7 @@ class RuntimeFacts:
     kubelet_ready: bool | None = None
     kubelet_reason: str = ""
     kubelet_message: str = ""
+    settling: bool = False
 
     @property
     def kind(self) -> str | None:
@@ -195,10 +198,15 @@ def judge(
             "reason": facts.kubelet_reason,
             "message": facts.kubelet_message,
         }
-    # The runtime's word: CRI Status when it answered, kubelet's Ready condition
-    # (which it takes from the same Status, some seconds later) otherwise too.
-    runtime_down = facts.network_ready is False or facts.kubelet_network_down
-    runtime_up = facts.network_ready is True
+    # The runtime's word: CRI Status when it answered; kubelet's Ready condition
+    # only when it did not (kubelet takes it from the same Status, up to ~10 s
+    # later, so next to a fresh Status it is only stale). Not while settling.
+    if facts.settling:
+        runtime_down = runtime_up = False
+    elif facts.network_ready is not None:
+        runtime_down, runtime_up = not facts.network_ready, facts.network_ready
+    else:
+        runtime_down, runtime_up = facts.kubelet_network_down, False
     model = _model_summary(views, judged)
     if runtime_down and predicted_ready:
         if facts.network_ready is False:
@@ -237,6 +245,7 @@ def judge(
         "modelHealthy": model_healthy,
         "modelNetworkReady": predicted_ready,
         "agrees": agrees,
+        "settling": facts.settling,
     }
     return Judgement(runtime, verdict, problems, model_healthy and not runtime_down)
 

@@ -191,3 +191,27 @@ def test_pods_failing_while_the_network_is_ready_is_no_disagreement() -> None:
     assert codes(judgement) == []
     assert judgement.healthy is False
     assert judgement.verdict["modelNetworkReady"] is True
+
+
+def test_kubelet_lagging_behind_a_fresh_cri_status_is_no_disagreement() -> None:
+    """kubelet copies the same Status up to ~10 s later: next to CRI's answer it is stale."""
+    facts = RuntimeFacts(
+        name="cri-o",
+        network_ready=True,
+        kubelet_ready=False,
+        kubelet_message=KUBELET_MESSAGE,
+    )
+    judgement = judge({"crio": HEALTHY}, facts)
+    assert codes(judgement) == []
+    assert judgement.healthy is True
+    assert judgement.verdict["kubelet"]["ready"] is False  # still shown as it is
+
+
+def test_a_runtime_still_reloading_a_changed_directory_is_not_believed_yet() -> None:
+    facts = RuntimeFacts(name="containerd", network_ready=False, settling=True)
+    judgement = judge({"containerd": HEALTHY}, facts)
+    assert codes(judgement) == []
+    assert judgement.healthy is True
+    assert judgement.verdict["settling"] is True
+    settled = judge({"containerd": HEALTHY}, replace(facts, settling=False))
+    assert codes(settled) == ["RuntimeDisagrees"]
