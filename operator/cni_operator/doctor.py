@@ -50,7 +50,10 @@ def _runtime_lines(judgement: Judgement, facts: RuntimeFacts) -> str:
         head = f"Runtime: {runtime['summary']} ({api}{runtime['endpoint']})"
     else:
         head = f"Runtime: {runtime['summary']}: {runtime.get('error', '')}"
-    head += f"; judged by {', '.join(runtime['judgedBy'])} rules\n"
+    head += f"; judged by {', '.join(runtime['judgedBy'])} rules"
+    if runtime["ruleSets"]:
+        head += f" (rule set {', '.join(runtime['ruleSets'])})"
+    head += "\n"
     if facts.network_ready is not None:
         said = "true" if facts.network_ready else "false"
         detail = ", ".join(x for x in (facts.network_reason, facts.network_message) if x)
