@@ -133,7 +133,7 @@ def toml(table: dict[str, Any], prefix: str = "") -> str:
 
 
 def containerd_config(
-    spec: RuntimeSpec, work: Path, settings: Settings, net_d: Path, cni_bin: Path
+    spec: RuntimeSpec, work: Path, settings: Settings, *, net_d: Path, cni_bin: Path
 ) -> str:
     runc = {
         "runtime_type": "io.containerd.runc.v2",
@@ -212,7 +212,7 @@ def containerd_config(
 
 
 def crio_config(
-    spec: RuntimeSpec, work: Path, settings: Settings, net_d: Path, cni_bin: Path
+    spec: RuntimeSpec, work: Path, settings: Settings, *, net_d: Path, cni_bin: Path, storage: Path
 ) -> str:
     network: dict[str, Any] = {
         "network_dir": str(net_d),
@@ -222,7 +222,7 @@ def crio_config(
         network["cni_default_network"] = settings.cni_default_network
     config = {
         "crio": {
-            "root": str(work / "storage"),
+            "root": str(storage),
             "runroot": str(work / "runroot"),
             "storage_driver": "vfs",
             "log_dir": str(work / "pod-logs"),
@@ -294,6 +294,9 @@ class Runtime:
     settings: Settings = field(default_factory=Settings)
     net_d_dir: Path | None = None  # default: <work>/net.d
     cni_bin_dir: Path | None = None  # default: <work>/cni-bin
+    # CRI-O's image store (containers-storage root); sessions that run one after
+    # another may share it, so the pause image is copied in once.
+    crio_storage: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
     mount_ns: str = ""
     created_dirs: list[Path] = field(default_factory=list)
@@ -306,6 +309,10 @@ class Runtime:
     @property
     def net_d(self) -> Path:
         return self.net_d_dir or self.work / "net.d"
+
+    @property
+    def storage(self) -> Path:
+        return self.crio_storage or self.work / "storage"
 
     @property
     def cni_bin(self) -> Path:
@@ -350,7 +357,14 @@ class Runtime:
             wrapper.write_text(RUNC_KEEP_OOM_SCORE.format(runc=shutil.which("runc") or "runc"))
             wrapper.chmod(0o755)
             config.write_text(
-                crio_config(self.spec, self.work, self.settings, self.net_d, self.cni_bin)
+                crio_config(
+                    self.spec,
+                    self.work,
+                    self.settings,
+                    net_d=self.net_d,
+                    cni_bin=self.cni_bin,
+                    storage=self.storage,
+                )
             )
             (self.work / "policy.json").write_text(
                 '{"default":[{"type":"insecureAcceptAnything"}]}'
@@ -367,7 +381,9 @@ class Runtime:
             ]
         else:
             config.write_text(
-                containerd_config(self.spec, self.work, self.settings, self.net_d, self.cni_bin)
+                containerd_config(
+                    self.spec, self.work, self.settings, net_d=self.net_d, cni_bin=self.cni_bin
+                )
             )
             argv = [str(self.spec.daemon), "--config", str(config)]
         binds = " && ".join(
@@ -401,8 +417,10 @@ class Runtime:
 
     def _pause_tarball(self) -> Path:
         tarball = self.work.parent / "pause.tar"
-        if not tarball.exists():
-            images.build_pause(tarball)
+        if not tarball.exists():  # built once per base dir; sessions may race here
+            partial = tarball.with_name(f"pause.{uuid.uuid4().hex}.partial")
+            images.build_pause(partial)
+            partial.replace(tarball)
         return tarball
 
     def _store_pause_for_crio(self) -> None:
@@ -410,7 +428,9 @@ class Runtime:
         containers-storage (same driver, root and runroot) before it starts."""
         policy = self.work / "policy.json"
         policy.write_text('{"default":[{"type":"insecureAcceptAnything"}]}')
-        store = f"[vfs@{self.work / 'storage'}+{self.work / 'runroot'}]"
+        if (self.storage / "vfs-images").is_dir() and any((self.storage / "vfs-images").iterdir()):
+            return  # a shared store that already holds it
+        store = f"[vfs@{self.storage}+{self.work / 'runroot'}]"
         self._run(
             [
                 *("skopeo", "--policy", str(policy), "copy", "--quiet"),
@@ -444,8 +464,11 @@ class Runtime:
             raise RuntimeFailure(f"{what} failed: {done.stderr.strip() or done.stdout.strip()}")
         return done
 
-    def crictl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        argv = [str(CRICTL), "--runtime-endpoint", f"unix://{self.socket}", "--timeout", "20s"]
+    def crictl(
+        self, *args: str, check: bool = True, timeout: int = 20
+    ) -> subprocess.CompletedProcess[str]:
+        argv = [str(CRICTL), "--runtime-endpoint", f"unix://{self.socket}"]
+        argv += ["--timeout", f"{timeout}s"]
         return self._run([*argv, *args], what=f"crictl {' '.join(args)}", check=check)
 
     def info(self, verbose: bool = True) -> dict[str, Any]:
@@ -471,8 +494,9 @@ class Runtime:
                 )
         raise RuntimeFailure("CRI Status has no NetworkReady condition")
 
-    def run_pod(self, name: str) -> PodResult:
-        """RunPodSandbox with a fresh pod; the networks its CNI ADDs were for."""
+    def run_pod(self, name: str, timeout: int = 20) -> PodResult:
+        """RunPodSandbox with a fresh pod (the call's deadline: `timeout` seconds);
+        the networks its CNI ADDs were for."""
         uid = uuid.uuid4().hex
         pod = {
             "metadata": {"name": name, "namespace": "differential", "uid": uid, "attempt": 0},
@@ -482,7 +506,7 @@ class Runtime:
         config = self.work / f"pod-{uid}.json"
         config.write_text(json.dumps(pod))
         started = time.monotonic()
-        done = self.crictl("runp", str(config), check=False)
+        done = self.crictl("runp", str(config), check=False, timeout=timeout)
         seconds = time.monotonic() - started
         if done.returncode != 0:
             return PodResult(None, (done.stderr or done.stdout).strip(), seconds=seconds)

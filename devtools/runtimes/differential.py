@@ -22,6 +22,7 @@ order). Layouts with their own settings get a fresh runtime each.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -31,6 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,8 +46,10 @@ from cni_operator.runtime_order import RuntimeRules, predict
 from devtools.runtimes import recorder
 from devtools.runtimes.corpus import Layout, clear, load_corpus, materialize
 from devtools.runtimes.daemon import (
+    PRIVATE_PATHS,
     REPO,
     RUNTIMES,
+    PodResult,
     Runtime,
     RuntimeFailure,
     RuntimeSpec,
@@ -55,6 +59,7 @@ from devtools.runtimes.daemon import (
 
 BARRIER = "!barrier.conflist"  # '!' sorts before every name the corpus uses
 SETTLE_DEADLINE = 30.0
+CRIO_HOLD_SECONDS = 3
 CRIO_UNINITIALIZED = "Network plugin returns error: plugin status uninitialized"
 PLUGINS: dict[str, list[str] | None] = {
     "loopback": None,
@@ -92,6 +97,7 @@ class Row:
     observation: Observation
     prediction: Prediction
     differences: list[str] = field(default_factory=list)
+    seconds: float = 0.0
 
     @property
     def agrees(self) -> bool:
@@ -216,8 +222,9 @@ def _write_atomic(path: Path, text: str) -> None:
 class Observer:
     """Runs layouts on one runtime process, in order."""
 
-    def __init__(self, runtime: Runtime, predictor: Predictor) -> None:
+    def __init__(self, runtime: Runtime, predictor: Predictor, *, shared: bool) -> None:
         self.runtime = runtime
+        self.shared = shared
         self.predictor = predictor
         self.serial = 0
         name, raw = runtime.version()
@@ -253,6 +260,19 @@ class Observer:
             info.get("lastCNILoadStatus", "")
         )
 
+    def _crio_pod_held(self, rt: Runtime) -> PodResult:
+        """CRI-O holds RunPodSandbox until its network is ready (waitForCNIPlugin):
+        ask with a short deadline and require its log to say it is waiting."""
+        pod = rt.run_pod(f"d{self.serial}", timeout=CRIO_HOLD_SECONDS)
+        if pod.sandbox is None:
+            waiting = "CNI plugin not ready. Waiting to create" in rt.log.read_text(
+                errors="replace"
+            )
+            if not waiting:
+                raise RuntimeFailure(f"CRI-O refused the sandbox without waiting: {pod.error}")
+            pod.error = f"held by CRI-O until its network is ready ({pod.error[-200:]})"
+        return pod
+
     def observe(self, layout: Layout) -> Row:
         rt = self.runtime
         prediction = self.predictor(rt.spec, self.version, rt.settings, rt.net_d, rt.cni_bin)
@@ -276,8 +296,12 @@ class Observer:
                     message += f" ({info.get('lastCNILoadStatus', '')})"
             except RuntimeFailure as error:  # e.g. a dump over gRPC's 16 MiB: unknown
                 message += f" [verbose Status failed: {str(error)[-200:]}]"
-        pod = rt.run_pod(f"d{self.serial}")
-        rt.remove_pods()
+        if rt.spec.kind == "crio" and not ready:
+            pod = self._crio_pod_held(rt)
+        else:
+            pod = rt.run_pod(f"d{self.serial}")
+        if self.shared:
+            rt.remove_pods()  # a fresh runtime's pods go with it (Runtime.stop)
         observation = Observation(
             ready, message, loaded, pod.sandbox is not None, pod.networks, pod.error[-400:]
         )
@@ -307,7 +331,7 @@ def run_runtime(
     alone = [x for x in layouts if x not in shared]
     if shared:
         with session(spec, base, Settings(), name) as runtime:
-            observer = Observer(runtime, predictor)
+            observer = Observer(runtime, predictor, shared=True)
             for layout in shared:
                 observer.load(layout)
                 try:
@@ -320,15 +344,47 @@ def run_runtime(
         install_bin_dir(work / "cni-bin")
         (work / "net.d").mkdir()
         made = materialize(layout, work / "net.d")
+        started = time.monotonic()
         try:
-            with Runtime(spec, work, layout.settings) as runtime:
-                observer = Observer(runtime, predictor)
+            storage = base / f"{name}-storage" if spec.kind == "crio" else None
+            with Runtime(spec, work, layout.settings, crio_storage=storage) as runtime:
+                observer = Observer(runtime, predictor, shared=False)
                 rows.append(observer.observe(layout))
         finally:
             made.close()
+        rows[-1].seconds = time.monotonic() - started
         progress(rows[-1])
     order = {x.name: i for i, x in enumerate(layouts)}
     return sorted(rows, key=lambda r: order[r.layout])
+
+
+@contextmanager
+def private_paths() -> Iterator[None]:
+    """The fixed paths each runtime's mount namespace binds over (PRIVATE_PATHS)
+    exist for the whole run, and go again if the run created them: one owner, so
+    runtimes started in parallel never remove them under each other."""
+    created = [p for p in PRIVATE_PATHS if not p.exists()]
+    for path in created:
+        path.mkdir(parents=True)
+    try:
+        yield
+    finally:
+        for path in reversed(created):
+            with contextlib.suppress(OSError):
+                path.rmdir()
+
+
+def run_all(
+    names: Sequence[str],
+    layouts: Sequence[Layout],
+    predictor: Predictor,
+    base: Path,
+    parallel: int = 2,
+) -> dict[str, list[Row]]:
+    """Every runtime over the layouts, `parallel` runtimes at a time."""
+    with private_paths(), ThreadPoolExecutor(parallel) as pool:
+        futures = {n: pool.submit(run_runtime, n, layouts, predictor, base) for n in names}
+        return {n: f.result() for n, f in futures.items()}
 
 
 def summary(rows: Sequence[Row]) -> str:
@@ -360,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     layouts = [x for x in load_corpus() if not args.layout or x.name in args.layout]
     predictor = model_from_git(args.model) if args.model else current_model
     rows: list[Row] = []
-    with tempfile.TemporaryDirectory(prefix="cniwarden-differential-") as base:
+    with tempfile.TemporaryDirectory(prefix="cniwarden-differential-") as base, private_paths():
         for name in args.runtime or sorted(RUNTIMES):
             started = time.monotonic()
             rows += run_runtime(
@@ -370,7 +426,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 Path(base),
                 restart_each=args.restart_each,
                 progress=lambda r: print(
-                    f"  {r.runtime} {r.layout}: {'agree' if r.agrees else 'DIFFER'}",
+                    f"  {r.runtime} {r.layout}: {'agree' if r.agrees else 'DIFFER'} "
+                    f"({r.seconds:.1f}s)",
                     file=sys.stderr,
                 ),
             )

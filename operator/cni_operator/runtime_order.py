@@ -216,6 +216,7 @@ class ParsedConfig:
     types: tuple[str, ...] = ()  # every binary it makes the runtime exec
     error: str | None = None
     plugin_types: tuple[str, ...] = ()  # the plugins libcni execs itself (VERSION, STATUS)
+    inline_plugins: int = 1  # plugins in the file itself (libcni >= 1.3 may add net.d/<name>/)
 
     @property
     def valid(self) -> bool:
@@ -457,7 +458,12 @@ def _parse_conflist(
         if not plugins:
             return failed(f"no plugin configs found (no 'plugins' and no {network or '.'}/*.conf)")
     return ParsedConfig(
-        name, network, version, _all_types(plugins), plugin_types=_plugin_types(plugins)
+        name,
+        network,
+        version,
+        _all_types(plugins),
+        plugin_types=_plugin_types(plugins),
+        inline_plugins=len(raw.get("plugins") or []),
     )
 
 
@@ -731,6 +737,13 @@ def _crio_view(
             if rules.default_network
             else "no valid CNI config"
         )
+        # CRI-O stops polling once its network was ready: a CRI-O that has been
+        # ready since it started keeps saying NetworkReady=true (kubelet keeps the
+        # node Ready) while every new sandbox fails.
+        why += (
+            "; a CRI-O that was ready since it started still reports NetworkReady=true "
+            "and every new pod fails"
+        )
         return RuntimeView(
             "crio",
             None,
@@ -741,7 +754,15 @@ def _crio_view(
             network_ready=False,
             judged_by=label,
         )
-    problem = _pod_problem(chosen, wanted, versions, rules.libcni)
+    problem = _pod_problem(chosen, chosen.network or "", versions, rules.libcni)
+    if problem is None and chosen.inline_plugins == 0:
+        # ocicni 0.4.3 re-reads the network from libcni's cache, without the
+        # net.d/<name>/ plugins, and indexes its first plugin: CRI-O panics.
+        problem = "CRI-O crashes creating the sandbox (its plugins are only in net.d/<name>/)"
+    elif problem is not None and not chosen.network:
+        # ocicni names it by its file for ADD, but the sandbox's status check reads
+        # libcni's cache under the empty name and fails.
+        problem = "its network name is empty (CRI-O cannot find the cached result)"
     message = "in use" + (f" (skipped {', '.join(skipped)})" if skipped else "")
     if problem is not None:
         message += f", but every pod fails: {problem}"

@@ -17,36 +17,31 @@ import pytest
 
 from devtools.runtimes.corpus import load_corpus
 from devtools.runtimes.daemon import PRIVATE_PATHS, RUNTIMES
-from devtools.runtimes.differential import Row, current_model, run_runtime
+from devtools.runtimes.differential import Row, current_model, run_all
 
 pytestmark = pytest.mark.root
 
 LAYOUTS = load_corpus()
-_rows: dict[str, dict[str, Row]] = {}
 
 
 @pytest.fixture(scope="module")
-def work_base() -> Iterator[Path]:
+def rows() -> Iterator[dict[str, dict[str, Row]]]:
+    """Every runtime over the corpus (two at a time), once for the module."""
     if os.geteuid() != 0:
         pytest.skip("needs root (runtimes, mount namespaces)")
+    for name, spec in RUNTIMES.items():
+        missing = spec.missing()
+        if missing:
+            pytest.fail(f"{name} cannot run: {missing}")
     existed = {p: p.exists() for p in PRIVATE_PATHS}
     with tempfile.TemporaryDirectory(prefix="cniwarden-differential-") as base:
-        yield Path(base)
+        results = run_all(sorted(RUNTIMES), LAYOUTS, current_model, Path(base))
+        yield {name: {row.layout: row for row in items} for name, items in results.items()}
         with open("/proc/self/mountinfo") as mounts:
             left = [line for line in mounts if base in line]
         assert not left, f"mounts left behind: {left}"
     for path, was_there in existed.items():
         assert was_there or not path.exists(), f"{path} was created and left behind"
-
-
-def rows_for(runtime: str, base: Path) -> dict[str, Row]:
-    if runtime not in _rows:
-        missing = RUNTIMES[runtime].missing()
-        if missing:
-            pytest.fail(f"{runtime} cannot run: {missing}")
-        rows = run_runtime(runtime, LAYOUTS, current_model, base)
-        _rows[runtime] = {row.layout: row for row in rows}
-    return _rows[runtime]
 
 
 def test_the_corpus_covers_the_issue() -> None:
@@ -77,8 +72,10 @@ def test_the_corpus_covers_the_issue() -> None:
 
 @pytest.mark.parametrize("runtime", sorted(RUNTIMES))
 @pytest.mark.parametrize("layout", [layout.name for layout in LAYOUTS])
-def test_model_agrees_with_runtime(runtime: str, layout: str, work_base: Path) -> None:
-    row = rows_for(runtime, work_base)[layout]
+def test_model_agrees_with_runtime(
+    runtime: str, layout: str, rows: dict[str, dict[str, Row]]
+) -> None:
+    row = rows[runtime][layout]
     assert row.agrees, (
         f"{runtime} ({row.version}) on {layout}: "
         + "; ".join(row.differences)

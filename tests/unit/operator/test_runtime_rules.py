@@ -94,7 +94,9 @@ def test_non_semver_version_and_empty_name_load_with_old_libcni() -> None:
     assert view.network == "" and view.network_ready and not view.healthy
     assert "missing network name" in view.message
     crio = predict(unnamed, CRIO, V)
-    assert crio.network == "00-x.conflist" and crio.healthy  # ocicni names it by its file
+    # ocicni names it by its file, then fails the sandbox reading libcni's cache
+    # under the empty name (the differential test found it).
+    assert crio.network == "00-x.conflist" and crio.network_ready and not crio.healthy
 
 
 def test_go_versions() -> None:
@@ -136,6 +138,19 @@ def test_plugins_from_a_network_dir_with_libcni_1_3() -> None:
     assert not predict(files, C2, V).network_ready
     files["10-d.conflist"] = conflist("d", loadOnlyInlinedPlugins=True)
     assert predict(files, C2, V).network_ready
+
+
+def test_crio_crashes_on_a_network_whose_plugins_are_all_in_its_dir() -> None:
+    """CRI-O 1.34 (ocicni 0.4.3) panics creating the sandbox: found by the
+    differential test (plugins-in-subdir)."""
+    files = {
+        "10-d.conflist": json.dumps({"cniVersion": "1.0.0", "name": "d"}).encode(),
+        "d/10-main.conf": json.dumps({"type": "rec"}).encode(),
+    }
+    view = predict(files, CRIO, V)
+    assert view.network == "d" and view.network_ready and not view.healthy
+    assert "crashes" in view.message
+    assert predict(files, C2, V).healthy
 
 
 def test_containerd_max_conf_num() -> None:
