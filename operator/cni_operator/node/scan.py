@@ -315,6 +315,7 @@ def report_dict(scan: NodeScan, manifest: Manifest) -> dict[str, Any]:
             "network": v.network or "",
             "ours": v.ours,
             "healthy": v.healthy,
+            "networkReady": v.network_ready,
             "message": v.message,
         }
 

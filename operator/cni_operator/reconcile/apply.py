@@ -25,6 +25,7 @@ from cni_operator.reconcile.gate import GateInput, judge
 from cni_operator.reconcile.install import OwnBinaries, install_binaries
 from cni_operator.reconcile.model import DesiredNetwork, NetworkEntry, NodeContext
 from cni_operator.rendering import NodeFacts, check_against_binaries, render
+from cni_operator.runtime_order import ALL_RUNTIMES
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ def apply_network(
             conf_files=conf_files,
             attachments=attachments,
             versions=all_versions,
+            runtimes=ctx.runtimes or ALL_RUNTIMES,
         )
     )
     decision = verdict.decision
