@@ -27,6 +27,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -165,6 +166,7 @@ def model_from_git(ref: str) -> Predictor:
     old: ModuleType = importlib.util.module_from_spec(spec_)
     sys.modules[spec_.name] = old  # dataclasses look their module up while defining
     spec_.loader.exec_module(old)
+    shutil.rmtree(path.parent)  # the module is in memory now
 
     def read_old(conf_dir: Path) -> dict[str, bytes | None]:
         files: dict[str, bytes | None] = {}
