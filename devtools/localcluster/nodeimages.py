@@ -7,6 +7,7 @@ because importing needs the node's running containerd.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from . import images, procs
@@ -26,9 +27,15 @@ def build_images(layout: Layout) -> list[Path]:
 
 
 def import_images(layout: Layout, node: NodeLayout) -> None:
-    for tarball in build_images(layout):
-        ctr(node, "images", "import", "--snapshotter", "overlayfs", str(tarball))
+    import_archives(node, build_images(layout))
     listed = ctr(node, "images", "ls", "-q").stdout.split()
     missing = {PAUSE_IMAGE, BUSYBOX_IMAGE} - set(listed)
     if missing:
         raise procs.ComponentError(f"images not imported into {node.name}: {sorted(missing)}")
+
+
+def import_archives(node: NodeLayout, archives: Sequence[Path]) -> None:
+    """Image tarballs (OCI layout or docker-archive) into the node's containerd,
+    unpacked for the CRI's snapshotter so kubelet starts them without a pull."""
+    for tarball in archives:
+        ctr(node, "images", "import", "--snapshotter", "overlayfs", str(tarball))

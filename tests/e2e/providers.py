@@ -1,15 +1,15 @@
 """Where the e2e scenarios run: kind (Docker + kind present) or the local cluster.
 
-Both providers install the same chart with `helm install` and give the scenarios
-the same handle (kubectl, two worker nodes with their files and network
-namespace, install/uninstall). They differ only in what runs the chart's pods:
+Both providers install the same chart with `helm install --wait` and give the
+scenarios the same handle (kubectl, two worker nodes with their files and
+network namespace, install/upgrade/uninstall). Both run the chart as pods: the
+images are built from images/Dockerfile, loaded into the nodes, and Kubernetes
+runs the Deployment, the DaemonSet and the pre-delete hook Job.
 
-- kind: the images are built from images/, loaded into the nodes, and
-  Kubernetes runs the Deployment, the DaemonSet and the pre-delete hook Job.
-- local: two real nodes of the local cluster (containerd + kubelet each in its
-  own network and mount namespace) added for this run; the chart's containers
-  run as processes with their rendered command, arguments, environment and
-  ServiceAccount (devtools/ship/localinstall.py).
+- kind: `docker build` of both targets and `kind load docker-image`.
+- local: `make images` (buildah) and `ctr images import` into two real nodes of
+  the local cluster (containerd + kubelet + kube-proxy, each in its own network
+  and mount namespace) added for this run (devtools/ship/install.py).
 
 `CNIWARDEN_E2E_PROVIDER=kind|local` forces one.
 """
@@ -29,8 +29,18 @@ from typing import Any, Protocol
 from devtools.localcluster import LocalCluster
 from devtools.localcluster.layout import BUSYBOX_IMAGE
 from devtools.localcluster.toolpaths import tool
-from devtools.ship.helm import install_chart, uninstall_release
-from devtools.ship.localinstall import CommandFailedError, LocalInstall, LocalNode, run, wait_for
+from devtools.ship.helm import CHART, helm, install_chart, set_args, uninstall_release
+from devtools.ship.images import chart_app_version
+from devtools.ship.install import (
+    ChartInstall,
+    CommandFailedError,
+    HookRecord,
+    HookWatcher,
+    LocalNode,
+    build_and_load,
+    run,
+    wait_for,
+)
 
 __all__ = [
     "CommandFailedError",
@@ -56,6 +66,7 @@ class Node(Protocol):
     def read(self, path: str) -> bytes | None: ...
     def write(self, path: str, data: bytes) -> None: ...
     def remove(self, path: str) -> None: ...
+    def mtime(self, path: str) -> float: ...
     def listdir(self, path: str) -> list[str]: ...
     def files_under(self, path: str) -> list[str]: ...
     def sh(self, script: str) -> str: ...
@@ -76,19 +87,24 @@ class Provider(Protocol):
     def run_id(self) -> str: ...
     @property
     def nodes(self) -> Sequence[Node]: ...
+    @property
+    def hook(self) -> HookRecord: ...
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 180
     ) -> subprocess.CompletedProcess[str]: ...
     def add_nodes(self, count: int = 2) -> None: ...
+    def load_images(self, context: Path | None = None) -> dict[str, str]: ...
     def base_values(self) -> dict[str, Any]: ...
     def install(self, values: Mapping[str, Any]) -> str: ...
+    def upgrade(self, values: Mapping[str, Any], chart: Path = CHART) -> str: ...
     def uninstall(self) -> str: ...
+    def pods(self, component: str | None = None) -> list[dict[str, Any]]: ...
     def logs(self) -> str: ...
     def close(self) -> None: ...
 
 
 # ======================================================================= local
-class LocalProvider(LocalInstall):
+class LocalProvider(ChartInstall):
     """The local cluster with two real nodes of its own, labelled for this run only
     (nothing else in the session writes to them)."""
 
@@ -109,6 +125,12 @@ class LocalProvider(LocalInstall):
             real = self.cluster.add_real_node(cni="none")
             self.nodes.append(LocalNode.of(self.cluster, real.name))
             self.kubectl("label", "node", real.name, f"{E2E_LABEL}={self.run_id}", "--overwrite")
+
+    def load_images(self, context: Path | None = None) -> dict[str, str]:
+        """`make images` (of this checkout, or of `context`), imported into every real
+        node; the image IDs by target, as the CRI reports them."""
+        built = build_and_load(self.cluster, context=context)
+        return {target: f"sha256:{b.id}" for target, b in built.items()}
 
     def base_values(self) -> dict[str, Any]:
         values = self.local_values({E2E_LABEL: self.run_id})
@@ -157,6 +179,9 @@ class KindNode:
     def remove(self, path: str) -> None:
         self._exec("rm", "-f", path)
 
+    def mtime(self, path: str) -> float:
+        return float(self._exec("stat", "-c", "%Y", path).decode())
+
     def listdir(self, path: str) -> list[str]:
         return sorted(
             self._exec("sh", "-c", f"ls -A '{path}' 2>/dev/null || true").decode().split()
@@ -183,7 +208,7 @@ class KindProvider:
     run_id: str = field(default_factory=lambda: secrets.token_hex(3))
     _nodes: list[KindNode] = field(default_factory=list)
     installed: bool = False
-    tag: str = "e2e"
+    hook: HookRecord = field(default_factory=HookRecord)
 
     @property
     def cluster_name(self) -> str:
@@ -230,21 +255,6 @@ class KindProvider:
             ],
             timeout=600,
         )
-        for image in ("controller", "agent"):
-            ref = f"ghcr.io/cniwarden/cniwarden-{image}:{self.tag}"
-            run(
-                [
-                    "docker",
-                    "build",
-                    "-f",
-                    str(ROOT / "images" / image / "Dockerfile"),
-                    "-t",
-                    ref,
-                    str(ROOT),
-                ],
-                timeout=1200,
-            )
-            run(["kind", "load", "docker-image", ref, "--name", self.cluster_name], timeout=600)
         run(["docker", "pull", self.busybox_image], timeout=600)
         run(
             ["kind", "load", "docker-image", self.busybox_image, "--name", self.cluster_name],
@@ -268,9 +278,25 @@ class KindProvider:
                 "--overwrite",
             )
 
+    def load_images(self, context: Path | None = None) -> dict[str, str]:
+        """Both targets of images/Dockerfile (of this checkout, or of `context`) built
+        with Docker, tagged with that chart's appVersion and loaded into the nodes;
+        the image IDs by target."""
+        context = context or ROOT
+        tag = chart_app_version(context)
+        ids = {}
+        for target in ("controller", "agent"):
+            ref = f"ghcr.io/cniwarden/cniwarden-{target}:{tag}"
+            dockerfile = context / "images" / "Dockerfile"
+            build = ["docker", "build", "-f", str(dockerfile), "--target", target, "-t", ref]
+            run([*build, str(context)], timeout=1800)
+            run(["kind", "load", "docker-image", ref, "--name", self.cluster_name], timeout=600)
+            ids[target] = run(["docker", "image", "inspect", "-f", "{{.Id}}", ref]).stdout.strip()
+        return ids
+
     def base_values(self) -> dict[str, Any]:
         return {
-            "image": {"tag": self.tag, "pullPolicy": "IfNotPresent"},
+            "image": {"pullPolicy": "IfNotPresent"},
             "exampleNetwork": {
                 "enabled": True,
                 "name": f"pods-{self.run_id}",
@@ -291,12 +317,46 @@ class KindProvider:
         self.installed = True
         return out.stdout
 
+    def upgrade(self, values: Mapping[str, Any], chart: Path = CHART) -> str:
+        return helm(
+            "upgrade",
+            self.release,
+            str(chart),
+            "-n",
+            self.namespace,
+            "--wait",
+            "--timeout",
+            "5m",
+            *set_args(values),
+            kubeconfig=self.kubeconfig,
+        ).stdout
+
     def uninstall(self) -> str:
-        out = uninstall_release(
-            self.release, self.namespace, "--wait", "--timeout", "5m", kubeconfig=self.kubeconfig
-        )
+        watcher = HookWatcher(self.kubectl, self.namespace)
+        watcher.start()
+        try:
+            out = uninstall_release(
+                self.release,
+                self.namespace,
+                "--wait",
+                "--timeout",
+                "5m",
+                kubeconfig=self.kubeconfig,
+            )
+        finally:
+            watcher.stopping.set()
+            watcher.join(timeout=60)
+        self.hook = watcher.record
         self.installed = False
         return out.stdout
+
+    def pods(self, component: str | None = None) -> list[dict[str, Any]]:
+        selector = "app.kubernetes.io/name=cniwarden"
+        if component:
+            selector += f",app.kubernetes.io/component={component}"
+        out = self.kubectl("get", "pods", "-n", self.namespace, "-l", selector, "-o", "json")
+        items: list[dict[str, Any]] = json.loads(out.stdout)["items"]
+        return items
 
     def logs(self) -> str:
         return self.kubectl(

@@ -1,15 +1,16 @@
 """End to end: the chart installed into a cluster, pods on two nodes, the guard and the gate.
 
 Runs on kind when Docker and kind are present, else on the local cluster (real
-nodes: containerd + kubelet each in its own network and mount namespace); see
-providers.py. The scenarios run in order on one installation; the last one
-uninstalls and checks that the nodes are clean.
+nodes: containerd + kubelet + kube-proxy each in its own network and mount
+namespace); see providers.py. Either way the chart runs as pods from the images
+built from images/Dockerfile. The scenarios run in order on one installation;
+the last one uninstalls it and checks that the nodes are clean.
 """
 
 from __future__ import annotations
 
+import datetime
 import functools
-import hashlib
 import ipaddress
 import json
 import re
@@ -25,7 +26,7 @@ from kubernetes.client.exceptions import ApiException
 from devtools.localcluster.kube import node_ready
 from devtools.localcluster.pods import busybox_pod
 from tests.e2e import providers
-from tests.e2e.providers import KindProvider, LocalProvider, Node, Provider, run, wait_for
+from tests.e2e.providers import KindProvider, LocalProvider, Node, Provider, wait_for
 
 PROVIDER = providers.choose()
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,7 +52,6 @@ def provider(
     workdir = tmp_path_factory.mktemp("e2e")
     made: LocalProvider | KindProvider
     if PROVIDER == "local":
-        run(["make", "-C", str(ROOT), "plugins"])  # the shims the agent installs
         made = LocalProvider(request.getfixturevalue("cluster"), workdir)
     else:
         made = KindProvider(workdir)
@@ -63,9 +63,10 @@ def provider(
 
 
 class Installed:
-    def __init__(self, provider: Provider, notes: str) -> None:
+    def __init__(self, provider: Provider, notes: str, image_ids: dict[str, str]) -> None:
         self.p = provider
         self.notes = notes
+        self.image_ids = image_ids
         self.network = f"pods-{provider.run_id}"
         self.file = f"10-{self.network}.conflist"
         self.pods: list[str] = []
@@ -151,9 +152,12 @@ def node_files(node: Node) -> dict[str, list[str]]:
 
 @pytest.fixture(scope="module")
 def installed(provider: Provider) -> Iterator[Installed]:
+    image_ids = provider.load_images()
     baseline = {n.name: node_files(n) for n in provider.nodes}
+    for node in provider.nodes:  # no CNI config yet: kubelet keeps them NotReady
+        assert not node_ready(provider.kubectl, node.name), f"{node.name} Ready before install"
     notes = provider.install(provider.base_values())
-    state = Installed(provider, notes)
+    state = Installed(provider, notes, image_ids)
     state.baseline = baseline
     try:
         yield state
@@ -200,7 +204,6 @@ def test_install_brings_the_nodes_ready(installed: Installed) -> None:
     table = p.kubectl("get", "cninetworks", installed.network).stdout
     assert installed.network in table and "Ready" in table
 
-    shim = hashlib.sha256((ROOT / "build/cni-bin/cniwarden-bridge").read_bytes()).hexdigest()
     for node in p.nodes:
         other = next(n for n in p.nodes if n.name != node.name)
         state = wait_for(
@@ -211,24 +214,83 @@ def test_install_brings_the_nodes_ready(installed: Installed) -> None:
         assert state["runtimes"]["containerd"]["file"] == installed.file
         owned = {b["name"]: b for b in state["binaries"] if b.get("owned")}
         assert {"cniwarden-bridge", "cniwarden-host-local"} <= set(owned)
-        if isinstance(p, LocalProvider):
-            # The static shim, not a Python launcher: pods go through the cni-server.
-            assert owned["cniwarden-bridge"]["sha256"] == shim
+        # The static shim from the agent image, not a Python launcher: pods go
+        # through the cni-server.
+        agent = agent_pod(p, node.name)["metadata"]["name"]
+        in_image = pod_python(
+            p,
+            agent,
+            "agent",
+            "import hashlib; print(hashlib.sha256(open("
+            "'/usr/lib/cniwarden/cni-bin/cniwarden-bridge', 'rb').read()).hexdigest())",
+        ).strip()
+        assert owned["cniwarden-bridge"]["sha256"] == in_image
+        assert (node.read("/opt/cni/bin/cniwarden-bridge") or b"")[:4] == b"\x7fELF"
         other_cidr = str(installed.pod_cidr(other.name))
         assert {"destination": other_cidr, "via": other.ip, "node": other.name} in state[
             "podRoutes"
         ]["routes"]
         assert any(r.startswith(f"{other_cidr} via {other.ip}") for r in routes(node))
 
-    if isinstance(p, LocalProvider):
-        # The chart's probes, run as kubelet would run them.
-        for node in p.local_nodes:
-            p.probe(node, "agent")
-            p.probe(node, "cni-server")
-        for key in ["controller"] + [
-            f"{c}-{n.name}" for n in p.nodes for c in ("agent", "cni-server")
-        ]:
-            assert p.process_alive(key), f"{key} died:\n{p.logs()}"
+
+def agent_pod(p: Provider, node: str) -> dict[str, Any]:
+    return next(pod for pod in p.pods("agent") if pod["spec"].get("nodeName") == node)
+
+
+def pod_python(p: Provider, pod: str, container_name: str, code: str) -> str:
+    return p.kubectl(
+        "exec", "-n", p.namespace, pod, "-c", container_name, "--", "python", "-c", code
+    ).stdout
+
+
+FACTS = """
+import os
+status = dict(l.split(":", 1) for l in open("/proc/self/status"))
+try:
+    open("/e2e-probe", "w").close()
+    os.unlink("/e2e-probe")
+    fs = "writable"
+except OSError:
+    fs = "read-only"
+print(os.getuid(), status["CapEff"].strip(), fs)
+"""
+
+
+def process_facts(p: Provider, pod: str, container_name: str) -> tuple[str, str, str]:
+    """(uid, effective capabilities, root filesystem) of a process in the container."""
+    uid, caps, fs = pod_python(p, pod, container_name, FACTS).split()
+    return uid, caps, fs
+
+
+def container(pod: dict[str, Any], name: str) -> dict[str, Any]:
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    return next(c for c in statuses if c["name"] == name)
+
+
+def assert_serving(pod: dict[str, Any], images: dict[str, str]) -> None:
+    """Every named container Running, Ready and of the given image ID; the pod Ready."""
+    name = pod["metadata"]["name"]
+    assert pod["status"]["phase"] == "Running", (name, pod["status"])
+    ready = next(c for c in pod["status"]["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True", (name, ready)
+    for container_name, image_id in images.items():
+        c = container(pod, container_name)
+        assert "running" in c["state"] and c["ready"] is True, (name, c)
+        assert c["imageID"] == image_id, (name, container_name, c["imageID"], image_id)
+        assert c["containerID"].startswith("containerd://"), (name, c["containerID"])
+
+
+def container_log(p: Provider, pod: str, container_name: str) -> str:
+    return p.kubectl("logs", "-n", p.namespace, pod, "-c", container_name).stdout
+
+
+def parse_time(text: str) -> float:
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def ready_condition(p: Provider, node: str) -> dict[str, Any]:
+    obj = json.loads(p.kubectl("get", "node", node, "-o", "json").stdout)
+    return next(c for c in obj["status"]["conditions"] if c["type"] == "Ready")
 
 
 def test_pods_on_two_nodes_get_their_nodes_addresses_and_talk(installed: Installed) -> None:
@@ -279,13 +341,12 @@ def test_pods_on_two_nodes_get_their_nodes_addresses_and_talk(installed: Install
     reply = installed.exec("e2e-b", f"echo hi | nc -w 5 {n1.ip} {port}")
     assert re.search(seen(n1.ip, port, b), reply), reply
 
-    if isinstance(p, LocalProvider):
-        for node, ip in ((p.local_nodes[0], a1), (p.local_nodes[1], b)):
-            # host-local's lease sits in the node's own store, written via the shim + cni-server.
-            lease = node.read(f"/var/lib/cni/networks/{installed.network}/{ip}")
-            assert lease is not None and lease.split(b"\r\n")[1] == b"eth0"
-        server_log = (p.workdir / f"cni-server-{n0.name}.log").read_text()
-        assert "cniwarden-bridge ADD" in server_log, server_log[-2000:]
+    for node, ip in ((n0, a1), (n1, b)):
+        # host-local's lease sits in the node's own store, written via the shim + cni-server.
+        lease = node.read(f"/var/lib/cni/networks/{installed.network}/{ip}")
+        assert lease is not None and lease.split(b"\r\n")[1] == b"eth0"
+    server_log = container_log(p, agent_pod(p, n0.name)["metadata"]["name"], "cni-server")
+    assert "cniwarden-bridge ADD" in server_log, server_log[-2000:]
 
 
 def patch_report_as(kubeconfig: Path, node: str, dry_run: bool = False) -> str:
@@ -479,8 +540,6 @@ def test_uninstall_cleans_the_nodes(installed: Installed) -> None:
             timeout=60,
         )
     log = p.uninstall()
-    if isinstance(p, LocalProvider):  # on kind the hook Job's log goes with the Job
-        assert "every CNINetwork is gone" in log, log
     gone = p.kubectl("get", "cninetwork", installed.network, check=False)
     assert gone.returncode != 0 and "NotFound" in gone.stderr
     for node in p.nodes:
