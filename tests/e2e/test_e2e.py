@@ -233,6 +233,35 @@ def test_install_brings_the_nodes_ready(installed: Installed) -> None:
         assert any(r.startswith(f"{other_cidr} via {other.ip}") for r in routes(node))
 
 
+def test_the_chart_runs_as_pods_of_the_images_built_here(installed: Installed) -> None:
+    """Running and Ready pods of the built images (by image ID) under kubelet, with the
+    chart's securityContext in force; each node turned Ready after its agent pod started."""
+    p = installed.p
+    (controller,) = p.pods("controller")
+    assert_serving(controller, {"controller": installed.image_ids["controller"]})
+    agents = {pod["spec"]["nodeName"]: pod for pod in p.pods("agent")}
+    assert sorted(agents) == sorted(n.name for n in p.nodes)
+    for node in p.nodes:
+        pod = agents[node.name]
+        assert_serving(pod, dict.fromkeys(("agent", "cni-server"), installed.image_ids["agent"]))
+        (init,) = pod["status"]["initContainerStatuses"]
+        assert init["state"]["terminated"]["exitCode"] == 0, init
+        started = parse_time(container(pod, "agent")["state"]["running"]["startedAt"])
+        ready_at = parse_time(ready_condition(p, node.name)["lastTransitionTime"])
+        assert ready_at >= started, f"{node.name} Ready at {ready_at}, its agent started {started}"
+
+    # The securityContext, as the runtime applied it (not as rendered): read-only
+    # root filesystems; the agent's one capability (NET_ADMIN, bit 12), the
+    # privileged cni-server's full set; the controller as 65532 with none.
+    agent = agents[p.nodes[0].name]["metadata"]["name"]
+    controller_name = controller["metadata"]["name"]
+    assert process_facts(p, agent, "agent") == ("0", "0000000000001000", "read-only")
+    uid, cap_eff, root_fs = process_facts(p, agent, "cni-server")
+    assert uid == "0" and int(cap_eff, 16) & (1 << 21), cap_eff  # CAP_SYS_ADMIN among them
+    assert root_fs == "writable"  # privileged: readOnlyRootFilesystem is not set
+    assert process_facts(p, controller_name, "controller") == ("65532", "0" * 16, "read-only")
+
+
 def agent_pod(p: Provider, node: str) -> dict[str, Any]:
     return next(pod for pod in p.pods("agent") if pod["spec"].get("nodeName") == node)
 
