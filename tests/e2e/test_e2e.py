@@ -5,7 +5,7 @@ nodes: containerd + kubelet + kube-proxy each in its own network and mount
 namespace); see providers.py. Either way the chart runs as pods from the images
 built from images/Dockerfile. The scenarios run in order on one installation;
 the last two upgrade it (from the previous chart version, with traffic) and
-uninstall it (nodes as they were).
+uninstall it (the hook Job, then nodes as they were).
 """
 
 from __future__ import annotations
@@ -750,6 +750,16 @@ def test_uninstall_cleans_the_nodes(installed: Installed) -> None:
             timeout=60,
         )
     log = p.uninstall()
+    # The pre-delete hook ran as a Job's pod of the controller image, on a node of
+    # this run, and finished once every node had removed our files (helm uninstall
+    # fails when the hook Job fails).
+    hook = p.hook.pod
+    assert hook, f"no pod of the hook Job was seen during helm uninstall\n{log}"
+    assert hook["metadata"]["labels"]["job-name"].endswith("-uninstall"), hook["metadata"]
+    assert hook["spec"]["nodeName"] in {n.name for n in p.nodes}
+    (status,) = hook["status"]["containerStatuses"]
+    assert status["imageID"] == installed.image_ids["controller"], status
+    assert "every CNINetwork is gone" in p.hook.log, p.hook.log
     gone = p.kubectl("get", "cninetwork", installed.network, check=False)
     assert gone.returncode != 0 and "NotFound" in gone.stderr
     for node in p.nodes:
