@@ -303,12 +303,18 @@ class KindProvider:
         return {b.target: f"sha256:{b.id}" for b in built}
 
     def base_values(self) -> dict[str, Any]:
+        """The two labelled workers only (the control-plane node is not part of the
+        run: the network's nodesReady counts the nodes it selects)."""
+        selector = {E2E_LABEL: self.run_id}
         return {
             "image": {"pullPolicy": "Never"},
+            "controller": {"nodeSelector": selector},
+            "agent": {"nodeSelector": selector},
             "exampleNetwork": {
                 "enabled": True,
                 "name": f"pods-{self.run_id}",
                 "bridge": f"cwe{self.run_id}",
+                "nodeSelector": selector,
             },
         }
 
