@@ -295,12 +295,21 @@ class KindProvider:
         by `make images` (buildah: no build network needed from Docker) and loaded
         into the nodes as archives; the image IDs by target."""
         built = image_build.build_all(context=context)
+        ids = {}
         for image in built:
             run(
                 ["kind", "load", "image-archive", str(image.archive), "--name", self.cluster_name],
                 timeout=600,
             )
-        return {b.target: f"sha256:{b.id}" for b in built}
+            # kind imports with `ctr images import --digests`: the CRI then names the
+            # image by its manifest digest (`...@sha256:<digest>`), which ctr lists.
+            node = f"{self.cluster_name}-control-plane"
+            listing = run(["docker", "exec", node, "ctr", "-n", "k8s.io", "images", "ls"]).stdout
+            digest = next(
+                line.split()[2] for line in listing.splitlines() if line.startswith(image.ref + " ")
+            )
+            ids[image.target] = digest
+        return ids
 
     def base_values(self) -> dict[str, Any]:
         """The two labelled workers only (the control-plane node is not part of the
