@@ -28,6 +28,7 @@ from cni_operator import api, kopf_runtime
 from cni_operator.hostgw_node import HostGatewayNode
 from cni_operator.kube import Kube
 from cni_operator.kube_time import now_iso
+from cni_operator.node import coalesce
 from cni_operator.node.fetch import FetchLimits
 from cni_operator.node.own_binaries import default_source
 from cni_operator.node.paths import HostPaths
@@ -49,6 +50,10 @@ class AgentSettings:
     resync_seconds: float = 30.0
     heartbeat_seconds: float = 10.0
     debounce_seconds: float = 0.05
+    # Lease and result-cache writes (pod churn): refresh the counts once quiet this
+    # long, at most this long after the first write (see node/coalesce.py).
+    attachments_quiet_seconds: float = 0.25
+    attachments_max_delay_seconds: float = 1.0
     liveness_endpoint: str | None = None
     sources: api.BinarySourcePolicy = field(default_factory=api.BinarySourcePolicy)
     fetch_limits: FetchLimits = field(default_factory=FetchLimits)
@@ -60,7 +65,8 @@ class Agent:
     networks: dict[str, dict[str, Any]] = field(default_factory=dict)
     listed: bool = False  # networks holds a full list (not just the first events)
     node: dict[str, Any] | None = None
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)  # a full pass is due
+    attachments_changed: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
     _io_lock: threading.Lock = field(default_factory=threading.Lock)
     _last_status: dict[str, Any] | None = None
@@ -82,6 +88,11 @@ class Agent:
         )
         self.kube = Kube(self.settings.kubeconfig)
         self.host_gw = HostGatewayNode(self.settings.node_name)
+        self.attachment_writes = coalesce.Coalescer(
+            self.attachments_changed.set,
+            self.settings.attachments_quiet_seconds,
+            self.settings.attachments_max_delay_seconds,
+        )
 
     # -------------------------------------------------------------- inputs
     def on_network(self, event_type: str | None, body: dict[str, Any]) -> None:
@@ -147,7 +158,10 @@ class Agent:
         watcher = DirectoryWatcher(self._watched_dirs())
 
         def readable() -> None:
-            if watcher.read_events():
+            events = watcher.read_events()
+            if coalesce.only_attachments(self.paths, events):
+                self.attachment_writes.changed()
+            elif events:
                 self.wake.set()
 
         loop.add_reader(watcher.fd, readable)
@@ -156,16 +170,24 @@ class Agent:
                 woken = True
                 try:
                     await asyncio.wait_for(
-                        self.wake.wait(),
+                        coalesce.first_of(self.wake, self.attachments_changed),
                         min(self.settings.resync_seconds, self.settings.heartbeat_seconds),
                     )
                 except TimeoutError:
                     woken = False
-                await asyncio.sleep(self.settings.debounce_seconds)
-                self.wake.clear()
                 try:
-                    if woken or not await asyncio.to_thread(self._renew_heartbeat):
-                        await self._pass()
+                    if woken and not self.wake.is_set():
+                        # Watch a new network's lease store before reading it.
+                        watcher.directories = self._watched_dirs()
+                        watcher.rearm()
+                        await self._refresh_attachments()
+                    else:
+                        await asyncio.sleep(self.settings.debounce_seconds)
+                        self.wake.clear()
+                        if woken or not await asyncio.to_thread(self._renew_heartbeat):
+                            self.attachment_writes.cancel()  # the pass reads them anyway
+                            self.attachments_changed.clear()
+                            await self._pass()
                     watcher.directories = self._watched_dirs()
                     watcher.rearm()
                 except Exception:
@@ -177,6 +199,21 @@ class Agent:
         finally:
             loop.remove_reader(watcher.fd)
             watcher.close()
+
+    async def _refresh_attachments(self) -> None:
+        """Pod churn only: refresh the last report's counts, or run the full pass
+        when something waits for them (see node/coalesce.py)."""
+        self.attachments_changed.clear()
+        status = self._last_status
+        refreshed = None
+        if status is not None and self.listed:
+            refreshed = await asyncio.to_thread(
+                self._locked, coalesce.rescan, self.paths, status, self._last_applied
+            )
+        if refreshed is None:
+            self.wake.set()
+            return
+        await asyncio.to_thread(self._publish, PassResult(refreshed), {})
 
     def _renew_heartbeat(self) -> bool:
         """Between resyncs, a timer wake-up only renews the heartbeat of the last
