@@ -110,9 +110,8 @@ class Agent:
         changed = self.host_gw.on_node(event_type, body)
         if (body.get("metadata") or {}).get("name") == self.settings.node_name:
             node = None if event_type == "DELETED" else body
-            if node != self.node:
-                self.node = node
-                changed = True
+            changed = coalesce.own_node_changed(self.node, node) or changed
+            self.node = node
         if changed:
             self.wake.set()
 

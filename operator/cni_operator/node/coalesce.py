@@ -21,6 +21,7 @@ from cni_operator.conditions import STATE_APPLIED, STATE_BLOCKED
 from cni_operator.node.attachments import AttachmentScan, attachments_report, scan_attachments
 from cni_operator.node.paths import HostPaths
 from cni_operator.node.watcher import DirEvent
+from cni_operator.rendering import NodeFacts
 
 # Problem codes of a pass that waits for a network to have no attachments.
 WAITS_FOR_ATTACHMENTS = frozenset({"QuarantineHeld"})
@@ -37,6 +38,20 @@ def only_attachments(paths: HostPaths, events: Iterable[DirEvent]) -> bool:
         if event.directory not in attachment_dirs and event.directory.parent != paths.networks_dir:
             return False
     return seen
+
+
+def own_node_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> bool:
+    """Whether a new copy of this agent's own Node changes what a pass uses from it:
+    the facts rendering reads (name, labels, pod CIDRs) and its uid (the owner of the
+    CNINodeState). Its status (heartbeats, conditions, images) changes every few
+    seconds and none of it matters here, so it wakes no pass."""
+
+    def used(node: Mapping[str, Any] | None) -> tuple[NodeFacts, Any] | None:
+        if node is None:
+            return None
+        return NodeFacts.from_node(node), (node.get("metadata") or {}).get("uid")
+
+    return used(old) != used(new)
 
 
 def cni_names(applied_specs: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:

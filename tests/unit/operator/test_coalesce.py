@@ -15,7 +15,12 @@ from typing import Any
 import pytest
 from cni_operator.agent import Agent, AgentSettings
 from cni_operator.node.attachments import AttachmentScan
-from cni_operator.node.coalesce import Coalescer, only_attachments, refreshed_status
+from cni_operator.node.coalesce import (
+    Coalescer,
+    only_attachments,
+    own_node_changed,
+    refreshed_status,
+)
 from cni_operator.node.paths import HostPaths
 from cni_operator.node.watcher import DirEvent
 
@@ -191,3 +196,20 @@ def test_the_agent_refreshes_counts_on_lease_writes_and_passes_on_config_writes(
         await agent.stop()
 
     asyncio.run(scenario())
+
+
+def test_only_what_a_pass_uses_from_its_own_node_wakes_it() -> None:
+    meta: dict[str, Any] = {"name": "n1", "uid": "u1", "labels": {"zone": "a"}}
+    node: dict[str, Any] = {
+        "metadata": meta,
+        "spec": {"podCIDR": "10.1.0.0/24"},
+        "status": {"conditions": [{"type": "Ready", "lastHeartbeatTime": "t1"}]},
+    }
+    heartbeat = {**node, "status": {"conditions": [{"type": "Ready", "lastHeartbeatTime": "t2"}]}}
+    assert not own_node_changed(node, heartbeat)
+    relabelled = {**node, "metadata": {**meta, "labels": {"zone": "b"}}}
+    assert own_node_changed(node, relabelled)
+    assert own_node_changed(node, {**node, "spec": {"podCIDR": "10.2.0.0/24"}})
+    assert own_node_changed(node, {**node, "metadata": {**meta, "uid": "u2"}})
+    assert own_node_changed(None, node)
+    assert own_node_changed(node, None)
