@@ -42,14 +42,23 @@ def only_attachments(paths: HostPaths, events: Iterable[DirEvent]) -> bool:
 
 def own_node_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> bool:
     """Whether a new copy of this agent's own Node changes what a pass uses from it:
-    the facts rendering reads (name, labels, pod CIDRs) and its uid (the owner of the
-    CNINodeState). Its status (heartbeats, conditions, images) changes every few
-    seconds and none of it matters here, so it wakes no pass."""
+    the facts rendering reads (name, labels, pod CIDRs), its uid (the owner of the
+    CNINodeState) and its Ready condition's status, reason and message (what kubelet
+    says of the network). The rest of its status (heartbeat times, images, resources)
+    changes every few seconds and matters to no pass, so it wakes none."""
 
-    def used(node: Mapping[str, Any] | None) -> tuple[NodeFacts, Any] | None:
+    def used(node: Mapping[str, Any] | None) -> tuple[Any, ...] | None:
         if node is None:
             return None
-        return NodeFacts.from_node(node), (node.get("metadata") or {}).get("uid")
+        ready = next(
+            (
+                (c.get("status"), c.get("reason"), c.get("message"))
+                for c in (node.get("status") or {}).get("conditions") or []
+                if c.get("type") == "Ready"
+            ),
+            None,
+        )
+        return NodeFacts.from_node(node), (node.get("metadata") or {}).get("uid"), ready
 
     return used(old) != used(new)
 

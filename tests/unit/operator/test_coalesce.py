@@ -211,5 +211,7 @@ def test_only_what_a_pass_uses_from_its_own_node_wakes_it() -> None:
     assert own_node_changed(node, relabelled)
     assert own_node_changed(node, {**node, "spec": {"podCIDR": "10.2.0.0/24"}})
     assert own_node_changed(node, {**node, "metadata": {**meta, "uid": "u2"}})
+    not_ready = {**node, "status": {"conditions": [{"type": "Ready", "status": "False"}]}}
+    assert own_node_changed(node, not_ready), "kubelet's word on the network is read by a pass"
     assert own_node_changed(None, node)
     assert own_node_changed(node, None)
