@@ -136,11 +136,20 @@ def api_load(cluster: LocalCluster, seconds: float = 10.0) -> dict[str, float]:
     }
 
 
-def run_once(cluster: LocalCluster, agents: int, rounds: int) -> dict[str, Any]:
+def run_once(
+    cluster: LocalCluster, agents: int, rounds: int, reuse: bool = False
+) -> dict[str, Any]:
     run_id = secrets.token_hex(3)
     label = f"cniwarden.io/bench={run_id}"
     cluster.kubectl("apply", "-f", str(ROOT / "crds"))
-    nodes = cluster.add_fake_nodes(agents)
+    if reuse:  # the cluster's kwok Nodes (kwok gets slow to add more past a few hundred)
+        listed = kubectl_json(cluster, "get", "nodes")["items"]
+        names = sorted((n["metadata"]["name"] for n in listed), key=lambda n: (len(n), n))
+        nodes = [n for n in names if "-kwok" in n][:agents]
+        if len(nodes) < agents:
+            raise RuntimeError(f"--reuse-nodes: only {len(nodes)} kwok Nodes")
+    else:
+        nodes = cluster.add_fake_nodes(agents)
     cluster.kubectl("label", "node", *nodes, label, "--overwrite")
     workdir = Path(tempfile.mkdtemp(prefix=f"cniwarden-bench-{run_id}-"))
     procs = Processes(cluster, workdir)
@@ -257,13 +266,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--agents", type=int, action="append", help="agent counts (repeatable)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--reuse-nodes", action="store_true", help="the cluster's kwok Nodes")
     args = parser.parse_args()
     counts = args.agents or [3, 30]
     results = []
     with a_cluster() as cluster:
         for count in counts:
             print(f"operator_rollout: {count} agents...", file=sys.stderr)
-            results.append(run_once(cluster, count, args.rounds))
+            results.append(run_once(cluster, count, args.rounds, args.reuse_nodes))
     out = ROOT / "bench/results/operator_rollout.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
