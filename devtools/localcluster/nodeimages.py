@@ -1,20 +1,23 @@
 """The images every real node holds: built once per cluster, imported into each
-node's containerd with `ctr` (nothing is ever pulled).
+node's runtime (nothing is ever pulled): `ctr images import` into containerd,
+`skopeo copy` into CRI-O's containers-storage.
 
 Separate from `images.py` (which only writes OCI tarballs, no daemon involved)
-because importing needs the node's running containerd.
+because importing needs the node's running runtime.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from . import images, procs
+from . import crio, images, procs
 from .containerd import ctr
 from .layout import BUSYBOX_IMAGE, PAUSE_IMAGE, Layout, NodeLayout
+from .toolpaths import tool
 
 
-def build_images(layout: Layout) -> list[Path]:
+def build_images(layout: Layout) -> list[tuple[Path, str]]:
     """The pause and busybox tarballs (built once per cluster, shared by its nodes)."""
     pause = layout.images_dir / "pause.tar"
     busybox = layout.images_dir / "busybox.tar"
@@ -22,13 +25,39 @@ def build_images(layout: Layout) -> list[Path]:
         images.build_pause(pause)
     if not busybox.exists():
         images.build_busybox(busybox)
-    return [pause, busybox]
+    return [(pause, PAUSE_IMAGE), (busybox, BUSYBOX_IMAGE)]
+
+
+def import_archive(node: NodeLayout, tarball: Path, reference: str) -> None:
+    """One OCI image tarball into the node's runtime, named `reference`."""
+    if node.is_crio:
+        crio.import_image(node, tarball, reference)
+    else:
+        ctr(node, "images", "import", "--snapshotter", "overlayfs", str(tarball))
+
+
+def listed_images(node: NodeLayout) -> set[str]:
+    if node.is_crio:
+        out = procs.run(
+            [
+                str(tool("crictl")),
+                "--runtime-endpoint",
+                f"unix://{node.runtime_socket}",
+                "--timeout",
+                "20s",
+                "images",
+                "-o",
+                "json",
+            ],
+            check=True,
+        ).stdout
+        return {tag for image in json.loads(out)["images"] for tag in image.get("repoTags") or []}
+    return set(ctr(node, "images", "ls", "-q").stdout.split())
 
 
 def import_images(layout: Layout, node: NodeLayout) -> None:
-    for tarball in build_images(layout):
-        ctr(node, "images", "import", "--snapshotter", "overlayfs", str(tarball))
-    listed = ctr(node, "images", "ls", "-q").stdout.split()
-    missing = {PAUSE_IMAGE, BUSYBOX_IMAGE} - set(listed)
+    for tarball, reference in build_images(layout):
+        import_archive(node, tarball, reference)
+    missing = {PAUSE_IMAGE, BUSYBOX_IMAGE} - listed_images(node)
     if missing:
         raise procs.ComponentError(f"images not imported into {node.name}: {sorted(missing)}")

@@ -6,8 +6,10 @@ namespace, install/uninstall). They differ only in what runs the chart's pods:
 
 - kind: the images are built from images/, loaded into the nodes, and
   Kubernetes runs the Deployment, the DaemonSet and the pre-delete hook Job.
-- local: two real nodes of the local cluster (containerd + kubelet each in its
-  own network and mount namespace) added for this run; the chart's containers
+- local: two real nodes of the local cluster (a runtime + kubelet each in its
+  own network and mount namespace) added for this run, by default one on
+  containerd 2.x and one on CRI-O (`CNIWARDEN_E2E_RUNTIMES=containerd-1.6,crio`
+  picks others, in node order); the chart's containers
   run as processes with their rendered command, arguments, environment and
   ServiceAccount (devtools/ship/localinstall.py).
 
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from devtools.localcluster import LocalCluster
-from devtools.localcluster.layout import BUSYBOX_IMAGE
+from devtools.localcluster.layout import BUSYBOX_IMAGE, parse_runtimes, runtime_of
 from devtools.localcluster.toolpaths import tool
 from devtools.ship.helm import install_chart, uninstall_release
 from devtools.ship.localinstall import CommandFailedError, LocalInstall, LocalNode, run, wait_for
@@ -44,6 +46,15 @@ __all__ = [
 
 ROOT = Path(__file__).resolve().parents[2]
 E2E_LABEL = "cniwarden.io/e2e"
+# The runtimes of the local provider's nodes, in order (the last repeats): one
+# containerd 2.x and one CRI-O node, so every scenario crosses runtimes.
+RUNTIME_VERSIONS = {  # what kubelet reports as the Node's containerRuntimeVersion
+    "containerd-1.6": "containerd://1.6.",
+    "containerd-1.7": "containerd://1.7.",
+    "containerd-2": "containerd://2.",
+    "crio": "cri-o://",
+}
+E2E_RUNTIMES = parse_runtimes(os.environ.get("CNIWARDEN_E2E_RUNTIMES", "containerd-2,crio"))
 
 
 class Node(Protocol):
@@ -105,8 +116,18 @@ class LocalProvider(LocalInstall):
         return list(self.nodes)
 
     def add_nodes(self, count: int = 2) -> None:
-        for _ in range(count):
-            real = self.cluster.add_real_node(cni="none")
+        for i in range(count):
+            runtime = runtime_of(E2E_RUNTIMES, i)
+            real = self.cluster.add_real_node(cni="none", runtime=runtime)
+            version = self.kubectl(
+                "get",
+                "node",
+                real.name,
+                "-o",
+                "jsonpath={.status.nodeInfo.containerRuntimeVersion}",
+            ).stdout
+            if not version.replace("://v", "://").startswith(RUNTIME_VERSIONS[runtime]):
+                raise CommandFailedError(f"{real.name} runs {version}, not {runtime}")
             self.nodes.append(LocalNode.of(self.cluster, real.name))
             self.kubectl("label", "node", real.name, f"{E2E_LABEL}={self.run_id}", "--overwrite")
 

@@ -209,6 +209,9 @@ def test_install_brings_the_nodes_ready(installed: Installed) -> None:
         )
         assert state["healthy"] is True, state.get("problems")
         assert state["runtimes"]["containerd"]["file"] == installed.file
+        # The agent asked the node's runtime (CRI Version) and judges by its rules.
+        assert state["runtime"]["identified"] is True, state["runtime"]
+        assert state["runtimeVerdict"]["agrees"] is True, state["runtimeVerdict"]
         owned = {b["name"]: b for b in state["binaries"] if b.get("owned")}
         assert {"cniwarden-bridge", "cniwarden-host-local"} <= set(owned)
         if isinstance(p, LocalProvider):
