@@ -133,7 +133,7 @@ class Kube:
         return node
 
     def list_nodes(self) -> list[dict[str, Any]]:
-        listing: dict[str, Any] = self.client.sanitize_for_serialization(self.core.list_node())
+        listing: dict[str, Any] = self._core("GET", "/api/v1/nodes")
         return list(listing.get("items", []))
 
     def post_event(
