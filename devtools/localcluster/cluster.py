@@ -161,7 +161,7 @@ class LocalCluster:
         """Import image archives (docker-archive or OCI tarballs, as `make images`
         writes them) into every real node's containerd, as `kind load` does."""
         for node in self.state.nodes:
-            nodeimages.import_archives(self.layout.node(node.index), archives)
+            nodeimages.import_archives(self.layout.node(node.index, node.runtime), archives)
 
     def pids(self) -> list[int]:
         return [p.pid for p in self.state.processes if procs.is_alive(p)]
