@@ -31,6 +31,7 @@ from cni_operator.kube_time import now_iso
 from cni_operator.node.fetch import FetchLimits
 from cni_operator.node.own_binaries import default_source
 from cni_operator.node.paths import HostPaths
+from cni_operator.node.sandboxes import SandboxLister
 from cni_operator.node.watcher import DirectoryWatcher
 from cni_operator.reconcile import PassResult, Reconciler
 from cni_operator.reconcile.report import failed_pass_status
@@ -52,6 +53,11 @@ class AgentSettings:
     liveness_endpoint: str | None = None
     sources: api.BinarySourcePolicy = field(default_factory=api.BinarySourcePolicy)
     fetch_limits: FetchLimits = field(default_factory=FetchLimits)
+    # Leak repair: the CRI socket and crictl (None: found on the node / in PATH),
+    # and how often leaked leases are reclaimed (0: report them, never reclaim).
+    cri_endpoint: str | None = None
+    crictl: str | None = None
+    gc_interval_seconds: float = 60.0
 
 
 @dataclass
@@ -62,6 +68,7 @@ class Agent:
     node: dict[str, Any] | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
+    _gc_task: asyncio.Task[None] | None = None
     _io_lock: threading.Lock = field(default_factory=threading.Lock)
     _last_status: dict[str, Any] | None = None
     _last_publish: float = 0.0
@@ -79,6 +86,11 @@ class Agent:
             default_source(),
             sources=self.settings.sources,
             fetch_limits=self.settings.fetch_limits,
+            sandboxes=SandboxLister(
+                HostPaths(self.settings.host_root),
+                self.settings.cri_endpoint,
+                self.settings.crictl,
+            ),
         )
         self.kube = Kube(self.settings.kubeconfig)
         self.host_gw = HostGatewayNode(self.settings.node_name)
@@ -111,13 +123,16 @@ class Agent:
         for extra in (self.paths.networks_dir, self.paths.results_dir):
             extra.mkdir(parents=True, exist_ok=True)
         self._task = asyncio.create_task(self._run())
+        if self.settings.gc_interval_seconds > 0:
+            self._gc_task = asyncio.create_task(self._gc_loop())
         self.wake.set()  # a first pass right away: report this node even with no network
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._gc_task, self._task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         # An agent that manages nothing here (e.g. after `helm uninstall`) leaves no
         # state behind; never a config or a binary (see teardown.tidy_node).
         await asyncio.to_thread(self._tidy)
@@ -130,6 +145,25 @@ class Agent:
     def _locked(self, fn: Callable[..., T], *args: Any) -> T:
         with self._io_lock:
             return fn(*args)
+
+    async def _gc_loop(self) -> None:
+        """Leak repair on a schedule: containerd 1.6/1.7 never call CNI GC, so leases
+        of sandboxes that died with the node would otherwise stay until the range is
+        full. A failure is logged and tried again at the next tick."""
+        while True:
+            await asyncio.sleep(self.settings.gc_interval_seconds)
+            try:
+                reclaimed, errors = await asyncio.to_thread(
+                    self._locked, self.reconciler.collect_leaked
+                )
+            except Exception:
+                log.exception("leak repair failed; trying again at the next tick")
+                continue
+            for message in errors:
+                log.warning("leak repair: %s", message)
+            if reclaimed:
+                log.info("leak repair: released %d leaked lease(s)", len(reclaimed))
+                self.wake.set()  # report the freed addresses now
 
     def _watched_dirs(self) -> list[Path]:
         dirs = [

@@ -70,9 +70,24 @@ def cmd_agent(args: argparse.Namespace) -> int:
             liveness_endpoint=args.liveness,
             sources=_sources(args),
             fetch_limits=FetchLimits(args.binary_fetch_timeout, args.binary_max_bytes),
+            cri_endpoint=args.cri_endpoint,
+            crictl=args.crictl,
+            gc_interval_seconds=args.gc_interval_seconds,
         )
     )
     return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from cni_operator import leakgc  # noqa: PLC0415
+
+    return leakgc.main(
+        _host_root(args.host_root),
+        cri_endpoint=args.cri_endpoint,
+        crictl=args.crictl,
+        dry_run=args.dry_run,
+        as_json=args.json,
+    )
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -131,6 +146,21 @@ def _add_kube(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_cri(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cri-endpoint",
+        default=os.environ.get("CNIWARDEN_CRI_ENDPOINT"),
+        metavar="URL",
+        help="the runtime's CRI socket (default: containerd's or CRI-O's under the host root)",
+    )
+    parser.add_argument(
+        "--crictl",
+        default=os.environ.get("CNIWARDEN_CRICTL"),
+        metavar="PATH",
+        help="crictl binary used for ListPodSandbox (default: crictl in PATH)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cniwarden", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -170,7 +200,24 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BYTES",
         help="the largest declared binary the agent reads or downloads",
     )
+    _add_cri(p)
+    p.add_argument(
+        "--gc-interval-seconds",
+        type=float,
+        default=float(os.environ.get("CNIWARDEN_GC_INTERVAL_SECONDS", "60")),
+        metavar="SECONDS",
+        help="reclaim leaked leases this often (0: only report them)",
+    )
     p.set_defaults(func=cmd_agent)
+
+    p = sub.add_parser(
+        "gc", help="reclaim leased addresses whose sandbox the runtime no longer has (node)"
+    )
+    p.add_argument("--host-root", help="prefix of /etc/cni/net.d, /opt/cni/bin, /var/lib/cni")
+    _add_cri(p)
+    p.add_argument("--dry-run", action="store_true", help="list what would be released")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_gc)
 
     p = sub.add_parser("doctor", help="scan this node's CNI setup and print a fix per problem")
     p.add_argument("--host-root", help="prefix of /etc/cni/net.d, /opt/cni/bin, /var/lib/cni")
@@ -193,6 +240,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "operator": cmd_operator,
     "agent": cmd_agent,
     "doctor": cmd_doctor,
+    "gc": cmd_gc,
     "cni-server": cmd_cni_server,
 }
 

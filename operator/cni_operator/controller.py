@@ -22,9 +22,16 @@ import kopf
 
 from cni_operator import api, kopf_runtime
 from cni_operator.api import SpecError, parse_spec
-from cni_operator.conditions import SHADOWED, build_status, network_entry, same_status
+from cni_operator.conditions import (
+    IP_POOL_PRESSURE,
+    SHADOWED,
+    build_status,
+    network_entry,
+    same_status,
+)
 from cni_operator.kube import Kube
 from cni_operator.kube_time import now_iso, parse_rfc3339
+from cni_operator.pools import spec_thresholds
 from cni_operator.rendering import NodeFacts, render, selects
 
 log = logging.getLogger("cniwarden.controller")
@@ -126,6 +133,7 @@ class Controller:
             spec_error=check.problem,
             previous_conditions=previous,
             now=now_iso(),
+            pressure_threshold=spec_thresholds(dict(body.get("spec") or {}))[0],
         )
 
     def is_stale(self, report: dict[str, Any]) -> bool:
@@ -214,6 +222,7 @@ class Controller:
             return
         await asyncio.to_thread(self.kube.patch_network_status, name, status)
         body["status"] = status
+        await self._pressure_event(body, old, status)
         old_shadow: dict[str, Any] = next(
             (c for c in old.get("conditions") or [] if c.get("type") == SHADOWED), {}
         )
@@ -229,6 +238,26 @@ class Controller:
                 new_shadow["message"],
                 COMPONENT,
             )
+
+    async def _pressure_event(
+        self, body: dict[str, Any], old: dict[str, Any], status: dict[str, Any]
+    ) -> None:
+        """An Event on each transition of IPPoolPressure (not on every usage change)."""
+        before: dict[str, Any] = next(
+            (c for c in old.get("conditions") or [] if c.get("type") == IP_POOL_PRESSURE), {}
+        )
+        after = next(c for c in status["conditions"] if c["type"] == IP_POOL_PRESSURE)
+        if before.get("status", "False") == after["status"]:
+            return
+        pressed = after["status"] == "True"
+        await asyncio.to_thread(
+            self.kube.post_event,
+            body,
+            "Warning" if pressed else "Normal",
+            "IPPoolPressure" if pressed else "IPPoolPressureRelieved",
+            after["message"],
+            COMPONENT,
+        )
 
 
 def build_registry(controller: Controller) -> kopf.OperatorRegistry:
