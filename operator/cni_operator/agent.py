@@ -24,14 +24,17 @@ from typing import Any, TypeVar
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from cni_operator import api, kopf_runtime
+from cni_operator import api, kopf_runtime, readiness
 from cni_operator.hostgw_node import HostGatewayNode
 from cni_operator.kube import Kube
 from cni_operator.kube_time import now_iso
+from cni_operator.node import manifest as manifest_io
+from cni_operator.node.cnistatus import node_readiness
 from cni_operator.node.fetch import FetchLimits
 from cni_operator.node.own_binaries import default_source
 from cni_operator.node.paths import HostPaths
-from cni_operator.node.sandboxes import SandboxLister
+from cni_operator.node.sandboxes import SandboxLister, detect_runtimes
+from cni_operator.node.scan import scan_node
 from cni_operator.node.watcher import DirectoryWatcher
 from cni_operator.reconcile import PassResult, Reconciler
 from cni_operator.reconcile.report import failed_pass_status
@@ -58,6 +61,11 @@ class AgentSettings:
     cri_endpoint: str | None = None
     crictl: str | None = None
     gc_interval_seconds: float = 60.0
+    # The CNI-readiness taint (cniwarden.io/agent-not-ready): managed when True,
+    # judged every readiness_seconds for these runtimes ("auto": by their sockets).
+    readiness_taint: bool = False
+    readiness_seconds: float = 2.0
+    runtime: str = "auto"
 
 
 @dataclass
@@ -69,6 +77,9 @@ class Agent:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
     _gc_task: asyncio.Task[None] | None = None
+    _readiness_task: asyncio.Task[None] | None = None
+    _readiness: readiness.Readiness | None = None
+    _readiness_since: str = ""
     _io_lock: threading.Lock = field(default_factory=threading.Lock)
     _last_status: dict[str, Any] | None = None
     _last_publish: float = 0.0
@@ -125,10 +136,12 @@ class Agent:
         self._task = asyncio.create_task(self._run())
         if self.settings.gc_interval_seconds > 0:
             self._gc_task = asyncio.create_task(self._gc_loop())
+        if self.settings.readiness_taint:
+            self._readiness_task = asyncio.create_task(self._readiness_loop())
         self.wake.set()  # a first pass right away: report this node even with no network
 
     async def stop(self) -> None:
-        for task in (self._gc_task, self._task):
+        for task in (self._readiness_task, self._gc_task, self._task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -164,6 +177,61 @@ class Agent:
             if reclaimed:
                 log.info("leak repair: released %d leaked lease(s)", len(reclaimed))
                 self.wake.set()  # report the freed addresses now
+
+    def _judge_readiness(self) -> readiness.Readiness:
+        manifest = manifest_io.load(self.paths)
+        scan = scan_node(self.paths, manifest, self.reconciler.prober, node_view=True)
+        runtimes = detect_runtimes(self.paths, self.settings.runtime, self.settings.cri_endpoint)
+        return node_readiness(self.paths, scan, manifest, runtimes)
+
+    def _sync_taint(self, tainted: bool) -> bool:
+        """Put our taint on this node's Node or take it off; True when the Node now
+        says what we want. Only this node's own Node is ever written (the chart's
+        admission policy refuses anything else to the agent's token)."""
+        for _ in range(3):
+            node = self.kube.get_node(self.settings.node_name)
+            if node is None:
+                return False
+            taints = readiness.taints_after(node, tainted)
+            if taints is None:
+                return True
+            try:
+                version = str(node["metadata"]["resourceVersion"])
+                self.kube.set_node_taints(self.settings.node_name, taints, version)
+                return True
+            except ApiException as error:
+                if error.status not in (409, 422):  # 422: the resourceVersion test failed
+                    raise
+        return False
+
+    async def _readiness_loop(self) -> None:
+        """Judge CNI readiness every readiness_seconds and keep the taint in step.
+        A failure to judge counts as not ready: a node is untainted only on proof."""
+        synced: bool | None = None
+        while True:
+            try:
+                verdict = await asyncio.to_thread(self._judge_readiness)
+            except Exception as error:
+                log.exception("cannot judge CNI readiness")
+                verdict = readiness.Readiness(False, (f"cannot judge readiness: {error}",))
+            previous = self._readiness
+            if previous is None or previous.ready != verdict.ready:
+                self._readiness_since = now_iso()
+                log.info("CNI readiness: %s", verdict.message)
+            if previous != verdict:
+                self._readiness = verdict
+                self.wake.set()  # publish it
+            # Sync on a change of verdict, after a failed sync, and when the watched
+            # Node disagrees (someone removed or added our taint by hand).
+            node_tainted = None if self.node is None else readiness.has_taint(self.node)
+            if synced != verdict.ready or node_tainted not in (None, not verdict.ready):
+                try:
+                    done = await asyncio.to_thread(self._sync_taint, not verdict.ready)
+                    synced = verdict.ready if done else None
+                except Exception:
+                    log.exception("cannot update the readiness taint; retrying")
+                    synced = None
+            await asyncio.sleep(self.settings.readiness_seconds)
 
     def _watched_dirs(self) -> list[Path]:
         dirs = [
@@ -272,6 +340,13 @@ class Agent:
             pod_routes = {"error": f"host-gw sync failed: {error}"}
         if pod_routes is not None:
             result.status["podRoutes"] = pod_routes
+        if self._readiness is not None:
+            result.status["cniReadiness"] = {
+                "ready": self._readiness.ready,
+                "message": self._readiness.message[:1000],
+                "since": self._readiness_since,
+                "taint": readiness.TAINT_KEY,
+            }
         await asyncio.to_thread(self._publish, result, snapshot)
         for event in self.host_gw.take_events():  # a refused pod CIDR, about its Node
             await asyncio.to_thread(

@@ -73,6 +73,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
             cri_endpoint=args.cri_endpoint,
             crictl=args.crictl,
             gc_interval_seconds=args.gc_interval_seconds,
+            readiness_taint=args.readiness_taint,
+            readiness_seconds=args.readiness_seconds,
+            runtime=args.runtime,
         )
     )
     return 0
@@ -207,6 +210,26 @@ def build_parser() -> argparse.ArgumentParser:
         default=float(os.environ.get("CNIWARDEN_GC_INTERVAL_SECONDS", "60")),
         metavar="SECONDS",
         help="reclaim leaked leases this often (0: only report them)",
+    )
+    p.add_argument(
+        "--readiness-taint",
+        action=argparse.BooleanOptionalAction,
+        default=os.environ.get("CNIWARDEN_READINESS_TAINT", "") in ("1", "true"),
+        help="keep cniwarden.io/agent-not-ready:NoSchedule on this Node until its CNI "
+        "answers STATUS ok (needs patch on nodes; env CNIWARDEN_READINESS_TAINT=1)",
+    )
+    p.add_argument(
+        "--readiness-seconds",
+        type=_positive(float),
+        default=float(os.environ.get("CNIWARDEN_READINESS_SECONDS", "2")),
+        metavar="SECONDS",
+        help="judge CNI readiness this often",
+    )
+    p.add_argument(
+        "--runtime",
+        choices=("auto", "containerd", "crio"),
+        default=os.environ.get("CNIWARDEN_RUNTIME", "auto"),
+        help="the runtime whose view of net.d decides readiness (auto: by socket)",
     )
     p.set_defaults(func=cmd_agent)
 

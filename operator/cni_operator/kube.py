@@ -57,6 +57,18 @@ class Kube:
             version = 0
         return version, list(listing.get("items", []))
 
+    # --- Node -------------------------------------------------------------------
+    def set_node_taints(
+        self, name: str, taints: list[dict[str, Any]], resource_version: str
+    ) -> None:
+        """Replace spec.taints, only if the Node is still at `resource_version` (a JSON
+        patch `test`): a taint someone else added meanwhile is never overwritten."""
+        patch: list[dict[str, Any]] = [
+            {"op": "test", "path": "/metadata/resourceVersion", "value": resource_version},
+            {"op": "add", "path": "/spec/taints", "value": taints},
+        ]
+        self.core.patch_node(name, patch, _request_timeout=30)
+
     # --- CNINodeState -----------------------------------------------------------
     def get_node_state(self, name: str) -> dict[str, Any] | None:
         try:

@@ -88,3 +88,18 @@ class SandboxLister:
             return SandboxListing(None, endpoint, f"crictl pods exited {done.returncode}: {detail}")
         ids = frozenset(line.strip() for line in done.stdout.splitlines() if line.strip())
         return SandboxListing(ids, endpoint)
+
+
+def detect_runtimes(paths: HostPaths, choice: str, endpoint: str | None = None) -> list[str]:
+    """The runtimes this node runs: the one named, else those whose socket exists
+    (or whose name the configured CRI endpoint carries), else containerd."""
+    if choice != "auto":
+        return [choice]
+    found = [
+        runtime
+        for runtime, sockets in RUNTIME_SOCKETS.items()
+        if any((paths.root / s).exists() for s in sockets)
+    ]
+    if not found and endpoint:
+        found = ["crio" if "crio" in endpoint else "containerd"]
+    return found or ["containerd"]
