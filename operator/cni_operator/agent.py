@@ -28,6 +28,7 @@ from cni_operator import api, kopf_runtime, readiness
 from cni_operator.hostgw_node import HostGatewayNode
 from cni_operator.kube import Kube
 from cni_operator.kube_time import now_iso
+from cni_operator.metrics import AgentMetrics
 from cni_operator.node import manifest as manifest_io
 from cni_operator.node.cnistatus import node_readiness
 from cni_operator.node.fetch import FetchLimits
@@ -66,6 +67,7 @@ class AgentSettings:
     readiness_taint: bool = False
     readiness_seconds: float = 2.0
     runtime: str = "auto"
+    metrics_address: str = ""  # host:port of /metrics; empty: off
 
 
 @dataclass
@@ -105,6 +107,7 @@ class Agent:
         )
         self.kube = Kube(self.settings.kubeconfig)
         self.host_gw = HostGatewayNode(self.settings.node_name)
+        self.metrics = AgentMetrics()
 
     # -------------------------------------------------------------- inputs
     def on_network(self, event_type: str | None, body: dict[str, Any]) -> None:
@@ -133,6 +136,8 @@ class Agent:
         self.paths.ensure()
         for extra in (self.paths.networks_dir, self.paths.results_dir):
             extra.mkdir(parents=True, exist_ok=True)
+        if self.settings.metrics_address:
+            self.metrics.serve(self.settings.metrics_address)
         self._task = asyncio.create_task(self._run())
         if self.settings.gc_interval_seconds > 0:
             self._gc_task = asyncio.create_task(self._gc_loop())
@@ -149,6 +154,7 @@ class Agent:
         # An agent that manages nothing here (e.g. after `helm uninstall`) leaves no
         # state behind; never a config or a binary (see teardown.tidy_node).
         await asyncio.to_thread(self._tidy)
+        self.metrics.close()
 
     def _tidy(self) -> None:
         with self._io_lock:
@@ -175,6 +181,7 @@ class Agent:
             for message in errors:
                 log.warning("leak repair: %s", message)
             if reclaimed:
+                self.metrics.reclaimed.inc(len(reclaimed))
                 log.info("leak repair: released %d leaked lease(s)", len(reclaimed))
                 self.wake.set()  # report the freed addresses now
 
@@ -315,6 +322,7 @@ class Agent:
                 log.warning("cannot list CNINetworks (%s); using the last known set", error)
         snapshot = {name: dict(body) for name, body in self.networks.items()}
         loop = asyncio.get_running_loop()
+        started = time.monotonic()
         try:
             result = await asyncio.to_thread(
                 self._locked,
@@ -325,6 +333,8 @@ class Agent:
             self._failures = 0
         except Exception as error:
             log.exception("reconcile pass failed; reporting it and retrying")
+            self.metrics.pass_failures.inc()
+            self.metrics.last_error.set(time.time())
             self._failures += 1
             status = failed_pass_status(self._last_status, self.settings.node_name, error)
             result = PassResult(status, [], retry_delay(self._failures), None)
@@ -347,6 +357,8 @@ class Agent:
                 "since": self._readiness_since,
                 "taint": readiness.TAINT_KEY,
             }
+        self.metrics.pass_duration.observe(time.monotonic() - started)
+        self.metrics.update(result.status)
         await asyncio.to_thread(self._publish, result, snapshot)
         for event in self.host_gw.take_events():  # a refused pod CIDR, about its Node
             await asyncio.to_thread(

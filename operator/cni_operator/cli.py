@@ -47,6 +47,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
             stale_agent_seconds=args.stale_agent_seconds,
             liveness_endpoint=args.liveness,
             sources=_sources(args),
+            metrics_address=args.metrics_address,
         )
     )
     return 0
@@ -76,6 +77,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
             readiness_taint=args.readiness_taint,
             readiness_seconds=args.readiness_seconds,
             runtime=args.runtime,
+            metrics_address=args.metrics_address,
         )
     )
     return 0
@@ -146,6 +148,12 @@ def _add_kube(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("CNIWARDEN_LIVENESS"),
         metavar="URL",
         help="serve kopf's health endpoint there, e.g. http://0.0.0.0:9810/healthz",
+    )
+    parser.add_argument(
+        "--metrics-address",
+        default=os.environ.get("CNIWARDEN_METRICS_ADDRESS", ""),
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics there, e.g. 0.0.0.0:9812 (default: off)",
     )
 
 

@@ -31,6 +31,7 @@ from cni_operator.conditions import (
 )
 from cni_operator.kube import Kube
 from cni_operator.kube_time import now_iso, parse_rfc3339
+from cni_operator.metrics import ControllerMetrics
 from cni_operator.pools import spec_thresholds
 from cni_operator.rendering import NodeFacts, render, selects
 
@@ -47,6 +48,7 @@ class ControllerSettings:
     recheck_seconds: float = 30.0
     liveness_endpoint: str | None = None
     sources: api.BinarySourcePolicy = field(default_factory=api.BinarySourcePolicy)
+    metrics_address: str = ""  # host:port of /metrics; empty: off
 
 
 def _content(report: dict[str, Any]) -> dict[str, Any]:
@@ -81,6 +83,7 @@ class Controller:
     dirty: set[str] = field(default_factory=set)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
+    metrics: ControllerMetrics = field(default_factory=ControllerMetrics)
 
     _kube: Kube | None = None
 
@@ -183,6 +186,8 @@ class Controller:
 
     # ----------------------------------------------------------- aggregator
     async def start(self) -> None:
+        if self.settings.metrics_address:
+            self.metrics.serve(self.settings.metrics_address)
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
@@ -190,6 +195,7 @@ class Controller:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        self.metrics.close()
 
     def mark(self, names: set[str] | None = None) -> None:
         self.dirty |= set(self.networks) if names is None else names
@@ -217,6 +223,7 @@ class Controller:
 
     async def _update(self, name: str, body: dict[str, Any]) -> None:
         status = self.compute_status(name, body)
+        self.metrics.update(name, status)
         old = body.get("status") or {}
         if same_status(old, status):
             return
@@ -287,6 +294,7 @@ def build_registry(controller: Controller) -> kopf.OperatorRegistry:
         name = body["metadata"]["name"]
         if event.get("type") == "DELETED":
             controller.networks.pop(name, None)
+            controller.metrics.update(name, None)
             return
         controller.networks[name] = dict(body)
         controller.mark({name})
