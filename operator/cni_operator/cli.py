@@ -98,7 +98,18 @@ def cmd_gc(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from cni_operator import doctor  # noqa: PLC0415
 
-    return doctor.main(_host_root(args.host_root), as_json=args.json, runtime=args.runtime)
+    return doctor.main(
+        _host_root(args.host_root),
+        as_json=args.json,
+        runtime=args.runtime,
+        cri_endpoint=args.cri_endpoint,
+        crictl=args.crictl,
+        gc=args.gc,
+        restore_last_good=args.restore_last_good,
+        kubeconfig=args.kubeconfig,
+        node_name=args.node_name,
+        journal=not args.no_journal,
+    )
 
 
 def cmd_cni_server(args: argparse.Namespace) -> int:
@@ -259,6 +270,20 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="judge the node by this runtime's rules (auto: both)",
     )
+    _add_cri(p)
+    p.add_argument("--gc", action="store_true", help="reclaim the leaked leases it finds")
+    p.add_argument(
+        "--restore-last-good",
+        action="store_true",
+        help="write back each network's last applied config (no API server needed)",
+    )
+    p.add_argument(
+        "--kubeconfig",
+        default=None,
+        help="also read FailedCreatePodSandBox events, the agent's heartbeat and restarts",
+    )
+    p.add_argument("--node-name", default=os.environ.get("NODE_NAME"), help="default: hostname")
+    p.add_argument("--no-journal", action="store_true", help="skip the kubelet journal")
     p.set_defaults(func=cmd_doctor)
 
     # Its options belong to node_plugin.server.cli; main() hands them over unparsed.

@@ -9,14 +9,18 @@ ours), 2 when the runtime cannot start pods at all (the node is broken).
 from __future__ import annotations
 
 import json
+import socket
 import sys
 from pathlib import Path
 from typing import TextIO
 
+from cni_operator import doctor_checks
+from cni_operator.doctor_checks import TreeReport
 from cni_operator.node import manifest as manifest_io
 from cni_operator.node.binaries import VersionProber
 from cni_operator.node.manifest import Manifest, ManifestError
 from cni_operator.node.paths import HostPaths
+from cni_operator.node.sandboxes import SandboxLister
 from cni_operator.node.scan import NodeScan, report_dict, scan_node
 from cni_operator.problems import ERROR, Problem
 from cni_operator.runtime_order import RuntimeView
@@ -123,22 +127,86 @@ def load_manifest(paths: HostPaths) -> tuple[Manifest, Problem | None]:
         )
 
 
-def main(host_root: Path, *, as_json: bool = False, runtime: str = "auto") -> int:
+def main(
+    host_root: Path,
+    *,
+    as_json: bool = False,
+    runtime: str = "auto",
+    cri_endpoint: str | None = None,
+    crictl: str | None = None,
+    gc: bool = False,
+    restore_last_good: bool = False,
+    kubeconfig: str | None = None,
+    node_name: str | None = None,
+    journal: bool = True,
+) -> int:
     paths = HostPaths(host_root)
     manifest, unreadable = load_manifest(paths)
+    tree = TreeReport()
+    # Restore first, so the scan below judges the files as they are now.
+    doctor_checks.history(paths, manifest, tree, restore=restore_last_good)
     scan = scan_node(paths, manifest, VersionProber())
     if unreadable is not None:
         scan.problems.insert(0, unreadable)
     runtimes = detect_runtimes(paths, runtime)
+    doctor_checks.plugin_health(paths, scan, manifest, runtimes, tree)
+    lister = SandboxLister(paths, cri_endpoint, crictl)
+    doctor_checks.pools(paths, manifest, lister, tree, gc=gc)
+    if journal:
+        doctor_checks.kubelet_journal(tree)
+    if kubeconfig:
+        doctor_checks.cluster_checks(kubeconfig, node_name or socket.gethostname(), tree)
+    scan.problems.extend(tree.problems)
     code = verdict(scan, runtimes)
     if as_json:
         report = report_dict(scan, manifest)
         report["runtimesJudged"] = runtimes
         report["exitCode"] = code
+        report.update(tree.sections)
         json.dump(report, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         render_text(scan, manifest, runtimes, sys.stdout)
+        render_tree(tree, sys.stdout)
         summary = {EXIT_OK: "OK", EXIT_PROBLEMS: "PROBLEMS", EXIT_BROKEN: "BROKEN"}[code]
         sys.stdout.write(f"\nVerdict: {summary} (judged by {', '.join(runtimes)})\n")
     return code
+
+
+def render_tree(tree: TreeReport, out: TextIO) -> None:
+    """The decision tree's sections after the problems (which already list its findings)."""
+    w = out.write
+    pools = tree.sections.get("ipPools") or {}
+    w("\nIP pools:\n")
+    if not pools.get("pools"):
+        w("  none managed\n")
+    for p in pools.get("pools") or []:
+        leaked = p.get("leaked", "unknown (runtime not asked)")
+        w(
+            f"  {p['network']} set {p['rangeSet']} ({p['ranges']}): {p['used']}/{p['size']} "
+            f"({p['percent']}%), leaked {leaked}\n"
+        )
+    for r in pools.get("released") or []:
+        w(f"  released {r['ip']} of {r['lease_network']} (sandbox {r['container_id'][:16]} gone)\n")
+    history = tree.sections.get("configHistory") or {}
+    w(f"\nKernel now: {history.get('kernel')}\n")
+    for item in history.get("networks") or []:
+        w(
+            f"  {item['network']}: last good generation {item['lastGoodGeneration']} "
+            f"({item['lastGoodTime']}, kernel {item['lastGoodKernel']})"
+            + ("  RESTORED" if item.get("restored") else "")
+            + "\n"
+        )
+        for line in item.get("diff") or []:
+            w(f"    {line}\n")
+    health = tree.sections.get("pluginHealth") or {}
+    if health:
+        w("\nPlugin health:\n")
+        for key, value in health.items():
+            w(f"  {key}: {value}\n")
+    cluster = tree.sections.get("cluster")
+    if cluster:
+        w(f"\nCluster view of {cluster.get('node')}:\n")
+        for key, value in cluster.items():
+            if key != "node":
+                w(f"  {key}: {value}\n")

@@ -44,7 +44,6 @@ def judge(
     """`runtime_views`: (runtime, uses our config, healthy, message) for each runtime
     this node runs; `answers`: STATUS of our plugins in the config in use."""
     reasons: list[str] = []
-    serving = [view for view in runtime_views if view[1] and view[2]]
     if not runtime_views:
         reasons.append("no runtime to judge")
     for runtime, ours, healthy, message in runtime_views:
@@ -52,8 +51,6 @@ def judge(
             reasons.append(f"{runtime} does not use a cniwarden config: {message}")
         elif not healthy:
             reasons.append(f"{runtime} cannot use our config: {message}")
-    if serving and not answers:
-        reasons.append("no cniwarden plugin in the config in use answered STATUS")
     reasons.extend(f"{a.plugin} STATUS: {a.detail}" for a in answers if not a.ok)
     return Readiness(not reasons, tuple(reasons))
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from cni_operator.node.manifest import Manifest
 from cni_operator.node.paths import HostPaths
@@ -24,8 +24,14 @@ STATUS_VERSION = "1.1.0"  # STATUS exists from CNI 1.1.0 on
 
 
 def ask_status(
-    paths: HostPaths, conflist: bytes, ours: set[str], timeout: float
+    paths: HostPaths,
+    conflist: bytes,
+    ours: set[str],
+    versions: Mapping[str, list[str] | None],
+    timeout: float,
 ) -> list[StatusAnswer]:
+    """STATUS of each plugin of ours in the chain that speaks CNI 1.1.0 (libcni asks
+    no other: an older plugin has no STATUS, and counts as ready)."""
     try:
         doc = json.loads(conflist)
     except ValueError as error:
@@ -33,7 +39,7 @@ def ask_status(
     answers = []
     for plugin in doc.get("plugins") or []:
         kind = plugin.get("type") if isinstance(plugin, dict) else None
-        if kind not in ours:
+        if kind not in ours or STATUS_VERSION not in (versions.get(kind) or []):
             continue
         stdin = json.dumps({**plugin, "name": doc.get("name"), "cniVersion": STATUS_VERSION})
         env = {
@@ -91,5 +97,6 @@ def node_readiness(
         asked.add(view.file)
         data = scan.files.get(view.file)
         if data is not None:
-            answers.extend(ask_status(paths, data, set(manifest.binaries), timeout))
+            ours = set(manifest.binaries)
+            answers.extend(ask_status(paths, data, ours, scan.versions, timeout))
     return judge([(v.runtime, v.ours, v.healthy, v.message) for v in judged], answers)
