@@ -83,6 +83,14 @@ def cmd_agent(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from cni_operator import rollback  # noqa: PLC0415
+
+    return rollback.main(
+        args.network, to_revision=args.to_revision, kubeconfig=args.kubeconfig, dry_run=args.dry_run
+    )
+
+
 def cmd_gc(args: argparse.Namespace) -> int:
     from cni_operator import leakgc  # noqa: PLC0415
 
@@ -261,6 +269,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_gc)
 
+    p = sub.add_parser("rollback", help="put a CNINetwork's earlier spec revision back")
+    p.add_argument("network")
+    p.add_argument("--to-revision", type=int, help="default: the newest that differs")
+    p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
+    p.add_argument("--dry-run", action="store_true", help="print the spec it would write")
+    p.set_defaults(func=cmd_rollback)
+
     p = sub.add_parser("doctor", help="scan this node's CNI setup and print a fix per problem")
     p.add_argument("--host-root", help="prefix of /etc/cni/net.d, /opt/cni/bin, /var/lib/cni")
     p.add_argument("--json", action="store_true", help="print the scan as JSON")
@@ -297,6 +312,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "agent": cmd_agent,
     "doctor": cmd_doctor,
     "gc": cmd_gc,
+    "rollback": cmd_rollback,
     "cni-server": cmd_cni_server,
 }
 

@@ -24,6 +24,7 @@ from cni_operator import api, kopf_runtime
 from cni_operator.api import SpecError, parse_spec
 from cni_operator.conditions import (
     IP_POOL_PRESSURE,
+    READY,
     SHADOWED,
     build_status,
     network_entry,
@@ -34,6 +35,7 @@ from cni_operator.kube_time import now_iso, parse_rfc3339
 from cni_operator.metrics import ControllerMetrics
 from cni_operator.pools import spec_thresholds
 from cni_operator.rendering import NodeFacts, render, selects
+from cni_operator.revisions import with_revision
 
 log = logging.getLogger("cniwarden.controller")
 COMPONENT = "cniwarden-operator"
@@ -128,7 +130,7 @@ class Controller:
             if n in self.reports and not self.is_stale(self.reports[n])
         }
         previous = (body.get("status") or {}).get("conditions") or []
-        return build_status(
+        status = build_status(
             network=name,
             generation=generation,
             selected=check.selected,
@@ -138,6 +140,18 @@ class Controller:
             now=now_iso(),
             pressure_threshold=spec_thresholds(dict(body.get("spec") or {}))[0],
         )
+        ready = next(c for c in status["conditions"] if c["type"] == READY)
+        revisions = with_revision(
+            (body.get("status") or {}).get("revisions") or [],
+            generation=generation,
+            spec=dict(body.get("spec") or {}),
+            ready=ready["status"] == "True" and check.problem is None and bool(check.selected),
+            now=now_iso(),
+        )
+        if revisions:
+            status["revisions"] = revisions
+            status["revision"] = revisions[-1]["revision"]
+        return status
 
     def is_stale(self, report: dict[str, Any]) -> bool:
         """A report that no longer vouches for its node: its agent has been silent for

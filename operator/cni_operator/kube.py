@@ -16,6 +16,8 @@ from cni_operator import api
 from cni_operator.kube_time import now_iso
 
 log = logging.getLogger("cniwarden.kube")
+# The client would send a list body as a merge patch; say what it is.
+JSON_PATCH = "application/json-patch+json"
 
 
 class Kube:
@@ -67,7 +69,7 @@ class Kube:
             {"op": "test", "path": "/metadata/resourceVersion", "value": resource_version},
             {"op": "add", "path": "/spec/taints", "value": taints},
         ]
-        self.core.patch_node(name, patch, _request_timeout=30)
+        self.core.patch_node(name, patch, _request_timeout=30, _content_type=JSON_PATCH)
 
     # --- CNINodeState -----------------------------------------------------------
     def get_node_state(self, name: str) -> dict[str, Any] | None:
