@@ -169,6 +169,7 @@ class Agent:
         """Leak repair on a schedule: containerd 1.6/1.7 never call CNI GC, so leases
         of sandboxes that died with the node would otherwise stay until the range is
         full. A failure is logged and tried again at the next tick."""
+        last_errors: list[str] = []
         while True:
             await asyncio.sleep(self.settings.gc_interval_seconds)
             try:
@@ -178,8 +179,10 @@ class Agent:
             except Exception:
                 log.exception("leak repair failed; trying again at the next tick")
                 continue
-            for message in errors:
-                log.warning("leak repair: %s", message)
+            if errors != last_errors:  # the same reason every tick is said once
+                for message in errors:
+                    log.warning("leak repair: %s", message)
+                last_errors = errors
             if reclaimed:
                 self.metrics.reclaimed.inc(len(reclaimed))
                 log.info("leak repair: released %d leaked lease(s)", len(reclaimed))
