@@ -96,6 +96,10 @@ def last_good(paths: HostPaths, network: str) -> Applied | None:
     return entries[-1] if entries else None
 
 
-def forget_history(paths: HostPaths, network: str) -> None:
-    """A network removed from this node takes its history with it (bounded state)."""
-    _path(paths, network).unlink(missing_ok=True)
+def prune_history(paths: HostPaths, managed: set[str]) -> None:
+    """Drop the history of networks no longer on this node. Called after the manifest
+    that records their removal is saved (intent first), so it never frees the space
+    a failing save needed, nor forgets a network the manifest still names."""
+    for network in networks_with_history(paths):
+        if network not in managed:
+            _path(paths, network).unlink(missing_ok=True)

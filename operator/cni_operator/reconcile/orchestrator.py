@@ -17,6 +17,7 @@ from cni_operator.node import manifest as manifest_io
 from cni_operator.node.atomic import sweep_temp_files
 from cni_operator.node.attachments import AttachmentScan, scan_attachments
 from cni_operator.node.fetch import FetchLimits
+from cni_operator.node.history import prune_history
 from cni_operator.node.manifest import Manifest
 from cni_operator.node.own_binaries import OwnBinarySource
 from cni_operator.node.paths import HostPaths
@@ -136,6 +137,7 @@ class Reconciler:
             declared = {b.name for d in intake.desired.values() for b in d.spec.binaries}
             remove_unused_binaries(self.paths, manifest, declared)
             manifest_io.save(self.paths, manifest)
+            prune_history(self.paths, set(manifest.networks))
         except (OSError, QuarantineError) as error:
             output.problems.append(write_failure(error))
             manifest = self._reload(manifest)

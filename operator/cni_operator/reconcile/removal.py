@@ -16,7 +16,6 @@ from cni_operator.api import NetworkSpec
 from cni_operator.conditions import STATE_BLOCKED, STATE_REMOVED
 from cni_operator.node.atomic import remove
 from cni_operator.node.attachments import AttachmentScan
-from cni_operator.node.history import forget_history
 from cni_operator.node.manifest import Manifest
 from cni_operator.node.quarantine import Quarantine
 from cni_operator.reconcile.model import NetworkObject, NodeContext, StepOutput
@@ -62,7 +61,6 @@ def remove_gone(
         for file in managed.files:
             remove(ctx.paths.conf_dir / file)
         del manifest.networks[name]
-        forget_history(ctx.paths, name)  # no config of it left to roll back to here
         restored = Quarantine(ctx.paths).restore(name, final=deleting)
         message = "removed from this node"
         if restored:

@@ -10,14 +10,17 @@ import ipaddress
 import json
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cni_operator.node.atomic import sha256_file
+from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.localcluster import LocalCluster
 from devtools.localcluster.pods import busybox_pod
@@ -33,6 +36,32 @@ LONG_AGO = 3600.0  # older than any grace: only the runtime's word keeps a lease
 def age_lease(path: Path, seconds: float) -> None:
     when = time.time() - seconds
     os.utime(path, (when, when))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def metrics_of(args: dict[str, list[str]]) -> list[str]:
+    (flags,) = args.values()
+    at = flags.index("--metrics-address")
+    return flags[at : at + 2]
+
+
+def scrape(port: int, name: str, labels: dict[str, str]) -> float | None:
+    """One sample of the agent's /metrics, parsed by prometheus_client's own parser."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return None
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return None
 
 
 def pools_of(state: dict[str, Any], network: str) -> list[dict[str, Any]]:
@@ -73,7 +102,8 @@ def test_leaked_leases_are_reported_then_reclaimed_and_live_pods_keep_theirs(
     }
     cri = ["--cri-endpoint", str(node.containerd_socket), "--crictl", str(crictl)]
     # First an agent that only reports (GC off), so the leak is seen before repair.
-    args = {node.name: [*cri, "--gc-interval-seconds", "0"]}
+    metrics = ["--metrics-address", f"127.0.0.1:{free_port()}"]
+    args = {node.name: [*cri, *metrics, "--gc-interval-seconds", "0"]}
     roots = {node.name: node.host_root}
     # The real-node tier's plugins see this machine's paths while the agent reads under
     # the node's host root: the node's view of dataDir is the same directory.
@@ -102,9 +132,15 @@ def run_faults(
     data_dir: Path,
 ) -> None:
     suffix = name.rsplit("-", 1)[-1]
+    port = int(metrics_of(args)[1].rsplit(":", 1)[1])
+    labels = {"network": name, "range_set": "0"}
     with running_fleet(cluster, tmp_path, [node.name], roots, args) as fleet:
         fleet.apply(name, spec)
         fleet.wait(lambda: fleet.ready(name), "network Ready on the real node", timeout=60)
+        fleet.wait(
+            lambda: scrape(port, "cniwarden_agent_pool_used_addresses", labels) == 0,
+            "the agent's /metrics shows the empty pool",
+        )
         pod = f"bb-{suffix}"
         body = busybox_pod(pod, node.name, ["sh", "-c", "exec sleep 3600"], grace_seconds=1)
         cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
@@ -116,6 +152,10 @@ def run_faults(
             store = data_dir / name
             live_lease = store / pod_ip
             assert live_lease.exists()
+            fleet.wait(
+                lambda: scrape(port, "cniwarden_agent_pool_used_addresses", labels) == 1,
+                "the pod's address in the agent's /metrics",
+            )
             # Fault 1: the live pod's result cache truncated, its lease made old.
             (cache,) = (node.cni_state_dir / "results").glob(f"{name}-*-eth0")
             cache.write_bytes(b"")
@@ -158,16 +198,34 @@ def run_faults(
             )
             assert sorted(x["ip"] for x in reported["leakedLeases"]) == sorted(leaked)
             assert all((store / ip).exists() for ip in leaked)  # GC off: only reported
+            fleet.wait(
+                lambda: scrape(port, "cniwarden_agent_leaked_leases", labels) == len(leaked),
+                "the leaked leases in the agent's /metrics",
+            )
+            # The doctor's IP-exhaustion branch on the node, against the same containerd.
+            doctor = subprocess.run(
+                [sys.executable, "-m", "cni_operator.cli", "doctor", "--json", "--no-journal",
+                 "--host-root", str(node.host_root), *cri, "--runtime", "containerd"],
+                capture_output=True, text=True, timeout=120, cwd=ROOT, check=False,
+            )  # fmt: skip
+            found = json.loads(doctor.stdout)
+            (doctor_pool,) = [p for p in found["ipPools"]["pools"] if p["network"] == name]
+            assert doctor_pool["leaked"] == len(leaked), doctor_pool
+            assert "LeakedLeases" in {p["code"] for p in found["problems"]}
 
             # ... then the agent, restarted with its GC on, reclaims them on its schedule.
             fleet.stop_agent(node.name)
-            fleet.agent_args[node.name] = [*cri, "--gc-interval-seconds", "2"]
+            fleet.agent_args[node.name] = [*cri, *metrics_of(args), "--gc-interval-seconds", "2"]
             fleet.start_agent(node.name)
 
             def reclaimed() -> bool:
                 return not any((store / ip).exists() for ip in leaked)
 
             fleet.wait(reclaimed, "leaked leases reclaimed by the agent", timeout=60)
+            fleet.wait(
+                lambda: scrape(port, "cniwarden_agent_leases_reclaimed_total", {}) == len(leaked),
+                "the reclaimed leases in the restarted agent's /metrics",
+            )
             assert live_lease.exists(), "the live pod's lease was released"
             assert (store / young).exists(), "a lease younger than the grace was released"
             state = fleet.wait(

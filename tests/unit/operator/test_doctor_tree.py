@@ -18,7 +18,13 @@ import pytest
 from cni_operator import doctor
 from cni_operator.node import manifest as manifest_io
 from cni_operator.node.atomic import sha256_bytes
-from cni_operator.node.history import HISTORY_LIMIT, read_history, record_applied
+from cni_operator.node.history import (
+    HISTORY_LIMIT,
+    networks_with_history,
+    prune_history,
+    read_history,
+    record_applied,
+)
 from cni_operator.node.manifest import ManagedNetwork, Manifest
 from cni_operator.node.paths import HostPaths
 
@@ -66,6 +72,9 @@ def test_history_is_bounded_and_skips_a_repeat(tmp_path: Path) -> None:
     entries = read_history(paths, "n")
     assert len(entries) == HISTORY_LIMIT
     assert entries[-1].generation == 1 + HISTORY_LIMIT + 3
+    record_applied(paths, "gone", "g", b"x", 1, kernel="k")
+    prune_history(paths, {"n"})
+    assert networks_with_history(paths) == ["n"]
 
 
 def test_config_changed_since_last_good_then_restored_without_the_api_server(
