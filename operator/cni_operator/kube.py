@@ -16,6 +16,8 @@ from cni_operator import api
 from cni_operator.kube_time import now_iso
 
 log = logging.getLogger("cniwarden.kube")
+# The client would send a list body as a merge patch; say what it is.
+JSON_PATCH = "application/json-patch+json"
 
 
 class Kube:
@@ -56,6 +58,18 @@ class Kube:
         except ValueError:
             version = 0
         return version, list(listing.get("items", []))
+
+    # --- Node -------------------------------------------------------------------
+    def set_node_taints(
+        self, name: str, taints: list[dict[str, Any]], resource_version: str
+    ) -> None:
+        """Replace spec.taints, only if the Node is still at `resource_version` (a JSON
+        patch `test`): a taint someone else added meanwhile is never overwritten."""
+        patch: list[dict[str, Any]] = [
+            {"op": "test", "path": "/metadata/resourceVersion", "value": resource_version},
+            {"op": "add", "path": "/spec/taints", "value": taints},
+        ]
+        self.core.patch_node(name, patch, _request_timeout=30, _content_type=JSON_PATCH)
 
     # --- CNINodeState -----------------------------------------------------------
     def get_node_state(self, name: str) -> dict[str, Any] | None:
