@@ -69,8 +69,8 @@ bench-rtt: setup plugins
 
 bench: bench-plugin bench-fastpath bench-rtt
 
-# The whole suite, as CI runs it.
-test: setup lint typecheck plugins
+# The whole suite, as CI runs it (the e2e tests run the chart from the images).
+test: setup lint typecheck plugins images
 	CNIWARDEN_REQUIRE_ALL=1 $(BIN)/pytest tests
 
 # A local Kubernetes (see README "Local cluster"). Variables: CLUSTER (name),
@@ -94,7 +94,7 @@ cluster-down: venv
 
 # One command from a fresh machine: a two-node local cluster, the chart installed,
 # the example network, two pods talking across nodes, the status (README "Demo").
-demo: setup plugins
+demo: setup plugins images
 	@$(BIN)/python -m devtools.ship.demo
 
 demo-down: venv

@@ -42,7 +42,7 @@ from devtools.localcluster.cluster import up
 from devtools.localcluster.layout import POD_CIDR
 from devtools.localcluster.pods import busybox_pod
 from devtools.localcluster.tiers import Tier
-from devtools.ship.localinstall import LocalInstall, LocalNode, run, wait_for
+from devtools.ship.install import ChartInstall, LocalNode, build_and_load, run, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     name = f"rtt-{secrets.token_hex(2)}"
     log(f"starting local cluster {name} with 4 real nodes")
     cluster = up(name, Tier.REAL_NODE, fake_nodes=0, real_nodes=4)
-    product: LocalInstall | None = None
+    product: ChartInstall | None = None
     nodes = [LocalNode.of(cluster, n.name) for n in cluster.real_nodes]
     first, second = (nodes[2:], nodes[:2]) if args.swap else (nodes[:2], nodes[2:])
     reference = Side("ref", first)
@@ -250,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         reference_network(cluster, reference.nodes)
         for node in ours.nodes:
             cluster.kubectl("label", "node", node.name, "cniwarden.io/bench=cniwarden")
-        product = LocalInstall(cluster, cluster.workdir / "cniwarden", ours.nodes)
+        build_and_load(cluster)
+        product = ChartInstall(cluster, cluster.workdir / "cniwarden", ours.nodes)
         values = product.local_values({"cniwarden.io/bench": "cniwarden"})
         values["exampleNetwork"]["ipMasq"] = False  # the reference side has none either
         product.install(values)

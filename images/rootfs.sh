@@ -39,15 +39,13 @@ for alt in /etc/alternatives/*; do
 done
 mkdir -p "$dest/tmp" "$dest/etc" "$dest/run" "$dest/var/lib"
 chmod 1777 "$dest/tmp"
+# Debian's /var/run is /run (base-files, not in the closure): runtimes name pod
+# network namespaces /var/run/netns/..., which the cni-server opens.
+ln -sfn ../run "$dest/var/run"
 # busybox (agent only): sh and sleep for the chart's preStop and for debugging.
 if [ -e "$dest/usr/bin/busybox" ]; then
   ln -sf busybox "$dest/usr/bin/sh"
   ln -sf busybox "$dest/usr/bin/sleep"
 fi
 printf 'root:x:0:0:root:/root:/bin/sh\nnonroot:x:65532:65532::/home/nonroot:/sbin/nologin\n' >"$dest/etc/passwd"
-# busybox (agent only): sh and sleep for the chart's preStop and for debugging.
-if [ -e "$dest/usr/bin/busybox" ]; then
-  ln -sf busybox "$dest/usr/bin/sh"
-  ln -sf busybox "$dest/usr/bin/sleep"
-fi
 printf 'root:x:0:\nnonroot:x:65532:\n' >"$dest/etc/group"

@@ -10,11 +10,22 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import controlplane, fakenodes, hostres, nodenet, nodesysctls, procs, realnode, slots
+from . import (
+    controlplane,
+    fakenodes,
+    hostres,
+    nodeimages,
+    nodemounts,
+    nodenet,
+    nodesysctls,
+    procs,
+    realnode,
+    slots,
+)
 from .layout import (
     DEFAULT_ROOT,
     DEFAULT_RUNTIME,
@@ -146,6 +157,12 @@ class LocalCluster:
             nodenet.route_pod_cidrs(self.state, self.kubectl)
         return next(n for n in self.real_nodes if n.name == node.name)
 
+    def load_images(self, archives: Sequence[Path]) -> None:
+        """Import image archives (docker-archive or OCI tarballs, as `make images`
+        writes them) into every real node's containerd, as `kind load` does."""
+        for node in self.state.nodes:
+            nodeimages.import_archives(self.layout.node(node.index), archives)
+
     def pids(self) -> list[int]:
         return [p.pid for p in self.state.processes if procs.is_alive(p)]
 
@@ -169,6 +186,8 @@ class LocalCluster:
 def _check_tools(tier: Tier) -> None:
     for name in PINNED_TOOLS:
         if name == "kwok" and not tier.includes(Tier.FAKE_NODES):
+            continue
+        if name in ("kubelet", "kube-proxy") and not tier.includes(Tier.REAL_NODE):
             continue
         tool(name)
 
@@ -274,6 +293,10 @@ def attach(name: str, root: Path | None = None) -> LocalCluster:
     return LocalCluster(ClusterState.load(path))
 
 
+def layout_of(state: ClusterState) -> Layout:
+    return Layout(Path(state.root), state.name, state.slot, state.short_id)
+
+
 def down(state: ClusterState) -> None:
     """Stop every process by pid and remove everything the cluster created.
 
@@ -292,6 +315,7 @@ def down(state: ClusterState) -> None:
     steps: list[tuple[str, Callable[[], None]]] = [
         ("restore sysctls", functools.partial(_restore_sysctls, state)),
         ("unmount", functools.partial(hostres.unmount_under, workdir)),
+        ("release mount points", functools.partial(nodemounts.release, layout_of(state))),
         ("remove host dirs", functools.partial(slots.release_host_dirs, Path(state.root), workdir)),
     ]
     if state.bridge:

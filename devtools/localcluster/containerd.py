@@ -134,8 +134,10 @@ def _v2_config(node: NodeLayout) -> dict[str, object]:
                 # oom_score_adj (runc fails on the -998 CRI asks for sandboxes):
                 # cap every container at containerd's own score instead.
                 "restrict_oom_score_adj": True,
-                # Pod netns bind mounts under our state dir, not the global /run/netns.
-                "netns_mounts_under_state_dir": True,
+                # Pod netns bind mounts at /run/netns/cni-*, which in the node's mount
+                # namespace is its own directory (nodemounts), as on a real node:
+                # the cni-server's pod mounts /run/netns to replay queued DELs.
+                "netns_mounts_under_state_dir": False,
                 "stream_server_address": "127.0.0.1",
                 "stream_server_port": "0",
                 "containerd": {

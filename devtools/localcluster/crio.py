@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import procs
+from . import images, procs
 from .containerd import containerd_binary, toml
 from .layout import PAUSE_IMAGE, NodeLayout
 from .state import ClusterState
@@ -129,14 +129,15 @@ def start_crio(state: ClusterState, node: NodeLayout) -> None:
 
 
 def import_image(node: NodeLayout, tarball: Path, reference: str) -> None:
-    """An OCI tarball into the node's storage as `reference` (CRI-O may run meanwhile:
-    containers-storage locks)."""
+    """An OCI or docker-archive tarball into the node's storage as `reference` (CRI-O
+    may run meanwhile: containers-storage locks)."""
+    transport = "docker-archive" if images.is_docker_archive(tarball) else "oci-archive"
     procs.run(
         [
             str(system_tool("skopeo")),
             "copy",
             "--quiet",
-            f"oci-archive:{tarball}",
+            f"{transport}:{tarball}",
             f"{_storage(node)}{reference}",
         ],
         check=True,

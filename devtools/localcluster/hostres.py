@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 from . import procs
@@ -141,12 +142,15 @@ def delete_netns(name: str) -> None:
                 (NETNS_DIR / name).unlink()
 
 
-def create_mount_ns(ns_dir: Path, binds: dict[Path, Path]) -> Path:
+def create_mount_ns(ns_dir: Path, binds: dict[Path, Path], shared: Sequence[Path] = ()) -> Path:
     """A persistent mount namespace for one node, bound at `ns_dir/mnt`.
 
     It starts as a slave copy of the host's mounts (host mounts flow in, the
     node's never flow out), then gets `binds` (target -> source) so the node
-    sees its own directories at the standard paths. Everything mounted inside
+    sees its own directories at the standard paths; those in `shared` are made
+    shared inside (still slaves of nothing on the host, so nothing mounted under
+    them leaves the node), for containers that mount them with HostToContainer
+    propagation. Everything mounted inside
     (container rootfs, pod volumes, netns files) goes away with the namespace.
     """
     ns_dir.mkdir(parents=True, exist_ok=True)
@@ -156,6 +160,7 @@ def create_mount_ns(ns_dir: Path, binds: dict[Path, Path]) -> Path:
     ns_file = ns_dir / "mnt"
     ns_file.touch()
     script = "set -e\n" + "".join(f"mount --bind '{src}' '{dst}'\n" for dst, src in binds.items())
+    script += "".join(f"mount --make-shared '{dst}'\n" for dst in shared)
     procs.run(["unshare", f"--mount={ns_file}", "--propagation", "slave", "sh", "-c", script])
     return ns_file
 

@@ -9,6 +9,7 @@ because importing needs the node's running runtime.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from . import crio, images, procs
@@ -61,3 +62,15 @@ def import_images(layout: Layout, node: NodeLayout) -> None:
     missing = {PAUSE_IMAGE, BUSYBOX_IMAGE} - listed_images(node)
     if missing:
         raise procs.ComponentError(f"images not imported into {node.name}: {sorted(missing)}")
+
+
+def import_archives(node: NodeLayout, archives: Sequence[Path]) -> None:
+    """Image tarballs (OCI layout or docker-archive) into the node's runtime, unpacked
+    for the CRI's snapshotter (containerd) or copied into containers-storage under
+    the names they carry (CRI-O), so kubelet starts them without a pull."""
+    for tarball in archives:
+        if node.is_crio:
+            for reference in images.archive_references(tarball):
+                crio.import_image(node, tarball, reference)
+        else:
+            ctr(node, "images", "import", "--snapshotter", "overlayfs", str(tarball))

@@ -24,11 +24,18 @@ def node_binds(node: NodeLayout) -> dict[Path, Path]:
     plugins dial at that fixed path) and /var/lib/cniwarden (the shim's DEL
     queue) are the node's `<host_root>/run/cniwarden` and
     `<host_root>/var/lib/cniwarden`, so every node has its own cni-server.
+    /etc/cni/net.d and /opt/cni/bin are the node's CNI config and binary dirs and
+    /run/netns its pods' network namespaces (containerd mounts them there), so a
+    pod's hostPath volume of any of these standard paths (the chart's DaemonSet)
+    gets this node's directory, as it would on a machine of its own.
     /run/containerd and /run/crio are the node's `<host_root>/run/...`, where its
     runtime's CRI socket is: a pod's hostPath of them (the agent's) finds this
     node's runtime, as on a real node.
     """
     binds = {
+        Path("/etc/cni/net.d"): node.cni_conf_dir,
+        Path("/opt/cni/bin"): node.cni_bin_dir,
+        Path("/run/netns"): node.dir / "netns",
         Path("/var/lib/cni"): node.cni_state_dir,
         Path("/var/lib/kubelet"): node.dir / "var-lib-kubelet",
         Path("/var/log/containers"): node.dir / "var-log-containers",
@@ -52,9 +59,29 @@ def _hugetlb_mounted() -> bool:
     return any("hugetlb" in mp.name.split(",") for mp in hostres.cgroup_mount_points())
 
 
+# Mounts made under these inside the node (pod netns files) must reach the
+# containers that mount them with HostToContainer propagation: shared.
+SHARED = (Path("/run/netns"),)
+# `ip netns` owns the host's /run/netns (it never removes it, and lists every
+# file in it as a namespace): no hold file there.
+# /sys/kernel/mm/hugepages (CRI-O nodes) is sysfs: nothing can be written there.
+UNHELD = (Path("/run/netns"), HUGEPAGES)
+
+
+def held_targets(layout: Layout) -> list[Path]:
+    """The host directories the cluster's nodes bind onto and hold (slots.hold_mount_points)."""
+    return [t for t in node_binds(layout.node(0)) if t not in UNHELD]
+
+
 def make_mount_ns(layout: Layout, node: NodeLayout) -> None:
     binds = node_binds(node)
     for src in binds.values():
         src.mkdir(parents=True, exist_ok=True)
     slots.ensure_host_dirs(layout.root, [t for t in binds if t != HUGEPAGES])
-    hostres.create_mount_ns(node.mntns_dir, binds)
+    slots.hold_mount_points(held_targets(layout), layout.short_id)
+    hostres.create_mount_ns(node.mntns_dir, binds, shared=SHARED)
+
+
+def release(layout: Layout) -> None:
+    """The cluster's holds on the host directories (before they may be removed)."""
+    slots.release_mount_points(held_targets(layout), layout.short_id)

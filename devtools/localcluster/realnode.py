@@ -12,6 +12,7 @@ each step lives in its own module:
 - `nodesysctls`: the machine-wide tunables kubelet changes, saved and restored;
 - `nodeimages`: the images built here and imported into each node's runtime;
 - `kubelet`: kubelet's config, certificate and launch;
+- `kubeproxy`: kube-proxy (iptables mode), so pods reach Services such as `kubernetes`;
 - `readiness`: when the Node counts as registered (and Ready).
 
 Each node's containerd and kubelet run inside its namespace (joined with
@@ -36,6 +37,7 @@ from .containerd import shim_sockets, start_containerd
 from .crio import start_crio
 from .kube import Kubectl
 from .kubelet import start_kubelet
+from .kubeproxy import start_kube_proxy
 from .layout import DEFAULT_RUNTIME, Layout, NodeLayout
 from .nodeimages import import_images
 from .nodemounts import make_mount_ns
@@ -91,6 +93,7 @@ def add_node(
     import_images(layout, node)
     start_kubelet(layout, state, node)
     pod_cidr = wait_node_registered(state, kubectl, node, need_ready=False)
+    start_kube_proxy(layout, state, node)
     if cni == "bridge":
         write_bridge_conflist(node, pod_cidr)
         wait_node_registered(state, kubectl, node, need_ready=True)
@@ -112,8 +115,8 @@ def teardown_node(state: ClusterState, record: NodeRecord) -> list[str]:
             errors.append(f"{record.name}: {what}: {exc}")
 
     mine = [p for p in state.processes if p.node == record.name]
-    for rec in [p for p in mine if p.name == "kubelet"]:
-        attempt("stop kubelet", functools.partial(procs.stop, rec))
+    for rec in [p for p in mine if p.name in ("kubelet", "kube-proxy")]:
+        attempt(f"stop {rec.name}", functools.partial(procs.stop, rec))
     for rec in [p for p in mine if p.name in ("containerd", "crio")]:
         attempt(f"stop {rec.name}", functools.partial(procs.stop, rec))
     # Containers live in the kubelet's cgroup tree; shims, and anything a CNI

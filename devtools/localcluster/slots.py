@@ -121,6 +121,27 @@ def _created_paths_file(slots_dir: Path) -> Path:
     return slots_dir / "created-host-dirs"
 
 
+HOLD_PREFIX = ".cniwarden-localcluster-hold-"
+
+
+def hold_mount_points(paths: list[Path], holder: str) -> None:
+    """Mark each host directory as a mount point `holder` (a cluster) uses.
+
+    Removing a directory detaches whatever other mount namespaces mounted on it
+    (Linux >= 3.18), so an empty host /run/cniwarden removed by a cluster of
+    another checkout or registry root (its own bookkeeping, e.g. a test's) would
+    silently take every node's bind with it. A hold file keeps it non-empty (rmdir
+    fails) until each holder has released it; it is seen on the host only, under
+    the nodes' binds."""
+    for path in paths:
+        (path / f"{HOLD_PREFIX}{holder}").touch()
+
+
+def release_mount_points(paths: list[Path], holder: str) -> None:
+    for path in paths:
+        (path / f"{HOLD_PREFIX}{holder}").unlink(missing_ok=True)
+
+
 def ensure_host_dirs(root: Path, paths: list[Path]) -> None:
     """Create missing host directories (mount points for node namespaces), and
     remember which ones we created so the last cluster can remove them."""

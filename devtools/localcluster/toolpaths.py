@@ -39,6 +39,7 @@ PINNED_TOOLS = (
     "kube-controller-manager",
     "kube-scheduler",
     "kubelet",
+    "kube-proxy",
     "kubectl",
     "etcd",
     "kwok",

@@ -55,7 +55,7 @@ if "create" in args or "run" in args:
         json.dump(spec, f)
 os.execv("{runc}", ["{runc}"] + args)
 """
-CALL_DEADLINE = 30.0
+CALL_DEADLINE = 60.0
 
 
 class RuntimeFailure(Exception):  # noqa: N818 (a failure of the runtime under test)
@@ -301,6 +301,7 @@ class Runtime:
     mount_ns: str = ""
     created_dirs: list[Path] = field(default_factory=list)
     pods: list[str] = field(default_factory=list)
+    _ns_fd: int | None = None
 
     @property
     def socket(self) -> Path:
@@ -412,6 +413,9 @@ class Runtime:
 
         wait_for(f"{self.spec.name} to serve CRI on {self.socket}", serving, START_DEADLINE, 0.1)
         self.mount_ns = os.readlink(f"/proc/{self.proc.pid}/ns/mnt")
+        # Holding the namespace open pins it: its inode number cannot be reused by
+        # another session's namespace while stop() kills by that number.
+        self._ns_fd = os.open(f"/proc/{self.proc.pid}/ns/mnt", os.O_RDONLY)
         if self.spec.kind == "containerd":
             self._import_pause()
 
@@ -494,7 +498,7 @@ class Runtime:
                 )
         raise RuntimeFailure("CRI Status has no NetworkReady condition")
 
-    def run_pod(self, name: str, timeout: int = 20) -> PodResult:
+    def run_pod(self, name: str, timeout: int = 40) -> PodResult:
         """RunPodSandbox with a fresh pod (the call's deadline: `timeout` seconds);
         the networks its CNI ADDs were for."""
         uid = uuid.uuid4().hex
@@ -562,6 +566,15 @@ class Runtime:
     def _kill_namespace(self) -> None:
         if not self.mount_ns:
             return
+        try:
+            self._kill_pinned_namespace()
+        finally:
+            if self._ns_fd is not None:
+                os.close(self._ns_fd)
+                self._ns_fd = None
+            self.mount_ns = ""
+
+    def _kill_pinned_namespace(self) -> None:
         for _ in range(50):
             left = [pid for pid in _pids() if _mount_ns(pid) == self.mount_ns]
             if not left:

@@ -27,12 +27,14 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -162,7 +164,9 @@ def model_from_git(ref: str) -> Predictor:
     spec_ = importlib.util.spec_from_file_location("old_runtime_order", path)
     assert spec_ is not None and spec_.loader is not None
     old: ModuleType = importlib.util.module_from_spec(spec_)
+    sys.modules[spec_.name] = old  # dataclasses look their module up while defining
     spec_.loader.exec_module(old)
+    shutil.rmtree(path.parent)  # the module is in memory now
 
     def read_old(conf_dir: Path) -> dict[str, bytes | None]:
         files: dict[str, bytes | None] = {}
@@ -310,6 +314,75 @@ class Observer:
         return row
 
 
+def split(
+    spec: RuntimeSpec, layouts: Sequence[Layout], restart_each: bool
+) -> tuple[list[Layout], list[Layout]]:
+    """(layouts one shared process serves, layouts that need a fresh process).
+    CRI-O latches NetworkReady=true once its network was ready (cnimgr stops
+    polling), so each layout needs a CRI-O of its own to be judged faithfully."""
+    shared = (
+        []
+        if restart_each or spec.kind == "crio"
+        else [x for x in layouts if x.settings == Settings() and not x.fresh_runtime]
+    )
+    return shared, [x for x in layouts if x not in shared]
+
+
+def run_shared(
+    spec: RuntimeSpec,
+    layouts: Sequence[Layout],
+    predictor: Predictor,
+    base: Path,
+    progress: Callable[[Row], None] = lambda row: None,
+) -> list[Row]:
+    """`layouts` one after another on one runtime process, behind the barrier."""
+    rows: list[Row] = []
+    with session(spec, base, Settings(), spec.name) as runtime:
+        observer = Observer(runtime, predictor, shared=True)
+        for layout in layouts:
+            started = time.monotonic()
+            observer.load(layout)
+            try:
+                rows.append(observer.observe(layout))
+            finally:
+                observer.made.close()
+            rows[-1].seconds = time.monotonic() - started
+            progress(rows[-1])
+    return rows
+
+
+_storage = threading.local()
+
+
+def run_fresh(
+    spec: RuntimeSpec,
+    layout: Layout,
+    predictor: Predictor,
+    base: Path,
+    progress: Callable[[Row], None] = lambda row: None,
+) -> list[Row]:
+    """`layout` on a runtime process of its own. CRI-O image stores are reused by
+    the sessions of one thread (they run one after another)."""
+    work = Path(tempfile.mkdtemp(prefix=f"{spec.name}-", dir=base))
+    install_bin_dir(work / "cni-bin")
+    (work / "net.d").mkdir()
+    made = materialize(layout, work / "net.d")
+    started = time.monotonic()
+    storage = None
+    if spec.kind == "crio":
+        if not hasattr(_storage, "path"):
+            _storage.path = Path(tempfile.mkdtemp(prefix="crio-storage-", dir=base))
+        storage = _storage.path
+    try:
+        with Runtime(spec, work, layout.settings, crio_storage=storage) as runtime:
+            row = Observer(runtime, predictor, shared=False).observe(layout)
+    finally:
+        made.close()
+    row.seconds = time.monotonic() - started
+    progress(row)
+    return [row]
+
+
 def run_runtime(
     name: str,
     layouts: Sequence[Layout],
@@ -319,43 +392,9 @@ def run_runtime(
     restart_each: bool = False,
     progress: Callable[[Row], None] = lambda row: None,
 ) -> list[Row]:
-    spec = RUNTIMES[name]
-    rows: list[Row] = []
-    # CRI-O latches NetworkReady=true once its network was ready (cnimgr stops
-    # polling), so each layout needs a CRI-O of its own to be judged faithfully.
-    shared = (
-        []
-        if restart_each or spec.kind == "crio"
-        else [x for x in layouts if x.settings == Settings() and not x.fresh_runtime]
-    )
-    alone = [x for x in layouts if x not in shared]
-    if shared:
-        with session(spec, base, Settings(), name) as runtime:
-            observer = Observer(runtime, predictor, shared=True)
-            for layout in shared:
-                observer.load(layout)
-                try:
-                    rows.append(observer.observe(layout))
-                finally:
-                    observer.made.close()
-                progress(rows[-1])
-    for layout in alone:
-        work = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=base))
-        install_bin_dir(work / "cni-bin")
-        (work / "net.d").mkdir()
-        made = materialize(layout, work / "net.d")
-        started = time.monotonic()
-        try:
-            storage = base / f"{name}-storage" if spec.kind == "crio" else None
-            with Runtime(spec, work, layout.settings, crio_storage=storage) as runtime:
-                observer = Observer(runtime, predictor, shared=False)
-                rows.append(observer.observe(layout))
-        finally:
-            made.close()
-        rows[-1].seconds = time.monotonic() - started
-        progress(rows[-1])
-    order = {x.name: i for i, x in enumerate(layouts)}
-    return sorted(rows, key=lambda r: order[r.layout])
+    return run_all(
+        [name], layouts, predictor, base, parallel=1, restart_each=restart_each, progress=progress
+    )[name]
 
 
 @contextmanager
@@ -379,12 +418,31 @@ def run_all(
     layouts: Sequence[Layout],
     predictor: Predictor,
     base: Path,
-    parallel: int = 2,
+    *,
+    parallel: int = 3,
+    restart_each: bool = False,
+    progress: Callable[[Row], None] = lambda row: None,
 ) -> dict[str, list[Row]]:
-    """Every runtime over the layouts, `parallel` runtimes at a time."""
+    """Every runtime over the layouts: each shared process and each fresh-process
+    layout is one task, `parallel` tasks at a time (the runtimes mostly wait)."""
+    order = {x.name: i for i, x in enumerate(layouts)}
     with private_paths(), ThreadPoolExecutor(parallel) as pool:
-        futures = {n: pool.submit(run_runtime, n, layouts, predictor, base) for n in names}
-        return {n: f.result() for n, f in futures.items()}
+        tasks: list[tuple[str, Future[list[Row]]]] = []
+        for name in names:
+            spec = RUNTIMES[name]
+            shared, alone = split(spec, layouts, restart_each)
+            if shared:
+                tasks.append(
+                    (name, pool.submit(run_shared, spec, shared, predictor, base, progress))
+                )
+            for layout in alone:
+                tasks.append(
+                    (name, pool.submit(run_fresh, spec, layout, predictor, base, progress))
+                )
+        results: dict[str, list[Row]] = {name: [] for name in names}
+        for name, task in tasks:
+            results[name] += task.result()
+    return {n: sorted(rows, key=lambda r: order[r.layout]) for n, rows in results.items()}
 
 
 def summary(rows: Sequence[Row]) -> str:
@@ -411,27 +469,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--layout", action="append", help="only these layouts")
     parser.add_argument("--model", default="", help="a git ref: judge with the model at that ref")
     parser.add_argument("--restart-each", action="store_true")
+    parser.add_argument("--parallel", type=int, default=3, help="runtime processes at a time")
     parser.add_argument("--json", type=Path, help="write every row here")
     args = parser.parse_args(argv)
     layouts = [x for x in load_corpus() if not args.layout or x.name in args.layout]
     predictor = model_from_git(args.model) if args.model else current_model
     rows: list[Row] = []
-    with tempfile.TemporaryDirectory(prefix="cniwarden-differential-") as base, private_paths():
-        for name in args.runtime or sorted(RUNTIMES):
-            started = time.monotonic()
-            rows += run_runtime(
-                name,
-                layouts,
-                predictor,
-                Path(base),
-                restart_each=args.restart_each,
-                progress=lambda r: print(
-                    f"  {r.runtime} {r.layout}: {'agree' if r.agrees else 'DIFFER'} "
-                    f"({r.seconds:.1f}s)",
-                    file=sys.stderr,
-                ),
-            )
-            print(f"{name}: {time.monotonic() - started:.1f}s", file=sys.stderr)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="cniwarden-differential-") as base:
+        results = run_all(
+            args.runtime or sorted(RUNTIMES),
+            layouts,
+            predictor,
+            Path(base),
+            parallel=args.parallel,
+            restart_each=args.restart_each,
+            progress=lambda r: print(
+                f"  {r.runtime} {r.layout}: {'agree' if r.agrees else 'DIFFER'} ({r.seconds:.1f}s)",
+                file=sys.stderr,
+            ),
+        )
+    print(f"all runtimes: {time.monotonic() - started:.1f}s wall", file=sys.stderr)
+    rows = [row for name in results for row in results[name]]
     print(summary(rows))
     if args.json:
         args.json.write_text(json.dumps(to_json(rows), indent=1))

@@ -2,9 +2,10 @@
 
 1. a local Kubernetes with two real nodes (containerd + kubelet each in its own
    network and mount namespace), no CNI config on them yet;
-2. `helm install` of the chart with the example CNINetwork; the chart's
-   controller, agents and cni-servers run as processes (no image registry here);
-3. the nodes become Ready once the agents have written their config;
+2. both images built here (`make images`) and imported into the nodes'
+   containerd; `helm install` of the chart with the example CNINetwork: the
+   controller Deployment and the agent DaemonSet run as pods under kubelet;
+3. the nodes become Ready once the agent pods have written their config;
 4. two pods on different nodes get addresses from their node's pod CIDR and
    talk (ping, and a TCP request/response with busybox nc) over host-gw routes;
 5. the status a user looks at: `kubectl get cninetworks`, `kubectl get
@@ -28,7 +29,7 @@ from devtools.localcluster.cluster import ClusterError, attach, down_by_name, up
 from devtools.localcluster.kube import node_ready
 from devtools.localcluster.pods import busybox_pod
 from devtools.localcluster.tiers import Tier
-from devtools.ship.localinstall import LocalInstall, LocalNode, wait_for
+from devtools.ship.install import ChartInstall, LocalNode, build_and_load, wait_for
 
 NAMESPACE = "cniwarden-system"
 RELEASE = "cniwarden"
@@ -63,7 +64,7 @@ def demo(name: str) -> int:
     say(f"1/6 Starting a local Kubernetes cluster {name!r} with two real nodes (no Docker)")
     print(
         "    etcd, kube-apiserver, controller-manager (node CIDRs from 10.244.0.0/16), scheduler;\n"
-        "    each node: containerd + kubelet in its own network and mount namespace.",
+        "    each node: containerd + kubelet + kube-proxy in its own network and mount namespace.",
         flush=True,
     )
     if down_by_name(name):
@@ -73,9 +74,15 @@ def demo(name: str) -> int:
     show(cluster, "get", "nodes", "-o", "wide")
     print('    The nodes are NotReady: no CNI config yet ("cni plugin not initialized").')
 
-    say("2/6 helm install cniwarden (charts/cniwarden) with the example CNINetwork")
+    say("2/6 The images, built here and imported into each node's containerd")
+    print("$ make images   # buildah, images/Dockerfile (cached when nothing changed)")
+    built = build_and_load(cluster)
+    for image in built.values():
+        print(f"    {image.ref}  {image.id[:12]}  {image.size}", flush=True)
+
+    say("3/6 helm install cniwarden (charts/cniwarden) with the example CNINetwork")
     nodes = [LocalNode.of(cluster, n.name) for n in cluster.real_nodes]
-    product = LocalInstall(
+    product = ChartInstall(
         cluster,
         cluster.workdir / "cniwarden",
         nodes,
@@ -86,19 +93,13 @@ def demo(name: str) -> int:
     values["exampleNetwork"]["name"] = NETWORK
     print(f"$ helm install {RELEASE} charts/cniwarden -n {NAMESPACE} --create-namespace \\")
     print(f"    --set-json exampleNetwork='{json.dumps(values['exampleNetwork'])}' \\")
-    print("    --set image.pullPolicy=Never")
+    print("    --set image.pullPolicy=Never --wait")
     notes = product.install(values)
     print(notes.rstrip(), flush=True)
-    print(
-        "\n    No image registry here, so the chart's pods wait on their images; their containers\n"
-        "    run as processes instead, with the rendered command, env and ServiceAccount token:\n"
-        f"    controller on {nodes[0].name}; agent + cni-server on each node (in its namespaces).",
-        flush=True,
-    )
+    show(cluster, "-n", NAMESPACE, "get", "deployments,daemonsets")
+    show(cluster, "-n", NAMESPACE, "get", "pods", "-o", "wide")
 
-    show(cluster, "-n", NAMESPACE, "get", "deployments,daemonsets,serviceaccounts")
-
-    say("3/6 The agents write the CNI config and install the plugins; the nodes become Ready")
+    say("4/6 The agent pods write the CNI config and install the plugins; the nodes become Ready")
     for node in nodes:
         wait_for(
             functools.partial(node_ready, cluster.kubectl, node.name), f"{node.name} Ready", 120
@@ -110,7 +111,7 @@ def demo(name: str) -> int:
         ours = ", ".join(f for f in node.listdir("/opt/cni/bin") if f.startswith("cniwarden-"))
         print(f"    {node.name}: /etc/cni/net.d: {files}; /opt/cni/bin: {ours} (static shims)")
 
-    say("4/6 Two pods, one per node")
+    say("5/6 Two pods, one per node")
     a, b = nodes
     cluster.kubectl("apply", "-f", "-", input=json.dumps(pod("demo-a", a.name, "exec sleep 3600")))
     # demo-b answers with its name and the connection as it sees it (no NAT between pods).
@@ -120,7 +121,7 @@ def demo(name: str) -> int:
     cluster.kubectl("wait", "--for=condition=Ready", "pod/demo-a", "pod/demo-b", "--timeout=120s")
     show(cluster, "get", "pods", "-o", "wide")
 
-    say("5/6 They talk across nodes (host-gw: each node routes the other's pod CIDR)")
+    print("    They talk across nodes (host-gw: each node routes the other's pod CIDR):")
     ip_b = cluster.kubectl("get", "pod", "demo-b", "-o", "jsonpath={.status.podIP}").stdout
     for command in (f"ping -c 3 {ip_b}", f"echo hi | nc -w 5 {ip_b} 8080"):
         print(f"$ kubectl exec demo-a -- sh -c '{command}'")
@@ -159,8 +160,9 @@ def demo_down(name: str) -> int:
     if (cluster.workdir / "cniwarden" / "install.json").exists():
         say("helm uninstall: every CNINetwork is deleted and the nodes are cleaned first")
         cluster.kubectl("delete", "pod", "demo-a", "demo-b", "--ignore-not-found", "--wait=true")
-        product = LocalInstall.attach(cluster, cluster.workdir / "cniwarden")
+        product = ChartInstall.attach(cluster, cluster.workdir / "cniwarden")
         print(product.uninstall())
+        print(f"    the pre-delete hook Job's pod said:\n{product.hook.log.rstrip()}")
     say(f"stopping the local cluster {name!r}")
     down_by_name(name)
     return 0

@@ -27,14 +27,20 @@ def helm(
 
 
 def install_chart(
-    release: str, namespace: str, values: Mapping[str, Any], *flags: str, kubeconfig: Path
+    release: str,
+    namespace: str,
+    values: Mapping[str, Any],
+    *flags: str,
+    kubeconfig: Path,
+    chart: Path = CHART,
 ) -> subprocess.CompletedProcess[str]:
-    """`helm install` of our chart into `namespace` (created if missing), `values` as
-    `--set-json`; `flags` are more helm options (e.g. --wait)."""
+    """`helm install` of our chart (or another version of it, `chart`) into
+    `namespace` (created if missing), `values` as `--set-json`; `flags` are more
+    helm options (e.g. --wait)."""
     return helm(
         "install",
         release,
-        str(CHART),
+        str(chart),
         "--namespace",
         namespace,
         "--create-namespace",

@@ -202,8 +202,9 @@ def pip_ca_bundle() -> Path | None:
     return Path(configured) if configured and Path(configured).is_file() else None
 
 
-def build(target: str, tag: str) -> str:
-    """`buildah bud` of one target; returns the image ID (unchanged inputs: cached)."""
+def build(target: str, tag: str, context: Path = REPO_ROOT) -> str:
+    """`buildah bud` of one target from `context` (a checkout of the repository: this
+    one, or an earlier version's); returns the image ID (unchanged inputs: cached)."""
     argv = [
         "buildah",
         "bud",
@@ -212,7 +213,7 @@ def build(target: str, tag: str) -> str:
         "chroot",
         "--pull=never",
         "-f",
-        str(DOCKERFILE),
+        str(context / DOCKERFILE.relative_to(REPO_ROOT)),
         "--target",
         target,
         "-t",
@@ -226,7 +227,7 @@ def build(target: str, tag: str) -> str:
             "--build-arg",
             "PIP_CA_BUNDLE=/run/cniwarden-build-ca.crt",
         ]
-    _run([*argv, str(REPO_ROOT)], timeout=1800)
+    _run([*argv, str(context)], timeout=1800)
     found = image_id(image_ref(target, tag))
     if found is None:
         raise ImageBuildError(f"buildah built {image_ref(target, tag)} but cannot inspect it")
@@ -253,7 +254,7 @@ def export(target: str, tag: str, built_id: str) -> Path:
     """The image as a docker-archive tarball named by its reference (what `ctr
     images import` reads); rewritten only when the image ID changed."""
     OUT_DIR.mkdir(parents=True, exist_ok=True)
-    archive = OUT_DIR / f"cniwarden-{target}.tar"
+    archive = OUT_DIR / f"cniwarden-{target}-{tag}.tar"
     stamp = archive.with_suffix(".id")
     ref = image_ref(target, tag)
     if archive.exists() and stamp.exists() and stamp.read_text() == f"{ref} {built_id}":
@@ -277,17 +278,21 @@ def machine_lock() -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def chart_app_version() -> str:
-    text = (REPO_ROOT / "charts" / "cniwarden" / "Chart.yaml").read_text()
+def chart_app_version(context: Path = REPO_ROOT) -> str:
+    text = (context / "charts" / "cniwarden" / "Chart.yaml").read_text()
     match = re.search(r'^appVersion:\s*"?([^"\s]+)"?', text, re.MULTILINE)
     if match is None:
         raise ImageBuildError("charts/cniwarden/Chart.yaml has no appVersion")
     return match.group(1)
 
 
-def build_all(tag: str | None = None, targets: Sequence[str] = TARGETS) -> list[BuiltImage]:
-    """Both images, tagged with the chart's appVersion by default, and their archives."""
-    tag = tag or chart_app_version()
+def build_all(
+    tag: str | None = None, targets: Sequence[str] = TARGETS, context: Path | None = None
+) -> list[BuiltImage]:
+    """Both images, tagged with the chart's appVersion by default, and their archives
+    (`context`: another checkout of the repository, e.g. a previous version)."""
+    context = context or REPO_ROOT
+    tag = tag or chart_app_version(context)
     built = []
     with machine_lock():
         started = time.monotonic()
@@ -295,7 +300,7 @@ def build_all(tag: str | None = None, targets: Sequence[str] = TARGETS) -> list[
         _log(f"base {base_image()}: {how} ({time.monotonic() - started:.1f}s)")
         for target in targets:
             started = time.monotonic()
-            found = build(target, tag)
+            found = build(target, tag, context)
             archive = export(target, tag, found)
             ref = image_ref(target, tag)
             built.append(BuiltImage(target, ref, found, archive, image_size(ref)))

@@ -36,6 +36,7 @@ from cni_operator.hostgw_node import HostGatewayNode
 from cni_operator.kube import Kube
 from cni_operator.kube_time import now_iso
 from cni_operator.metrics import AgentMetrics
+from cni_operator.node import coalesce
 from cni_operator.node import manifest as manifest_io
 from cni_operator.node.cnistatus import node_readiness
 from cni_operator.node.cri import RuntimeProbe
@@ -67,6 +68,10 @@ class AgentSettings:
     resync_seconds: float = 30.0
     heartbeat_seconds: float = 10.0
     debounce_seconds: float = 0.05
+    # Lease and result-cache writes (pod churn): refresh the counts once quiet this
+    # long, at most this long after the first write (see node/coalesce.py).
+    attachments_quiet_seconds: float = 0.25
+    attachments_max_delay_seconds: float = 1.0
     liveness_endpoint: str | None = None
     sources: api.BinarySourcePolicy = field(default_factory=api.BinarySourcePolicy)
     fetch_limits: FetchLimits = field(default_factory=FetchLimits)
@@ -101,7 +106,8 @@ class Agent:
     networks: dict[str, dict[str, Any]] = field(default_factory=dict)
     listed: bool = False  # networks holds a full list (not just the first events)
     node: dict[str, Any] | None = None
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)  # a full pass is due
+    attachments_changed: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
     _gc_task: asyncio.Task[None] | None = None
     _readiness_task: asyncio.Task[None] | None = None
@@ -119,6 +125,7 @@ class Agent:
     _cri_asked_at: float = 0.0
     _dirs_changed_at: float = float("-inf")  # net.d or the bin dir: never seen changing
     _runtime_task: asyncio.Task[None] | None = None
+    _nodes_listed: bool = False
 
     def __post_init__(self) -> None:
         self.paths = HostPaths(self.settings.host_root)
@@ -134,6 +141,11 @@ class Agent:
         )
         self.kube = Kube(self.settings.kubeconfig)
         self.host_gw = HostGatewayNode(self.settings.node_name)
+        self.attachment_writes = coalesce.Coalescer(
+            self.attachments_changed.set,
+            self.settings.attachments_quiet_seconds,
+            self.settings.attachments_max_delay_seconds,
+        )
         self._runtime_events = TransitionEvents(self.settings.node_name, RUNTIME_EVENT_PROBLEMS)
         self.metrics = AgentMetrics()
 
@@ -153,9 +165,8 @@ class Agent:
         changed = self.host_gw.on_node(event_type, body)
         if (body.get("metadata") or {}).get("name") == self.settings.node_name:
             node = None if event_type == "DELETED" else body
-            if node != self.node:
-                self.node = node
-                changed = True
+            changed = coalesce.own_node_changed(self.node, node) or changed
+            self.node = node
         if changed:
             self.wake.set()
 
@@ -342,7 +353,9 @@ class Agent:
                 loop.call_later(
                     RUNTIME_SETTLE_SECONDS + self.settings.runtime_poll_seconds, self.wake.set
                 )
-            if events:
+            if coalesce.only_attachments(self.paths, events):
+                self.attachment_writes.changed()
+            elif events:
                 self.wake.set()
 
         loop.add_reader(watcher.fd, readable)
@@ -351,16 +364,24 @@ class Agent:
                 woken = True
                 try:
                     await asyncio.wait_for(
-                        self.wake.wait(),
+                        coalesce.first_of(self.wake, self.attachments_changed),
                         min(self.settings.resync_seconds, self.settings.heartbeat_seconds),
                     )
                 except TimeoutError:
                     woken = False
-                await asyncio.sleep(self.settings.debounce_seconds)
-                self.wake.clear()
                 try:
-                    if woken or not await asyncio.to_thread(self._renew_heartbeat):
-                        await self._pass()
+                    if woken and not self.wake.is_set():
+                        # Watch a new network's lease store before reading it.
+                        watcher.directories = self._watched_dirs()
+                        watcher.rearm()
+                        await self._refresh_attachments()
+                    else:
+                        await asyncio.sleep(self.settings.debounce_seconds)
+                        self.wake.clear()
+                        if woken or not await asyncio.to_thread(self._renew_heartbeat):
+                            self.attachment_writes.cancel()  # the pass reads them anyway
+                            self.attachments_changed.clear()
+                            await self._pass()
                     watcher.directories = self._watched_dirs()
                     watcher.rearm()
                 except Exception:
@@ -372,6 +393,21 @@ class Agent:
         finally:
             loop.remove_reader(watcher.fd)
             watcher.close()
+
+    async def _refresh_attachments(self) -> None:
+        """Pod churn only: refresh the last report's counts, or run the full pass
+        when something waits for them (see node/coalesce.py)."""
+        self.attachments_changed.clear()
+        status = self._last_status
+        refreshed = None
+        if status is not None and self.listed:
+            refreshed = await asyncio.to_thread(
+                self._locked, coalesce.rescan, self.paths, status, self._last_applied
+            )
+        if refreshed is None:
+            self.wake.set()
+            return
+        await asyncio.to_thread(self._publish, PassResult(refreshed), {})
 
     def _renew_heartbeat(self) -> bool:
         """Between resyncs, a timer wake-up only renews the heartbeat of the last
@@ -391,6 +427,13 @@ class Agent:
         listed_rv, items = self.kube.list_networks_with_version()
         self.networks = merge_listing(self.networks, items, listed_rv)
         self.listed = True
+        if not self._nodes_listed:
+            # host-gw's peers before its first pass, for the same reason: a pass that
+            # saw only the Nodes streamed so far would remove the routes to the others,
+            # a gap in pod traffic every time an agent restarts (a rolling upgrade).
+            for node in self.kube.list_nodes():
+                self.on_node("ADDED", node)
+            self._nodes_listed = True
 
     async def _pass(self) -> None:
         """Reconcile, sync host-gw, publish. Whatever the reconcile raises, the other

@@ -207,21 +207,20 @@ def cluster_checks(kubeconfig: str, node: str, out: TreeReport) -> None:
         from cni_operator.kube import Kube  # noqa: PLC0415 (the client only when asked)
 
         kube = Kube(kubeconfig)
-        events = kube.core.list_event_for_all_namespaces(
-            field_selector="reason=FailedCreatePodSandBox", _request_timeout=20
-        )
+        events = kube.list_events("reason=FailedCreatePodSandBox")
         failures: list[dict[str, Any]] = []
-        for event in events.items:
-            source = event.source.host if event.source else None
-            if source not in (None, node) and node not in (event.message or ""):
+        for event in events:
+            source = (event.get("source") or {}).get("host")
+            message = str(event.get("message") or "")
+            if source not in (None, node) and node not in message:
                 continue
-            involved = event.involved_object
+            involved = event.get("involvedObject") or {}
             failures.append(
                 {
-                    "pod": f"{involved.namespace}/{involved.name}",
-                    "count": event.count or 1,
-                    "last": str(event.last_timestamp or event.event_time or ""),
-                    "message": (event.message or "")[:500],
+                    "pod": f"{involved.get('namespace')}/{involved.get('name')}",
+                    "count": event.get("count") or 1,
+                    "last": str(event.get("lastTimestamp") or event.get("eventTime") or ""),
+                    "message": message[:500],
                 }
             )
         section["failedCreatePodSandBox"] = failures[-20:]
@@ -262,17 +261,12 @@ def cluster_checks(kubeconfig: str, node: str, out: TreeReport) -> None:
                         "Restart the agent pod on this node; see its logs for the cause.",
                     )
                 )
-        pods = kube.core.list_pod_for_all_namespaces(
-            field_selector=f"spec.nodeName={node}",
-            label_selector="app.kubernetes.io/name=cniwarden",
-            _request_timeout=20,
-        )
-        listed: dict[str, Any] = kube.client.sanitize_for_serialization(pods)  # type: ignore[no-untyped-call]
+        pods = kube.list_pods(f"spec.nodeName={node}", "app.kubernetes.io/name=cniwarden")
         restarts = {
             f"{p['metadata']['namespace']}/{p['metadata']['name']}/{c['name']}": int(
                 c.get("restartCount") or 0
             )
-            for p in listed.get("items") or []
+            for p in pods
             for c in (p.get("status") or {}).get("containerStatuses") or []
         }
         section["pluginRestarts"] = restarts

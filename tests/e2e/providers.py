@@ -1,17 +1,17 @@
 """Where the e2e scenarios run: kind (Docker + kind present) or the local cluster.
 
-Both providers install the same chart with `helm install` and give the scenarios
-the same handle (kubectl, two worker nodes with their files and network
-namespace, install/uninstall). They differ only in what runs the chart's pods:
+Both providers install the same chart with `helm install --wait` and give the
+scenarios the same handle (kubectl, two worker nodes with their files and
+network namespace, install/upgrade/uninstall). Both run the chart as pods: the
+images are built from images/Dockerfile, loaded into the nodes, and Kubernetes
+runs the Deployment, the DaemonSet and the pre-delete hook Job.
 
-- kind: the images are built from images/, loaded into the nodes, and
-  Kubernetes runs the Deployment, the DaemonSet and the pre-delete hook Job.
-- local: two real nodes of the local cluster (a runtime + kubelet each in its
-  own network and mount namespace) added for this run, by default one on
-  containerd 2.x and one on CRI-O (`CNIWARDEN_E2E_RUNTIMES=containerd-1.6,crio`
-  picks others, in node order); the chart's containers
-  run as processes with their rendered command, arguments, environment and
-  ServiceAccount (devtools/ship/localinstall.py).
+- kind: `make images` (buildah) and `kind load image-archive` into its nodes.
+- local: `make images` (buildah), imported into two real nodes of the local cluster
+  (a runtime + kubelet + kube-proxy, each in its own network and mount namespace)
+  added for this run (devtools/ship/install.py), by default one on containerd 2.x
+  and one on CRI-O (`CNIWARDEN_E2E_RUNTIMES=containerd-1.6,crio` picks others, in
+  node order): `ctr images import` or `skopeo copy`.
 
 `CNIWARDEN_E2E_PROVIDER=kind|local` forces one.
 """
@@ -29,10 +29,21 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from devtools.localcluster import LocalCluster
+from devtools.localcluster import images as local_images
 from devtools.localcluster.layout import BUSYBOX_IMAGE, parse_runtimes, runtime_of
 from devtools.localcluster.toolpaths import tool
-from devtools.ship.helm import install_chart, uninstall_release
-from devtools.ship.localinstall import CommandFailedError, LocalInstall, LocalNode, run, wait_for
+from devtools.ship import images as image_build
+from devtools.ship.helm import CHART, helm, install_chart, set_args, uninstall_release
+from devtools.ship.install import (
+    ChartInstall,
+    CommandFailedError,
+    HookRecord,
+    HookWatcher,
+    LocalNode,
+    build_and_load,
+    run,
+    wait_for,
+)
 
 __all__ = [
     "CommandFailedError",
@@ -67,6 +78,7 @@ class Node(Protocol):
     def read(self, path: str) -> bytes | None: ...
     def write(self, path: str, data: bytes) -> None: ...
     def remove(self, path: str) -> None: ...
+    def mtime(self, path: str) -> float: ...
     def listdir(self, path: str) -> list[str]: ...
     def files_under(self, path: str) -> list[str]: ...
     def sh(self, script: str) -> str: ...
@@ -87,19 +99,24 @@ class Provider(Protocol):
     def run_id(self) -> str: ...
     @property
     def nodes(self) -> Sequence[Node]: ...
+    @property
+    def hook(self) -> HookRecord: ...
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 180
     ) -> subprocess.CompletedProcess[str]: ...
     def add_nodes(self, count: int = 2) -> None: ...
+    def load_images(self, context: Path | None = None) -> dict[str, str]: ...
     def base_values(self) -> dict[str, Any]: ...
     def install(self, values: Mapping[str, Any]) -> str: ...
+    def upgrade(self, values: Mapping[str, Any], chart: Path = CHART) -> str: ...
     def uninstall(self) -> str: ...
+    def pods(self, component: str | None = None) -> list[dict[str, Any]]: ...
     def logs(self) -> str: ...
     def close(self) -> None: ...
 
 
 # ======================================================================= local
-class LocalProvider(LocalInstall):
+class LocalProvider(ChartInstall):
     """The local cluster with two real nodes of its own, labelled for this run only
     (nothing else in the session writes to them)."""
 
@@ -130,6 +147,12 @@ class LocalProvider(LocalInstall):
                 raise CommandFailedError(f"{real.name} runs {version}, not {runtime}")
             self.nodes.append(LocalNode.of(self.cluster, real.name))
             self.kubectl("label", "node", real.name, f"{E2E_LABEL}={self.run_id}", "--overwrite")
+
+    def load_images(self, context: Path | None = None) -> dict[str, str]:
+        """`make images` (of this checkout, or of `context`), imported into every real
+        node; the image IDs by target, as the CRI reports them."""
+        built = build_and_load(self.cluster, context=context)
+        return {target: f"sha256:{b.id}" for target, b in built.items()}
 
     def base_values(self) -> dict[str, Any]:
         values = self.local_values({E2E_LABEL: self.run_id})
@@ -178,6 +201,9 @@ class KindNode:
     def remove(self, path: str) -> None:
         self._exec("rm", "-f", path)
 
+    def mtime(self, path: str) -> float:
+        return float(self._exec("stat", "-c", "%Y", path).decode())
+
     def listdir(self, path: str) -> list[str]:
         return sorted(
             self._exec("sh", "-c", f"ls -A '{path}' 2>/dev/null || true").decode().split()
@@ -199,12 +225,12 @@ class KindProvider:
 
     workdir: Path
     name: str = "kind"
-    busybox_image: str = "busybox:1.36.1"
-    image_pull_policy: str = "IfNotPresent"
+    busybox_image: str = BUSYBOX_IMAGE
+    image_pull_policy: str = "Never"
     run_id: str = field(default_factory=lambda: secrets.token_hex(3))
     _nodes: list[KindNode] = field(default_factory=list)
     installed: bool = False
-    tag: str = "e2e"
+    hook: HookRecord = field(default_factory=HookRecord)
 
     @property
     def cluster_name(self) -> str:
@@ -248,27 +274,16 @@ class KindProvider:
                 str(ROOT / "kind-config.yaml"),
                 "--kubeconfig",
                 str(self.kubeconfig),
+                *self.node_image(),
             ],
             timeout=600,
         )
-        for image in ("controller", "agent"):
-            ref = f"ghcr.io/cniwarden/cniwarden-{image}:{self.tag}"
-            run(
-                [
-                    "docker",
-                    "build",
-                    "-f",
-                    str(ROOT / "images" / image / "Dockerfile"),
-                    "-t",
-                    ref,
-                    str(ROOT),
-                ],
-                timeout=1200,
-            )
-            run(["kind", "load", "docker-image", ref, "--name", self.cluster_name], timeout=600)
-        run(["docker", "pull", self.busybox_image], timeout=600)
+        # The same busybox image the local cluster uses (Debian's static busybox),
+        # so no registry is needed.
+        busybox = self.workdir / "busybox.tar"
+        local_images.build_busybox(busybox)
         run(
-            ["kind", "load", "docker-image", self.busybox_image, "--name", self.cluster_name],
+            ["kind", "load", "image-archive", str(busybox), "--name", self.cluster_name],
             timeout=600,
         )
         workers = json.loads(
@@ -289,13 +304,47 @@ class KindProvider:
                 "--overwrite",
             )
 
+    @staticmethod
+    def node_image() -> list[str]:
+        """`--image` from CNIWARDEN_KIND_NODE_IMAGE (a node image built offline by
+        `python -m devtools.ship.kindnode`), else kind's own default."""
+        image = os.environ.get("CNIWARDEN_KIND_NODE_IMAGE", "").strip()
+        return ["--image", image] if image else []
+
+    def load_images(self, context: Path | None = None) -> dict[str, str]:
+        """Both targets of images/Dockerfile (of this checkout, or of `context`) built
+        by `make images` (buildah: no build network needed from Docker) and loaded
+        into the nodes as archives; the image IDs by target."""
+        built = image_build.build_all(context=context)
+        ids = {}
+        for image in built:
+            run(
+                ["kind", "load", "image-archive", str(image.archive), "--name", self.cluster_name],
+                timeout=600,
+            )
+            # kind imports with `ctr images import --digests`: the CRI then names the
+            # image by its manifest digest (`...@sha256:<digest>`), which ctr lists.
+            node = f"{self.cluster_name}-control-plane"
+            listing = run(["docker", "exec", node, "ctr", "-n", "k8s.io", "images", "ls"]).stdout
+            digest = next(
+                line.split()[2] for line in listing.splitlines() if line.startswith(image.ref + " ")
+            )
+            ids[image.target] = digest
+        return ids
+
     def base_values(self) -> dict[str, Any]:
+        """The two labelled workers only (the control-plane node is not part of the
+        run: the network's nodesReady counts the nodes it selects)."""
+        selector = {E2E_LABEL: self.run_id}
         return {
-            "image": {"tag": self.tag, "pullPolicy": "IfNotPresent"},
+            "image": {"pullPolicy": "Never"},
+            "controller": {"nodeSelector": selector},
+            "agent": {"nodeSelector": selector},
             "exampleNetwork": {
                 "enabled": True,
                 "name": f"pods-{self.run_id}",
                 "bridge": f"cwe{self.run_id}",
+                "nodeSelector": selector,
             },
         }
 
@@ -312,12 +361,46 @@ class KindProvider:
         self.installed = True
         return out.stdout
 
+    def upgrade(self, values: Mapping[str, Any], chart: Path = CHART) -> str:
+        return helm(
+            "upgrade",
+            self.release,
+            str(chart),
+            "-n",
+            self.namespace,
+            "--wait",
+            "--timeout",
+            "5m",
+            *set_args(values),
+            kubeconfig=self.kubeconfig,
+        ).stdout
+
     def uninstall(self) -> str:
-        out = uninstall_release(
-            self.release, self.namespace, "--wait", "--timeout", "5m", kubeconfig=self.kubeconfig
-        )
+        watcher = HookWatcher(self.kubectl, self.namespace)
+        watcher.start()
+        try:
+            out = uninstall_release(
+                self.release,
+                self.namespace,
+                "--wait",
+                "--timeout",
+                "5m",
+                kubeconfig=self.kubeconfig,
+            )
+        finally:
+            watcher.stopping.set()
+            watcher.join(timeout=60)
+        self.hook = watcher.record
         self.installed = False
         return out.stdout
+
+    def pods(self, component: str | None = None) -> list[dict[str, Any]]:
+        selector = "app.kubernetes.io/name=cniwarden"
+        if component:
+            selector += f",app.kubernetes.io/component={component}"
+        out = self.kubectl("get", "pods", "-n", self.namespace, "-l", selector, "-o", "json")
+        items: list[dict[str, Any]] = json.loads(out.stdout)["items"]
+        return items
 
     def logs(self) -> str:
         return self.kubectl(

@@ -1,20 +1,25 @@
 """End to end: the chart installed into a cluster, pods on two nodes, the guard and the gate.
 
 Runs on kind when Docker and kind are present, else on the local cluster (real
-nodes: containerd + kubelet each in its own network and mount namespace); see
-providers.py. The scenarios run in order on one installation; the last one
-uninstalls and checks that the nodes are clean.
+nodes: containerd + kubelet + kube-proxy each in its own network and mount
+namespace); see providers.py. Either way the chart runs as pods from the images
+built from images/Dockerfile. The scenarios run in order on one installation;
+the last two upgrade it (from the previous chart version, with traffic) and
+uninstall it (the hook Job, then nodes as they were).
 """
 
 from __future__ import annotations
 
+import datetime
 import functools
-import hashlib
 import ipaddress
 import json
 import re
 import secrets
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +29,9 @@ from kubernetes.client.exceptions import ApiException
 
 from devtools.localcluster.kube import node_ready
 from devtools.localcluster.pods import busybox_pod
-from tests.e2e import providers
-from tests.e2e.providers import KindProvider, LocalProvider, Node, Provider, run, wait_for
+from devtools.localcluster.toolpaths import tool
+from tests.e2e import previous, providers
+from tests.e2e.providers import KindProvider, LocalProvider, Node, Provider, wait_for
 
 PROVIDER = providers.choose()
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,7 +57,6 @@ def provider(
     workdir = tmp_path_factory.mktemp("e2e")
     made: LocalProvider | KindProvider
     if PROVIDER == "local":
-        run(["make", "-C", str(ROOT), "plugins"])  # the shims the agent installs
         made = LocalProvider(request.getfixturevalue("cluster"), workdir)
     else:
         made = KindProvider(workdir)
@@ -63,9 +68,10 @@ def provider(
 
 
 class Installed:
-    def __init__(self, provider: Provider, notes: str) -> None:
+    def __init__(self, provider: Provider, notes: str, image_ids: dict[str, str]) -> None:
         self.p = provider
         self.notes = notes
+        self.image_ids = image_ids
         self.network = f"pods-{provider.run_id}"
         self.file = f"10-{self.network}.conflist"
         self.pods: list[str] = []
@@ -151,9 +157,12 @@ def node_files(node: Node) -> dict[str, list[str]]:
 
 @pytest.fixture(scope="module")
 def installed(provider: Provider) -> Iterator[Installed]:
+    image_ids = provider.load_images()
     baseline = {n.name: node_files(n) for n in provider.nodes}
+    for node in provider.nodes:  # no CNI config yet: kubelet keeps them NotReady
+        assert not node_ready(provider.kubectl, node.name), f"{node.name} Ready before install"
     notes = provider.install(provider.base_values())
-    state = Installed(provider, notes)
+    state = Installed(provider, notes, image_ids)
     state.baseline = baseline
     try:
         yield state
@@ -200,7 +209,6 @@ def test_install_brings_the_nodes_ready(installed: Installed) -> None:
     table = p.kubectl("get", "cninetworks", installed.network).stdout
     assert installed.network in table and "Ready" in table
 
-    shim = hashlib.sha256((ROOT / "build/cni-bin/cniwarden-bridge").read_bytes()).hexdigest()
     for node in p.nodes:
         other = next(n for n in p.nodes if n.name != node.name)
         state = wait_for(
@@ -214,24 +222,133 @@ def test_install_brings_the_nodes_ready(installed: Installed) -> None:
         assert state["runtimeVerdict"]["agrees"] is True, state["runtimeVerdict"]
         owned = {b["name"]: b for b in state["binaries"] if b.get("owned")}
         assert {"cniwarden-bridge", "cniwarden-host-local"} <= set(owned)
-        if isinstance(p, LocalProvider):
-            # The static shim, not a Python launcher: pods go through the cni-server.
-            assert owned["cniwarden-bridge"]["sha256"] == shim
+        # The static shim from the agent image, not a Python launcher: pods go
+        # through the cni-server.
+        agent = agent_pod(p, node.name)["metadata"]["name"]
+        in_image = pod_python(
+            p,
+            agent,
+            "agent",
+            "import hashlib; print(hashlib.sha256(open("
+            "'/usr/lib/cniwarden/cni-bin/cniwarden-bridge', 'rb').read()).hexdigest())",
+        ).strip()
+        assert owned["cniwarden-bridge"]["sha256"] == in_image
+        assert (node.read("/opt/cni/bin/cniwarden-bridge") or b"")[:4] == b"\x7fELF"
         other_cidr = str(installed.pod_cidr(other.name))
         assert {"destination": other_cidr, "via": other.ip, "node": other.name} in state[
             "podRoutes"
         ]["routes"]
         assert any(r.startswith(f"{other_cidr} via {other.ip}") for r in routes(node))
 
-    if isinstance(p, LocalProvider):
-        # The chart's probes, run as kubelet would run them.
-        for node in p.local_nodes:
-            p.probe(node, "agent")
-            p.probe(node, "cni-server")
-        for key in ["controller"] + [
-            f"{c}-{n.name}" for n in p.nodes for c in ("agent", "cni-server")
-        ]:
-            assert p.process_alive(key), f"{key} died:\n{p.logs()}"
+
+def test_the_chart_runs_as_pods_of_the_images_built_here(installed: Installed) -> None:
+    """Running and Ready pods of the built images (by image ID) under kubelet, with the
+    chart's securityContext in force; each node turned Ready after its agent pod started."""
+    p = installed.p
+    (controller,) = p.pods("controller")
+    assert_serving(p, controller, {"controller": installed.image_ids["controller"]})
+    agents = {pod["spec"]["nodeName"]: pod for pod in p.pods("agent")}
+    assert sorted(agents) == sorted(n.name for n in p.nodes)
+    for node in p.nodes:
+        pod = agents[node.name]
+        assert_serving(p, pod, dict.fromkeys(("agent", "cni-server"), installed.image_ids["agent"]))
+        (init,) = pod["status"]["initContainerStatuses"]
+        assert init["state"]["terminated"]["exitCode"] == 0, init
+        started = parse_time(container(pod, "agent")["state"]["running"]["startedAt"])
+        ready_at = parse_time(ready_condition(p, node.name)["lastTransitionTime"])
+        assert ready_at >= started, f"{node.name} Ready at {ready_at}, its agent started {started}"
+
+    # The securityContext, as the runtime applied it (not as rendered): read-only
+    # root filesystems; the agent's one capability (NET_ADMIN, bit 12), the
+    # privileged cni-server's full set; the controller as 65532 with none.
+    agent = agents[p.nodes[0].name]["metadata"]["name"]
+    controller_name = controller["metadata"]["name"]
+    assert process_facts(p, agent, "agent") == ("0", "0000000000001000", "read-only")
+    uid, cap_eff, root_fs = process_facts(p, agent, "cni-server")
+    assert uid == "0" and int(cap_eff, 16) & (1 << 21), cap_eff  # CAP_SYS_ADMIN among them
+    assert root_fs == "writable"  # privileged: readOnlyRootFilesystem is not set
+    assert process_facts(p, controller_name, "controller") == ("65532", "0" * 16, "read-only")
+
+
+def agent_pod(p: Provider, node: str) -> dict[str, Any]:
+    return next(pod for pod in p.pods("agent") if pod["spec"].get("nodeName") == node)
+
+
+def pod_python(p: Provider, pod: str, container_name: str, code: str) -> str:
+    return p.kubectl(
+        "exec", "-n", p.namespace, pod, "-c", container_name, "--", "python", "-c", code
+    ).stdout
+
+
+FACTS = """
+import os
+status = dict(l.split(":", 1) for l in open("/proc/self/status"))
+try:
+    open("/e2e-probe", "w").close()
+    os.unlink("/e2e-probe")
+    fs = "writable"
+except OSError:
+    fs = "read-only"
+print(os.getuid(), status["CapEff"].strip(), fs)
+"""
+
+
+def process_facts(p: Provider, pod: str, container_name: str) -> tuple[str, str, str]:
+    """(uid, effective capabilities, root filesystem) of a process in the container."""
+    uid, caps, fs = pod_python(p, pod, container_name, FACTS).split()
+    return uid, caps, fs
+
+
+def container(pod: dict[str, Any], name: str) -> dict[str, Any]:
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    return next(c for c in statuses if c["name"] == name)
+
+
+def image_id_behind(p: Provider, pod: dict[str, Any], reference: str) -> str:
+    """The image ID a CRI-O node holds under `reference` (CRI-O reports a container's
+    image by the digest of the manifest skopeo wrote, not by the built image's ID)."""
+    node = next(n for n in p.nodes if n.name == pod["spec"]["nodeName"])
+    out = node.sh(
+        f"{tool('crictl')} --runtime-endpoint unix:///run/crio/crio.sock --timeout 20s "
+        f"inspecti -o json '{reference}'"
+    )
+    found: str = json.loads(out)["status"]["id"]
+    return found if found.startswith("sha256:") else f"sha256:{found}"
+
+
+def assert_serving(p: Provider, pod: dict[str, Any], images: dict[str, str]) -> None:
+    """Every named container Running, Ready and of the given image ID; the pod Ready."""
+    name = pod["metadata"]["name"]
+    assert pod["status"]["phase"] == "Running", (name, pod["status"])
+    ready = next(c for c in pod["status"]["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True", (name, ready)
+    for container_name, image_id in images.items():
+        c = container(pod, container_name)
+        assert "running" in c["state"] and c["ready"] is True, (name, c)
+        # "sha256:<id>" (imported without a digest) or "<name>@sha256:<digest>" (kind).
+        reported = c["imageID"]
+        if c["containerID"].startswith("cri-o://") and reported != image_id:
+            reported = image_id_behind(p, pod, reported)
+        assert reported == image_id or reported.endswith(f"@{image_id}"), (
+            name,
+            container_name,
+            reported,
+            image_id,
+        )
+        assert c["containerID"].startswith(("containerd://", "cri-o://")), (name, c["containerID"])
+
+
+def container_log(p: Provider, pod: str, container_name: str) -> str:
+    return p.kubectl("logs", "-n", p.namespace, pod, "-c", container_name).stdout
+
+
+def parse_time(text: str) -> float:
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def ready_condition(p: Provider, node: str) -> dict[str, Any]:
+    obj = json.loads(p.kubectl("get", "node", node, "-o", "json").stdout)
+    return next(c for c in obj["status"]["conditions"] if c["type"] == "Ready")
 
 
 def test_pods_on_two_nodes_get_their_nodes_addresses_and_talk(installed: Installed) -> None:
@@ -282,13 +399,12 @@ def test_pods_on_two_nodes_get_their_nodes_addresses_and_talk(installed: Install
     reply = installed.exec("e2e-b", f"echo hi | nc -w 5 {n1.ip} {port}")
     assert re.search(seen(n1.ip, port, b), reply), reply
 
-    if isinstance(p, LocalProvider):
-        for node, ip in ((p.local_nodes[0], a1), (p.local_nodes[1], b)):
-            # host-local's lease sits in the node's own store, written via the shim + cni-server.
-            lease = node.read(f"/var/lib/cni/networks/{installed.network}/{ip}")
-            assert lease is not None and lease.split(b"\r\n")[1] == b"eth0"
-        server_log = (p.workdir / f"cni-server-{n0.name}.log").read_text()
-        assert "cniwarden-bridge ADD" in server_log, server_log[-2000:]
+    for node, ip in ((n0, a1), (n1, b)):
+        # host-local's lease sits in the node's own store, written via the shim + cni-server.
+        lease = node.read(f"/var/lib/cni/networks/{installed.network}/{ip}")
+        assert lease is not None and lease.split(b"\r\n")[1] == b"eth0"
+    server_log = container_log(p, agent_pod(p, n0.name)["metadata"]["name"], "cni-server")
+    assert "cniwarden-bridge ADD" in server_log, server_log[-2000:]
 
 
 def patch_report_as(kubeconfig: Path, node: str, dry_run: bool = False) -> str:
@@ -472,6 +588,183 @@ def test_an_unsafe_change_is_refused_while_pods_are_attached(installed: Installe
     wait_for(installed.ready, "Ready again", timeout=30)
 
 
+PRE_STOP_SECONDS = 2  # the chart's cni-server preStop: sleep 2
+
+
+@dataclass
+class Rollout:
+    """What a DaemonSet rollout under traffic did, for the assertions and the docs."""
+
+    seconds: float = 0.0
+    sent: int = 0
+    received: int = 0
+    most_nodes_without_a_ready_agent: int = 0
+    windows: list[str] = field(default_factory=list)
+    replayed: int = 0
+
+    @property
+    def loss(self) -> float:
+        return 1 - self.received / self.sent if self.sent else 1.0
+
+
+def ready_agents(p: Provider) -> dict[str, dict[str, Any]]:
+    """The agent pods that are Ready and not being deleted, by node."""
+    out = {}
+    for pod in p.pods("agent"):
+        conditions = (pod.get("status") or {}).get("conditions") or []
+        ready = any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+        if ready and not pod["metadata"].get("deletionTimestamp"):
+            out[pod["spec"]["nodeName"]] = pod
+    return out
+
+
+def helm_in_background(action: Callable[[], str]) -> tuple[threading.Thread, list[BaseException]]:
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            action()
+        except BaseException as error:  # re-raised by the test
+            errors.append(error)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, errors
+
+
+def roll_with_traffic(
+    installed: Installed, action: Callable[[], str], agent_image: str, tag: str
+) -> Rollout:
+    """Run `action` (a helm upgrade) while a pod on node 0 pings a pod on node 1 five
+    times a second. While a node's agent pod is gone (its cni-server down), a pod on
+    that node is deleted (its DEL is queued by the shim) and a new one is created
+    (ADD answered "try again", kubelet retries)."""
+    p = installed.p
+    n0, n1 = p.nodes
+    installed.start_pod(f"{tag}-ping", n0.name, "exec sleep 3600")
+    installed.start_pod(f"{tag}-echo", n1.name, "exec sleep 3600")
+    victims = {n.name: f"{tag}-del-{i}" for i, n in enumerate(p.nodes)}
+    for node, victim in victims.items():
+        installed.start_pod(victim, node, "exec sleep 3600")
+    ips = installed.wait_pods(f"{tag}-ping", f"{tag}-echo", *victims.values())
+    installed.exec(
+        f"{tag}-ping",
+        f"setsid sh -c 'exec ping -q -i 0.2 {ips[f'{tag}-echo']} >/tmp/ping.out 2>&1' &",
+    )
+    wait_for(
+        lambda: installed.exec(f"{tag}-ping", "pidof ping", check=False).strip(), "ping running"
+    )
+    report = Rollout()
+    started = time.monotonic()
+    thread, errors = helm_in_background(action)
+    old = {n: pod["metadata"]["uid"] for n, pod in ready_agents(p).items()}
+    newcomers: list[str] = []
+    leaving: dict[str, float] = {}  # node -> when its old agent pod was seen terminating
+    deadline = time.monotonic() + 600
+
+    def replaced() -> bool:
+        ready = ready_agents(p)
+        return len(ready) == len(p.nodes) and all(
+            pod["metadata"]["uid"] != old.get(node) for node, pod in ready.items()
+        )
+
+    # `helm upgrade --wait` returns once a DaemonSet has all but maxUnavailable pods
+    # Ready: the last node may still be rolling, so the watch goes on until it is done.
+    while thread.is_alive() or not replaced():
+        assert time.monotonic() < deadline, f"rollout unfinished: {ready_agents(p)}"
+        ready = ready_agents(p)
+        report.most_nodes_without_a_ready_agent = max(
+            report.most_nodes_without_a_ready_agent, len(p.nodes) - len(ready)
+        )
+        for pod in p.pods("agent"):
+            if pod["metadata"].get("deletionTimestamp"):
+                leaving.setdefault(pod["spec"]["nodeName"], time.monotonic())
+        for node in list(victims):
+            # The old agent pod's cni-server stops after its preStop (sleep 2); the new
+            # pod's starts a few seconds later: a pod deleted now has its DEL queued.
+            if node in leaving and time.monotonic() - leaving[node] > PRE_STOP_SECONDS + 1:
+                report.windows.append(node)
+                p.kubectl("delete", "pod", victims.pop(node), "--wait=false")
+                newcomers.append(f"{tag}-new-{len(newcomers)}")
+                installed.start_pod(newcomers[-1], node, "exec sleep 3600")
+        time.sleep(0.2)
+    thread.join()
+    if errors:
+        raise errors[0]
+    report.seconds = round(time.monotonic() - started, 1)
+    installed.exec(f"{tag}-ping", "kill -INT $(pidof ping)")
+    summary = wait_for(
+        lambda: re.search(
+            r"(\d+) packets transmitted, (\d+) packets received",
+            installed.exec(f"{tag}-ping", "cat /tmp/ping.out"),
+        ),
+        "ping's summary",
+        timeout=10,
+    )
+    report.sent, report.received = int(summary.group(1)), int(summary.group(2))
+
+    ready = ready_agents(p)
+    assert sorted(ready) == sorted(n.name for n in p.nodes)
+    for node, pod in ready.items():
+        assert pod["metadata"]["uid"] != old.get(node), f"the agent pod on {node} was not replaced"
+        assert_serving(p, pod, dict.fromkeys(("agent", "cni-server"), agent_image))
+    # Pods created while their node's cni-server was down started once it was back.
+    if newcomers:
+        installed.wait_pods(*newcomers)
+    # Pods deleted meanwhile: their DEL was queued and replayed (lease released).
+    for victim in set(f"{tag}-del-{i}" for i in range(len(p.nodes))) - set(victims.values()):
+        installed.pods.remove(victim)
+        ip = ips[victim]
+        owner = next(n for n in p.nodes if ipaddress.IPv4Address(ip) in installed.pod_cidr(n.name))
+        lease = f"/var/lib/cni/networks/{installed.network}/{ip}"
+        wait_for(
+            functools.partial(lambda n, path: n.read(path) is None, owner, lease),
+            f"the lease of {ip} on {owner.name} released",
+            timeout=60,
+        )
+    logs = [container_log(p, ready[n]["metadata"]["name"], "cni-server") for n in report.windows]
+    report.replayed = sum(log.count("replayed queued DEL") for log in logs)
+    return report
+
+
+def test_helm_upgrade_from_the_previous_version_rolls_node_by_node_under_traffic(
+    installed: Installed, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    p = installed.p
+    commit, version = previous.previous_release()
+    old = previous.checkout(commit, tmp_path_factory.mktemp("previous"))
+    old_ids = p.load_images(old)
+    installed.delete_pods()
+    values = p.base_values()
+    # The release goes back to the previous version first (a downgrade rolls too),
+    # then forward to this one: both rollouts are measured.
+    back = roll_with_traffic(
+        installed,
+        functools.partial(p.upgrade, values, old / "charts" / "cniwarden"),
+        old_ids["agent"],
+        "down",
+    )
+    installed.delete_pods()
+    forward = roll_with_traffic(
+        installed, functools.partial(p.upgrade, values), installed.image_ids["agent"], "up"
+    )
+    installed.delete_pods()
+    for name, report in ((f"to {version}", back), ("to this version", forward)):
+        print(
+            f"\nhelm upgrade {name}: {report.seconds}s, ping {report.sent} sent, "
+            f"{report.received} received ({report.loss:.2%} lost), at most "
+            f"{report.most_nodes_without_a_ready_agent} node(s) without a Ready agent, "
+            f"pods deleted and created while the agent was gone on {report.windows}, "
+            f"{report.replayed} queued DEL(s) replayed"
+        )
+        assert report.sent >= 20, report
+        assert report.loss < 0.01, report
+        assert report.most_nodes_without_a_ready_agent <= 1, report
+    assert back.windows or forward.windows, "no node was ever seen without its agent pod"
+    assert back.replayed + forward.replayed >= 1, (back, forward)
+    wait_for(installed.ready, "the network Ready after the upgrade", timeout=90)
+
+
 def test_uninstall_cleans_the_nodes(installed: Installed) -> None:
     p = installed.p
     installed.delete_pods()
@@ -482,8 +775,19 @@ def test_uninstall_cleans_the_nodes(installed: Installed) -> None:
             timeout=60,
         )
     log = p.uninstall()
-    if isinstance(p, LocalProvider):  # on kind the hook Job's log goes with the Job
-        assert "every CNINetwork is gone" in log, log
+    # The pre-delete hook ran as a Job's pod of the controller image, on a node of
+    # this run, and finished once every node had removed our files (helm uninstall
+    # fails when the hook Job fails).
+    hook = p.hook.pod
+    assert hook, f"no pod of the hook Job was seen during helm uninstall\n{log}"
+    assert hook["metadata"]["labels"]["job-name"].endswith("-uninstall"), hook["metadata"]
+    assert hook["spec"]["nodeName"] in {n.name for n in p.nodes}
+    (status,) = hook["status"]["containerStatuses"]
+    controller_id = installed.image_ids["controller"]
+    assert status["imageID"] == controller_id or status["imageID"].endswith(f"@{controller_id}"), (
+        status
+    )
+    assert "every CNINetwork is gone" in p.hook.log, p.hook.log
     gone = p.kubectl("get", "cninetwork", installed.network, check=False)
     assert gone.returncode != 0 and "NotFound" in gone.stderr
     for node in p.nodes:

@@ -14,7 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from devtools.localcluster import containerd, crio, hostres, images, nodenet, nodesysctls, procs
+from devtools.localcluster import (
+    containerd,
+    crio,
+    hostres,
+    images,
+    kubeproxy,
+    nodemounts,
+    nodenet,
+    nodesysctls,
+    procs,
+    slots,
+)
 from devtools.localcluster.layout import (
     MAX_SLOTS,
     Layout,
@@ -83,7 +94,8 @@ def test_containerd_config_is_valid_toml_with_our_dirs() -> None:
     cri = parsed["plugins"]["io.containerd.grpc.v1.cri"]
     assert cri["cni"]["conf_dir"] == str(node.cni_conf_dir)
     assert cri["cni"]["bin_dir"] == str(node.cni_bin_dir)
-    assert cri["netns_mounts_under_state_dir"] is True
+    # Pod netns files at /run/netns, which is the node's own dir in its mount namespace.
+    assert cri["netns_mounts_under_state_dir"] is False
     assert cri["containerd"]["runtimes"]["runc"]["options"]["SystemdCgroup"] is False
     assert parsed["grpc"]["address"] == str(node.containerd_socket)
 
@@ -268,3 +280,49 @@ def test_a_state_written_by_another_version_loads(tmp_path: Path) -> None:
     state.path.write_text(json.dumps(raw))
     loaded = ClusterState.load(state.path)
     assert loaded == state
+
+
+def test_a_node_sees_its_own_dirs_at_the_paths_the_chart_mounts() -> None:
+    node = Layout(Path("/var/tmp/c"), "dev", 3, "abcdef").node(1)
+    binds = nodemounts.node_binds(node)
+    for path in (
+        "/etc/cni/net.d",
+        "/opt/cni/bin",
+        "/var/lib/cni",
+        "/run/cniwarden",
+        "/var/lib/cniwarden",
+        "/run/netns",
+    ):
+        assert binds[Path(path)].is_relative_to(node.dir), path
+    assert binds[Path("/etc/cni/net.d")] == node.cni_conf_dir
+    assert binds[Path("/opt/cni/bin")] == node.cni_bin_dir
+    assert Path("/run/netns") in nodemounts.SHARED
+
+
+def test_kube_proxy_leaves_machine_wide_knobs_alone() -> None:
+    node = Layout(Path("/var/tmp/c"), "dev", 3, "abcdef").node(0)
+    config = kubeproxy.kube_proxy_config(node, Path("/k"))
+    assert config["mode"] == "iptables"
+    assert config["hostnameOverride"] == node.name
+    conntrack = config["conntrack"]
+    assert isinstance(conntrack, dict)
+    assert conntrack["maxPerCore"] == 0 and conntrack["min"] == 0
+    iptables = config["iptables"]
+    assert isinstance(iptables, dict) and iptables["localhostNodePorts"] is False
+
+
+def test_a_held_mount_point_survives_another_clusters_cleanup(tmp_path: Path) -> None:
+    """An empty host mount point removed by another cluster would detach every node's
+    bind on it: each cluster's hold keeps it until the last one releases it."""
+    point = tmp_path / "run-cniwarden"
+    point.mkdir()
+    slots.hold_mount_points([point], "aaaaaa")
+    slots.hold_mount_points([point], "bbbbbb")
+    with pytest.raises(OSError):
+        point.rmdir()
+    slots.release_mount_points([point], "aaaaaa")
+    with pytest.raises(OSError):
+        point.rmdir()
+    slots.release_mount_points([point], "bbbbbb")
+    point.rmdir()
+    slots.release_mount_points([point], "bbbbbb")  # gone already: nothing to do

@@ -12,7 +12,7 @@ from typing import Any
 
 from cni_operator.journal import CorruptLine, JournalEntry, interrupted_moves, outstanding
 from cni_operator.node.atomic import sha256_bytes, sha256_file
-from cni_operator.node.attachments import AttachmentScan, scan_attachments
+from cni_operator.node.attachments import AttachmentScan, attachments_report, scan_attachments
 from cni_operator.node.binaries import VersionProber, binary_inventory
 from cni_operator.node.manifest import Manifest
 from cni_operator.node.paths import HostPaths
@@ -352,14 +352,7 @@ def report_dict(scan: NodeScan, manifest: Manifest) -> dict[str, Any]:
             scan.paths.host_view(scan.paths.conf_dir / f) for f in scan.analysis.shadowing_files
         ],
         "binaries": scan.binaries,
-        "attachments": [
-            {
-                "network": network,
-                "count": len(items),
-                "containers": sorted(c for c, _ in items)[:20],
-            }
-            for network, items in sorted(scan.attachments.by_network.items())
-        ],
+        "attachments": attachments_report(scan.attachments),
         "quarantined": [
             {
                 "original": e.original,

@@ -26,7 +26,7 @@ LAYOUTS = load_corpus()
 
 @pytest.fixture(scope="module")
 def rows() -> Iterator[dict[str, dict[str, Row]]]:
-    """Every runtime over the corpus (two at a time), once for the module."""
+    """Every runtime over the corpus (three runtime processes at a time), once."""
     if os.geteuid() != 0:
         pytest.skip("needs root (runtimes, mount namespaces)")
     for name, spec in RUNTIMES.items():
@@ -70,6 +70,10 @@ def test_the_corpus_covers_the_issue() -> None:
         assert needed in names
 
 
+# The module's fixture runs every runtime over the corpus within the first test:
+# 4.5 min of CPU (user+sys) in all; 27 min of wall time when measured under load
+# average 20-50 on the shared 2-core VM (docs/runtime-model.md).
+@pytest.mark.timeout(1800)
 @pytest.mark.parametrize("runtime", sorted(RUNTIMES))
 @pytest.mark.parametrize("layout", [layout.name for layout in LAYOUTS])
 def test_model_agrees_with_runtime(
