@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import socket
 import subprocess
 import sys
 import time
@@ -29,6 +30,12 @@ def chart_server_args() -> list[str]:
     ]
     template = (CHART / "templates" / "agent.yaml").read_text()
     args += [line.strip(" -") for line in template.splitlines() if "--log-level" in line]
+    if values.get("metrics", {}).get("enabled"):
+        # Served as in the chart (the histogram is observed on every request anyway),
+        # on a free loopback port instead of the pod IP.
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            args.append(f"--metrics-address=127.0.0.1:{probe.getsockname()[1]}")
     return args
 
 

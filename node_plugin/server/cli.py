@@ -36,6 +36,12 @@ def build_parser(prog: str = "cniwarden cni-server") -> argparse.ArgumentParser:
         help="seconds before a request is answered 'try again' (%(default)s)",
     )
     parser.add_argument("--log-level", default="INFO", help="%(default)s")
+    parser.add_argument(
+        "--metrics-address",
+        default="",
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics there, e.g. 0.0.0.0:9813 (default: off)",
+    )
     return parser
 
 
@@ -56,7 +62,7 @@ def setup_logging(level: str) -> None:
     )
 
 
-def serve(build: Callable[[], CniServer]) -> int:
+def serve(build: Callable[[], CniServer], metrics_address: str = "") -> int:
     """Builds the server, starts it and runs it until SIGTERM or SIGINT; the exit code.
 
     The signal handlers come first, so a SIGTERM during the plugins' warm-up imports
@@ -71,8 +77,10 @@ def serve(build: Callable[[], CniServer]) -> int:
     signal.signal(signal.SIGINT, request_stop)
     server = build()
     try:
+        if metrics_address:
+            server.metrics.serve(metrics_address)
         server.start()
-    except ServerError as e:
+    except (ServerError, OSError, ValueError) as e:
         print(f"cni-server: {e}", file=sys.stderr)
         return 1
     while not stop_requested.wait(1.0):
@@ -84,4 +92,4 @@ def serve(build: Callable[[], CniServer]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
-    return serve(lambda: CniServer(node_plugin_handler(), config_from(args)))
+    return serve(lambda: CniServer(node_plugin_handler(), config_from(args)), args.metrics_address)

@@ -50,6 +50,14 @@ class DelQueue:
             if name.startswith(ENTRY_PREFIX) and name.endswith(ENTRY_SUFFIX)
         ]
 
+    def depth(self) -> int:
+        """How many DELs wait (the metrics' queue depth)."""
+        try:
+            with os.scandir(self.directory) as it:
+                return sum(1 for e in it if e.name.startswith(ENTRY_PREFIX))
+        except FileNotFoundError:
+            return 0
+
     def pending(self) -> bool:
         """Cheap enough to ask before every ADD (one getdents on a near-empty directory)."""
         try:

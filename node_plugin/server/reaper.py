@@ -47,6 +47,11 @@ class Reaper:
             self._pending[ident] = fd
             self._cond.notify_all()
 
+    def backlog(self) -> int:
+        """Namespaces waiting to be swept (the metrics' reaper backlog)."""
+        with self._cond:
+            return len(self._pending)
+
     def reap_here(self) -> bool:
         """Unregisters the tombstones of the calling thread's namespace now (blocking);
         False when there were none."""

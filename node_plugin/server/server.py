@@ -43,6 +43,7 @@ from node_plugin.server.connection import ConnectionReader, ReadTimeoutError, se
 from node_plugin.server.delqueue import DelQueue, RetryBook, RetryPolicy
 from node_plugin.server.flights import Flight, Flights, Worker
 from node_plugin.server.listener import Listener, ServerError
+from node_plugin.server.metrics import ServerMetrics
 from node_plugin.server.peercred import peer_credentials
 from node_plugin.server.protocol import ProtocolError, Reply, Request, read_request
 from node_plugin.server.reaper import Reaper
@@ -101,6 +102,12 @@ class CniServer:
         self._worker_numbers = itertools.count()
         self._retired_running = 0  # retired workers still running their request
         self._helpers: list[threading.Thread] = []
+        self.metrics = ServerMetrics()
+        self.metrics.bind(
+            lambda: len(self.in_flight()),
+            self._queue.depth,
+            self.reaper.backlog,
+        )
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -186,6 +193,7 @@ class CniServer:
         abandoned = sum(thread.is_alive() for thread in threads)
         running = self.in_flight()
         self.reaper.stop(timeout=max(1.0, deadline - time.monotonic()))
+        self.metrics.close()
         if self._listener is not None:
             self._listener.close()
         if abandoned:
@@ -358,6 +366,13 @@ class CniServer:
                 reply = self._in_callers_netns(request)
         except AttachmentBusyError as e:
             reply = error_reply(request, CNI_TRY_AGAIN, f"{e}: retry")
+        self.metrics.observe(
+            request.plugin,
+            request.command,
+            reply.exit_code,
+            reply.stdout,
+            time.perf_counter() - start,
+        )
         log.info(
             "%s %s %s -> %d in %.1f ms",
             request.plugin,

@@ -31,19 +31,28 @@ from typing import Any, TypeVar
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from cni_operator import api, kopf_runtime
+from cni_operator import api, kopf_runtime, readiness
 from cni_operator.hostgw_node import HostGatewayNode
 from cni_operator.kube import Kube
 from cni_operator.kube_time import now_iso
+from cni_operator.metrics import AgentMetrics
 from cni_operator.node import coalesce
+from cni_operator.node import manifest as manifest_io
+from cni_operator.node.cnistatus import node_readiness
 from cni_operator.node.cri import RuntimeProbe
 from cni_operator.node.fetch import FetchLimits
 from cni_operator.node.own_binaries import default_source
 from cni_operator.node.paths import HostPaths
+from cni_operator.node.scan import scan_node
 from cni_operator.node.watcher import DirectoryWatcher
 from cni_operator.reconcile import PassResult, Reconciler
 from cni_operator.reconcile.report import TransitionEvents, failed_pass_status
-from cni_operator.runtime_truth import RuntimeFacts, apply_judgement, kubelet_ready_condition
+from cni_operator.runtime_truth import (
+    RuntimeFacts,
+    apply_judgement,
+    as_chosen,
+    kubelet_ready_condition,
+)
 from cni_operator.teardown import tidy_node
 
 log = logging.getLogger("cniwarden.agent")
@@ -67,8 +76,20 @@ class AgentSettings:
     sources: api.BinarySourcePolicy = field(default_factory=api.BinarySourcePolicy)
     fetch_limits: FetchLimits = field(default_factory=FetchLimits)
     # The runtime's CRI socket as the node names it; None: the first well-known one.
+    # One client (node/cri.py) asks it Version/Status and, for leak repair,
+    # ListPodSandbox.
     runtime_endpoint: str | None = None
     runtime_poll_seconds: float = 1.0
+    # How often leaked leases are reclaimed (0: report them, never reclaim).
+    gc_interval_seconds: float = 60.0
+    # The CNI-readiness taint (cniwarden.io/agent-not-ready): managed when True,
+    # judged every readiness_seconds.
+    readiness_taint: bool = False
+    readiness_seconds: float = 2.0
+    # Whose rules judge this node ("auto": the runtime that answers on its CRI
+    # socket, every rule set when none does); drives the config and readiness.
+    runtime: str = "auto"
+    metrics_address: str = ""  # host:port of /metrics; empty: off
 
 
 # Problems of the runtime cross-check that also get an Event when they appear.
@@ -88,6 +109,10 @@ class Agent:
     wake: asyncio.Event = field(default_factory=asyncio.Event)  # a full pass is due
     attachments_changed: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
+    _gc_task: asyncio.Task[None] | None = None
+    _readiness_task: asyncio.Task[None] | None = None
+    _readiness: readiness.Readiness | None = None
+    _readiness_since: str = ""
     _io_lock: threading.Lock = field(default_factory=threading.Lock)
     _last_status: dict[str, Any] | None = None
     _last_publish: float = 0.0
@@ -104,12 +129,15 @@ class Agent:
 
     def __post_init__(self) -> None:
         self.paths = HostPaths(self.settings.host_root)
+        # The one CRI client: identity and NetworkReady, and the live sandboxes.
+        self.runtime_probe = RuntimeProbe(self.settings.host_root, self.settings.runtime_endpoint)
         self.reconciler = Reconciler(
             self.paths,
             self.settings.node_name,
             default_source(),
             sources=self.settings.sources,
             fetch_limits=self.settings.fetch_limits,
+            sandboxes=self.runtime_probe,
         )
         self.kube = Kube(self.settings.kubeconfig)
         self.host_gw = HostGatewayNode(self.settings.node_name)
@@ -118,8 +146,8 @@ class Agent:
             self.settings.attachments_quiet_seconds,
             self.settings.attachments_max_delay_seconds,
         )
-        self.runtime_probe = RuntimeProbe(self.settings.host_root, self.settings.runtime_endpoint)
         self._runtime_events = TransitionEvents(self.settings.node_name, RUNTIME_EVENT_PROBLEMS)
+        self.metrics = AgentMetrics()
 
     # -------------------------------------------------------------- inputs
     def on_network(self, event_type: str | None, body: dict[str, Any]) -> None:
@@ -147,15 +175,21 @@ class Agent:
         self.paths.ensure()
         for extra in (self.paths.networks_dir, self.paths.results_dir):
             extra.mkdir(parents=True, exist_ok=True)
+        if self.settings.metrics_address:
+            self.metrics.serve(self.settings.metrics_address)
         # The runtime first, so the first report already names it.
-        self._cri_facts = await asyncio.to_thread(self.runtime_probe.facts)
+        self._cri_facts = await asyncio.to_thread(self._ask_runtime)
         self._cri_asked_at = time.monotonic()
         self._runtime_task = asyncio.create_task(self._watch_runtime())
         self._task = asyncio.create_task(self._run())
+        if self.settings.gc_interval_seconds > 0:
+            self._gc_task = asyncio.create_task(self._gc_loop())
+        if self.settings.readiness_taint:
+            self._readiness_task = asyncio.create_task(self._readiness_loop())
         self.wake.set()  # a first pass right away: report this node even with no network
 
     async def stop(self) -> None:
-        for task in (self._runtime_task, self._task):
+        for task in (self._readiness_task, self._gc_task, self._runtime_task, self._task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -164,6 +198,7 @@ class Agent:
         # An agent that manages nothing here (e.g. after `helm uninstall`) leaves no
         # state behind; never a config or a binary (see teardown.tidy_node).
         await asyncio.to_thread(self._tidy)
+        self.metrics.close()
 
     def _tidy(self) -> None:
         with self._io_lock:
@@ -180,7 +215,7 @@ class Agent:
         while True:
             await asyncio.sleep(self.settings.runtime_poll_seconds)
             try:
-                facts = await asyncio.to_thread(self.runtime_probe.facts)
+                facts = await asyncio.to_thread(self._ask_runtime)
             except Exception:
                 log.exception("asking the container runtime failed")
                 continue
@@ -197,6 +232,10 @@ class Agent:
                 self._cri_facts = facts
                 self.wake.set()
 
+    def _ask_runtime(self) -> RuntimeFacts:
+        """The runtime as CRI names it, or as --runtime overrides it."""
+        return as_chosen(self.runtime_probe.facts(), self.settings.runtime)
+
     def runtime_facts(self) -> RuntimeFacts:
         """What the runtime (CRI) and kubelet (this Node's Ready condition) last said."""
         ready, reason, message = kubelet_ready_condition(self.node)
@@ -208,6 +247,86 @@ class Agent:
             kubelet_message=message,
             settling=settling,
         )
+
+    async def _gc_loop(self) -> None:
+        """Leak repair on a schedule: containerd 1.6/1.7 never call CNI GC, so leases
+        of sandboxes that died with the node would otherwise stay until the range is
+        full. A failure is logged and tried again at the next tick."""
+        last_errors: list[str] = []
+        while True:
+            await asyncio.sleep(self.settings.gc_interval_seconds)
+            try:
+                reclaimed, errors = await asyncio.to_thread(
+                    self._locked, self.reconciler.collect_leaked
+                )
+            except Exception:
+                log.exception("leak repair failed; trying again at the next tick")
+                continue
+            if errors != last_errors:  # the same reason every tick is said once
+                for message in errors:
+                    log.warning("leak repair: %s", message)
+                last_errors = errors
+            if reclaimed:
+                self.metrics.reclaimed.inc(len(reclaimed))
+                log.info("leak repair: released %d leaked lease(s)", len(reclaimed))
+                self.wake.set()  # report the freed addresses now
+
+    def _judge_readiness(self) -> readiness.Readiness:
+        manifest = manifest_io.load(self.paths)
+        facts = self._cri_facts  # the runtime identified over CRI judges readiness too
+        scan = scan_node(
+            self.paths, manifest, self.reconciler.prober, node_view=True, runtimes=facts.rules
+        )
+        return node_readiness(self.paths, scan, manifest, facts.judged_by)
+
+    def _sync_taint(self, tainted: bool) -> bool:
+        """Put our taint on this node's Node or take it off; True when the Node now
+        says what we want. Only this node's own Node is ever written (the chart's
+        admission policy refuses anything else to the agent's token)."""
+        for _ in range(3):
+            node = self.kube.get_node(self.settings.node_name)
+            if node is None:
+                return False
+            taints = readiness.taints_after(node, tainted)
+            if taints is None:
+                return True
+            try:
+                version = str(node["metadata"]["resourceVersion"])
+                self.kube.set_node_taints(self.settings.node_name, taints, version)
+                return True
+            except ApiException as error:
+                if error.status not in (409, 422):  # 422: the resourceVersion test failed
+                    raise
+        return False
+
+    async def _readiness_loop(self) -> None:
+        """Judge CNI readiness every readiness_seconds and keep the taint in step.
+        A failure to judge counts as not ready: a node is untainted only on proof."""
+        synced: bool | None = None
+        while True:
+            try:
+                verdict = await asyncio.to_thread(self._judge_readiness)
+            except Exception as error:
+                log.exception("cannot judge CNI readiness")
+                verdict = readiness.Readiness(False, (f"cannot judge readiness: {error}",))
+            previous = self._readiness
+            if previous is None or previous.ready != verdict.ready:
+                self._readiness_since = now_iso()
+                log.info("CNI readiness: %s", verdict.message)
+            if previous != verdict:
+                self._readiness = verdict
+                self.wake.set()  # publish it
+            # Sync on a change of verdict, after a failed sync, and when the watched
+            # Node disagrees (someone removed or added our taint by hand).
+            node_tainted = None if self.node is None else readiness.has_taint(self.node)
+            if synced != verdict.ready or node_tainted not in (None, not verdict.ready):
+                try:
+                    done = await asyncio.to_thread(self._sync_taint, not verdict.ready)
+                    synced = verdict.ready if done else None
+                except Exception:
+                    log.exception("cannot update the readiness taint; retrying")
+                    synced = None
+            await asyncio.sleep(self.settings.readiness_seconds)
 
     def _watched_dirs(self) -> list[Path]:
         dirs = [
@@ -333,6 +452,7 @@ class Agent:
         snapshot = {name: dict(body) for name, body in self.networks.items()}
         loop = asyncio.get_running_loop()
         self.reconciler.runtimes = self._cri_facts.rules  # judge by the runtime's rules
+        started = time.monotonic()
         try:
             result = await asyncio.to_thread(
                 self._locked,
@@ -343,6 +463,8 @@ class Agent:
             self._failures = 0
         except Exception as error:
             log.exception("reconcile pass failed; reporting it and retrying")
+            self.metrics.pass_failures.inc()
+            self.metrics.last_error.set(time.time())
             self._failures += 1
             status = failed_pass_status(self._last_status, self.settings.node_name, error)
             result = PassResult(status, [], retry_delay(self._failures), None)
@@ -363,6 +485,15 @@ class Agent:
             *result.events,
             *self._runtime_events.problem_events(result.status["problems"]),
         ]
+        if self._readiness is not None:
+            result.status["cniReadiness"] = {
+                "ready": self._readiness.ready,
+                "message": self._readiness.message[:1000],
+                "since": self._readiness_since,
+                "taint": readiness.TAINT_KEY,
+            }
+        self.metrics.pass_duration.observe(time.monotonic() - started)
+        self.metrics.update(result.status)
         await asyncio.to_thread(self._publish, result, snapshot)
         for event in self.host_gw.take_events():  # a refused pod CIDR, about its Node
             await asyncio.to_thread(

@@ -110,6 +110,18 @@ class Routing(BaseModel):
         return value
 
 
+class IpamPolicy(BaseModel):
+    """`spec.ipam`: how cniwarden watches the pools (not rendered into the conflist)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Percent of a range set's addresses in use at which IPPoolPressure turns True.
+    pressureThreshold: int = Field(90, ge=1, le=100)
+    # A lease whose sandbox the runtime no longer lists is reclaimed once this old
+    # (longer than kubelet's 2 min RunPodSandbox timeout: an ADD in flight is kept).
+    leaseGraceSeconds: int = Field(300, ge=60, le=86400)
+
+
 class NetworkSpec(BaseModel):
     """`CNINetwork.spec`. Plugin objects stay plain dicts: unknown keys pass through."""
 
@@ -125,6 +137,7 @@ class NetworkSpec(BaseModel):
     disableCheck: bool | None = None
     disableGC: bool | None = None
     routing: Routing | None = None
+    ipam: IpamPolicy | None = None
 
     @field_validator("networkName")
     @classmethod

@@ -47,6 +47,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
             stale_agent_seconds=args.stale_agent_seconds,
             liveness_endpoint=args.liveness,
             sources=_sources(args),
+            metrics_address=args.metrics_address,
         )
     )
     return 0
@@ -71,9 +72,33 @@ def cmd_agent(args: argparse.Namespace) -> int:
             sources=_sources(args),
             fetch_limits=FetchLimits(args.binary_fetch_timeout, args.binary_max_bytes),
             runtime_endpoint=args.runtime_endpoint,
+            gc_interval_seconds=args.gc_interval_seconds,
+            readiness_taint=args.readiness_taint,
+            readiness_seconds=args.readiness_seconds,
+            runtime=args.runtime,
+            metrics_address=args.metrics_address,
         )
     )
     return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from cni_operator import rollback  # noqa: PLC0415
+
+    return rollback.main(
+        args.network, to_revision=args.to_revision, kubeconfig=args.kubeconfig, dry_run=args.dry_run
+    )
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from cni_operator import leakgc  # noqa: PLC0415
+
+    return leakgc.main(
+        _host_root(args.host_root),
+        runtime_endpoint=args.runtime_endpoint,
+        dry_run=args.dry_run,
+        as_json=args.json,
+    )
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -84,6 +109,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         as_json=args.json,
         runtime=args.runtime,
         endpoint=args.runtime_endpoint,
+        gc=args.gc,
+        restore_last_good=args.restore_last_good,
+        kubeconfig=args.kubeconfig,
+        node_name=args.node_name,
+        journal=not args.no_journal,
     )
 
 
@@ -134,6 +164,12 @@ def _add_kube(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("CNIWARDEN_LIVENESS"),
         metavar="URL",
         help="serve kopf's health endpoint there, e.g. http://0.0.0.0:9810/healthz",
+    )
+    parser.add_argument(
+        "--metrics-address",
+        default=os.environ.get("CNIWARDEN_METRICS_ADDRESS", ""),
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics there, e.g. 0.0.0.0:9812 (default: off)",
     )
 
 
@@ -188,7 +224,51 @@ def build_parser() -> argparse.ArgumentParser:
         help="the largest declared binary the agent reads or downloads",
     )
     _add_runtime_endpoint(p)
+    p.add_argument(
+        "--gc-interval-seconds",
+        type=float,
+        default=float(os.environ.get("CNIWARDEN_GC_INTERVAL_SECONDS", "60")),
+        metavar="SECONDS",
+        help="reclaim leaked leases this often (0: only report them)",
+    )
+    p.add_argument(
+        "--readiness-taint",
+        action=argparse.BooleanOptionalAction,
+        default=os.environ.get("CNIWARDEN_READINESS_TAINT", "") in ("1", "true"),
+        help="keep cniwarden.io/agent-not-ready:NoSchedule on this Node until its CNI "
+        "answers STATUS ok (needs patch on nodes; env CNIWARDEN_READINESS_TAINT=1)",
+    )
+    p.add_argument(
+        "--readiness-seconds",
+        type=_positive(float),
+        default=float(os.environ.get("CNIWARDEN_READINESS_SECONDS", "2")),
+        metavar="SECONDS",
+        help="judge CNI readiness this often",
+    )
+    p.add_argument(
+        "--runtime",
+        choices=("auto", "containerd", "crio"),
+        default=os.environ.get("CNIWARDEN_RUNTIME", "auto"),
+        help="judge the node (config and CNI readiness) by this runtime's rules (auto: the "
+        "runtime that answers on its CRI socket; every rule set when none does)",
+    )
     p.set_defaults(func=cmd_agent)
+
+    p = sub.add_parser(
+        "gc", help="reclaim leased addresses whose sandbox the runtime no longer has (node)"
+    )
+    p.add_argument("--host-root", help="prefix of /etc/cni/net.d, /opt/cni/bin, /var/lib/cni")
+    _add_runtime_endpoint(p)
+    p.add_argument("--dry-run", action="store_true", help="list what would be released")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_gc)
+
+    p = sub.add_parser("rollback", help="put a CNINetwork's earlier spec revision back")
+    p.add_argument("network")
+    p.add_argument("--to-revision", type=int, help="default: the newest that differs")
+    p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
+    p.add_argument("--dry-run", action="store_true", help="print the spec it would write")
+    p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser("doctor", help="scan this node's CNI setup and print a fix per problem")
     p.add_argument("--host-root", help="prefix of /etc/cni/net.d, /opt/cni/bin, /var/lib/cni")
@@ -201,6 +281,19 @@ def build_parser() -> argparse.ArgumentParser:
         "CRI socket; every rule set when none does)",
     )
     _add_runtime_endpoint(p)
+    p.add_argument("--gc", action="store_true", help="reclaim the leaked leases it finds")
+    p.add_argument(
+        "--restore-last-good",
+        action="store_true",
+        help="write back each network's last applied config (no API server needed)",
+    )
+    p.add_argument(
+        "--kubeconfig",
+        default=None,
+        help="also read FailedCreatePodSandBox events, the agent's heartbeat and restarts",
+    )
+    p.add_argument("--node-name", default=os.environ.get("NODE_NAME"), help="default: hostname")
+    p.add_argument("--no-journal", action="store_true", help="skip the kubelet journal")
     p.set_defaults(func=cmd_doctor)
 
     # Its options belong to node_plugin.server.cli; main() hands them over unparsed.
@@ -213,6 +306,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "operator": cmd_operator,
     "agent": cmd_agent,
     "doctor": cmd_doctor,
+    "gc": cmd_gc,
+    "rollback": cmd_rollback,
     "cni-server": cmd_cni_server,
 }
 

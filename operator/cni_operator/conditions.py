@@ -11,11 +11,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cni_operator.pools import DEFAULT_PRESSURE_THRESHOLD, fullest
+
 READY = "Ready"
 SHADOWED = "Shadowed"
 SWITCH_BLOCKED = "SwitchBlocked"
 DEGRADED = "Degraded"
-CONDITION_TYPES = (READY, SHADOWED, SWITCH_BLOCKED, DEGRADED)
+IP_POOL_PRESSURE = "IPPoolPressure"
+CONDITION_TYPES = (READY, SHADOWED, SWITCH_BLOCKED, DEGRADED, IP_POOL_PRESSURE)
 
 # Node-side states of one network, as agents report them.
 STATE_APPLIED = "Applied"
@@ -69,6 +72,7 @@ def build_status(
     spec_error: str | None,
     previous_conditions: Sequence[Mapping[str, Any]],
     now: str,
+    pressure_threshold: int = DEFAULT_PRESSURE_THRESHOLD,
 ) -> dict[str, Any]:
     """Aggregate one network's status. `reports`: node name -> CNINodeState.status."""
     ready: list[str] = []
@@ -168,8 +172,43 @@ def build_status(
     else:
         conditions.append(Condition(DEGRADED, False, "AsExpected", "no problem reported"))
 
+    pools = fullest({n: r for n, r in reports.items() if n in selected}, network)
+    over = [p for p in pools if p.percent >= pressure_threshold]
+    if over:
+        detail = "; ".join(
+            f"{p.node}: {p.used}/{p.size} ({p.percent}%) of {p.ranges}" for p in over[:10]
+        )
+        more = f" and {len(over) - 10} more node(s)" if len(over) > 10 else ""
+        conditions.append(
+            Condition(
+                IP_POOL_PRESSURE,
+                True,
+                "AboveThreshold",
+                f"{len(over)} node(s) at or above {pressure_threshold}% of a range set: "
+                f"{detail}{more}. Reclaim leaked leases (`cniwarden gc` on the node), move "
+                "pods, or widen the range",
+            )
+        )
+    else:
+        top = f"; fullest {pools[0].node} at {pools[0].percent}%" if pools else ""
+        conditions.append(
+            Condition(
+                IP_POOL_PRESSURE,
+                False,
+                "BelowThreshold",
+                f"every node below {pressure_threshold}%{top}",
+            )
+        )
+
     previous = {c.get("type"): c for c in previous_conditions}
+    usage: dict[str, Any] = {}
+    if pools:
+        usage = {
+            "poolUsage": f"{pools[0].percent}% ({pools[0].node})",
+            "poolUsagePercent": pools[0].percent,
+        }
     return {
+        **usage,
         "observedGeneration": generation,
         "nodesSelected": len(selected),
         "nodesReady": len(ready),

@@ -22,10 +22,20 @@ import kopf
 
 from cni_operator import api, kopf_runtime
 from cni_operator.api import SpecError, parse_spec
-from cni_operator.conditions import SHADOWED, build_status, network_entry, same_status
+from cni_operator.conditions import (
+    IP_POOL_PRESSURE,
+    READY,
+    SHADOWED,
+    build_status,
+    network_entry,
+    same_status,
+)
 from cni_operator.kube import Kube
 from cni_operator.kube_time import now_iso, parse_rfc3339
+from cni_operator.metrics import ControllerMetrics
+from cni_operator.pools import spec_thresholds
 from cni_operator.rendering import NodeFacts, render, selects
+from cni_operator.revisions import with_revision
 
 log = logging.getLogger("cniwarden.controller")
 COMPONENT = "cniwarden-operator"
@@ -40,6 +50,7 @@ class ControllerSettings:
     recheck_seconds: float = 30.0
     liveness_endpoint: str | None = None
     sources: api.BinarySourcePolicy = field(default_factory=api.BinarySourcePolicy)
+    metrics_address: str = ""  # host:port of /metrics; empty: off
 
 
 def _content(report: dict[str, Any]) -> dict[str, Any]:
@@ -74,6 +85,7 @@ class Controller:
     dirty: set[str] = field(default_factory=set)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
+    metrics: ControllerMetrics = field(default_factory=ControllerMetrics)
 
     _kube: Kube | None = None
 
@@ -118,7 +130,7 @@ class Controller:
             if n in self.reports and not self.is_stale(self.reports[n])
         }
         previous = (body.get("status") or {}).get("conditions") or []
-        return build_status(
+        status = build_status(
             network=name,
             generation=generation,
             selected=check.selected,
@@ -126,7 +138,20 @@ class Controller:
             spec_error=check.problem,
             previous_conditions=previous,
             now=now_iso(),
+            pressure_threshold=spec_thresholds(dict(body.get("spec") or {}))[0],
         )
+        ready = next(c for c in status["conditions"] if c["type"] == READY)
+        revisions = with_revision(
+            (body.get("status") or {}).get("revisions") or [],
+            generation=generation,
+            spec=dict(body.get("spec") or {}),
+            ready=ready["status"] == "True" and check.problem is None and bool(check.selected),
+            now=now_iso(),
+        )
+        if revisions:
+            status["revisions"] = revisions
+            status["revision"] = revisions[-1]["revision"]
+        return status
 
     def is_stale(self, report: dict[str, Any]) -> bool:
         """A report that no longer vouches for its node: its agent has been silent for
@@ -175,6 +200,8 @@ class Controller:
 
     # ----------------------------------------------------------- aggregator
     async def start(self) -> None:
+        if self.settings.metrics_address:
+            self.metrics.serve(self.settings.metrics_address)
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
@@ -182,6 +209,7 @@ class Controller:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        self.metrics.close()
 
     def mark(self, names: set[str] | None = None) -> None:
         self.dirty |= set(self.networks) if names is None else names
@@ -209,11 +237,13 @@ class Controller:
 
     async def _update(self, name: str, body: dict[str, Any]) -> None:
         status = self.compute_status(name, body)
+        self.metrics.update(name, status)
         old = body.get("status") or {}
         if same_status(old, status):
             return
         await asyncio.to_thread(self.kube.patch_network_status, name, status)
         body["status"] = status
+        await self._pressure_event(body, old, status)
         old_shadow: dict[str, Any] = next(
             (c for c in old.get("conditions") or [] if c.get("type") == SHADOWED), {}
         )
@@ -229,6 +259,26 @@ class Controller:
                 new_shadow["message"],
                 COMPONENT,
             )
+
+    async def _pressure_event(
+        self, body: dict[str, Any], old: dict[str, Any], status: dict[str, Any]
+    ) -> None:
+        """An Event on each transition of IPPoolPressure (not on every usage change)."""
+        before: dict[str, Any] = next(
+            (c for c in old.get("conditions") or [] if c.get("type") == IP_POOL_PRESSURE), {}
+        )
+        after = next(c for c in status["conditions"] if c["type"] == IP_POOL_PRESSURE)
+        if before.get("status", "False") == after["status"]:
+            return
+        pressed = after["status"] == "True"
+        await asyncio.to_thread(
+            self.kube.post_event,
+            body,
+            "Warning" if pressed else "Normal",
+            "IPPoolPressure" if pressed else "IPPoolPressureRelieved",
+            after["message"],
+            COMPONENT,
+        )
 
 
 def build_registry(controller: Controller) -> kopf.OperatorRegistry:
@@ -258,6 +308,7 @@ def build_registry(controller: Controller) -> kopf.OperatorRegistry:
         name = body["metadata"]["name"]
         if event.get("type") == "DELETED":
             controller.networks.pop(name, None)
+            controller.metrics.update(name, None)
             return
         controller.networks[name] = dict(body)
         controller.mark({name})

@@ -12,11 +12,13 @@ ours), 2 when the runtime cannot start pods at all (the node is broken).
 from __future__ import annotations
 
 import json
+import socket
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
+from cni_operator import doctor_checks
+from cni_operator.doctor_checks import TreeReport
 from cni_operator.node import manifest as manifest_io
 from cni_operator.node.binaries import VersionProber
 from cni_operator.node.cri import RuntimeProbe
@@ -25,22 +27,9 @@ from cni_operator.node.paths import HostPaths
 from cni_operator.node.scan import NodeScan, report_dict, scan_node
 from cni_operator.problems import ERROR, Problem
 from cni_operator.runtime_order import RuntimeView
-from cni_operator.runtime_truth import Judgement, RuntimeFacts, judge
+from cni_operator.runtime_truth import Judgement, RuntimeFacts, as_chosen, judge
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_BROKEN = 0, 1, 2
-
-
-def detect_runtimes(facts: RuntimeFacts, choice: str) -> list[str]:
-    """The rule sets to judge by: the one asked for, the runtime's, or every one."""
-    return [choice] if choice != "auto" else list(facts.judged_by)
-
-
-def ask_runtime(host_root: Path, endpoint: str | None) -> RuntimeFacts:
-    probe = RuntimeProbe(host_root, endpoint)
-    try:
-        return probe.facts()
-    finally:
-        probe.close()
 
 
 def _runtime_lines(judgement: Judgement, facts: RuntimeFacts) -> str:
@@ -161,21 +150,38 @@ def main(
     as_json: bool = False,
     runtime: str = "auto",
     endpoint: str | None = None,
+    gc: bool = False,
+    restore_last_good: bool = False,
+    kubeconfig: str | None = None,
+    node_name: str | None = None,
+    journal: bool = True,
 ) -> int:
     paths = HostPaths(host_root)
     manifest, unreadable = load_manifest(paths)
-    facts = ask_runtime(host_root, endpoint)
-    if runtime not in ("auto", facts.kind):
-        facts = replace(facts, name=runtime, version="")
-    runtimes = detect_runtimes(facts, runtime)
-    scan = scan_node(paths, manifest, VersionProber(), runtimes=facts.rules)
-    if unreadable is not None:
-        scan.problems.insert(0, unreadable)
-    report = report_dict(scan, manifest)
-    judgement = judge(report["runtimes"], facts, conf_dir=str(paths.conf_dir))
-    first, last = judgement.split()
-    scan.problems[:0] = first
-    scan.problems.extend(last)
+    tree = TreeReport()
+    # Restore first, so the scan below judges the files as they are now.
+    doctor_checks.history(paths, manifest, tree, restore=restore_last_good)
+    probe = RuntimeProbe(host_root, endpoint)  # the one CRI client: identity, status, sandboxes
+    try:
+        facts = as_chosen(probe.facts(), runtime)
+        runtimes = list(facts.judged_by)
+        scan = scan_node(paths, manifest, VersionProber(), runtimes=facts.rules)
+        if unreadable is not None:
+            scan.problems.insert(0, unreadable)
+        report = report_dict(scan, manifest)
+        judgement = judge(report["runtimes"], facts, conf_dir=str(paths.conf_dir))
+        first, last = judgement.split()
+        scan.problems[:0] = first
+        scan.problems.extend(last)
+        doctor_checks.plugin_health(paths, scan, manifest, runtimes, tree)
+        doctor_checks.pools(paths, manifest, probe, tree, gc=gc)
+    finally:
+        probe.close()
+    if journal:
+        doctor_checks.kubelet_journal(tree)
+    if kubeconfig:
+        doctor_checks.cluster_checks(kubeconfig, node_name or socket.gethostname(), tree)
+    scan.problems.extend(tree.problems)
     code = verdict(scan, runtimes, runtime_down=facts.network_ready is False)
     if as_json:
         report = report_dict(scan, manifest)  # again: with the judgement's problems
@@ -183,10 +189,51 @@ def main(
         report["runtimeVerdict"] = judgement.verdict
         report["runtimesJudged"] = runtimes
         report["exitCode"] = code
+        report.update(tree.sections)
         json.dump(report, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         render_text(scan, manifest, runtimes, sys.stdout, _runtime_lines(judgement, facts))
+        render_tree(tree, sys.stdout)
         summary = {EXIT_OK: "OK", EXIT_PROBLEMS: "PROBLEMS", EXIT_BROKEN: "BROKEN"}[code]
         sys.stdout.write(f"\nVerdict: {summary} (judged by {', '.join(runtimes)})\n")
     return code
+
+
+def render_tree(tree: TreeReport, out: TextIO) -> None:
+    """The decision tree's sections after the problems (which already list its findings)."""
+    w = out.write
+    pools = tree.sections.get("ipPools") or {}
+    w("\nIP pools:\n")
+    if not pools.get("pools"):
+        w("  none managed\n")
+    for p in pools.get("pools") or []:
+        leaked = p.get("leaked", "unknown (runtime not asked)")
+        w(
+            f"  {p['network']} set {p['rangeSet']} ({p['ranges']}): {p['used']}/{p['size']} "
+            f"({p['percent']}%), leaked {leaked}\n"
+        )
+    for r in pools.get("released") or []:
+        w(f"  released {r['ip']} of {r['lease_network']} (sandbox {r['container_id'][:16]} gone)\n")
+    history = tree.sections.get("configHistory") or {}
+    w(f"\nKernel now: {history.get('kernel')}\n")
+    for item in history.get("networks") or []:
+        w(
+            f"  {item['network']}: last good generation {item['lastGoodGeneration']} "
+            f"({item['lastGoodTime']}, kernel {item['lastGoodKernel']})"
+            + ("  RESTORED" if item.get("restored") else "")
+            + "\n"
+        )
+        for line in item.get("diff") or []:
+            w(f"    {line}\n")
+    health = tree.sections.get("pluginHealth") or {}
+    if health:
+        w("\nPlugin health:\n")
+        for key, value in health.items():
+            w(f"  {key}: {value}\n")
+    cluster = tree.sections.get("cluster")
+    if cluster:
+        w(f"\nCluster view of {cluster.get('node')}:\n")
+        for key, value in cluster.items():
+            if key != "node":
+                w(f"  {key}: {value}\n")

@@ -21,6 +21,8 @@ from cni_operator import api
 from cni_operator.kube_time import now_iso
 
 log = logging.getLogger("cniwarden.kube")
+# The client would send a list body as a merge patch; say what it is.
+JSON_PATCH = "application/json-patch+json"
 
 
 class Kube:
@@ -35,16 +37,27 @@ class Kube:
         self.client = kubernetes.client.ApiClient()
         self.custom = kubernetes.client.CustomObjectsApi(self.client)
 
-    def _core(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        """One request to the core API, JSON in and out (raises ApiException)."""
+    def _core(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        content_type: str = "application/json",
+        query: dict[str, str] | None = None,
+        timeout: float = 30.0,
+    ) -> Any:
+        """One request to the core API, JSON in and out (raises ApiException), under
+        a deadline."""
         request = self.client.param_serialize(
             method=method,
             resource_path=path,
-            header_params={"Accept": "application/json", "Content-Type": "application/json"},
+            query_params=list((query or {}).items()),
+            header_params={"Accept": "application/json", "Content-Type": content_type},
             body=body,
             auth_settings=["BearerToken"],
         )
-        response = self.client.call_api(*request)
+        response = self.client.call_api(*request, _request_timeout=timeout)
         response.read()
         return self.client.response_deserialize(response, {"2XX": "object"}).data
 
@@ -73,6 +86,33 @@ class Kube:
         except ValueError:
             version = 0
         return version, list(listing.get("items", []))
+
+    # --- Node -------------------------------------------------------------------
+    def set_node_taints(
+        self, name: str, taints: list[dict[str, Any]], resource_version: str
+    ) -> None:
+        """Replace spec.taints, only if the Node is still at `resource_version` (a JSON
+        patch `test`): a taint someone else added meanwhile is never overwritten."""
+        patch: list[dict[str, Any]] = [
+            {"op": "test", "path": "/metadata/resourceVersion", "value": resource_version},
+            {"op": "add", "path": "/spec/taints", "value": taints},
+        ]
+        self._core("PATCH", f"/api/v1/nodes/{quote(name, safe='')}", patch, content_type=JSON_PATCH)
+
+    def list_events(self, field_selector: str, timeout: float = 20.0) -> list[dict[str, Any]]:
+        """Events of every namespace matching `field_selector`, as JSON objects."""
+        listing = self._core(
+            "GET", "/api/v1/events", query={"fieldSelector": field_selector}, timeout=timeout
+        )
+        return list(listing.get("items") or [])
+
+    def list_pods(
+        self, field_selector: str, label_selector: str, timeout: float = 20.0
+    ) -> list[dict[str, Any]]:
+        """Pods of every namespace matching both selectors, as JSON objects."""
+        query = {"fieldSelector": field_selector, "labelSelector": label_selector}
+        listing = self._core("GET", "/api/v1/pods", query=query, timeout=timeout)
+        return list(listing.get("items") or [])
 
     # --- CNINodeState -----------------------------------------------------------
     def get_node_state(self, name: str) -> dict[str, Any] | None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from cni_operator.problems import ERROR, WARNING, Problem
@@ -92,6 +92,18 @@ class RuntimeFacts:
         return self.kubelet_ready is False and any(
             marker in self.kubelet_message for marker in _NETWORK_MARKERS
         )
+
+
+def as_chosen(facts: RuntimeFacts, choice: str) -> RuntimeFacts:
+    """The facts as this node is judged: `choice` ("auto", "containerd", "crio"),
+    an operator's `--runtime`, overrides the runtime CRI identified (judged by its
+    newest rules). The one notion of "which runtime" for the config, the report,
+    the doctor and CNI readiness."""
+    if choice in ("auto", facts.kind):
+        return facts
+    if choice not in RUNTIMES:
+        raise ValueError(f"unknown runtime {choice!r} (want auto, {', '.join(RUNTIMES)})")
+    return replace(facts, name=choice, version="")
 
 
 def kubelet_ready_condition(node: Mapping[str, Any] | None) -> tuple[bool | None, str, str]:

@@ -28,7 +28,7 @@ from cni_operator.node.paths import HostPaths
 from cni_operator.node.quarantine import Quarantine
 
 # What an idle agent leaves in its state dir; anything else there is kept.
-_IDLE_FILES = {"manifest.json", "quarantine", "quarantine/journal.jsonl"}
+_IDLE_FILES = {"manifest.json", "quarantine", "quarantine/journal.jsonl", "history"}
 
 
 def tidy_node(host_root: Path) -> tuple[bool, str]:

@@ -1,15 +1,17 @@
-"""Ask the node's container runtime itself: CRI v1 `Version` and `Status` over its
-socket under the host root, each call with a deadline.
+"""Ask the node's container runtime itself: CRI v1 `Version`, `Status` and
+`ListPodSandbox` over its socket under the host root, each call with a deadline.
 
-The stubs are generated from k8s.io/cri-api's api.proto (`cni_operator/cri/`,
-scripts/gen-cri-stubs.sh); grpcio carries the calls. Only the two read-only calls
-kubelet itself makes every few seconds are used: nothing here changes the runtime.
+The one CRI client of the agent, the doctor and `cniwarden gc`. The stubs are
+generated from k8s.io/cri-api's api.proto (`cni_operator/cri/`,
+scripts/gen-cri-stubs.sh); grpcio carries the calls. Only read-only calls kubelet
+itself makes every few seconds are used: nothing here changes the runtime.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,6 +19,7 @@ from pathlib import Path
 import grpc
 
 from cni_operator.cri import cri_runtime_v1_pb2 as cri
+from cni_operator.node.sandboxes import SandboxListing
 from cni_operator.runtime_truth import RuntimeFacts
 
 # Where runtimes put their CRI socket, as the node names it (the first that
@@ -30,6 +33,10 @@ WELL_KNOWN_ENDPOINTS = (
     "/var/run/k3s/containerd/containerd.sock",
 )
 CALL_TIMEOUT_SECONDS = 2.0
+# Listing every sandbox is the one call whose answer grows with the node.
+LIST_TIMEOUT_SECONDS = 10.0
+# kubelet's own limit for CRI answers (grpc's default, 4 MiB, is ~10k sandboxes).
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 _SERVICE = "/runtime.v1.RuntimeService/"
 
 
@@ -61,7 +68,9 @@ class CriClient:
     def __init__(self, socket: Path, timeout: float = CALL_TIMEOUT_SECONDS) -> None:
         self.socket = socket
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(f"unix://{socket}")
+        self._channel = grpc.insecure_channel(
+            f"unix://{socket}", options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+        )
         self._version = self._channel.unary_unary(
             _SERVICE + "Version",
             request_serializer=cri.VersionRequest.SerializeToString,
@@ -71,6 +80,11 @@ class CriClient:
             _SERVICE + "Status",
             request_serializer=cri.StatusRequest.SerializeToString,
             response_deserializer=cri.StatusResponse.FromString,
+        )
+        self._list_sandboxes = self._channel.unary_unary(
+            _SERVICE + "ListPodSandbox",
+            request_serializer=cri.ListPodSandboxRequest.SerializeToString,
+            response_deserializer=cri.ListPodSandboxResponse.FromString,
         )
 
     def version(self) -> cri.VersionResponse:
@@ -85,6 +99,13 @@ class CriClient:
         )
         return response
 
+    def list_pod_sandboxes(self, timeout: float = LIST_TIMEOUT_SECONDS) -> frozenset[str]:
+        """Ids of every sandbox the runtime has, in any state (no filter)."""
+        response: cri.ListPodSandboxResponse = self._list_sandboxes(
+            cri.ListPodSandboxRequest(), timeout=timeout
+        )
+        return frozenset(item.id for item in response.items)
+
     def close(self) -> None:
         self._channel.close()
 
@@ -94,7 +115,8 @@ class RuntimeProbe:
 
     `endpoint`: the socket as the node names it (None: try the well-known ones).
     The runtime's identity is asked again after any failed call, so a runtime
-    restarted (or upgraded) under the agent is noticed.
+    restarted (or upgraded) under the agent is noticed. Thread-safe: the agent's
+    runtime watch, its passes and its leak repair share one probe.
     """
 
     def __init__(
@@ -102,8 +124,11 @@ class RuntimeProbe:
         host_root: Path,
         endpoint: str | None = None,
         timeout: float = CALL_TIMEOUT_SECONDS,
+        list_timeout: float = LIST_TIMEOUT_SECONDS,
     ) -> None:
         self.host_root = host_root
+        self.list_timeout = list_timeout
+        self._lock = threading.Lock()
         self.candidates: Sequence[str] = (
             (_strip_scheme(endpoint),) if endpoint else WELL_KNOWN_ENDPOINTS
         )
@@ -116,7 +141,7 @@ class RuntimeProbe:
         return self.host_root / endpoint.lstrip("/")
 
     def _identify(self) -> None:
-        self.close()
+        self._close()
         errors = []
         for endpoint in self.candidates:
             socket = self._local(endpoint)
@@ -144,6 +169,29 @@ class RuntimeProbe:
 
     def facts(self) -> RuntimeFacts:
         """Identity (asked once, again after a failure) and NetworkReady (asked now)."""
+        with self._lock:
+            return self._facts()
+
+    def list_sandboxes(self) -> SandboxListing:
+        """The runtime's sandboxes of every state (a NotReady sandbox still owns its
+        lease until the runtime's DEL). None, never an empty set, when the runtime
+        cannot be asked: "unknown" must never read as "every sandbox is gone"."""
+        with self._lock:
+            if self._client is None:
+                self._identify()
+            if self._client is None or self._identity is None:
+                return SandboxListing(None, None, self._identify_error)
+            endpoint = self._identity.endpoint
+            try:
+                ids = self._client.list_pod_sandboxes(self.list_timeout)
+            except grpc.RpcError as error:
+                self._close()
+                return SandboxListing(
+                    None, endpoint, f"CRI ListPodSandbox on {endpoint}: {_grpc_error(error)}"
+                )
+            return SandboxListing(ids, endpoint)
+
+    def _facts(self) -> RuntimeFacts:
         if self._client is None:
             self._identify()
         if self._client is None or self._identity is None:
@@ -158,7 +206,7 @@ class RuntimeProbe:
         try:
             answer = self._client.status()
         except grpc.RpcError as error:
-            self.close()  # identify again next time: the runtime may have been replaced
+            self._close()  # identify again next time: the runtime may have been replaced
             return replace(
                 base, status_error=f"CRI Status on {ident.endpoint}: {_grpc_error(error)}"
             )
@@ -173,6 +221,10 @@ class RuntimeProbe:
         return replace(base, status_error="CRI Status has no NetworkReady condition")
 
     def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
         if self._client is not None:
             self._client.close()
         self._client = None

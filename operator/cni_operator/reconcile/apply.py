@@ -18,6 +18,7 @@ from cni_operator.node import manifest as manifest_io
 from cni_operator.node.atomic import atomic_write, remove, sha256_bytes
 from cni_operator.node.attachments import AttachmentScan
 from cni_operator.node.fetch import FetchLimits
+from cni_operator.node.history import record_applied
 from cni_operator.node.manifest import ManagedNetwork, Manifest
 from cni_operator.node.scan import read_config_dir, referenced_binaries
 from cni_operator.problems import ERROR, Problem
@@ -125,6 +126,7 @@ def apply_network(
     current = target.read_bytes() if target.is_file() else None
     if current != rendered.content:
         atomic_write(target, rendered.content)
+    record_applied(paths, name, rendered.file_name, rendered.content, generation)
     for old_file in previous:
         remove(paths.conf_dir / old_file)
     applied.old_files = []  # saved with the manifest at the end of the pass

@@ -18,10 +18,13 @@ from cni_operator.node import manifest as manifest_io
 from cni_operator.node.atomic import sweep_temp_files
 from cni_operator.node.attachments import AttachmentScan, scan_attachments
 from cni_operator.node.fetch import FetchLimits
+from cni_operator.node.history import prune_history
 from cni_operator.node.manifest import Manifest
 from cni_operator.node.own_binaries import OwnBinarySource
 from cni_operator.node.paths import HostPaths
+from cni_operator.node.pools import Reclaimed, reclaim_leaked, scan_pools
 from cni_operator.node.quarantine import Quarantine, QuarantineError
+from cni_operator.node.sandboxes import SandboxListing, SandboxSource
 from cni_operator.problems import ERROR, Problem
 from cni_operator.reconcile.apply import apply_network
 from cni_operator.reconcile.cleanup import remove_unused_binaries
@@ -65,6 +68,8 @@ class Reconciler:
         *,
         sources: BinarySourcePolicy | None = None,
         fetch_limits: FetchLimits | None = None,
+        sandboxes: SandboxSource | None = None,
+        leak_check_seconds: float = 30.0,
     ) -> None:
         self.paths = paths
         self.sources = sources or BinarySourcePolicy()
@@ -78,6 +83,11 @@ class Reconciler:
         self._own: OwnBinaries | None = None
         self._transitions = TransitionEvents(node_name)
         self._swept = False
+        self.sandboxes = sandboxes
+        self.leak_check_seconds = leak_check_seconds
+        self._listing: SandboxListing | None = None
+        self._listed_at = float("-inf")
+        self.gc_summary: dict[str, Any] = {}
 
     def own_binaries(self) -> OwnBinaries:
         if self._own is None:
@@ -131,6 +141,7 @@ class Reconciler:
             declared = {b.name for d in intake.desired.values() for b in d.spec.binaries}
             remove_unused_binaries(self.paths, manifest, declared)
             manifest_io.save(self.paths, manifest)
+            prune_history(self.paths, set(manifest.networks))
         except (OSError, QuarantineError) as error:
             output.problems.append(write_failure(error))
             manifest = self._reload(manifest)
@@ -197,10 +208,51 @@ class Reconciler:
         events = self._transitions.problem_events(status["problems"])
         return PassResult(status, events, None, None)
 
+    def _live_sandboxes(self, fresh: bool = False) -> SandboxListing | None:
+        """The runtime's sandboxes, asked at most every leak_check_seconds (a pass
+        runs on every lease change; the report can wait, the GC asks `fresh`)."""
+        if self.sandboxes is None:
+            return None
+        now = time.monotonic()
+        if fresh or self._listing is None or now - self._listed_at > self.leak_check_seconds:
+            self._listing = self.sandboxes.list_sandboxes()
+            self._listed_at = now
+        return self._listing
+
+    def collect_leaked(self, *, dry_run: bool = False) -> tuple[list[Reclaimed], list[str]]:
+        """Leak repair: release the managed pools' leased addresses whose sandbox the
+        runtime no longer has (see node/pools.py for why that is safe)."""
+        listing = self._live_sandboxes(fresh=True)
+        if listing is None:
+            return [], ["no CRI client configured; nothing released"]
+        manifest = manifest_io.load(self.paths)
+        reclaimed, errors = reclaim_leaked(self.paths, manifest, listing, dry_run=dry_run)
+        total = int(self.gc_summary.get("reclaimedTotal", 0)) + len(reclaimed)
+        self.gc_summary = {
+            "lastRun": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "lastReclaimed": len(reclaimed),
+            "reclaimedTotal": total,
+            "errors": errors[:5],
+        }
+        return reclaimed, errors
+
     def _result(
         self, manifest: Manifest, output: StepOutput, recheck_in: float | None
     ) -> PassResult:
+        pools = scan_pools(self.paths, manifest, self._live_sandboxes())
+        output.problems.extend(pools.problems)
         status = build_status(self._ctx, manifest, output, self.prober)
+        status["ipPools"] = [usage.to_dict() for usage in pools.usage]
+        listing = pools.listing
+        status["leakCheck"] = {
+            "runtime": "NotConfigured"
+            if listing is None
+            else ("Unreachable" if listing.ids is None else "Listed"),
+            **({"endpoint": listing.endpoint} if listing and listing.endpoint else {}),
+            **({"error": listing.error} if listing and listing.error else {}),
+            **({"sandboxes": len(listing.ids)} if listing and listing.ids is not None else {}),
+            **self.gc_summary,
+        }
         events = [
             *output.events,
             *self._transitions.events(output.entries),

@@ -47,8 +47,10 @@ class Fleet:
         workdir: Path,
         nodes: list[str],
         roots: dict[str, Path] | None = None,
+        agent_args: dict[str, list[str]] | None = None,
     ) -> None:
         self.cluster = cluster
+        self.agent_args = agent_args or {}
         self.run_id = secrets.token_hex(3)
         self.workdir = workdir
         self.nodes = nodes
@@ -79,7 +81,15 @@ class Fleet:
     def start_agent(self, node: str) -> None:
         self.roots[node].mkdir(parents=True, exist_ok=True)
         self.agents[node] = self._spawn(
-            ["agent", "--node-name", node, "--host-root", str(self.roots[node])], f"agent-{node}"
+            [
+                "agent",
+                "--node-name",
+                node,
+                "--host-root",
+                str(self.roots[node]),
+                *self.agent_args.get(node, []),
+            ],
+            f"agent-{node}",
         )
 
     def start_operator(self) -> None:
@@ -231,7 +241,11 @@ class Fleet:
 
 @contextlib.contextmanager
 def running_fleet(
-    cluster: LocalCluster, workdir: Path, nodes: list[str], roots: dict[str, Path] | None = None
+    cluster: LocalCluster,
+    workdir: Path,
+    nodes: list[str],
+    roots: dict[str, Path] | None = None,
+    agent_args: dict[str, list[str]] | None = None,
 ) -> Iterator[Fleet]:
     """Controller + one agent per node; on exit every CNINetwork the test made is
     deleted (agents clean the nodes), processes stopped, reports and labels removed."""
@@ -242,7 +256,7 @@ def running_fleet(
         "crd/cninetworks.cniwarden.io",
         "crd/cninodestates.cniwarden.io",
     )
-    fleet = Fleet(cluster, workdir, nodes, roots)
+    fleet = Fleet(cluster, workdir, nodes, roots, agent_args)
     for node in nodes:
         cluster.kubectl(
             "label", "node", node, f"cniwarden.io/test-fleet={fleet.run_id}", "--overwrite"

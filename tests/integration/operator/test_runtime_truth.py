@@ -139,6 +139,10 @@ def test_the_probe_names_the_runtime_and_reads_its_network_verdict(node: Node) -
         assert down.network_ready is False  # empty net.d
         assert down.network_reason == "NetworkPluginNotReady"
         assert "cni plugin not initialized" in down.network_message
+        # The same client lists the sandboxes for leak repair: none here, and an
+        # empty answer is a real one (frozenset()), never None.
+        listing = probe.list_sandboxes()
+        assert (listing.ids, listing.endpoint, listing.error) == (frozenset(), SOCKET, None)
         (node.conf_dir / "10-pods.conflist").write_text(json.dumps(GOOD))
         wait_for(lambda: network(probe, True), RELOAD_SECONDS, "NetworkReady=true", node.log)
     finally:

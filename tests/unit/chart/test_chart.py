@@ -400,6 +400,7 @@ def test_chart_directory_has_no_stray_files() -> None:
         "values.schema.json",
         ".helmignore",
         "crds",
+        "dashboards",
         "templates",
     }
     assert {p.name for p in CHART.iterdir()} == expected
@@ -535,3 +536,53 @@ def test_creating_a_network_is_a_node_admin_role_of_its_own() -> None:
     notes = (CHART / "templates" / "NOTES.txt").read_text()
     for text in (readme, notes):
         assert "node-admin" in text and "binarySources.urlPrefixes" in text
+
+
+def test_metrics_ports_services_and_optional_service_monitors() -> None:
+    objects = render_chart(namespace="cw-system")
+    agent = find(objects, "DaemonSet")
+    env = {e["name"]: e.get("value") for e in container(agent, "agent")["env"]}
+    assert env["CNIWARDEN_METRICS_ADDRESS"] == "$(POD_IP):9812"
+    server = container(agent, "cni-server")
+    assert "--metrics-address=$(POD_IP):9813" in server["args"]
+    assert {p["containerPort"] for p in server["ports"]} == {9813}
+    controller = find(objects, "Deployment")
+    env = {e["name"]: e.get("value") for e in container(controller, "controller")["env"]}
+    assert env["CNIWARDEN_METRICS_ADDRESS"] == "$(POD_IP):9814"
+    services = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Service"}
+    agent_service = services["cniwarden-agent-metrics"]
+    assert agent_service["metadata"]["annotations"]["prometheus.io/port"] == "9812"
+    assert {p["port"] for p in agent_service["spec"]["ports"]} == {9812, 9813}
+    assert {p["port"] for p in services["cniwarden-controller-metrics"]["spec"]["ports"]} == {9814}
+    assert not [o for o in objects if o["kind"] == "ServiceMonitor"]
+    monitored = render_chart({"metrics": {"serviceMonitor": {"enabled": True}}})
+    monitors = [o for o in monitored if o["kind"] == "ServiceMonitor"]
+    assert len(monitors) == 2
+    off = render_chart({"metrics": {"enabled": False}})
+    assert not [o for o in off if o["kind"] == "Service"]
+    assert "--metrics-address" not in " ".join(
+        container(find(off, "DaemonSet"), "cni-server")["args"]
+    )
+
+
+def test_readiness_taint_grants_only_its_own_nodes_taint() -> None:
+    off = render_chart()
+    assert not [o for o in off if o["metadata"]["name"].endswith("-own-node-taint")]
+    objects = render_chart({"agent": {"readinessTaint": {"enabled": True}}}, namespace="cw-system")
+    env = {e["name"]: e.get("value") for e in container(find(objects, "DaemonSet"), "agent")["env"]}
+    assert env["CNIWARDEN_READINESS_TAINT"] == "1"
+    mounts = {
+        m["mountPath"] for m in container(find(objects, "DaemonSet"), "agent")["volumeMounts"]
+    }
+    assert "/run/cniwarden" in mounts  # STATUS through the shim reaches the server
+    role = next(
+        o
+        for o in objects
+        if o["kind"] == "ClusterRole" and o["metadata"]["name"] == "cniwarden-agent"
+    )
+    assert {"resources": ["nodes"], "verbs": ["get", "patch"], "apiGroups": [""]} in role["rules"]
+    policy = find(objects, "ValidatingAdmissionPolicy", "-own-node-taint")
+    assert policy["spec"]["matchConstraints"]["resourceRules"][0]["resources"] == ["nodes"]
+    exprs = " ".join(v["expression"] for v in policy["spec"]["validations"])
+    assert "authentication.kubernetes.io/node-name" in exprs
+    assert "variables.others == variables.oldOthers" in exprs

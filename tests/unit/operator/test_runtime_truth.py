@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import pytest
 from cni_operator.runtime_truth import (
     RuntimeFacts,
     apply_judgement,
+    as_chosen,
     judge,
     kubelet_ready_condition,
     runtime_kind,
@@ -215,3 +217,15 @@ def test_a_runtime_still_reloading_a_changed_directory_is_not_believed_yet() -> 
     assert judgement.verdict["settling"] is True
     settled = judge({"containerd": HEALTHY}, replace(facts, settling=False))
     assert codes(settled) == ["RuntimeDisagrees"]
+
+
+def test_one_choice_of_runtime_for_rules_report_and_readiness() -> None:
+    containerd = RuntimeFacts(endpoint="/run/containerd/containerd.sock", name="containerd")
+    identified = replace(containerd, version="1.7.24")
+    assert as_chosen(identified, "auto") is identified
+    assert as_chosen(identified, "containerd") is identified  # the override agrees
+    crio = as_chosen(identified, "crio")  # the override wins, judged by the newest rules
+    assert (crio.kind, crio.version, crio.judged_by) == ("crio", "", ("crio",))
+    assert as_chosen(RuntimeFacts(), "auto").judged_by == ("containerd", "crio")
+    with pytest.raises(ValueError, match="unknown runtime 'docker'"):
+        as_chosen(identified, "docker")

@@ -1,0 +1,259 @@
+"""Leak repair on a real node: the agent asks the node's containerd (CRI
+ListPodSandbox over its gRPC CRI client) which sandboxes live, reports the
+leases whose sandbox is gone, reclaims them on its GC schedule, and never touches
+the lease of a live pod, even with that pod's result-cache file truncated and its
+lease made older than the grace period."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cni_operator.node.atomic import sha256_file
+from prometheus_client.parser import text_string_to_metric_families
+
+from devtools.localcluster import LocalCluster
+from devtools.localcluster.pods import busybox_pod
+
+from .conftest import ROOT, running_fleet
+
+pytestmark = [pytest.mark.cluster("real-node"), pytest.mark.slow]
+REFERENCE = Path("/usr/lib/cni")
+LONG_AGO = 3600.0  # older than any grace: only the runtime's word keeps a lease
+
+
+def age_lease(path: Path, seconds: float) -> None:
+    when = time.time() - seconds
+    os.utime(path, (when, when))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def metrics_of(args: dict[str, list[str]]) -> list[str]:
+    (flags,) = args.values()
+    at = flags.index("--metrics-address")
+    return flags[at : at + 2]
+
+
+def scrape(port: int, name: str, labels: dict[str, str]) -> float | None:
+    """One sample of the agent's /metrics, parsed by prometheus_client's own parser."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return None
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return None
+
+
+def pools_of(state: dict[str, Any], network: str) -> list[dict[str, Any]]:
+    return [p for p in state.get("ipPools") or [] if p.get("network") == network]
+
+
+def test_leaked_leases_are_reported_then_reclaimed_and_live_pods_keep_theirs(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    node = cluster.real_nodes[0]
+    suffix = secrets.token_hex(3)
+    name, bridge = f"leaks-{suffix}", f"cwl{suffix}"
+    data_dir = node.cni_state_dir / "networks"
+    spec: dict[str, Any] = {
+        "priority": 10,
+        "cniVersion": "1.0.0",
+        "ipam": {"pressureThreshold": 90, "leaseGraceSeconds": 60},
+        "plugins": [
+            {
+                "type": "cniwarden-bridge",
+                "bridge": bridge,
+                "isGateway": True,
+                "ipam": {
+                    "type": "cniwarden-host-local",
+                    "ranges": [[{"subnet": "usePodCIDR"}]],
+                    "dataDir": str(data_dir),
+                },
+            }
+        ],
+        "binaries": [
+            {
+                "name": "loopback",
+                "sha256": sha256_file(REFERENCE / "loopback"),
+                "source": {"file": str(REFERENCE / "loopback")},
+            }
+        ],
+    }
+    # The node's CRI socket as the node names it (under its host root): the agent's
+    # one gRPC CRI client asks it ListPodSandbox (no crictl in the image).
+    socket_on_node = "/" + str(node.containerd_socket.relative_to(node.host_root))
+    cri = ["--runtime-endpoint", socket_on_node]
+    # First an agent that only reports (GC off), so the leak is seen before repair.
+    metrics = ["--metrics-address", f"127.0.0.1:{free_port()}"]
+    args = {node.name: [*cri, *metrics, "--gc-interval-seconds", "0"]}
+    roots = {node.name: node.host_root}
+    # The real-node tier's plugins see this machine's paths while the agent reads under
+    # the node's host root: the node's view of dataDir is the same directory.
+    mirror = node.host_root / str(data_dir).lstrip("/")
+    made = [p for p in mirror.parents if not p.exists()]
+    mirror.parent.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    mirror.symlink_to(data_dir, target_is_directory=True)
+    try:
+        run_faults(cluster, tmp_path, node, name, spec, cri, args, roots, data_dir)
+    finally:
+        mirror.unlink()
+        for directory in made:  # deepest first
+            directory.rmdir()
+
+
+def run_faults(
+    cluster: LocalCluster,
+    tmp_path: Path,
+    node: Any,
+    name: str,
+    spec: dict[str, Any],
+    cri: list[str],
+    args: dict[str, list[str]],
+    roots: dict[str, Path],
+    data_dir: Path,
+) -> None:
+    suffix = name.rsplit("-", 1)[-1]
+    port = int(metrics_of(args)[1].rsplit(":", 1)[1])
+    labels = {"network": name, "range_set": "0"}
+    with running_fleet(cluster, tmp_path, [node.name], roots, args) as fleet:
+        fleet.apply(name, spec)
+        fleet.wait(lambda: fleet.ready(name), "network Ready on the real node", timeout=60)
+        fleet.wait(
+            lambda: scrape(port, "cniwarden_agent_pool_used_addresses", labels) == 0,
+            "the agent's /metrics shows the empty pool",
+        )
+        pod = f"bb-{suffix}"
+        body = busybox_pod(pod, node.name, ["sh", "-c", "exec sleep 3600"], grace_seconds=1)
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
+        try:
+            cluster.kubectl("wait", "--for=condition=Ready", f"pod/{pod}", "--timeout=120s")
+            pod_ip = json.loads(cluster.kubectl("get", "pod", pod, "-o", "json").stdout)["status"][
+                "podIP"
+            ]
+            store = data_dir / name
+            live_lease = store / pod_ip
+            assert live_lease.exists()
+            fleet.wait(
+                lambda: scrape(port, "cniwarden_agent_pool_used_addresses", labels) == 1,
+                "the pod's address in the agent's /metrics",
+            )
+            # Fault 1: the live pod's result cache truncated, its lease made old.
+            (cache,) = (node.cni_state_dir / "results").glob(f"{name}-*-eth0")
+            cache.write_bytes(b"")
+            age_lease(live_lease, LONG_AGO)
+            # Fault 2: leases of sandboxes that died with the node (a reboot keeps
+            # host-local's files): two old, one young (an ADD could be in flight).
+            net = ipaddress.IPv4Network(
+                cluster.kubectl("get", "node", node.name, "-o", "jsonpath={.spec.podCIDR}").stdout
+            )
+            hosts = list(net.hosts())
+            leaked = [str(hosts[-2]), str(hosts[-3])]
+            young = str(hosts[-4])
+            for ip in [*leaked, young]:
+                owner = secrets.token_hex(32)
+                (store / ip).write_text(f"{owner}\r\neth0")
+            for ip in leaked:
+                age_lease(store / ip, LONG_AGO)
+
+            # Reported first (the CLI's dry run asks the same containerd) ...
+            dry = subprocess.run(
+                [sys.executable, "-m", "cni_operator.cli", "gc", "--host-root",
+                 str(node.host_root), *cri, "--dry-run", "--json"],
+                capture_output=True, text=True, timeout=60, cwd=ROOT, check=False,
+            )  # fmt: skip
+            assert dry.returncode == 0, dry.stderr
+            report = json.loads(dry.stdout)
+            assert report["sandboxes"] >= 1
+            assert sorted(r["ip"] for r in report["released"]) == sorted(leaked)
+
+            reported = fleet.wait(
+                lambda: next(
+                    (
+                        p
+                        for p in pools_of(fleet.node_state(node.name), name)
+                        if p.get("leaked") == len(leaked)
+                    ),
+                    None,
+                ),
+                "the agent reports the leaked leases",
+            )
+            assert sorted(x["ip"] for x in reported["leakedLeases"]) == sorted(leaked)
+            assert all((store / ip).exists() for ip in leaked)  # GC off: only reported
+            fleet.wait(
+                lambda: scrape(port, "cniwarden_agent_leaked_leases", labels) == len(leaked),
+                "the leaked leases in the agent's /metrics",
+            )
+            # The doctor's IP-exhaustion branch on the node, against the same containerd.
+            doctor = subprocess.run(
+                [sys.executable, "-m", "cni_operator.cli", "doctor", "--json", "--no-journal",
+                 "--host-root", str(node.host_root), *cri, "--runtime", "containerd"],
+                capture_output=True, text=True, timeout=120, cwd=ROOT, check=False,
+            )  # fmt: skip
+            found = json.loads(doctor.stdout)
+            (doctor_pool,) = [p for p in found["ipPools"]["pools"] if p["network"] == name]
+            assert doctor_pool["leaked"] == len(leaked), doctor_pool
+            assert "LeakedLeases" in {p["code"] for p in found["problems"]}
+
+            # ... then the agent, restarted with its GC on, reclaims them on its schedule.
+            fleet.stop_agent(node.name)
+            fleet.agent_args[node.name] = [*cri, *metrics_of(args), "--gc-interval-seconds", "2"]
+            fleet.start_agent(node.name)
+
+            def reclaimed() -> bool:
+                return not any((store / ip).exists() for ip in leaked)
+
+            fleet.wait(reclaimed, "leaked leases reclaimed by the agent", timeout=60)
+            fleet.wait(
+                lambda: scrape(port, "cniwarden_agent_leases_reclaimed_total", {}) == len(leaked),
+                "the reclaimed leases in the restarted agent's /metrics",
+            )
+            assert live_lease.exists(), "the live pod's lease was released"
+            assert (store / young).exists(), "a lease younger than the grace was released"
+            state = fleet.wait(
+                lambda: next(
+                    (
+                        fleet.node_state(node.name)
+                        for p in pools_of(fleet.node_state(node.name), name)
+                        if p.get("leaked") == 0 and p.get("used") == 2
+                    ),
+                    None,
+                ),
+                "the report shows the freed addresses",
+            )
+            assert state["leakCheck"]["runtime"] == "Listed"
+            assert state["leakCheck"]["reclaimedTotal"] >= len(leaked)
+            (pool,) = pools_of(state, name)
+            assert pool["size"] == net.num_addresses - 3  # network, broadcast, gateway
+            network_status = fleet.network(name)["status"]
+            assert network_status["poolUsage"].endswith(f"({node.name})")
+            pressure = fleet.condition(name, "IPPoolPressure")
+            assert pressure["status"] == "False"
+            # The live pod lost nothing: Ready, same address, its lease in place.
+            got = json.loads(cluster.kubectl("get", "pod", pod, "-o", "json").stdout)
+            assert got["status"]["podIP"] == pod_ip
+            ready = {c["type"]: c["status"] for c in got["status"]["conditions"]}
+            assert ready["Ready"] == "True"
+            (store / young).unlink()
+        finally:
+            cluster.kubectl("delete", "pod", pod, "--wait=true", "--timeout=60s", check=False)
+        fleet.delete(name)

@@ -1,0 +1,166 @@
+"""The CNI-readiness taint on a real node (containerd + kubelet): the agent keeps
+`cniwarden.io/agent-not-ready:NoSchedule` on its Node until containerd uses our
+config and our plugins answer STATUS ok, re-applies it on a regression (a shadowing
+file, a full pool) and removes it on recovery. A pod created while the node is
+tainted is not scheduled there until the CNI can serve it; the fault-to-taint and
+recovery-to-untaint times are measured and printed (pytest -s shows them)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cni_operator.node.atomic import sha256_file
+from cni_operator.readiness import TAINT_KEY
+
+from devtools.localcluster import LocalCluster
+from devtools.localcluster.pods import busybox_pod
+
+from .conftest import Fleet, running_fleet
+
+pytestmark = [pytest.mark.cluster("real-node"), pytest.mark.slow]
+REFERENCE = Path("/usr/lib/cni")
+READINESS_SECONDS = 1.0
+
+
+def tainted(cluster: LocalCluster, node: str) -> bool:
+    body = json.loads(cluster.kubectl("get", "node", node, "-o", "json").stdout)
+    return any(t.get("key") == TAINT_KEY for t in body["spec"].get("taints") or [])
+
+
+def timed(fleet: Fleet, check: Any, what: str) -> float:
+    started = time.monotonic()
+    fleet.wait(check, what, timeout=60, interval=0.05)
+    return time.monotonic() - started
+
+
+def test_taint_follows_cni_readiness_and_holds_pods_off_the_node(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    node = cluster.real_nodes[0]
+    suffix = secrets.token_hex(3)
+    name, bridge = f"ready-{suffix}", f"cwt{suffix}"
+    data_dir = node.cni_state_dir / "networks"
+    spec: dict[str, Any] = {
+        "priority": 10,
+        "cniVersion": "1.0.0",  # containerd 1.7 cannot read a 1.1.0 result
+        "plugins": [
+            {
+                "type": "cniwarden-bridge",
+                "bridge": bridge,
+                "isGateway": True,
+                "ipam": {
+                    "type": "cniwarden-host-local",
+                    "ranges": [[{"subnet": "usePodCIDR"}]],
+                    "dataDir": str(data_dir),
+                },
+            }
+        ],
+        "binaries": [
+            {
+                "name": "loopback",
+                "sha256": sha256_file(REFERENCE / "loopback"),
+                "source": {"file": str(REFERENCE / "loopback")},
+            }
+        ],
+    }
+    args = {
+        node.name: [
+            "--readiness-taint",
+            "--readiness-seconds",
+            str(READINESS_SECONDS),
+            "--runtime",
+            "containerd",
+        ]
+    }
+    timings: dict[str, float] = {}
+    shadow = node.cni_conf_dir / f"00-shadow-{suffix}.conflist"
+    pod = f"bb-{suffix}"
+    try:
+        with running_fleet(
+            cluster, tmp_path, [node.name], {node.name: node.host_root}, args
+        ) as fleet:
+            # No config of ours yet: the agent taints its node.
+            fleet.wait(lambda: tainted(cluster, node.name), "the taint before any config")
+            fleet.apply(name, spec)
+            timings["apply -> untaint"] = timed(
+                fleet, lambda: not tainted(cluster, node.name), "untainted once ready"
+            )
+            fleet.wait(
+                lambda: (fleet.node_state(node.name).get("cniReadiness") or {}).get("ready"),
+                "the report says CNI ready",
+            )
+
+            # Fault 1: a foreign file that containerd picks instead of ours.
+            loopback = {"cniVersion": "1.0.0", "name": "shadow", "plugins": [{"type": "loopback"}]}
+            shadow.write_text(json.dumps(loopback))
+            timings["shadowing file -> taint"] = timed(
+                fleet, lambda: tainted(cluster, node.name), "tainted on shadowing"
+            )
+            message = fleet.wait(
+                lambda: (
+                    (fleet.node_state(node.name).get("cniReadiness") or {}).get("message")
+                    if not (fleet.node_state(node.name).get("cniReadiness") or {}).get("ready")
+                    else None
+                ),
+                "the report says why",
+            )
+            # A pod created now is not placed on the node (the scheduler sees the taint).
+            body = busybox_pod(pod, node.name, ["sh", "-c", "exec sleep 3600"], grace_seconds=1)
+            del body["spec"]["nodeName"]
+            body["spec"]["nodeSelector"] = {"kubernetes.io/hostname": node.name}
+            cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
+            fleet.wait(
+                lambda: any(
+                    c.get("reason") == "Unschedulable"
+                    for c in json.loads(cluster.kubectl("get", "pod", pod, "-o", "json").stdout)[
+                        "status"
+                    ].get("conditions")
+                    or []
+                ),
+                "the pod held off the tainted node",
+            )
+            shadow.unlink()
+            timings["shadow removed -> untaint"] = timed(
+                fleet, lambda: not tainted(cluster, node.name), "untainted after the fix"
+            )
+            cluster.kubectl("wait", "--for=condition=Ready", f"pod/{pod}", "--timeout=120s")
+            got = json.loads(cluster.kubectl("get", "pod", pod, "-o", "json").stdout)
+            pod_ip = ipaddress.IPv4Address(got["status"]["podIP"])
+            assert (data_dir / name / str(pod_ip)).exists(), "the pod's address is ours"
+
+            # Fault 2: the pool full (host-local's STATUS answers 50).
+            cidr = ipaddress.IPv4Network(
+                cluster.kubectl("get", "node", node.name, "-o", "jsonpath={.spec.podCIDR}").stdout
+            )
+            store = data_dir / name
+            filled = []
+            for ip in list(cidr.hosts())[1:]:
+                lease = store / str(ip)
+                if not lease.exists():
+                    lease.write_text(f"filler-{suffix}\r\neth0")
+                    filled.append(lease)
+            timings["pool full -> taint"] = timed(
+                fleet, lambda: tainted(cluster, node.name), "tainted on a full pool"
+            )
+            for lease in filled:
+                lease.unlink()
+            timings["pool freed -> untaint"] = timed(
+                fleet, lambda: not tainted(cluster, node.name), "untainted with room again"
+            )
+            print(f"\nreadiness taint timings (interval {READINESS_SECONDS:g} s):")
+            for what, seconds in timings.items():
+                print(f"  {what}: {seconds:.2f} s")
+            assert "does not use a cniwarden config" in message
+            cluster.kubectl("delete", "pod", pod, "--wait=true", "--timeout=60s", check=False)
+            fleet.delete(name)
+    finally:
+        shadow.unlink(missing_ok=True)
+        cluster.kubectl("delete", "pod", pod, "--ignore-not-found", "--timeout=60s", check=False)
+        # Leave the shared node as we found it: no taint of ours.
+        cluster.kubectl("taint", "node", node.name, f"{TAINT_KEY}-", check=False)
