@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import (
+    clusterdns,
     controlplane,
     fakenodes,
     hostres,
@@ -189,6 +190,7 @@ def up(
     real_nodes: int = 1,
     cni: str = "none",
     owner_pid: int | None = None,
+    proxy_mode: str = "iptables",
 ) -> LocalCluster:
     """Start a cluster and wait until every component is really ready.
 
@@ -222,6 +224,7 @@ def up(
         server=f"https://{api_address}:{layout.ports.apiserver}",
         owner_pid=owner_pid,
         cni=cni,
+        proxy_mode=proxy_mode,
     )
     state.save()
     cluster = LocalCluster(state)
@@ -245,6 +248,8 @@ def up(
             state.timings["fake_nodes_up_s"] = round(time.monotonic() - t0, 2)
             _log(f"{name}: {fake_nodes} fake nodes Ready in {state.timings['fake_nodes_up_s']}s")
         if real:
+            # Cluster DNS, as kubeadm's addon: Pending until a CNI is installed.
+            cluster.kubectl("apply", "-f", "-", input=clusterdns.manifest_list())
             t0 = time.monotonic()
             for i in range(real_nodes):
                 node: NodeLayout = realnode.add_node(layout, state, cluster.kubectl, i, cni=cni)
