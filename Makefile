@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(CURDIR)/.tools/bin:$(PATH)
 
 .PHONY: setup debs venv tools images test lint typecheck unit integration e2e bench plugins bench-fastpath bench-plugin fuzz \
-        cluster-up cluster-down demo demo-down bench-rtt clean
+        cluster-up cluster-down demo demo-down bench-rtt conformance clean
 
 setup: debs venv tools
 
@@ -81,10 +81,11 @@ TIER ?= real-node
 FAKE_NODES ?= 3
 REAL_NODES ?= 1
 CNI ?= none
+PROXY_MODE ?= iptables
 
 cluster-up: setup
 	@$(BIN)/python -m devtools.localcluster up --name $(CLUSTER) --tier $(TIER) \
-	  --fake-nodes $(FAKE_NODES) --real-nodes $(REAL_NODES) --cni $(CNI)
+	  --fake-nodes $(FAKE_NODES) --real-nodes $(REAL_NODES) --cni $(CNI) --proxy-mode $(PROXY_MODE)
 
 cluster-down: venv
 	@$(BIN)/python -m devtools.localcluster down --name $(CLUSTER)
@@ -93,6 +94,15 @@ cluster-down: venv
 # the example network, two pods talking across nodes, the status (README "Demo").
 demo: setup plugins images
 	@$(BIN)/python -m devtools.ship.demo
+
+# Kubernetes' own sig-network e2e (e2e.test v1.33, ginkgo, agnhost built here) against
+# cniwarden on a fresh 2-real-node cluster; JUnit in build/conformance/ (README "Conformance").
+# CONFORMANCE=full (default) | ci (the subset CI runs); CONFORMANCE_PROCS (ginkgo -p).
+CONFORMANCE ?= full
+CONFORMANCE_PROCS ?= 4
+conformance: setup plugins images
+	TOOLS="default conformance" ./tools/build-tools.sh
+	$(BIN)/python -m devtools.conformance --selection $(CONFORMANCE) --procs $(CONFORMANCE_PROCS)
 
 demo-down: venv
 	@$(BIN)/python -m devtools.ship.demo --down
