@@ -71,6 +71,7 @@ bench: bench-plugin bench-fastpath bench-rtt
 
 # The whole suite, as CI runs it (the e2e tests run the chart from the images).
 test: setup lint typecheck plugins images
+	TOOLS=conformance ./tools/build-tools.sh
 	CNIWARDEN_REQUIRE_ALL=1 $(BIN)/pytest tests
 
 # A local Kubernetes (see README "Local cluster"). Variables: CLUSTER (name),

@@ -10,10 +10,14 @@ from pathlib import Path
 @dataclass
 class Results:
     total: int = 0
-    passed: int = 0
+    passed_names: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     skipped: int = 0
     seconds: float = 0.0
+
+    @property
+    def passed(self) -> int:
+        return len(self.passed_names)
 
     @property
     def ran(self) -> int:
@@ -44,7 +48,7 @@ def parse(path: Path) -> Results:
         elif case.find("skipped") is not None or status in ("skipped", "pending"):
             results.skipped += 1
         else:
-            results.passed += 1
+            results.passed_names.append(name)
     suite = root if root.tag == "testsuite" else root.find("testsuite")
     if suite is not None:
         results.seconds = float(suite.get("time", "0") or 0)
