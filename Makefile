@@ -98,12 +98,14 @@ demo: setup plugins images
 
 # Kubernetes' own sig-network e2e (e2e.test v1.33, ginkgo, agnhost built here) against
 # cniwarden on a fresh 2-real-node cluster; JUnit in build/conformance/ (README "Conformance").
-# CONFORMANCE=full (default) | ci (the subset CI runs); CONFORMANCE_PROCS (ginkgo -p).
+# CONFORMANCE=full (default) | ci (the subset CI runs); CONFORMANCE_PROCS (ginkgo -p);
+# PROXY_MODE=iptables (default) | nftables (kube-proxy's mode on both nodes).
 CONFORMANCE ?= full
 CONFORMANCE_PROCS ?= 4
 conformance: setup plugins images
 	TOOLS="default conformance" ./tools/build-tools.sh
-	$(BIN)/python -m devtools.conformance --selection $(CONFORMANCE) --procs $(CONFORMANCE_PROCS)
+	$(BIN)/python -m devtools.conformance --selection $(CONFORMANCE) --procs $(CONFORMANCE_PROCS) \
+	  --proxy-mode $(PROXY_MODE)
 
 demo-down: venv
 	@$(BIN)/python -m devtools.ship.demo --down

@@ -144,16 +144,31 @@ def run_suite(
 
 
 def conformance(
-    selection: suite.Selection, *, name: str, procs: int, keep: bool, out_dir: Path = OUT_DIR
+    selection: suite.Selection,
+    *,
+    name: str,
+    procs: int,
+    keep: bool,
+    out_dir: Path = OUT_DIR,
+    proxy_mode: str = "iptables",
 ) -> junit.Results:
-    out = out_dir / selection.name
+    out = out_dir / (
+        selection.name if proxy_mode == "iptables" else f"{selection.name}-{proxy_mode}"
+    )
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     names = upstream_images(tool("e2e.test"))
     if down_by_name(name):
         log(f"removed a previous {name!r} cluster")
     started = time.monotonic()
-    cluster = up(name, Tier.REAL_NODE, fake_nodes=0, real_nodes=2, owner_pid=os.getpid())
+    cluster = up(
+        name,
+        Tier.REAL_NODE,
+        fake_nodes=0,
+        real_nodes=2,
+        owner_pid=os.getpid(),
+        proxy_mode=proxy_mode,
+    )
     product = None
     try:
         product = install_cniwarden(cluster)
@@ -163,6 +178,7 @@ def conformance(
         results = run_suite(cluster, selection, out, procs)
         summary = {
             "selection": selection.name,
+            "kube_proxy_mode": proxy_mode,
             "focus": selection.focus_regex,
             "skip": suite.skip_regex(),
             "images": names,
@@ -194,9 +210,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--name", default="conformance")
     parser.add_argument("--procs", type=int, default=4, help="ginkgo parallel processes")
     parser.add_argument("--keep", action="store_true", help="leave the cluster running")
+    parser.add_argument("--proxy-mode", choices=["iptables", "nftables"], default="iptables")
     args = parser.parse_args(argv)
     results = conformance(
-        suite.SELECTIONS[args.selection], name=args.name, procs=args.procs, keep=args.keep
+        suite.SELECTIONS[args.selection],
+        name=args.name,
+        procs=args.procs,
+        keep=args.keep,
+        proxy_mode=args.proxy_mode,
     )
     return 0 if results.ran and not results.failed else 1
 
