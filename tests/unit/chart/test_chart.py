@@ -341,15 +341,19 @@ def test_example_network_values_reach_the_spec() -> None:
 
 def test_example_network_chains_portmap_from_the_agent_image() -> None:
     """hostPort out of the box: portmap with the portMappings capability, declared as a
-    binary whose sha256 is the one the image build checks (images/cni-plugins.sha256)."""
+    binary whose sha256 is the one the image build checks (images/cni-plugins.sha256),
+    under a name of ours so a node's own portmap is neither replaced nor a conflict."""
     network = find(render_chart(EXAMPLE_ON), "CNINetwork")
     spec = parse_spec(network["spec"])
     conflist = render("pods", spec, NodeFacts("n1", {}, ("10.244.1.0/24",))).conflist
-    assert conflist["plugins"][-1] == {"type": "portmap", "capabilities": {"portMappings": True}}
+    assert conflist["plugins"][-1] == {
+        "type": "cniwarden-portmap",
+        "capabilities": {"portMappings": True},
+    }
     sums = (ROOT / "images" / "cni-plugins.sha256").read_text().splitlines()
     pinned = {name: digest for digest, name in (line.split() for line in sums)}
     (declared,) = spec.binaries
-    assert (declared.name, declared.sha256) == ("portmap", pinned["portmap"])
+    assert (declared.name, declared.sha256) == ("cniwarden-portmap", pinned["portmap"])
     assert declared.source.file == "/usr/lib/cniwarden/cni-plugins/portmap"
     dockerfile = (ROOT / "images" / "Dockerfile").read_text()
     assert "COPY --from=cni-plugins /out/ /usr/lib/cniwarden/cni-plugins/" in dockerfile
