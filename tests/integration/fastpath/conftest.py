@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from node_plugin.server.protocol import Reply, Request
+from node_plugin.server.protocol import Reply, Request, decode_request
 from node_plugin.server.server import CniServer, ServerConfig
 from tests.integration.fastpath import shimbuild
 from tests.integration.fastpath.shimbuild import ROOT
@@ -97,6 +97,17 @@ class ShimEnv:
         if not self.queue.exists():
             return []
         return sorted(p for p in self.queue.iterdir() if p.name.startswith("del-"))
+
+    def queued_container_ids(self) -> list[str]:
+        """The container IDs of the queued DELs; a file the replay removes meanwhile is gone."""
+        ids = []
+        for path in self.queued():
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                continue
+            ids.append(decode_request(data).env["CNI_CONTAINERID"])
+        return ids
 
 
 @pytest.fixture

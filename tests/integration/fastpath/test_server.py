@@ -710,9 +710,7 @@ def test_each_queued_del_replays_under_its_own_deadline(
     try:
         start_server(recorder, start_replay_wait=0.1, replay_interval=0.1, request_timeout=0.5)
         wait_until(
-            lambda: (
-                [decode_request_file(p).env["CNI_CONTAINERID"] for p in shim.queued()] == ["hung"]
-            ),
+            lambda: shim.queued_container_ids() == ["hung"],
             "the replay to run the later DELs while the first one hangs",
         )
         # (On a loaded machine the hung DEL's thread may even start after the others.)
