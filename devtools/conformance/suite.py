@@ -62,12 +62,16 @@ FULL = Selection(
     "full",
     (r"\[sig-network\].*\[Conformance\]", r"\[sig-network\] Networking Granular Checks"),
 )
-# CI: the pod-to-pod and Service data paths (Granular Checks) and the Services
-# conformance specs; the rest (DNS, EndpointSlice, Proxy, API-only specs) with
-# `make conformance`.
+# CI: the pod-to-pod and Service data paths (Granular Checks), the Services
+# conformance specs and hostPort (portmap, chained by the example network); the
+# rest (DNS, EndpointSlice, Proxy, API-only specs) with `make conformance`.
 CI = Selection(
     "ci",
-    (r"\[sig-network\] Networking Granular Checks", r"\[sig-network\] Services .*\[Conformance\]"),
+    (
+        r"\[sig-network\] Networking Granular Checks",
+        r"\[sig-network\] Services .*\[Conformance\]",
+        r"\[sig-network\] HostPort .*\[Conformance\]",
+    ),
 )
 SELECTIONS = {s.name: s for s in (FULL, CI)}
 

@@ -1,7 +1,7 @@
 """Kubernetes' own sig-network e2e tests (e2e.test v1.33, built here) against cniwarden.
 
-CI runs the subset that fits its budget (`suite.CI`: Networking Granular Checks and
-the Services conformance specs) on a fresh 2-real-node local cluster with the
+CI runs the subset that fits its budget (`suite.CI`: Networking Granular Checks,
+the Services conformance specs and HostPort) on a fresh 2-real-node local cluster with the
 chart installed; `make conformance` runs the full list (`suite.FULL`). The
 JUnit report stays in build/conformance/ci/ (README "Conformance").
 """
@@ -23,6 +23,7 @@ MUST_RUN = (
     "Granular Checks: Pods should function for node-pod communication: udp",
     "Granular Checks: Services should function for pod-Service: http",
     "Services should have session affinity work for service with type clusterIP",
+    "HostPort validates that there is no conflict between pods with same hostPort",
 )
 
 
