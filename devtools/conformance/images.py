@@ -8,8 +8,9 @@ Dynamic binaries come with the libraries `ldd` names. `/bin/sh` is bash:
 Debian's static busybox shell runs its own built-in `nc` (no `-u`) before the
 one on PATH, so `sh -c "... | nc -u ..."` would fail with busybox as sh.
 
-The other images the chosen tests name (pause, busybox) are the local
-cluster's own, tagged with the names e2e.test asks for (`aliases`).
+The other images the chosen tests name are aliases (`run.load_test_images`):
+pause and busybox are the local cluster's own, and the DNS specs'
+`jessie-dnsutils` querier is this image (it only needs bash, dig and nslookup).
 """
 
 from __future__ import annotations

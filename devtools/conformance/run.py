@@ -48,7 +48,7 @@ def log(text: str) -> None:
 
 
 def upstream_images(e2e: Path) -> dict[str, str]:
-    """The names e2e.test uses for agnhost, pause and busybox (`--list-images`)."""
+    """The names e2e.test uses for the images the selected specs run (`--list-images`)."""
     listed = subprocess.run(
         [str(e2e), "--list-images"], capture_output=True, text=True, timeout=60, check=True
     ).stdout.split()
@@ -56,6 +56,7 @@ def upstream_images(e2e: Path) -> dict[str, str]:
         "agnhost": r"^registry\.k8s\.io/e2e-test-images/agnhost:",
         "pause": r"^registry\.k8s\.io/pause:",
         "busybox": r"^registry\.k8s\.io/e2e-test-images/busybox:",
+        "jessie-dnsutils": r"^registry\.k8s\.io/e2e-test-images/jessie-dnsutils:",
     }
     found = {}
     for key, pattern in wanted.items():
@@ -71,7 +72,13 @@ def load_test_images(cluster: LocalCluster, out: Path, names: dict[str, str]) ->
     cluster.load_images([archive])
     for record in cluster.state.nodes:
         node = cluster.layout.node(record.index)
-        for local, upstream in ((PAUSE_IMAGE, names["pause"]), (BUSYBOX_IMAGE, names["busybox"])):
+        # The DNS specs' second querier: the same tools (bash, dig, nslookup) as agnhost's.
+        aliases = (
+            (PAUSE_IMAGE, names["pause"]),
+            (BUSYBOX_IMAGE, names["busybox"]),
+            (names["agnhost"], names["jessie-dnsutils"]),
+        )
+        for local, upstream in aliases:
             ctr(node, "images", "tag", "--force", local, upstream)
         listed = set(ctr(node, "images", "ls", "-q").stdout.split())
         missing = set(names.values()) - listed
