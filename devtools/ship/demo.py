@@ -96,12 +96,17 @@ def show_service(cluster: LocalCluster, nodes: Sequence[LocalNode]) -> None:
     lookup = "cat /etc/resolv.conf; nslookup web.default.svc.cluster.local"
     print(f"$ kubectl exec demo-a -- sh -c '{lookup}'")
     print(cluster.kubectl("exec", "demo-a", "--", "sh", "-c", lookup).stdout.rstrip())
-    fetch = "wget -q -T 5 -O - http://web"
+    # busybox-static's wget crashes in glibc's static NSS: resolve with nslookup (its own
+    # resolver), then an HTTP request with nc to the address CoreDNS gave.
+    fetch = (
+        "ip=$(nslookup web.default.svc.cluster.local | awk '/^Address: /{a=$2} END{print a}'); "
+        'printf "GET / HTTP/1.0\\r\\n\\r\\n" | nc -w 5 "$ip" 80 | tail -n 1'
+    )
     seen: set[str] = set()
 
     def both_answered() -> bool:
         answer = cluster.kubectl("exec", "demo-a", "--", "sh", "-c", fetch).stdout.strip()
-        print(f"$ kubectl exec demo-a -- {fetch}\n{answer}", flush=True)
+        print(f"$ kubectl exec demo-a -- sh -c '{fetch}'\n{answer}", flush=True)
         seen.add(answer)
         return set(backends) <= seen
 
