@@ -12,12 +12,16 @@ class Results:
     total: int = 0
     passed_names: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
-    skipped: int = 0
+    skipped_names: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
     def passed(self) -> int:
         return len(self.passed_names)
+
+    @property
+    def skipped(self) -> int:
+        return len(self.skipped_names)
 
     @property
     def ran(self) -> int:
@@ -46,7 +50,7 @@ def parse(path: Path) -> Results:
         if case.find("failure") is not None or case.find("error") is not None:
             results.failed.append(name)
         elif case.find("skipped") is not None or status in ("skipped", "pending"):
-            results.skipped += 1
+            results.skipped_names.append(name)
         else:
             results.passed_names.append(name)
     suite = root if root.tag == "testsuite" else root.find("testsuite")

@@ -8,6 +8,7 @@ JUnit report stays in build/conformance/ci/ (README "Conformance").
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 
@@ -40,3 +41,5 @@ def test_upstream_granular_checks_and_services_pass() -> None:
     for spec in MUST_RUN:
         assert any(spec in name for name in results.passed_names), f"{spec!r} did not pass"
     assert results.ran >= 30, results.summary()
+    summary = json.loads((run.OUT_DIR / suite.CI.name / "summary.json").read_text())
+    assert summary["skipped_at_run_time"] == [], summary["skipped_at_run_time"]
