@@ -32,7 +32,7 @@ SPECS = {
     "[sig-network] Services should be rejected when no endpoints exist [Serial]": "Serial",
     # The named local-cluster gap (README "Conformance"): the API server's proxy to pod IPs.
     "[sig-network] DNS should provide DNS for services [Conformance]": "DNS",
-    "[sig-network] Proxy version v1 should proxy through a service and a pod [Conformance]": "Proxy",
+    "[sig-network] Proxy version v1 should proxy through a service and a pod": "Proxy",
 }
 
 
