@@ -14,6 +14,7 @@
 #   default      kubernetes etcd helm kwok cnitool kube-proxy coredns crictl
 #                containerd-1.7 containerd-2 crio   (`make tools`)
 #   conformance  e2e ginkgo agnhost                 (the upstream e2e kit)
+#   kind         kind (TOOLS=kind; docs/install.md "kind without a registry")
 #   all          both
 # Container runtimes are linked into .tools/runtimes/<name>/bin, the rest into
 # .tools/bin.
@@ -145,6 +146,10 @@ kwok_ldflags() {
 
 build_kwok() {
   GOBIN=$2 go install -trimpath -ldflags "$(kwok_ldflags "$1")" "sigs.k8s.io/kwok/cmd/kwok@$1"
+}
+
+build_kind() {
+  GOBIN=$2 go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kind@$1"
 }
 
 build_cnitool() {
@@ -290,6 +295,7 @@ for t in $tools; do
     helm) ensure helm "$HELM_VERSION" "$(recipe "helm_ldflags build_helm")" build_helm ;;
     kwok) ensure kwok "$KWOK_VERSION" "$(recipe "kwok_ldflags build_kwok")" build_kwok ;;
     cnitool) ensure cnitool "$CNITOOL_VERSION" "$(recipe build_cnitool)" build_cnitool ;;
+    kind) ensure kind "$KIND_VERSION" "$(recipe build_kind)" build_kind ;;
     kube-proxy)
       ensure kube-proxy "$KUBERNETES_VERSION" \
         "$(recipe "kubernetes_ldflags build_kube_proxy" "$here/k8s-extra/go.mod" "$here/k8s-extra/go.sum")" \

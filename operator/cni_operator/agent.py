@@ -70,6 +70,7 @@ class Agent:
     _failures: int = 0
     _last_applied: dict[str, dict[str, Any]] = field(default_factory=dict)
     _node_state: dict[str, Any] | None = None
+    _nodes_listed: bool = False
 
     def __post_init__(self) -> None:
         self.paths = HostPaths(self.settings.host_root)
@@ -196,6 +197,13 @@ class Agent:
         listed_rv, items = self.kube.list_networks_with_version()
         self.networks = merge_listing(self.networks, items, listed_rv)
         self.listed = True
+        if not self._nodes_listed:
+            # host-gw's peers before its first pass, for the same reason: a pass that
+            # saw only the Nodes streamed so far would remove the routes to the others,
+            # a gap in pod traffic every time an agent restarts (a rolling upgrade).
+            for node in self.kube.list_nodes():
+                self.on_node("ADDED", node)
+            self._nodes_listed = True
 
     async def _pass(self) -> None:
         """Reconcile, sync host-gw, publish. Whatever the reconcile raises, the other

@@ -116,6 +116,10 @@ class Kube:
         result: dict[str, Any] = self.client.sanitize_for_serialization(node)
         return result
 
+    def list_nodes(self) -> list[dict[str, Any]]:
+        listing: dict[str, Any] = self.client.sanitize_for_serialization(self.core.list_node())
+        return list(listing.get("items", []))
+
     def post_event(
         self, obj: dict[str, Any], kind: str, reason: str, message: str, component: str
     ) -> None:

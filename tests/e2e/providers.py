@@ -6,7 +6,7 @@ network namespace, install/upgrade/uninstall). Both run the chart as pods: the
 images are built from images/Dockerfile, loaded into the nodes, and Kubernetes
 runs the Deployment, the DaemonSet and the pre-delete hook Job.
 
-- kind: `docker build` of both targets and `kind load docker-image`.
+- kind: `make images` (buildah) and `kind load image-archive` into its nodes.
 - local: `make images` (buildah) and `ctr images import` into two real nodes of
   the local cluster (containerd + kubelet + kube-proxy, each in its own network
   and mount namespace) added for this run (devtools/ship/install.py).
@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from devtools.localcluster import LocalCluster
+from devtools.localcluster import images as local_images
 from devtools.localcluster.layout import BUSYBOX_IMAGE
 from devtools.localcluster.toolpaths import tool
+from devtools.ship import images as image_build
 from devtools.ship.helm import CHART, helm, install_chart, set_args, uninstall_release
-from devtools.ship.images import chart_app_version
 from devtools.ship.install import (
     ChartInstall,
     CommandFailedError,
@@ -203,8 +204,8 @@ class KindProvider:
 
     workdir: Path
     name: str = "kind"
-    busybox_image: str = "busybox:1.36.1"
-    image_pull_policy: str = "IfNotPresent"
+    busybox_image: str = BUSYBOX_IMAGE
+    image_pull_policy: str = "Never"
     run_id: str = field(default_factory=lambda: secrets.token_hex(3))
     _nodes: list[KindNode] = field(default_factory=list)
     installed: bool = False
@@ -252,12 +253,16 @@ class KindProvider:
                 str(ROOT / "kind-config.yaml"),
                 "--kubeconfig",
                 str(self.kubeconfig),
+                *self.node_image(),
             ],
             timeout=600,
         )
-        run(["docker", "pull", self.busybox_image], timeout=600)
+        # The same busybox image the local cluster uses (Debian's static busybox),
+        # so no registry is needed.
+        busybox = self.workdir / "busybox.tar"
+        local_images.build_busybox(busybox)
         run(
-            ["kind", "load", "docker-image", self.busybox_image, "--name", self.cluster_name],
+            ["kind", "load", "image-archive", str(busybox), "--name", self.cluster_name],
             timeout=600,
         )
         workers = json.loads(
@@ -278,29 +283,47 @@ class KindProvider:
                 "--overwrite",
             )
 
+    @staticmethod
+    def node_image() -> list[str]:
+        """`--image` from CNIWARDEN_KIND_NODE_IMAGE (a node image built offline by
+        `python -m devtools.ship.kindnode`), else kind's own default."""
+        image = os.environ.get("CNIWARDEN_KIND_NODE_IMAGE", "").strip()
+        return ["--image", image] if image else []
+
     def load_images(self, context: Path | None = None) -> dict[str, str]:
         """Both targets of images/Dockerfile (of this checkout, or of `context`) built
-        with Docker, tagged with that chart's appVersion and loaded into the nodes;
-        the image IDs by target."""
-        context = context or ROOT
-        tag = chart_app_version(context)
+        by `make images` (buildah: no build network needed from Docker) and loaded
+        into the nodes as archives; the image IDs by target."""
+        built = image_build.build_all(context=context)
         ids = {}
-        for target in ("controller", "agent"):
-            ref = f"ghcr.io/cniwarden/cniwarden-{target}:{tag}"
-            dockerfile = context / "images" / "Dockerfile"
-            build = ["docker", "build", "-f", str(dockerfile), "--target", target, "-t", ref]
-            run([*build, str(context)], timeout=1800)
-            run(["kind", "load", "docker-image", ref, "--name", self.cluster_name], timeout=600)
-            ids[target] = run(["docker", "image", "inspect", "-f", "{{.Id}}", ref]).stdout.strip()
+        for image in built:
+            run(
+                ["kind", "load", "image-archive", str(image.archive), "--name", self.cluster_name],
+                timeout=600,
+            )
+            # kind imports with `ctr images import --digests`: the CRI then names the
+            # image by its manifest digest (`...@sha256:<digest>`), which ctr lists.
+            node = f"{self.cluster_name}-control-plane"
+            listing = run(["docker", "exec", node, "ctr", "-n", "k8s.io", "images", "ls"]).stdout
+            digest = next(
+                line.split()[2] for line in listing.splitlines() if line.startswith(image.ref + " ")
+            )
+            ids[image.target] = digest
         return ids
 
     def base_values(self) -> dict[str, Any]:
+        """The two labelled workers only (the control-plane node is not part of the
+        run: the network's nodesReady counts the nodes it selects)."""
+        selector = {E2E_LABEL: self.run_id}
         return {
-            "image": {"pullPolicy": "IfNotPresent"},
+            "image": {"pullPolicy": "Never"},
+            "controller": {"nodeSelector": selector},
+            "agent": {"nodeSelector": selector},
             "exampleNetwork": {
                 "enabled": True,
                 "name": f"pods-{self.run_id}",
                 "bridge": f"cwe{self.run_id}",
+                "nodeSelector": selector,
             },
         }
 

@@ -4,7 +4,8 @@ Runs on kind when Docker and kind are present, else on the local cluster (real
 nodes: containerd + kubelet + kube-proxy each in its own network and mount
 namespace); see providers.py. Either way the chart runs as pods from the images
 built from images/Dockerfile. The scenarios run in order on one installation;
-the last one uninstalls it and checks that the nodes are clean.
+the last two upgrade it (from the previous chart version, with traffic) and
+uninstall it (the hook Job, then nodes as they were).
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ import ipaddress
 import json
 import re
 import secrets
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +29,7 @@ from kubernetes.client.exceptions import ApiException
 
 from devtools.localcluster.kube import node_ready
 from devtools.localcluster.pods import busybox_pod
-from tests.e2e import providers
+from tests.e2e import previous, providers
 from tests.e2e.providers import KindProvider, LocalProvider, Node, Provider, wait_for
 
 PROVIDER = providers.choose()
@@ -309,7 +313,14 @@ def assert_serving(pod: dict[str, Any], images: dict[str, str]) -> None:
     for container_name, image_id in images.items():
         c = container(pod, container_name)
         assert "running" in c["state"] and c["ready"] is True, (name, c)
-        assert c["imageID"] == image_id, (name, container_name, c["imageID"], image_id)
+        # "sha256:<id>" (imported without a digest) or "<name>@sha256:<digest>" (kind).
+        reported = c["imageID"]
+        assert reported == image_id or reported.endswith(f"@{image_id}"), (
+            name,
+            container_name,
+            reported,
+            image_id,
+        )
         assert c["containerID"].startswith("containerd://"), (name, c["containerID"])
 
 
@@ -563,6 +574,183 @@ def test_an_unsafe_change_is_refused_while_pods_are_attached(installed: Installe
     wait_for(installed.ready, "Ready again", timeout=30)
 
 
+PRE_STOP_SECONDS = 2  # the chart's cni-server preStop: sleep 2
+
+
+@dataclass
+class Rollout:
+    """What a DaemonSet rollout under traffic did, for the assertions and the docs."""
+
+    seconds: float = 0.0
+    sent: int = 0
+    received: int = 0
+    most_nodes_without_a_ready_agent: int = 0
+    windows: list[str] = field(default_factory=list)
+    replayed: int = 0
+
+    @property
+    def loss(self) -> float:
+        return 1 - self.received / self.sent if self.sent else 1.0
+
+
+def ready_agents(p: Provider) -> dict[str, dict[str, Any]]:
+    """The agent pods that are Ready and not being deleted, by node."""
+    out = {}
+    for pod in p.pods("agent"):
+        conditions = (pod.get("status") or {}).get("conditions") or []
+        ready = any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+        if ready and not pod["metadata"].get("deletionTimestamp"):
+            out[pod["spec"]["nodeName"]] = pod
+    return out
+
+
+def helm_in_background(action: Callable[[], str]) -> tuple[threading.Thread, list[BaseException]]:
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            action()
+        except BaseException as error:  # re-raised by the test
+            errors.append(error)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, errors
+
+
+def roll_with_traffic(
+    installed: Installed, action: Callable[[], str], agent_image: str, tag: str
+) -> Rollout:
+    """Run `action` (a helm upgrade) while a pod on node 0 pings a pod on node 1 five
+    times a second. While a node's agent pod is gone (its cni-server down), a pod on
+    that node is deleted (its DEL is queued by the shim) and a new one is created
+    (ADD answered "try again", kubelet retries)."""
+    p = installed.p
+    n0, n1 = p.nodes
+    installed.start_pod(f"{tag}-ping", n0.name, "exec sleep 3600")
+    installed.start_pod(f"{tag}-echo", n1.name, "exec sleep 3600")
+    victims = {n.name: f"{tag}-del-{i}" for i, n in enumerate(p.nodes)}
+    for node, victim in victims.items():
+        installed.start_pod(victim, node, "exec sleep 3600")
+    ips = installed.wait_pods(f"{tag}-ping", f"{tag}-echo", *victims.values())
+    installed.exec(
+        f"{tag}-ping",
+        f"setsid sh -c 'exec ping -q -i 0.2 {ips[f'{tag}-echo']} >/tmp/ping.out 2>&1' &",
+    )
+    wait_for(
+        lambda: installed.exec(f"{tag}-ping", "pidof ping", check=False).strip(), "ping running"
+    )
+    report = Rollout()
+    started = time.monotonic()
+    thread, errors = helm_in_background(action)
+    old = {n: pod["metadata"]["uid"] for n, pod in ready_agents(p).items()}
+    newcomers: list[str] = []
+    leaving: dict[str, float] = {}  # node -> when its old agent pod was seen terminating
+    deadline = time.monotonic() + 600
+
+    def replaced() -> bool:
+        ready = ready_agents(p)
+        return len(ready) == len(p.nodes) and all(
+            pod["metadata"]["uid"] != old.get(node) for node, pod in ready.items()
+        )
+
+    # `helm upgrade --wait` returns once a DaemonSet has all but maxUnavailable pods
+    # Ready: the last node may still be rolling, so the watch goes on until it is done.
+    while thread.is_alive() or not replaced():
+        assert time.monotonic() < deadline, f"rollout unfinished: {ready_agents(p)}"
+        ready = ready_agents(p)
+        report.most_nodes_without_a_ready_agent = max(
+            report.most_nodes_without_a_ready_agent, len(p.nodes) - len(ready)
+        )
+        for pod in p.pods("agent"):
+            if pod["metadata"].get("deletionTimestamp"):
+                leaving.setdefault(pod["spec"]["nodeName"], time.monotonic())
+        for node in list(victims):
+            # The old agent pod's cni-server stops after its preStop (sleep 2); the new
+            # pod's starts a few seconds later: a pod deleted now has its DEL queued.
+            if node in leaving and time.monotonic() - leaving[node] > PRE_STOP_SECONDS + 1:
+                report.windows.append(node)
+                p.kubectl("delete", "pod", victims.pop(node), "--wait=false")
+                newcomers.append(f"{tag}-new-{len(newcomers)}")
+                installed.start_pod(newcomers[-1], node, "exec sleep 3600")
+        time.sleep(0.2)
+    thread.join()
+    if errors:
+        raise errors[0]
+    report.seconds = round(time.monotonic() - started, 1)
+    installed.exec(f"{tag}-ping", "kill -INT $(pidof ping)")
+    summary = wait_for(
+        lambda: re.search(
+            r"(\d+) packets transmitted, (\d+) packets received",
+            installed.exec(f"{tag}-ping", "cat /tmp/ping.out"),
+        ),
+        "ping's summary",
+        timeout=10,
+    )
+    report.sent, report.received = int(summary.group(1)), int(summary.group(2))
+
+    ready = ready_agents(p)
+    assert sorted(ready) == sorted(n.name for n in p.nodes)
+    for node, pod in ready.items():
+        assert pod["metadata"]["uid"] != old.get(node), f"the agent pod on {node} was not replaced"
+        assert_serving(pod, dict.fromkeys(("agent", "cni-server"), agent_image))
+    # Pods created while their node's cni-server was down started once it was back.
+    if newcomers:
+        installed.wait_pods(*newcomers)
+    # Pods deleted meanwhile: their DEL was queued and replayed (lease released).
+    for victim in set(f"{tag}-del-{i}" for i in range(len(p.nodes))) - set(victims.values()):
+        installed.pods.remove(victim)
+        ip = ips[victim]
+        owner = next(n for n in p.nodes if ipaddress.IPv4Address(ip) in installed.pod_cidr(n.name))
+        lease = f"/var/lib/cni/networks/{installed.network}/{ip}"
+        wait_for(
+            functools.partial(lambda n, path: n.read(path) is None, owner, lease),
+            f"the lease of {ip} on {owner.name} released",
+            timeout=60,
+        )
+    logs = [container_log(p, ready[n]["metadata"]["name"], "cni-server") for n in report.windows]
+    report.replayed = sum(log.count("replayed queued DEL") for log in logs)
+    return report
+
+
+def test_helm_upgrade_from_the_previous_version_rolls_node_by_node_under_traffic(
+    installed: Installed, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    p = installed.p
+    commit, version = previous.previous_release()
+    old = previous.checkout(commit, tmp_path_factory.mktemp("previous"))
+    old_ids = p.load_images(old)
+    installed.delete_pods()
+    values = p.base_values()
+    # The release goes back to the previous version first (a downgrade rolls too),
+    # then forward to this one: both rollouts are measured.
+    back = roll_with_traffic(
+        installed,
+        functools.partial(p.upgrade, values, old / "charts" / "cniwarden"),
+        old_ids["agent"],
+        "down",
+    )
+    installed.delete_pods()
+    forward = roll_with_traffic(
+        installed, functools.partial(p.upgrade, values), installed.image_ids["agent"], "up"
+    )
+    installed.delete_pods()
+    for name, report in ((f"to {version}", back), ("to this version", forward)):
+        print(
+            f"\nhelm upgrade {name}: {report.seconds}s, ping {report.sent} sent, "
+            f"{report.received} received ({report.loss:.2%} lost), at most "
+            f"{report.most_nodes_without_a_ready_agent} node(s) without a Ready agent, "
+            f"pods deleted and created while the agent was gone on {report.windows}, "
+            f"{report.replayed} queued DEL(s) replayed"
+        )
+        assert report.sent >= 20, report
+        assert report.loss < 0.01, report
+        assert report.most_nodes_without_a_ready_agent <= 1, report
+    assert back.windows or forward.windows, "no node was ever seen without its agent pod"
+    assert back.replayed + forward.replayed >= 1, (back, forward)
+    wait_for(installed.ready, "the network Ready after the upgrade", timeout=90)
+
+
 def test_uninstall_cleans_the_nodes(installed: Installed) -> None:
     p = installed.p
     installed.delete_pods()
@@ -573,6 +761,19 @@ def test_uninstall_cleans_the_nodes(installed: Installed) -> None:
             timeout=60,
         )
     log = p.uninstall()
+    # The pre-delete hook ran as a Job's pod of the controller image, on a node of
+    # this run, and finished once every node had removed our files (helm uninstall
+    # fails when the hook Job fails).
+    hook = p.hook.pod
+    assert hook, f"no pod of the hook Job was seen during helm uninstall\n{log}"
+    assert hook["metadata"]["labels"]["job-name"].endswith("-uninstall"), hook["metadata"]
+    assert hook["spec"]["nodeName"] in {n.name for n in p.nodes}
+    (status,) = hook["status"]["containerStatuses"]
+    controller_id = installed.image_ids["controller"]
+    assert status["imageID"] == controller_id or status["imageID"].endswith(f"@{controller_id}"), (
+        status
+    )
+    assert "every CNINetwork is gone" in p.hook.log, p.hook.log
     gone = p.kubectl("get", "cninetwork", installed.network, check=False)
     assert gone.returncode != 0 and "NotFound" in gone.stderr
     for node in p.nodes:

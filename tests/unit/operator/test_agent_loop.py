@@ -100,3 +100,28 @@ def test_a_pass_that_raises_still_syncs_host_gw_and_publishes(agent: Agent) -> N
 
 def test_retries_wait_longer_each_time() -> None:
     assert [retry_delay(n) for n in (1, 2, 3, 4, 7, 50)] == [1, 2, 4, 8, 60, 60]
+
+
+def test_the_first_listing_seeds_host_gw_with_every_node(tmp_path: Path) -> None:
+    """A restarted agent must know every peer before its first host-gw pass, or that
+    pass removes the routes to the peers the Node watch has not streamed yet."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(KUBECONFIG)
+    made = Agent(AgentSettings("n1", tmp_path / "root", str(kubeconfig), heartbeat_seconds=0))
+    peer = {
+        "metadata": {"name": "n2"},
+        "spec": {"podCIDR": "10.244.2.0/24", "podCIDRs": ["10.244.2.0/24"]},
+        "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.2"}]},
+    }
+
+    class ListingKube(RecordingKube):
+        def list_networks_with_version(self) -> tuple[int, list[dict[str, Any]]]:
+            return 1, []
+
+        def list_nodes(self) -> list[dict[str, Any]]:
+            return [{"metadata": {"name": "n1"}}, peer]
+
+    made.kube = ListingKube()  # type: ignore[assignment]
+    made._relist()
+    assert "n2" in {n.name for n in made.host_gw.nodes()}
+    assert made.node == {"metadata": {"name": "n1"}}
