@@ -76,17 +76,21 @@ test: setup lint typecheck plugins images
 
 # A local Kubernetes (see README "Local cluster"). Variables: CLUSTER (name),
 # TIER (control-plane | fake-nodes | real-node), FAKE_NODES, REAL_NODES,
-# CNI (none | bridge). The last line printed is KUBECONFIG=<path>.
+# CNI (none | bridge), RUNTIME (each real node's runtime, comma-separated:
+# containerd-1.6 | containerd-1.7 | containerd-2 | crio; the last repeats).
+# The last line printed is KUBECONFIG=<path>.
 CLUSTER ?= dev
 TIER ?= real-node
 FAKE_NODES ?= 3
-REAL_NODES ?= 1
+REAL_NODES ?=
 CNI ?= none
+RUNTIME ?= containerd-1.6
 PROXY_MODE ?= iptables
 
 cluster-up: setup
 	@$(BIN)/python -m devtools.localcluster up --name $(CLUSTER) --tier $(TIER) \
-	  --fake-nodes $(FAKE_NODES) --real-nodes $(REAL_NODES) --cni $(CNI) --proxy-mode $(PROXY_MODE)
+	  --fake-nodes $(FAKE_NODES) $(if $(REAL_NODES),--real-nodes $(REAL_NODES)) --cni $(CNI) --runtime $(RUNTIME) \
+	  --proxy-mode $(PROXY_MODE)
 
 cluster-down: venv
 	@$(BIN)/python -m devtools.localcluster down --name $(CLUSTER)

@@ -98,15 +98,62 @@ def kubectl_json(cluster: LocalCluster, *args: str) -> Any:
     return json.loads(cluster.kubectl(*args, "-o", "json").stdout)
 
 
-def run_once(cluster: LocalCluster, agents: int, rounds: int) -> dict[str, Any]:
+def api_metrics(cluster: LocalCluster) -> dict[str, float]:
+    """The API server's counters: requests (all verbs but WATCH, which stays open),
+    writes to Nodes (kwok's heartbeats, labels), and the Node watch events it sent
+    (count and bytes, summed over all watchers)."""
+    text = cluster.kubectl("get", "--raw", "/metrics").stdout
+    out = {"requests": 0.0, "node_writes": 0.0, "node_watch_events": 0.0, "node_watch_bytes": 0.0}
+    writes = ('verb="PATCH"', 'verb="UPDATE"', 'verb="APPLY"')
+    for line in text.splitlines():
+        value = line.rsplit(" ", 1)[-1]
+        if line.startswith("apiserver_request_total{") and 'verb="WATCH"' not in line:
+            out["requests"] += float(value)
+            if 'resource="nodes"' in line and any(verb in line for verb in writes):
+                out["node_writes"] += float(value)
+        elif line.startswith("apiserver_watch_events_total{") and 'kind="Node"' in line:
+            out["node_watch_events"] += float(value)
+        elif line.startswith("apiserver_watch_events_sizes_sum{") and 'kind="Node"' in line:
+            out["node_watch_bytes"] += float(value)
+    return out
+
+
+def api_load(cluster: LocalCluster, seconds: float = 10.0) -> dict[str, float]:
+    """Over a steady window: the request rate, the Node writes (kwok heartbeats: every
+    write is an update every Node watcher receives) and the Node watch events sent,
+    so the fan-out per Node update is events / writes."""
+    m0 = api_metrics(cluster)
+    time.sleep(seconds)
+    m1 = api_metrics(cluster)
+    delta = {k: m1[k] - m0[k] for k in m0}
+    writes = max(delta["node_writes"], 1.0)
+    return {
+        "requests_per_s": round(delta["requests"] / seconds, 1),
+        "node_updates_per_s": round(delta["node_writes"] / seconds, 1),
+        "node_watch_events_per_s": round(delta["node_watch_events"] / seconds, 1),
+        "node_watch_events_per_update": round(delta["node_watch_events"] / writes, 1),
+        "node_watch_kib_per_update": round(delta["node_watch_bytes"] / writes / 1024, 1),
+    }
+
+
+def run_once(
+    cluster: LocalCluster, agents: int, rounds: int, reuse: bool = False
+) -> dict[str, Any]:
     run_id = secrets.token_hex(3)
     label = f"cniwarden.io/bench={run_id}"
     cluster.kubectl("apply", "-f", str(ROOT / "crds"))
-    nodes = cluster.add_fake_nodes(agents)
+    if reuse:  # the cluster's kwok Nodes (kwok gets slow to add more past a few hundred)
+        listed = kubectl_json(cluster, "get", "nodes")["items"]
+        names = sorted((n["metadata"]["name"] for n in listed), key=lambda n: (len(n), n))
+        nodes = [n for n in names if "-kwok" in n][:agents]
+        if len(nodes) < agents:
+            raise RuntimeError(f"--reuse-nodes: only {len(nodes)} kwok Nodes")
+    else:
+        nodes = cluster.add_fake_nodes(agents)
     cluster.kubectl("label", "node", *nodes, label, "--overwrite")
     workdir = Path(tempfile.mkdtemp(prefix=f"cniwarden-bench-{run_id}-"))
     procs = Processes(cluster, workdir)
-    result: dict[str, Any] = {"agents": agents, "rounds": []}
+    result: dict[str, Any] = {"agents": agents, "rounds": [], "load_start": os.getloadavg()[0]}
     try:
         started = time.monotonic()
         procs.spawn("operator", "operator")
@@ -115,16 +162,17 @@ def run_once(cluster: LocalCluster, agents: int, rounds: int) -> dict[str, Any]:
                 f"agent-{node}", "agent", "--node-name", node, "--host-root", str(workdir / node)
             )
         # Every agent up: it has published its CNINodeState.
-        deadline = time.monotonic() + 600
+        deadline = time.monotonic() + 1800  # 100 agents start on 2 shared cores
         while time.monotonic() < deadline:
             states = kubectl_json(cluster, "get", "cninodestates")["items"]
             if {s["metadata"]["name"] for s in states} >= set(nodes):
                 break
             time.sleep(0.5)
         else:
-            raise RuntimeError("agents did not all report within 600s")
+            raise RuntimeError("agents did not all report within 1800s")
         result["agents_up_s"] = round(time.monotonic() - started, 2)
         time.sleep(2)  # let the start-up burst settle before measuring
+        result["api"] = api_load(cluster)
         for index in range(rounds):
             name = f"bench-{run_id}-{index}"
             spec = {
@@ -210,6 +258,7 @@ def run_once(cluster: LocalCluster, agents: int, rounds: int) -> dict[str, Any]:
         result[f"{key}_median"] = statistics.median(r[key] for r in rounds_)
     for key in ("operator_rss_mib", "agent_rss_mib_mean", "agent_rss_mib_max"):
         result[key] = max(r[key] for r in rounds_)
+    result["load_end"] = os.getloadavg()[0]
     return result
 
 
@@ -217,28 +266,35 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--agents", type=int, action="append", help="agent counts (repeatable)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--reuse-nodes", action="store_true", help="the cluster's kwok Nodes")
     args = parser.parse_args()
     counts = args.agents or [3, 30]
     results = []
     with a_cluster() as cluster:
         for count in counts:
             print(f"operator_rollout: {count} agents...", file=sys.stderr)
-            results.append(run_once(cluster, count, args.rounds))
+            results.append(run_once(cluster, count, args.rounds, args.reuse_nodes))
     out = ROOT / "bench/results/operator_rollout.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(
         "| agents | apply → files on all nodes | apply → Ready status | foreign file → Shadowed "
-        "| delete → clean | agents up | operator RSS | agent RSS mean / max |"
+        "| delete → clean | agents up | operator RSS | agent RSS mean / max "
+        "| API requests/s (steady) | Node updates/s | Node watch events/s "
+        "| watch events (KiB) per Node update | load |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(
             f"| {r['agents']} | {r['files_on_all_nodes_s_median']:.2f} s "
             f"| {r['status_ready_s_median']:.2f} s | {r['shadowed_s_median']:.2f} s "
             f"| {r['delete_clean_s_median']:.2f} s "
             f"| {r['agents_up_s']:.0f} s | {r['operator_rss_mib']:.0f} MiB "
-            f"| {r['agent_rss_mib_mean']:.0f} / {r['agent_rss_mib_max']:.0f} MiB |"
+            f"| {r['agent_rss_mib_mean']:.0f} / {r['agent_rss_mib_max']:.0f} MiB "
+            f"| {r['api']['requests_per_s']} | {r['api']['node_updates_per_s']} "
+            f"| {r['api']['node_watch_events_per_s']} | {r['api']['node_watch_events_per_update']} "
+            f"({r['api']['node_watch_kib_per_update']}) "
+            f"| {r['load_start']:.0f} -> {r['load_end']:.0f} |"
         )
     return 0
 

@@ -9,10 +9,11 @@ set -eu
 # procps (sysctl, ps), util-linux (nsenter, unshare, mount), gcc/libc6-dev/make (the
 # static shim and pause), python3-venv + ca-certificates (the venv on a stock Debian),
 # buildah + mmdebstrap (`make images`: the builder, and the pinned base made from
-# Debian's packages when no image registry answers).
+# Debian's packages when no image registry answers), skopeo (images into a CRI-O
+# node's containers-storage: CRI-O has no import command).
 PACKAGES="iproute2 iptables nftables containernetworking-plugins containerd runc conmon
 busybox-static iputils-ping procps util-linux gcc libc6-dev make python3-venv
-ca-certificates buildah mmdebstrap bash curl netcat-openbsd bind9-dnsutils"
+ca-certificates buildah mmdebstrap skopeo bash curl netcat-openbsd bind9-dnsutils"
 missing=""
 for p in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

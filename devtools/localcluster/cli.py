@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .cluster import ClusterError, attach, default_root, down_by_name, reap_orphans, up
+from .layout import DEFAULT_RUNTIME, parse_runtimes
 from .tiers import Tier
 
 
@@ -19,7 +20,20 @@ def _parser() -> argparse.ArgumentParser:
     p_up.add_argument("--name", default="dev")
     p_up.add_argument("--tier", default=Tier.REAL_NODE.value, choices=[t.value for t in Tier])
     p_up.add_argument("--fake-nodes", type=int, default=3)
-    p_up.add_argument("--real-nodes", type=int, default=1)
+    p_up.add_argument(
+        "--real-nodes",
+        type=int,
+        default=None,
+        help="real nodes (default: one per --runtime entry, at least 1)",
+    )
+    p_up.add_argument(
+        "--runtime",
+        type=parse_runtimes,
+        default=[DEFAULT_RUNTIME],
+        metavar="LIST",
+        help="each real node's container runtime, comma-separated in node order, the last "
+        "repeating: containerd-1.6 (Debian's), containerd-1.7, containerd-2, crio",
+    )
     p_up.add_argument(
         "--cni",
         default="none",
@@ -51,9 +65,10 @@ def main(argv: list[str] | None = None) -> int:
                 Tier(args.tier),
                 root=root,
                 fake_nodes=args.fake_nodes,
-                real_nodes=args.real_nodes,
+                real_nodes=args.real_nodes or len(args.runtime),
                 cni=args.cni,
                 proxy_mode=args.proxy_mode,
+                runtimes=args.runtime,
             )
             timings = ", ".join(f"{k}={v}" for k, v in cluster.state.timings.items())
             print(f"localcluster: {cluster.name} up ({timings})", file=sys.stderr)

@@ -27,7 +27,15 @@ from . import (
     realnode,
     slots,
 )
-from .layout import DEFAULT_ROOT, CniHostDirs, Layout, NodeLayout, validate_name
+from .layout import (
+    DEFAULT_ROOT,
+    DEFAULT_RUNTIME,
+    CniHostDirs,
+    Layout,
+    NodeLayout,
+    runtime_of,
+    validate_name,
+)
 from .state import ClusterState
 from .tiers import Tier
 from .toolpaths import PINNED_TOOLS, tool
@@ -53,7 +61,8 @@ class RealNode(CniHostDirs):
     ip: str
     netns: Path
     host_root: Path
-    containerd_socket: Path
+    containerd_socket: Path  # the node's CRI socket, whichever runtime serves it
+    runtime: str = DEFAULT_RUNTIME
 
 
 class LocalCluster:
@@ -92,6 +101,7 @@ class LocalCluster:
                 netns=hostres.NETNS_DIR / n.netns,
                 host_root=Path(n.dir) / "host",
                 containerd_socket=Path(n.containerd_socket),
+                runtime=n.runtime,
             )
             for n in self.state.nodes
         ]
@@ -135,13 +145,15 @@ class LocalCluster:
             raise ClusterError(f"cluster {self.name} runs tier {self.tier.value}: no kwok")
         return fakenodes.add_fake_nodes(self.layout, self.state, self.kubectl, count)
 
-    def add_real_node(self, cni: str | None = None) -> RealNode:
-        """Add one more real node (same CNI mode as the cluster unless given)."""
+    def add_real_node(self, cni: str | None = None, runtime: str = DEFAULT_RUNTIME) -> RealNode:
+        """Add one more real node on `runtime` (same CNI mode as the cluster unless given)."""
         cni = cni or self.state.cni
         if not self.tier.includes(Tier.REAL_NODE):
             raise ClusterError(f"cluster {self.name} runs tier {self.tier.value}: no real nodes")
         index = max((n.index for n in self.state.nodes), default=-1) + 1
-        node = realnode.add_node(self.layout, self.state, self.kubectl, index, cni=cni)
+        node = realnode.add_node(
+            self.layout, self.state, self.kubectl, index, cni=cni, runtime=runtime
+        )
         if cni == "bridge":
             nodenet.route_pod_cidrs(self.state, self.kubectl)
         return next(n for n in self.real_nodes if n.name == node.name)
@@ -191,11 +203,13 @@ def up(
     cni: str = "none",
     owner_pid: int | None = None,
     proxy_mode: str = "iptables",
+    runtimes: list[str] | None = None,
 ) -> LocalCluster:
     """Start a cluster and wait until every component is really ready.
 
     On any failure everything started so far is torn down and the error (with
-    the failing component's log tail) is raised.
+    the failing component's log tail) is raised. `runtimes`: one per real node in
+    order, the last repeating (default: Debian's containerd 1.6 on every node).
     """
     validate_name(name)
     root = root or default_root()
@@ -252,8 +266,11 @@ def up(
             cluster.kubectl("apply", "-f", "-", input=clusterdns.manifest_list())
             t0 = time.monotonic()
             for i in range(real_nodes):
-                node: NodeLayout = realnode.add_node(layout, state, cluster.kubectl, i, cni=cni)
-                _log(f"{name}: real node {node.name} up ({node.ip})")
+                runtime = runtime_of(runtimes or [], i)
+                node: NodeLayout = realnode.add_node(
+                    layout, state, cluster.kubectl, i, cni=cni, runtime=runtime
+                )
+                _log(f"{name}: real node {node.name} up ({node.ip}, {runtime})")
             if cni == "bridge":
                 nodenet.route_pod_cidrs(state, cluster.kubectl)
             state.timings["real_nodes_up_s"] = round(time.monotonic() - t0, 2)

@@ -19,6 +19,7 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .layout import BUSYBOX_IMAGE, PAUSE_IMAGE
 
@@ -204,3 +205,43 @@ def build_busybox(out: Path, binary: Path = BUSYBOX_BINARY) -> Path:
         "Env": ["PATH=/bin:/usr/bin:/sbin:/usr/sbin"],
     }
     return write_oci_tarball(out, BUSYBOX_IMAGE, entries, config)
+
+
+def _archive_member(tarball: Path, name: str) -> dict[str, Any] | list[Any] | None:
+    with tarfile.open(tarball) as archive:
+        try:
+            member = archive.extractfile(name)
+        except KeyError:
+            return None
+        if member is None:
+            return None
+        loaded: dict[str, Any] | list[Any] = json.loads(member.read())
+        return loaded
+
+
+def is_docker_archive(tarball: Path) -> bool:
+    """`docker save` / `buildah push docker-archive:` layout (manifest.json, no index.json)."""
+    return _archive_member(tarball, "index.json") is None and isinstance(
+        _archive_member(tarball, "manifest.json"), list
+    )
+
+
+def archive_references(tarball: Path) -> list[str]:
+    """The image names a tarball carries: docker-archive RepoTags, or an OCI index's
+    `io.containerd.image.name` / `org.opencontainers.image.ref.name` annotations."""
+    manifest = _archive_member(tarball, "manifest.json")
+    if isinstance(manifest, list) and _archive_member(tarball, "index.json") is None:
+        return [tag for entry in manifest for tag in entry.get("RepoTags") or []]
+    index = _archive_member(tarball, "index.json")
+    refs = []
+    if isinstance(index, dict):
+        for entry in index.get("manifests", []):
+            notes = entry.get("annotations") or {}
+            ref = notes.get("io.containerd.image.name") or notes.get(
+                "org.opencontainers.image.ref.name"
+            )
+            if ref:
+                refs.append(ref)
+    if not refs:
+        raise ValueError(f"{tarball} names no image (no RepoTags, no ref.name annotation)")
+    return refs

@@ -40,8 +40,8 @@ def kubelet_config(node: NodeLayout, ca_cert: Path) -> dict[str, object]:
         "cgroupRoot": node.cgroup_root,
         "cgroupsPerQOS": True,
         "enforceNodeAllocatable": ["pods"],
-        "containerRuntimeEndpoint": f"unix://{node.containerd_socket}",
-        "imageServiceEndpoint": f"unix://{node.containerd_socket}",
+        "containerRuntimeEndpoint": f"unix://{node.runtime_socket}",
+        "imageServiceEndpoint": f"unix://{node.runtime_socket}",
         "failSwapOn": False,
         "failCgroupV1": False,
         # Like kind: never garbage-collect images (they cannot be pulled back)

@@ -24,6 +24,28 @@ SERVICE_CIDR = "10.96.0.0/16"
 IMAGE_REPO = "registry.local/cniwarden"
 PAUSE_IMAGE = f"{IMAGE_REPO}/pause:3.10"
 BUSYBOX_IMAGE = f"{IMAGE_REPO}/busybox:1.35"
+# A real node's container runtime (`noderuntime.py`): Debian's containerd, or one
+# that `make tools` builds into .tools/runtimes/<name>/bin.
+RUNTIMES = ("containerd-1.6", "containerd-1.7", "containerd-2", "crio")
+DEFAULT_RUNTIME = "containerd-1.6"
+
+
+def parse_runtimes(text: str) -> list[str]:
+    """`containerd-2,crio` -> one runtime per real node, in order (the last repeats)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in RUNTIMES]
+    if unknown or not names:
+        raise ValueError(
+            f"unknown runtime(s) {', '.join(unknown) or repr(text)}: use {', '.join(RUNTIMES)} "
+            "(comma-separated, one per real node; the last repeats)"
+        )
+    return names
+
+
+def runtime_of(runtimes: list[str], index: int) -> str:
+    """The runtime of real node `index` (0-based) in a per-node list."""
+    return runtimes[min(index, len(runtimes) - 1)] if runtimes else DEFAULT_RUNTIME
+
 
 _NAME_RE = re.compile(r"^[a-z]([a-z0-9-]{0,28}[a-z0-9])?$")
 
@@ -95,6 +117,11 @@ class NodeLayout(CniHostDirs):
     ip: str
     dir: Path
     cgroup_root: str
+    runtime: str = DEFAULT_RUNTIME
+
+    @property
+    def is_crio(self) -> bool:
+        return self.runtime == "crio"
 
     @property
     def host_root(self) -> Path:
@@ -120,7 +147,20 @@ class NodeLayout(CniHostDirs):
 
     @property
     def containerd_socket(self) -> Path:
-        return self.containerd_dir / "containerd.sock"
+        """Under the host root, where a node's runtime socket is, so the node agent
+        (`--host-root`) finds and asks the runtime as it does on a real node."""
+        return self.host_root / "run/containerd/containerd.sock"
+
+    @property
+    def crio_dir(self) -> Path:
+        return self.dir / "crio"
+
+    @property
+    def runtime_socket(self) -> Path:
+        """The node's CRI socket (what kubelet and the node agent dial)."""
+        if self.is_crio:
+            return self.host_root / "run/crio/crio.sock"
+        return self.containerd_socket
 
     @property
     def kubelet_dir(self) -> Path:
@@ -178,7 +218,7 @@ class Layout:
     def bridge_ip(self) -> str:
         return str(self.node_subnet.network_address + 1)
 
-    def node(self, index: int) -> NodeLayout:
+    def node(self, index: int, runtime: str = DEFAULT_RUNTIME) -> NodeLayout:
         """Real node `index` (0-based). Names stay within IFNAMSIZ (15 chars)."""
         if not 0 <= index < 200:
             raise ValueError(f"real node index {index} out of range 0..199")
@@ -191,6 +231,7 @@ class Layout:
             ip=str(self.node_subnet.network_address + 10 + index),
             dir=self.workdir / "nodes" / f"n{index}",
             cgroup_root=f"/cniwarden-lc-{self.short_id}-n{index}",
+            runtime=runtime,
         )
 
     def fake_node_name(self, index: int) -> str:

@@ -28,8 +28,11 @@ def node_binds(node: NodeLayout) -> dict[Path, Path]:
     /run/netns its pods' network namespaces (containerd mounts them there), so a
     pod's hostPath volume of any of these standard paths (the chart's DaemonSet)
     gets this node's directory, as it would on a machine of its own.
+    /run/containerd and /run/crio are the node's `<host_root>/run/...`, where its
+    runtime's CRI socket is: a pod's hostPath of them (the agent's) finds this
+    node's runtime, as on a real node.
     """
-    return {
+    binds = {
         Path("/etc/cni/net.d"): node.cni_conf_dir,
         Path("/opt/cni/bin"): node.cni_bin_dir,
         Path("/run/netns"): node.dir / "netns",
@@ -38,7 +41,22 @@ def node_binds(node: NodeLayout) -> dict[Path, Path]:
         Path("/var/log/containers"): node.dir / "var-log-containers",
         Path("/run/cniwarden"): node.host_root / "run/cniwarden",
         Path("/var/lib/cniwarden"): node.host_root / "var/lib/cniwarden",
+        Path("/run/containerd"): node.host_root / "run/containerd",
+        Path("/run/crio"): node.host_root / "run/crio",
     }
+    if node.is_crio and not _hugetlb_mounted():
+        # CRI-O believes /proc/cgroups (hugetlb listed) and passes kubelet's hugepage
+        # limits to runc, which fails on a host where no hugetlb hierarchy is
+        # mounted (this VM). With no page sizes in its view, kubelet asks for none.
+        binds[HUGEPAGES] = node.dir / "no-hugepages"
+    return binds
+
+
+HUGEPAGES = Path("/sys/kernel/mm/hugepages")
+
+
+def _hugetlb_mounted() -> bool:
+    return any("hugetlb" in mp.name.split(",") for mp in hostres.cgroup_mount_points())
 
 
 # Mounts made under these inside the node (pod netns files) must reach the
@@ -46,7 +64,8 @@ def node_binds(node: NodeLayout) -> dict[Path, Path]:
 SHARED = (Path("/run/netns"),)
 # `ip netns` owns the host's /run/netns (it never removes it, and lists every
 # file in it as a namespace): no hold file there.
-UNHELD = (Path("/run/netns"),)
+# /sys/kernel/mm/hugepages (CRI-O nodes) is sysfs: nothing can be written there.
+UNHELD = (Path("/run/netns"), HUGEPAGES)
 
 
 def held_targets(layout: Layout) -> list[Path]:
@@ -58,7 +77,7 @@ def make_mount_ns(layout: Layout, node: NodeLayout) -> None:
     binds = node_binds(node)
     for src in binds.values():
         src.mkdir(parents=True, exist_ok=True)
-    slots.ensure_host_dirs(layout.root, list(binds))
+    slots.ensure_host_dirs(layout.root, [t for t in binds if t != HUGEPAGES])
     slots.hold_mount_points(held_targets(layout), layout.short_id)
     hostres.create_mount_ns(node.mntns_dir, binds, shared=SHARED)
 

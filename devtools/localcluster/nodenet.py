@@ -82,8 +82,10 @@ def bridge_conflist(pod_cidr: str, data_dir: Path, name: str = "localcluster") -
                 "ipam": {
                     "type": "host-local",
                     "ranges": [[{"subnet": pod_cidr, "gateway": gateway}]],
-                    # Other nodes' pods via the node; still no default route.
-                    "routes": [{"dst": POD_CIDR}],
+                    # Other nodes' pods via the node; still no default route. The
+                    # gateway is explicit: CRI-O CHECKs after ADD, and the reference
+                    # bridge's CHECK compares the result's route (gw) with the kernel's.
+                    "routes": [{"dst": POD_CIDR, "gw": gateway}],
                     "dataDir": str(data_dir),
                 },
             },

@@ -11,7 +11,9 @@ cannot run that tier (not root, missing kernel features).
 Environment:
 - CNIWARDEN_CLUSTER=<name>: use a cluster already started with `make cluster-up`
   (kept running afterwards) instead of starting one.
-- CNIWARDEN_FAKE_NODES (default 3), CNIWARDEN_REAL_NODES (default 1).
+- CNIWARDEN_FAKE_NODES (default 3), CNIWARDEN_REAL_NODES (default: one per runtime below).
+- CNIWARDEN_REAL_NODE_RUNTIMES: each real node's runtime, e.g. `containerd-2,crio`
+  (default: Debian's containerd 1.6 on every node).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import pytest
 
 from . import hostres
 from .cluster import LocalCluster, attach, reap_orphans, up
+from .layout import DEFAULT_RUNTIME, parse_runtimes
 from .tiers import Tier
 
 _TIER_KEY = pytest.StashKey[Tier | None]()
@@ -88,14 +91,16 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
         pytest.skip(reason)
     reap_orphans()
     name = f"pytest-{os.getpid()}"
+    runtimes = parse_runtimes(os.environ.get("CNIWARDEN_REAL_NODE_RUNTIMES", DEFAULT_RUNTIME))
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     print(f"\nlocalcluster: starting {name} at tier {tier.value}", file=sys.stderr)
     started = up(
         name,
         tier,
         fake_nodes=int(os.environ.get("CNIWARDEN_FAKE_NODES", "3")),
-        real_nodes=int(os.environ.get("CNIWARDEN_REAL_NODES", "1")),
+        real_nodes=int(os.environ.get("CNIWARDEN_REAL_NODES") or len(runtimes)),
         owner_pid=os.getpid(),
+        runtimes=runtimes,
     )
     done = False
 

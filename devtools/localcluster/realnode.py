@@ -3,12 +3,14 @@
 This module only orders the steps of bringing a node up and tearing it down;
 each step lives in its own module:
 
+- `containerd` / `crio`: the node's runtime (layout.RUNTIMES: Debian's containerd
+  1.6, the built containerd 1.7 / 2.x, or CRI-O), chosen per node;
+
 - `nodenet`: the cluster bridge, the node's netns and veth, the tooling's own
   bridge network and its routes between nodes;
 - `nodemounts`: the node's mount namespace (its own /var/lib/cni, /run/cniwarden...);
 - `nodesysctls`: the machine-wide tunables kubelet changes, saved and restored;
-- `containerd`: containerd's config, launch and `ctr`;
-- `nodeimages`: the images built here and imported into each node;
+- `nodeimages`: the images built here and imported into each node's runtime;
 - `kubelet`: kubelet's config, certificate and launch;
 - `kubeproxy`: kube-proxy (iptables mode), so pods reach Services such as `kubernetes`;
 - `readiness`: when the Node counts as registered (and Ready).
@@ -32,10 +34,11 @@ from pathlib import Path
 
 from . import hostres, procs
 from .containerd import shim_sockets, start_containerd
+from .crio import start_crio
 from .kube import Kubectl
 from .kubelet import start_kubelet
 from .kubeproxy import start_kube_proxy
-from .layout import Layout, NodeLayout
+from .layout import DEFAULT_RUNTIME, Layout, NodeLayout
 from .nodeimages import import_images
 from .nodemounts import make_mount_ns
 from .nodenet import plumb_netns, write_bridge_conflist
@@ -47,10 +50,17 @@ REFERENCE_PLUGINS = Path("/usr/lib/cni")
 
 
 def add_node(
-    layout: Layout, state: ClusterState, kubectl: Kubectl, index: int, *, cni: str = "none"
+    layout: Layout,
+    state: ClusterState,
+    kubectl: Kubectl,
+    index: int,
+    *,
+    cni: str = "none",
+    runtime: str = DEFAULT_RUNTIME,
 ) -> NodeLayout:
-    """Bring up real node `index`; with cni="bridge" also write a working network."""
-    node = layout.node(index)
+    """Bring up real node `index` on `runtime`; with cni="bridge" also write a
+    working network."""
+    node = layout.node(index, runtime)
     state.nodes.append(
         NodeRecord(
             index=index,
@@ -60,8 +70,9 @@ def add_node(
             ip=node.ip,
             dir=str(node.dir),
             cgroup_root=node.cgroup_root,
-            containerd_socket=str(node.containerd_socket),
+            containerd_socket=str(node.runtime_socket),
             mntns=str(node.mntns),
+            runtime=runtime,
         )
     )
     state.save()
@@ -75,7 +86,10 @@ def add_node(
         shutil.copy2(plugin, node.cni_bin_dir / plugin.name)
     plumb_netns(layout, node)
     make_mount_ns(layout, node)
-    start_containerd(state, node)
+    if node.is_crio:
+        start_crio(state, node)
+    else:
+        start_containerd(state, node)
     import_images(layout, node)
     start_kubelet(layout, state, node)
     pod_cidr = wait_node_registered(state, kubectl, node, need_ready=False)
@@ -103,8 +117,8 @@ def teardown_node(state: ClusterState, record: NodeRecord) -> list[str]:
     mine = [p for p in state.processes if p.node == record.name]
     for rec in [p for p in mine if p.name in ("kubelet", "kube-proxy")]:
         attempt(f"stop {rec.name}", functools.partial(procs.stop, rec))
-    for rec in [p for p in mine if p.name == "containerd"]:
-        attempt("stop containerd", functools.partial(procs.stop, rec))
+    for rec in [p for p in mine if p.name in ("containerd", "crio")]:
+        attempt(f"stop {rec.name}", functools.partial(procs.stop, rec))
     # Containers live in the kubelet's cgroup tree; shims, and anything a CNI
     # plugin may have left running, in the node's namespaces.
     sockets: list[Path] = []

@@ -36,8 +36,9 @@ class NodeRecord:
     ip: str
     dir: str
     cgroup_root: str
-    containerd_socket: str
+    containerd_socket: str  # the node's CRI socket, whichever runtime serves it
     mntns: str = ""
+    runtime: str = "containerd-1.6"
 
 
 @dataclass

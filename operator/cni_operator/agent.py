@@ -6,7 +6,14 @@ kopf standalone (no peering, so no agent pauses another), uses only watching
 handlers (`on.event`: no finalizers, no progress annotations written on the
 shared CNINetwork objects), and writes only the CNINodeState named after its
 node. One kopf watch of every Node serves both host-gw (the peers' podCIDRs and
-InternalIPs) and the agent's own Node (its labels and podCIDRs for rendering).
+InternalIPs) and the agent's own Node (its labels and podCIDRs for rendering, and
+kubelet's Ready condition).
+
+The runtime's own word is asked too: its CRI socket every `runtime_poll_seconds`
+(Version once, Status each time), and kubelet's Ready condition as the Node watch
+delivers it. Every report is judged against them (`runtime_truth`): a runtime that
+says its network is down while the model says healthy is a problem and an Event
+within a poll interval, not a healthy report.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,12 +35,15 @@ from cni_operator import api, kopf_runtime
 from cni_operator.hostgw_node import HostGatewayNode
 from cni_operator.kube import Kube
 from cni_operator.kube_time import now_iso
+from cni_operator.node import coalesce
+from cni_operator.node.cri import RuntimeProbe
 from cni_operator.node.fetch import FetchLimits
 from cni_operator.node.own_binaries import default_source
 from cni_operator.node.paths import HostPaths
 from cni_operator.node.watcher import DirectoryWatcher
 from cni_operator.reconcile import PassResult, Reconciler
-from cni_operator.reconcile.report import failed_pass_status
+from cni_operator.reconcile.report import TransitionEvents, failed_pass_status
+from cni_operator.runtime_truth import RuntimeFacts, apply_judgement, kubelet_ready_condition
 from cni_operator.teardown import tidy_node
 
 log = logging.getLogger("cniwarden.agent")
@@ -49,9 +59,24 @@ class AgentSettings:
     resync_seconds: float = 30.0
     heartbeat_seconds: float = 10.0
     debounce_seconds: float = 0.05
+    # Lease and result-cache writes (pod churn): refresh the counts once quiet this
+    # long, at most this long after the first write (see node/coalesce.py).
+    attachments_quiet_seconds: float = 0.25
+    attachments_max_delay_seconds: float = 1.0
     liveness_endpoint: str | None = None
     sources: api.BinarySourcePolicy = field(default_factory=api.BinarySourcePolicy)
     fetch_limits: FetchLimits = field(default_factory=FetchLimits)
+    # The runtime's CRI socket as the node names it; None: the first well-known one.
+    runtime_endpoint: str | None = None
+    runtime_poll_seconds: float = 1.0
+
+
+# Problems of the runtime cross-check that also get an Event when they appear.
+RUNTIME_EVENT_PROBLEMS = frozenset({"RuntimeDisagrees"})
+# After net.d or the bin dir changes, the runtime's word waits this long: it
+# reloads them on inotify (containerd within ms, CRI-O within a second), and a
+# report must not flap on the gap.
+RUNTIME_SETTLE_SECONDS = 2.0
 
 
 @dataclass
@@ -60,7 +85,8 @@ class Agent:
     networks: dict[str, dict[str, Any]] = field(default_factory=dict)
     listed: bool = False  # networks holds a full list (not just the first events)
     node: dict[str, Any] | None = None
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)  # a full pass is due
+    attachments_changed: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
     _io_lock: threading.Lock = field(default_factory=threading.Lock)
     _last_status: dict[str, Any] | None = None
@@ -70,6 +96,10 @@ class Agent:
     _failures: int = 0
     _last_applied: dict[str, dict[str, Any]] = field(default_factory=dict)
     _node_state: dict[str, Any] | None = None
+    _cri_facts: RuntimeFacts = field(default_factory=RuntimeFacts)
+    _cri_asked_at: float = 0.0
+    _dirs_changed_at: float = float("-inf")  # net.d or the bin dir: never seen changing
+    _runtime_task: asyncio.Task[None] | None = None
     _nodes_listed: bool = False
 
     def __post_init__(self) -> None:
@@ -83,6 +113,13 @@ class Agent:
         )
         self.kube = Kube(self.settings.kubeconfig)
         self.host_gw = HostGatewayNode(self.settings.node_name)
+        self.attachment_writes = coalesce.Coalescer(
+            self.attachments_changed.set,
+            self.settings.attachments_quiet_seconds,
+            self.settings.attachments_max_delay_seconds,
+        )
+        self.runtime_probe = RuntimeProbe(self.settings.host_root, self.settings.runtime_endpoint)
+        self._runtime_events = TransitionEvents(self.settings.node_name, RUNTIME_EVENT_PROBLEMS)
 
     # -------------------------------------------------------------- inputs
     def on_network(self, event_type: str | None, body: dict[str, Any]) -> None:
@@ -100,9 +137,8 @@ class Agent:
         changed = self.host_gw.on_node(event_type, body)
         if (body.get("metadata") or {}).get("name") == self.settings.node_name:
             node = None if event_type == "DELETED" else body
-            if node != self.node:
-                self.node = node
-                changed = True
+            changed = coalesce.own_node_changed(self.node, node) or changed
+            self.node = node
         if changed:
             self.wake.set()
 
@@ -111,14 +147,20 @@ class Agent:
         self.paths.ensure()
         for extra in (self.paths.networks_dir, self.paths.results_dir):
             extra.mkdir(parents=True, exist_ok=True)
+        # The runtime first, so the first report already names it.
+        self._cri_facts = await asyncio.to_thread(self.runtime_probe.facts)
+        self._cri_asked_at = time.monotonic()
+        self._runtime_task = asyncio.create_task(self._watch_runtime())
         self._task = asyncio.create_task(self._run())
         self.wake.set()  # a first pass right away: report this node even with no network
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._runtime_task, self._task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self.runtime_probe.close()
         # An agent that manages nothing here (e.g. after `helm uninstall`) leaves no
         # state behind; never a config or a binary (see teardown.tidy_node).
         await asyncio.to_thread(self._tidy)
@@ -131,6 +173,41 @@ class Agent:
     def _locked(self, fn: Callable[..., T], *args: Any) -> T:
         with self._io_lock:
             return fn(*args)
+
+    async def _watch_runtime(self) -> None:
+        """Ask the runtime (CRI Status, each call under a deadline) every poll interval;
+        a change of what it says wakes a pass, which publishes the new judgement."""
+        while True:
+            await asyncio.sleep(self.settings.runtime_poll_seconds)
+            try:
+                facts = await asyncio.to_thread(self.runtime_probe.facts)
+            except Exception:
+                log.exception("asking the container runtime failed")
+                continue
+            self._cri_asked_at = time.monotonic()
+            if facts != self._cri_facts:
+                log.info(
+                    "runtime %s %s: NetworkReady=%s %s %s",
+                    facts.name or "unidentified",
+                    facts.version,
+                    facts.network_ready,
+                    facts.network_reason,
+                    facts.network_message or facts.status_error or facts.identify_error,
+                )
+                self._cri_facts = facts
+                self.wake.set()
+
+    def runtime_facts(self) -> RuntimeFacts:
+        """What the runtime (CRI) and kubelet (this Node's Ready condition) last said."""
+        ready, reason, message = kubelet_ready_condition(self.node)
+        settling = self._cri_asked_at - self._dirs_changed_at < RUNTIME_SETTLE_SECONDS
+        return replace(
+            self._cri_facts,
+            kubelet_ready=ready,
+            kubelet_reason=reason,
+            kubelet_message=message,
+            settling=settling,
+        )
 
     def _watched_dirs(self) -> list[Path]:
         dirs = [
@@ -147,8 +224,19 @@ class Agent:
         loop = asyncio.get_running_loop()
         watcher = DirectoryWatcher(self._watched_dirs())
 
+        runtime_dirs = {self.paths.conf_dir, self.paths.bin_dir}
+
         def readable() -> None:
-            if watcher.read_events():
+            events = watcher.read_events()
+            if any(event.directory in runtime_dirs for event in events):
+                # Judge by the runtime's word again once it had time to reload.
+                self._dirs_changed_at = time.monotonic()
+                loop.call_later(
+                    RUNTIME_SETTLE_SECONDS + self.settings.runtime_poll_seconds, self.wake.set
+                )
+            if coalesce.only_attachments(self.paths, events):
+                self.attachment_writes.changed()
+            elif events:
                 self.wake.set()
 
         loop.add_reader(watcher.fd, readable)
@@ -157,16 +245,24 @@ class Agent:
                 woken = True
                 try:
                     await asyncio.wait_for(
-                        self.wake.wait(),
+                        coalesce.first_of(self.wake, self.attachments_changed),
                         min(self.settings.resync_seconds, self.settings.heartbeat_seconds),
                     )
                 except TimeoutError:
                     woken = False
-                await asyncio.sleep(self.settings.debounce_seconds)
-                self.wake.clear()
                 try:
-                    if woken or not await asyncio.to_thread(self._renew_heartbeat):
-                        await self._pass()
+                    if woken and not self.wake.is_set():
+                        # Watch a new network's lease store before reading it.
+                        watcher.directories = self._watched_dirs()
+                        watcher.rearm()
+                        await self._refresh_attachments()
+                    else:
+                        await asyncio.sleep(self.settings.debounce_seconds)
+                        self.wake.clear()
+                        if woken or not await asyncio.to_thread(self._renew_heartbeat):
+                            self.attachment_writes.cancel()  # the pass reads them anyway
+                            self.attachments_changed.clear()
+                            await self._pass()
                     watcher.directories = self._watched_dirs()
                     watcher.rearm()
                 except Exception:
@@ -178,6 +274,21 @@ class Agent:
         finally:
             loop.remove_reader(watcher.fd)
             watcher.close()
+
+    async def _refresh_attachments(self) -> None:
+        """Pod churn only: refresh the last report's counts, or run the full pass
+        when something waits for them (see node/coalesce.py)."""
+        self.attachments_changed.clear()
+        status = self._last_status
+        refreshed = None
+        if status is not None and self.listed:
+            refreshed = await asyncio.to_thread(
+                self._locked, coalesce.rescan, self.paths, status, self._last_applied
+            )
+        if refreshed is None:
+            self.wake.set()
+            return
+        await asyncio.to_thread(self._publish, PassResult(refreshed), {})
 
     def _renew_heartbeat(self) -> bool:
         """Between resyncs, a timer wake-up only renews the heartbeat of the last
@@ -221,6 +332,7 @@ class Agent:
                 log.warning("cannot list CNINetworks (%s); using the last known set", error)
         snapshot = {name: dict(body) for name, body in self.networks.items()}
         loop = asyncio.get_running_loop()
+        self.reconciler.runtimes = self._cri_facts.rules  # judge by the runtime's rules
         try:
             result = await asyncio.to_thread(
                 self._locked,
@@ -246,6 +358,11 @@ class Agent:
             pod_routes = {"error": f"host-gw sync failed: {error}"}
         if pod_routes is not None:
             result.status["podRoutes"] = pod_routes
+        result.status = apply_judgement(result.status, self.runtime_facts())
+        result.events = [
+            *result.events,
+            *self._runtime_events.problem_events(result.status["problems"]),
+        ]
         await asyncio.to_thread(self._publish, result, snapshot)
         for event in self.host_gw.take_events():  # a refused pod CIDR, about its Node
             await asyncio.to_thread(

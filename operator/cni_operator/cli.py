@@ -70,6 +70,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
             liveness_endpoint=args.liveness,
             sources=_sources(args),
             fetch_limits=FetchLimits(args.binary_fetch_timeout, args.binary_max_bytes),
+            runtime_endpoint=args.runtime_endpoint,
         )
     )
     return 0
@@ -78,7 +79,12 @@ def cmd_agent(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from cni_operator import doctor  # noqa: PLC0415
 
-    return doctor.main(_host_root(args.host_root), as_json=args.json, runtime=args.runtime)
+    return doctor.main(
+        _host_root(args.host_root),
+        as_json=args.json,
+        runtime=args.runtime,
+        endpoint=args.runtime_endpoint,
+    )
 
 
 def cmd_cni_server(args: argparse.Namespace) -> int:
@@ -131,6 +137,17 @@ def _add_kube(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_runtime_endpoint(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--runtime-endpoint",
+        default=os.environ.get("CNIWARDEN_RUNTIME_ENDPOINT") or None,
+        metavar="PATH",
+        help="the container runtime's CRI socket as the node names it (under --host-root), "
+        "e.g. /run/containerd/containerd.sock; default: the first well-known socket that "
+        "answers. Env: CNIWARDEN_RUNTIME_ENDPOINT",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cniwarden", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -170,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BYTES",
         help="the largest declared binary the agent reads or downloads",
     )
+    _add_runtime_endpoint(p)
     p.set_defaults(func=cmd_agent)
 
     p = sub.add_parser("doctor", help="scan this node's CNI setup and print a fix per problem")
@@ -179,8 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--runtime",
         choices=("auto", "containerd", "crio"),
         default="auto",
-        help="judge the node by this runtime's rules (auto: both)",
+        help="judge the node by this runtime's rules (auto: the runtime that answers on its "
+        "CRI socket; every rule set when none does)",
     )
+    _add_runtime_endpoint(p)
     p.set_defaults(func=cmd_doctor)
 
     # Its options belong to node_plugin.server.cli; main() hands them over unparsed.

@@ -1,7 +1,10 @@
 """`cniwarden doctor`: the agent's node scan, printed for a person.
 
 Works without the API server (reads the agent's manifest to know which files
-are ours). Exit codes: 0 when the node is fine (warnings allowed), 1 when there
+are ours). It asks the node's runtime itself over its CRI socket (name, version,
+NetworkReady) and judges the node by that runtime's rules, or by every rule set
+when no runtime answers; a runtime that disagrees with the model is a problem.
+Exit codes: 0 when the node is fine (warnings allowed), 1 when there
 are errors but the runtime can still start pods (e.g. a foreign file wins over
 ours), 2 when the runtime cannot start pods at all (the node is broken).
 """
@@ -10,33 +13,54 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
 from cni_operator.node import manifest as manifest_io
 from cni_operator.node.binaries import VersionProber
+from cni_operator.node.cri import RuntimeProbe
 from cni_operator.node.manifest import Manifest, ManifestError
 from cni_operator.node.paths import HostPaths
 from cni_operator.node.scan import NodeScan, report_dict, scan_node
 from cni_operator.problems import ERROR, Problem
 from cni_operator.runtime_order import RuntimeView
+from cni_operator.runtime_truth import Judgement, RuntimeFacts, judge
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_BROKEN = 0, 1, 2
-RUNTIME_SOCKETS = {
-    "containerd": ("run/containerd/containerd.sock",),
-    "crio": ("run/crio/crio.sock", "var/run/crio/crio.sock"),
-}
 
 
-def detect_runtimes(paths: HostPaths, choice: str) -> list[str]:
-    if choice != "auto":
-        return [choice]
-    found = [
-        runtime
-        for runtime, sockets in RUNTIME_SOCKETS.items()
-        if any((paths.root / s).exists() for s in sockets)
-    ]
-    return found or ["containerd", "crio"]
+def detect_runtimes(facts: RuntimeFacts, choice: str) -> list[str]:
+    """The rule sets to judge by: the one asked for, the runtime's, or every one."""
+    return [choice] if choice != "auto" else list(facts.judged_by)
+
+
+def ask_runtime(host_root: Path, endpoint: str | None) -> RuntimeFacts:
+    probe = RuntimeProbe(host_root, endpoint)
+    try:
+        return probe.facts()
+    finally:
+        probe.close()
+
+
+def _runtime_lines(judgement: Judgement, facts: RuntimeFacts) -> str:
+    runtime = judgement.runtime
+    if runtime["identified"]:
+        api = f"CRI {runtime['apiVersion']}, " if runtime["apiVersion"] else ""
+        head = f"Runtime: {runtime['summary']} ({api}{runtime['endpoint']})"
+    else:
+        head = f"Runtime: {runtime['summary']}: {runtime.get('error', '')}"
+    head += f"; judged by {', '.join(runtime['judgedBy'])} rules"
+    if runtime["ruleSets"]:
+        head += f" (rule set {', '.join(runtime['ruleSets'])})"
+    head += "\n"
+    if facts.network_ready is not None:
+        said = "true" if facts.network_ready else "false"
+        detail = ", ".join(x for x in (facts.network_reason, facts.network_message) if x)
+        head += f"Runtime says: NetworkReady={said}" + (f" ({detail})" if detail else "") + "\n"
+    elif facts.status_error:
+        head += f"Runtime says: nothing ({facts.status_error})\n"
+    return head
 
 
 def _versions(values: object) -> str:
@@ -45,10 +69,18 @@ def _versions(values: object) -> str:
     return f"CNI {values[0]}..{values[-1]}" if len(values) > 1 else f"CNI {values[0]}"
 
 
-def render_text(scan: NodeScan, manifest: Manifest, runtimes: list[str], out: TextIO) -> None:
+def render_text(
+    scan: NodeScan,
+    manifest: Manifest,
+    runtimes: list[str],
+    out: TextIO,
+    runtime_text: str = "",
+) -> None:
     paths = scan.paths
     w = out.write
     w(f"cniwarden doctor: {paths.conf_dir}  (bin dir {paths.bin_dir})\n\n")
+    if runtime_text:
+        w(runtime_text + "\n")
     views: dict[str, RuntimeView] = {
         "containerd": scan.analysis.containerd,
         "crio": scan.analysis.crio,
@@ -100,9 +132,9 @@ def render_text(scan: NodeScan, manifest: Manifest, runtimes: list[str], out: Te
         w(f"          fix: {problem.fix}\n")
 
 
-def verdict(scan: NodeScan, runtimes: list[str]) -> int:
+def verdict(scan: NodeScan, runtimes: list[str], runtime_down: bool = False) -> int:
     views = {"containerd": scan.analysis.containerd, "crio": scan.analysis.crio}
-    if any(not views[r].healthy for r in runtimes):
+    if runtime_down or any(not views[r].healthy for r in runtimes):
         return EXIT_BROKEN
     if any(p.severity == ERROR for p in scan.problems):
         return EXIT_PROBLEMS
@@ -123,22 +155,38 @@ def load_manifest(paths: HostPaths) -> tuple[Manifest, Problem | None]:
         )
 
 
-def main(host_root: Path, *, as_json: bool = False, runtime: str = "auto") -> int:
+def main(
+    host_root: Path,
+    *,
+    as_json: bool = False,
+    runtime: str = "auto",
+    endpoint: str | None = None,
+) -> int:
     paths = HostPaths(host_root)
     manifest, unreadable = load_manifest(paths)
-    scan = scan_node(paths, manifest, VersionProber())
+    facts = ask_runtime(host_root, endpoint)
+    if runtime not in ("auto", facts.kind):
+        facts = replace(facts, name=runtime, version="")
+    runtimes = detect_runtimes(facts, runtime)
+    scan = scan_node(paths, manifest, VersionProber(), runtimes=facts.rules)
     if unreadable is not None:
         scan.problems.insert(0, unreadable)
-    runtimes = detect_runtimes(paths, runtime)
-    code = verdict(scan, runtimes)
+    report = report_dict(scan, manifest)
+    judgement = judge(report["runtimes"], facts, conf_dir=str(paths.conf_dir))
+    first, last = judgement.split()
+    scan.problems[:0] = first
+    scan.problems.extend(last)
+    code = verdict(scan, runtimes, runtime_down=facts.network_ready is False)
     if as_json:
-        report = report_dict(scan, manifest)
+        report = report_dict(scan, manifest)  # again: with the judgement's problems
+        report["runtime"] = judgement.runtime
+        report["runtimeVerdict"] = judgement.verdict
         report["runtimesJudged"] = runtimes
         report["exitCode"] = code
         json.dump(report, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        render_text(scan, manifest, runtimes, sys.stdout)
+        render_text(scan, manifest, runtimes, sys.stdout, _runtime_lines(judgement, facts))
         summary = {EXIT_OK: "OK", EXIT_PROBLEMS: "PROBLEMS", EXIT_BROKEN: "BROKEN"}[code]
         sys.stdout.write(f"\nVerdict: {summary} (judged by {', '.join(runtimes)})\n")
     return code

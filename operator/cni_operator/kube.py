@@ -1,6 +1,10 @@
 """A thin, synchronous wrapper over the official client for the few writes we do
 outside kopf's handlers: our CRs' status, and Events. Call it from a thread
-(`asyncio.to_thread`), never from the event loop directly."""
+(`asyncio.to_thread`), never from the event loop directly.
+
+Nodes and Events go through the client's generic request path (plain dicts in and
+out), not `CoreV1Api`: importing that one class loads the client's ~250 generated
+core models, 21 MB of RSS in every agent and controller (docs/performance.md)."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import logging
 import os
 import socket
 from typing import Any
+from urllib.parse import quote
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException
@@ -29,7 +34,19 @@ class Kube:
                 kubernetes.config.load_kube_config()
         self.client = kubernetes.client.ApiClient()
         self.custom = kubernetes.client.CustomObjectsApi(self.client)
-        self.core = kubernetes.client.CoreV1Api(self.client)
+
+    def _core(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """One request to the core API, JSON in and out (raises ApiException)."""
+        request = self.client.param_serialize(
+            method=method,
+            resource_path=path,
+            header_params={"Accept": "application/json", "Content-Type": "application/json"},
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        response = self.client.call_api(*request)
+        response.read()
+        return self.client.response_deserialize(response, {"2XX": "object"}).data
 
     # --- CNINetwork -------------------------------------------------------------
     def patch_network_status(self, name: str, status: dict[str, Any]) -> None:
@@ -108,16 +125,15 @@ class Kube:
     # --- Nodes and Events -------------------------------------------------------
     def get_node(self, name: str) -> dict[str, Any] | None:
         try:
-            node = self.core.read_node(name)
+            node: dict[str, Any] = self._core("GET", f"/api/v1/nodes/{quote(name, safe='')}")
         except ApiException as error:
             if error.status == 404:
                 return None
             raise
-        result: dict[str, Any] = self.client.sanitize_for_serialization(node)
-        return result
+        return node
 
     def list_nodes(self) -> list[dict[str, Any]]:
-        listing: dict[str, Any] = self.client.sanitize_for_serialization(self.core.list_node())
+        listing: dict[str, Any] = self._core("GET", "/api/v1/nodes")
         return list(listing.get("items", []))
 
     def post_event(
@@ -152,7 +168,7 @@ class Kube:
         # Events are best effort: the condition and the node report carry the truth. A
         # refused Event is logged (e.g. RBAC without `events create`), never silent.
         try:
-            self.core.create_namespaced_event("default", body)  # type: ignore[arg-type]
+            self._core("POST", "/api/v1/namespaces/default/events", body)
         except ApiException as error:
             log.warning(
                 "Event %s about %s not posted: %s %s",

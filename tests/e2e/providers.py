@@ -7,9 +7,11 @@ images are built from images/Dockerfile, loaded into the nodes, and Kubernetes
 runs the Deployment, the DaemonSet and the pre-delete hook Job.
 
 - kind: `make images` (buildah) and `kind load image-archive` into its nodes.
-- local: `make images` (buildah) and `ctr images import` into two real nodes of
-  the local cluster (containerd + kubelet + kube-proxy, each in its own network
-  and mount namespace) added for this run (devtools/ship/install.py).
+- local: `make images` (buildah), imported into two real nodes of the local cluster
+  (a runtime + kubelet + kube-proxy, each in its own network and mount namespace)
+  added for this run (devtools/ship/install.py), by default one on containerd 2.x
+  and one on CRI-O (`CNIWARDEN_E2E_RUNTIMES=containerd-1.6,crio` picks others, in
+  node order): `ctr images import` or `skopeo copy`.
 
 `CNIWARDEN_E2E_PROVIDER=kind|local` forces one.
 """
@@ -28,7 +30,7 @@ from typing import Any, Protocol
 
 from devtools.localcluster import LocalCluster
 from devtools.localcluster import images as local_images
-from devtools.localcluster.layout import BUSYBOX_IMAGE
+from devtools.localcluster.layout import BUSYBOX_IMAGE, parse_runtimes, runtime_of
 from devtools.localcluster.toolpaths import tool
 from devtools.ship import images as image_build
 from devtools.ship.helm import CHART, helm, install_chart, set_args, uninstall_release
@@ -55,6 +57,15 @@ __all__ = [
 
 ROOT = Path(__file__).resolve().parents[2]
 E2E_LABEL = "cniwarden.io/e2e"
+# The runtimes of the local provider's nodes, in order (the last repeats): one
+# containerd 2.x and one CRI-O node, so every scenario crosses runtimes.
+RUNTIME_VERSIONS = {  # what kubelet reports as the Node's containerRuntimeVersion
+    "containerd-1.6": "containerd://1.6.",
+    "containerd-1.7": "containerd://1.7.",
+    "containerd-2": "containerd://2.",
+    "crio": "cri-o://",
+}
+E2E_RUNTIMES = parse_runtimes(os.environ.get("CNIWARDEN_E2E_RUNTIMES", "containerd-2,crio"))
 
 
 class Node(Protocol):
@@ -122,8 +133,18 @@ class LocalProvider(ChartInstall):
         return list(self.nodes)
 
     def add_nodes(self, count: int = 2) -> None:
-        for _ in range(count):
-            real = self.cluster.add_real_node(cni="none")
+        for i in range(count):
+            runtime = runtime_of(E2E_RUNTIMES, i)
+            real = self.cluster.add_real_node(cni="none", runtime=runtime)
+            version = self.kubectl(
+                "get",
+                "node",
+                real.name,
+                "-o",
+                "jsonpath={.status.nodeInfo.containerRuntimeVersion}",
+            ).stdout
+            if not version.replace("://v", "://").startswith(RUNTIME_VERSIONS[runtime]):
+                raise CommandFailedError(f"{real.name} runs {version}, not {runtime}")
             self.nodes.append(LocalNode.of(self.cluster, real.name))
             self.kubectl("label", "node", real.name, f"{E2E_LABEL}={self.run_id}", "--overwrite")
 

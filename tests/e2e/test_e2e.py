@@ -29,6 +29,7 @@ from kubernetes.client.exceptions import ApiException
 
 from devtools.localcluster.kube import node_ready
 from devtools.localcluster.pods import busybox_pod
+from devtools.localcluster.toolpaths import tool
 from tests.e2e import previous, providers
 from tests.e2e.providers import KindProvider, LocalProvider, Node, Provider, wait_for
 
@@ -216,6 +217,9 @@ def test_install_brings_the_nodes_ready(installed: Installed) -> None:
         )
         assert state["healthy"] is True, state.get("problems")
         assert state["runtimes"]["containerd"]["file"] == installed.file
+        # The agent asked the node's runtime (CRI Version) and judges by its rules.
+        assert state["runtime"]["identified"] is True, state["runtime"]
+        assert state["runtimeVerdict"]["agrees"] is True, state["runtimeVerdict"]
         owned = {b["name"]: b for b in state["binaries"] if b.get("owned")}
         assert {"cniwarden-bridge", "cniwarden-host-local", "cniwarden-portmap"} <= set(owned)
         # hostPort: the example network's portmap, installed from the agent image and
@@ -246,12 +250,12 @@ def test_the_chart_runs_as_pods_of_the_images_built_here(installed: Installed) -
     chart's securityContext in force; each node turned Ready after its agent pod started."""
     p = installed.p
     (controller,) = p.pods("controller")
-    assert_serving(controller, {"controller": installed.image_ids["controller"]})
+    assert_serving(p, controller, {"controller": installed.image_ids["controller"]})
     agents = {pod["spec"]["nodeName"]: pod for pod in p.pods("agent")}
     assert sorted(agents) == sorted(n.name for n in p.nodes)
     for node in p.nodes:
         pod = agents[node.name]
-        assert_serving(pod, dict.fromkeys(("agent", "cni-server"), installed.image_ids["agent"]))
+        assert_serving(p, pod, dict.fromkeys(("agent", "cni-server"), installed.image_ids["agent"]))
         (init,) = pod["status"]["initContainerStatuses"]
         assert init["state"]["terminated"]["exitCode"] == 0, init
         started = parse_time(container(pod, "agent")["state"]["running"]["startedAt"])
@@ -304,7 +308,19 @@ def container(pod: dict[str, Any], name: str) -> dict[str, Any]:
     return next(c for c in statuses if c["name"] == name)
 
 
-def assert_serving(pod: dict[str, Any], images: dict[str, str]) -> None:
+def image_id_behind(p: Provider, pod: dict[str, Any], reference: str) -> str:
+    """The image ID a CRI-O node holds under `reference` (CRI-O reports a container's
+    image by the digest of the manifest skopeo wrote, not by the built image's ID)."""
+    node = next(n for n in p.nodes if n.name == pod["spec"]["nodeName"])
+    out = node.sh(
+        f"{tool('crictl')} --runtime-endpoint unix:///run/crio/crio.sock --timeout 20s "
+        f"inspecti -o json '{reference}'"
+    )
+    found: str = json.loads(out)["status"]["id"]
+    return found if found.startswith("sha256:") else f"sha256:{found}"
+
+
+def assert_serving(p: Provider, pod: dict[str, Any], images: dict[str, str]) -> None:
     """Every named container Running, Ready and of the given image ID; the pod Ready."""
     name = pod["metadata"]["name"]
     assert pod["status"]["phase"] == "Running", (name, pod["status"])
@@ -315,13 +331,15 @@ def assert_serving(pod: dict[str, Any], images: dict[str, str]) -> None:
         assert "running" in c["state"] and c["ready"] is True, (name, c)
         # "sha256:<id>" (imported without a digest) or "<name>@sha256:<digest>" (kind).
         reported = c["imageID"]
+        if c["containerID"].startswith("cri-o://") and reported != image_id:
+            reported = image_id_behind(p, pod, reported)
         assert reported == image_id or reported.endswith(f"@{image_id}"), (
             name,
             container_name,
             reported,
             image_id,
         )
-        assert c["containerID"].startswith("containerd://"), (name, c["containerID"])
+        assert c["containerID"].startswith(("containerd://", "cri-o://")), (name, c["containerID"])
 
 
 def container_log(p: Provider, pod: str, container_name: str) -> str:
@@ -693,7 +711,7 @@ def roll_with_traffic(
     assert sorted(ready) == sorted(n.name for n in p.nodes)
     for node, pod in ready.items():
         assert pod["metadata"]["uid"] != old.get(node), f"the agent pod on {node} was not replaced"
-        assert_serving(pod, dict.fromkeys(("agent", "cni-server"), agent_image))
+        assert_serving(p, pod, dict.fromkeys(("agent", "cni-server"), agent_image))
     # Pods created while their node's cni-server was down started once it was back.
     if newcomers:
         installed.wait_pods(*newcomers)

@@ -16,6 +16,7 @@ import pytest
 
 from devtools.localcluster import (
     containerd,
+    crio,
     hostres,
     images,
     kubeproxy,
@@ -25,7 +26,14 @@ from devtools.localcluster import (
     procs,
     slots,
 )
-from devtools.localcluster.layout import MAX_SLOTS, Layout, Ports, validate_name
+from devtools.localcluster.layout import (
+    MAX_SLOTS,
+    Layout,
+    Ports,
+    parse_runtimes,
+    runtime_of,
+    validate_name,
+)
 from devtools.localcluster.state import ClusterState, NodeRecord, ProcessRecord
 from devtools.localcluster.tiers import Tier
 
@@ -90,6 +98,54 @@ def test_containerd_config_is_valid_toml_with_our_dirs() -> None:
     assert cri["netns_mounts_under_state_dir"] is False
     assert cri["containerd"]["runtimes"]["runc"]["options"]["SystemdCgroup"] is False
     assert parsed["grpc"]["address"] == str(node.containerd_socket)
+
+
+def test_runtimes_parse_per_node_with_a_clear_error() -> None:
+    assert parse_runtimes("containerd-2, crio") == ["containerd-2", "crio"]
+    assert [runtime_of(["containerd-2", "crio"], i) for i in range(3)] == [
+        "containerd-2",
+        "crio",
+        "crio",
+    ]
+    assert runtime_of([], 0) == "containerd-1.6"
+    with pytest.raises(ValueError, match=r"unknown runtime\(s\) docker: use containerd-1.6, "):
+        parse_runtimes("crio,docker")
+    with pytest.raises(ValueError, match="unknown runtime"):
+        parse_runtimes(" , ")
+
+
+def test_containerd_2_config_is_version_3_with_our_dirs_and_no_nri() -> None:
+    node = Layout(Path("/var/tmp/c"), "dev", 3, "abcdef").node(1, "containerd-2")
+    parsed = tomllib.loads(containerd.containerd_config(node))
+    assert parsed["version"] == 3
+    runtime = parsed["plugins"]["io.containerd.cri.v1.runtime"]
+    assert runtime["cni"]["bin_dirs"] == [str(node.cni_bin_dir)]
+    assert runtime["cni"]["conf_dir"] == str(node.cni_conf_dir)
+    assert runtime["restrict_oom_score_adj"] is True
+    images_cfg = parsed["plugins"]["io.containerd.cri.v1.images"]
+    assert images_cfg["pinned_images"]["sandbox"].endswith("/pause:3.10")
+    assert parsed["plugins"]["io.containerd.nri.v1.nri"]["disable"] is True
+    assert parsed["grpc"]["address"] == str(node.runtime_socket)
+    assert node.runtime_socket == node.host_root / "run/containerd/containerd.sock"
+    assert containerd.runtime_env("containerd-2")["PATH"].startswith(
+        str(containerd.runtime_bin_dir("containerd-2"))
+    )
+    assert containerd.runtime_env("containerd-1.6") == {}
+
+
+def test_crio_config_keeps_every_path_in_the_node(tmp_path: Path) -> None:
+    node = Layout(Path("/var/tmp/c"), "dev", 3, "abcdef").node(0, "crio")
+    parsed = tomllib.loads(crio.crio_config(node))["crio"]
+    assert node.runtime_socket == node.host_root / "run/crio/crio.sock"
+    assert parsed["api"]["listen"] == str(node.runtime_socket)
+    assert parsed["network"] == {
+        "network_dir": str(node.cni_conf_dir),
+        "plugin_dirs": [str(node.cni_bin_dir)],
+    }
+    assert parsed["runtime"]["cgroup_manager"] == "cgroupfs"
+    assert parsed["image"]["pause_command"] == "/pause"
+    paths = [parsed["root"], parsed["runroot"], parsed["runtime"]["namespaces_dir"]]
+    assert all(p.startswith(str(node.dir)) for p in paths)
 
 
 def test_bridge_conflist_uses_the_node_pod_cidr() -> None:
@@ -220,7 +276,7 @@ def test_a_state_written_by_another_version_loads(tmp_path: Path) -> None:
     raw = json.loads(state.path.read_text())
     raw["proxy_mode"] = "iptables"
     raw["processes"][0]["restarts"] = 2
-    raw["nodes"][0]["runtime"] = "crio"
+    raw["nodes"][0]["gpus"] = 1
     state.path.write_text(json.dumps(raw))
     loaded = ClusterState.load(state.path)
     assert loaded == state

@@ -13,6 +13,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cni_operator.node.paths import HostPaths
 from node_plugin.ipam.store import read_data_dir
@@ -71,3 +72,16 @@ def scan_attachments(paths: HostPaths, extra_stores: Iterable[Path] = ()) -> Att
         _read_leases(store, scan)
     _read_result_cache(paths.results_dir, scan)
     return scan
+
+
+def attachments_report(scan: AttachmentScan) -> list[dict[str, Any]]:
+    """`status.attachments` of a CNINodeState: per network, the count and up to 20
+    container ids (the report stays small on a node with many pods)."""
+    return [
+        {
+            "network": network,
+            "count": len(items),
+            "containers": sorted(c for c, _ in items)[:20],
+        }
+        for network, items in sorted(scan.by_network.items())
+    ]

@@ -4,13 +4,15 @@ every problem with its fix. The agent reports it; the doctor prints it."""
 from __future__ import annotations
 
 import os
+import stat
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cni_operator.journal import CorruptLine, JournalEntry, interrupted_moves, outstanding
 from cni_operator.node.atomic import sha256_bytes, sha256_file
-from cni_operator.node.attachments import AttachmentScan, scan_attachments
+from cni_operator.node.attachments import AttachmentScan, attachments_report, scan_attachments
 from cni_operator.node.binaries import VersionProber, binary_inventory
 from cni_operator.node.manifest import Manifest
 from cni_operator.node.paths import HostPaths
@@ -18,6 +20,7 @@ from cni_operator.node.quarantine import Quarantine
 from cni_operator.problems import ERROR, WARNING, Problem
 from cni_operator.runtime_order import (
     DirAnalysis,
+    RuntimeRules,
     Verdict,
     analyze,
     is_config_name,
@@ -50,36 +53,73 @@ class NodeScan:
 
 
 def read_config_dir(conf_dir: Path) -> dict[str, bytes | None]:
+    """net.d as the runtimes list it (libcni's ConfFiles: a config suffix, dot-files
+    included, anything but a real directory), content None where they cannot read
+    it; plus `<dir>/<file>.conf` of each subdirectory, where libcni >= 1.3 finds
+    the plugins of network `<dir>`."""
     files: dict[str, bytes | None] = {}
     try:
-        names = os.listdir(conf_dir)
-    except FileNotFoundError:
+        entries = list(os.scandir(conf_dir))
+    except (FileNotFoundError, NotADirectoryError):
         return files
-    for name in names:
-        if not is_config_name(name):
-            continue
-        path = conf_dir / name
-        if path.is_dir():
-            continue
-        try:
-            files[name] = path.read_bytes()
-        except OSError:
-            files[name] = None
+    for entry in entries:
+        path = conf_dir / entry.name
+        if entry.is_dir(follow_symlinks=True):
+            for inner in _subdir_entries(path):
+                files[f"{entry.name}/{inner}"] = _read_regular(path / inner)
+        if is_config_name(entry.name) and not entry.is_dir(follow_symlinks=False):
+            files[entry.name] = _read_regular(path)
     return files
 
 
+def _subdir_entries(directory: Path) -> list[str]:
+    try:
+        return [
+            e.name
+            for e in os.scandir(directory)
+            if e.name.endswith(".conf") and not e.is_dir(follow_symlinks=False)
+        ]
+    except OSError:
+        return []
+
+
+def _read_regular(path: Path) -> bytes | None:
+    """The bytes, or None for what a runtime fails to read: a dangling symlink, a
+    directory behind a symlink, a socket. A FIFO is never opened (it would block)."""
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            return None
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def referenced_binaries(files: Mapping[str, bytes | None]) -> set[str]:
+    """Every binary a file of net.d makes some runtime exec (under any libcni's
+    rules: libcni >= 1.3 also reads plugins from net.d/<name>/)."""
+    wanted: set[str] = set()
+    for name, data in files.items():
+        wanted.update(parse_config(name, data).types)
+        wanted.update(parse_config(name, data, (1, 3), files).types)
+    return wanted
+
+
 def scan_node(
-    paths: HostPaths, manifest: Manifest, prober: VersionProber, *, node_view: bool = False
+    paths: HostPaths,
+    manifest: Manifest,
+    prober: VersionProber,
+    *,
+    node_view: bool = False,
+    runtimes: Sequence[RuntimeRules] | None = None,
 ) -> NodeScan:
     """Scan the node. `node_view`: name paths as the node does (for the API report)
-    rather than as this process sees them (for the doctor's copy-paste fixes)."""
+    rather than as this process sees them (for the doctor's copy-paste fixes).
+    `runtimes`: the runtime(s) to judge by (None: every rule set)."""
     files = read_config_dir(paths.conf_dir)
-    wanted_types: set[str] = set()
-    for name, data in files.items():
-        wanted_types.update(parse_config(name, data).types)
+    wanted_types = referenced_binaries(files)
     versions = prober.bin_dir_versions(paths.bin_dir, wanted_types)
     ours = manifest.config_files & set(files)
-    analysis = analyze(files.items(), ours, versions)
+    analysis = analyze(files.items(), ours, versions, runtimes)
     quarantine = Quarantine(paths)
     journal = quarantine.read()
     scan = NodeScan(
@@ -275,6 +315,7 @@ def report_dict(scan: NodeScan, manifest: Manifest) -> dict[str, Any]:
             "network": v.network or "",
             "ours": v.ours,
             "healthy": v.healthy,
+            "networkReady": v.network_ready,
             "message": v.message,
         }
 
@@ -311,14 +352,7 @@ def report_dict(scan: NodeScan, manifest: Manifest) -> dict[str, Any]:
             scan.paths.host_view(scan.paths.conf_dir / f) for f in scan.analysis.shadowing_files
         ],
         "binaries": scan.binaries,
-        "attachments": [
-            {
-                "network": network,
-                "count": len(items),
-                "containers": sorted(c for c, _ in items)[:20],
-            }
-            for network, items in sorted(scan.attachments.by_network.items())
-        ],
+        "attachments": attachments_report(scan.attachments),
         "quarantined": [
             {
                 "original": e.original,

@@ -19,12 +19,13 @@ from cni_operator.node.atomic import atomic_write, remove, sha256_bytes
 from cni_operator.node.attachments import AttachmentScan
 from cni_operator.node.fetch import FetchLimits
 from cni_operator.node.manifest import ManagedNetwork, Manifest
-from cni_operator.node.scan import read_config_dir
+from cni_operator.node.scan import read_config_dir, referenced_binaries
 from cni_operator.problems import ERROR, Problem
 from cni_operator.reconcile.gate import GateInput, judge
 from cni_operator.reconcile.install import OwnBinaries, install_binaries
 from cni_operator.reconcile.model import DesiredNetwork, NetworkEntry, NodeContext
 from cni_operator.rendering import NodeFacts, check_against_binaries, render
+from cni_operator.runtime_order import ALL_RUNTIMES
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,11 @@ def apply_network(
 
     managed = manifest.networks.get(name)
     digest = sha256_bytes(rendered.content)
+    conf_files = read_config_dir(paths.conf_dir)
+    # The real bin dir, not an empty map: CRI-O's network depends on the binaries.
+    all_versions = prober.bin_dir_versions(
+        paths.bin_dir, referenced_binaries(conf_files) | set(rendered.plugin_types)
+    )
     verdict = judge(
         GateInput(
             name=name,
@@ -81,8 +87,10 @@ def apply_network(
             applied=managed,
             rendered=rendered,
             digest=digest,
-            conf_files=read_config_dir(paths.conf_dir),
+            conf_files=conf_files,
             attachments=attachments,
+            versions=all_versions,
+            runtimes=ctx.runtimes or ALL_RUNTIMES,
         )
     )
     decision = verdict.decision

@@ -11,14 +11,21 @@ Pure: the caller reads the config dir and the attachments and passes them in.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from cni_operator.api import NetworkSpec
 from cni_operator.node.attachments import AttachmentScan
 from cni_operator.node.manifest import ManagedNetwork
 from cni_operator.rendering import RenderedConfig
-from cni_operator.runtime_order import effective_network
+from cni_operator.runtime_order import (
+    ALL_RUNTIMES,
+    IGNORE_BINARIES,
+    BinaryVersions,
+    IgnoreBinaries,
+    RuntimeRules,
+    effective_network,
+)
 from cni_operator.switch_gate import GateDecision, classify, decide
 
 
@@ -35,6 +42,10 @@ class GateInput:
     digest: str  # sha256 of rendered.content
     conf_files: Mapping[str, bytes | None]  # the config dir as it is now
     attachments: AttachmentScan
+    # The bin dir's VERSION answers for every type conf_files and rendered name:
+    # CRI-O's choice of network depends on them.
+    versions: BinaryVersions | IgnoreBinaries = IGNORE_BINARIES
+    runtimes: Sequence[RuntimeRules] = ALL_RUNTIMES  # the node's runtime, else every rule set
 
 
 @dataclass(frozen=True)
@@ -62,6 +73,9 @@ def takeover(
     applied: ManagedNetwork | None,
     rendered: RenderedConfig,
     attachments: AttachmentScan,
+    *,
+    versions: BinaryVersions | IgnoreBinaries = IGNORE_BINARIES,
+    runtimes: Sequence[RuntimeRules] = ALL_RUNTIMES,
 ) -> Takeover | None:
     """Would writing this file change the network new pods get while pods are
     attached to the current one?"""
@@ -69,14 +83,15 @@ def takeover(
     for file in [] if applied is None else applied.files:
         after.pop(file, None)
     after[rendered.file_name] = rendered.content
-    before_net = effective_network(conf_files)
-    after_net = effective_network(after)
-    if before_net is None or before_net == after_net:
-        return None
-    count = attachments.count(before_net)
-    if count == 0:
-        return None
-    return Takeover(before_net, after_net, count)
+    for runtime in runtimes:
+        before_net = effective_network(conf_files, runtime, versions)
+        after_net = effective_network(after, runtime, versions)
+        if before_net is None or before_net == after_net:
+            continue
+        count = attachments.count(before_net)
+        if count:
+            return Takeover(before_net, after_net, count)
+    return None
 
 
 def judge(gate: GateInput) -> GateVerdict:
@@ -93,7 +108,14 @@ def judge(gate: GateInput) -> GateVerdict:
         if change.unsafe and count:
             held_fields += change.unsafe
             held_count += count
-    moved = takeover(gate.conf_files, applied, gate.rendered, gate.attachments)
+    moved = takeover(
+        gate.conf_files,
+        applied,
+        gate.rendered,
+        gate.attachments,
+        versions=gate.versions,
+        runtimes=gate.runtimes,
+    )
     if moved is not None:
         held_fields.append(moved.held_field)
         held_count += moved.attached

@@ -15,6 +15,7 @@ from cni_operator.api import NetworkSpec
 from cni_operator.node.manifest import Manifest
 from cni_operator.node.paths import HostPaths
 from cni_operator.problems import Problem
+from cni_operator.runtime_order import RuntimeRules
 from cni_operator.switch_gate import acknowledged
 
 
@@ -113,6 +114,9 @@ class NodeContext:
 
     paths: HostPaths
     node_name: str
+    # The node's runtime as it named itself over CRI (None: unidentified, judged by
+    # every rule set).
+    runtimes: tuple[RuntimeRules, ...] | None = None
 
     def entry(
         self,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from cni_operator.reconcile.removal import remove_gone
 from cni_operator.reconcile.report import TransitionEvents, build_status, write_failure
 from cni_operator.reconcile.shadow import guard_shadows
 from cni_operator.rendering import NodeFacts
+from cni_operator.runtime_order import RuntimeRules
 
 log = logging.getLogger("cniwarden.agent")
 QUARANTINE = "Quarantine"
@@ -71,6 +73,8 @@ class Reconciler:
         self.own_source = own_source
         self.prober = prober or binaries.VersionProber()
         self._ctx = NodeContext(paths, node_name)
+        # Set by the agent from the runtime's CRI Version before each pass.
+        self.runtimes: tuple[RuntimeRules, ...] | None = None
         self._own: OwnBinaries | None = None
         self._transitions = TransitionEvents(node_name)
         self._swept = False
@@ -89,7 +93,7 @@ class Reconciler:
         is None until it has seen its Node: either way the pass only reports.
         A write that fails (a full disk) becomes a problem in the report, never an
         exception: the files it did not write keep their last good content."""
-        ctx = self._ctx
+        ctx = self._ctx = replace(self._ctx, runtimes=self.runtimes)
         output = StepOutput()
         try:
             self.paths.ensure()

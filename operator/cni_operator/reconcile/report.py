@@ -30,7 +30,7 @@ _EVENT_OF_STATE = {
 def build_status(
     ctx: NodeContext, manifest: Manifest, pass_output: StepOutput, prober: VersionProber
 ) -> dict[str, Any]:
-    scan = scan_node(ctx.paths, manifest, prober, node_view=True)
+    scan = scan_node(ctx.paths, manifest, prober, node_view=True, runtimes=ctx.runtimes)
     status = report_dict(scan, manifest)
     status["problems"] = [p.to_dict() for p in pass_output.problems] + status["problems"]
     status["networks"] = [
@@ -60,8 +60,9 @@ class TransitionEvents:
     """Remembers each network's last (state, message), and the node problems that
     had an Event, across passes."""
 
-    def __init__(self, node_name: str) -> None:
+    def __init__(self, node_name: str, codes: frozenset[str] = EVENT_PROBLEMS) -> None:
         self.node_name = node_name
+        self.codes = codes
         self._last: dict[str, tuple[str, str]] = {}
         self._problems: set[tuple[str, str]] = set()
 
@@ -70,7 +71,7 @@ class TransitionEvents:
         current = {
             (str(p.get("code")), str(p.get("message")))
             for p in problems
-            if p.get("code") in EVENT_PROBLEMS
+            if p.get("code") in self.codes
         }
         new = sorted(current - self._problems)
         self._problems = current

@@ -149,7 +149,7 @@ def test_node_is_isolated_in_its_namespace_and_reaches_the_api(cluster: LocalClu
     assert info["kubeletVersion"].startswith("v1.33.")
     assert info["containerRuntimeVersion"].startswith("containerd://")
     # The runtime's CNI dirs are exactly <host_root>/etc/cni/net.d and <host_root>/opt/cni/bin.
-    config = (node.containerd_socket.parent / "config.toml").read_text()
+    config = (Path(node.host_root).parent / "containerd" / "config.toml").read_text()
     assert f'conf_dir = "{node.cni_conf_dir}"' in config
     assert f'bin_dir = "{node.cni_bin_dir}"' in config
     assert node.host_root / "var/lib/cni" == node.cni_state_dir

@@ -83,7 +83,7 @@ def test_the_server_kills_a_hanging_delegate_before_the_deadline(
         run = node.cni("ADD", hung, pods[0], "stuck", cni_path=path)
         assert len(hanging.started(pids)) == 2
         wait_until(
-            lambda: not any(hanging.running(pid) for pid in hanging.started(pids)),
+            lambda: not any(hanging.running(pid, pids) for pid in hanging.started(pids)),
             "the server to kill the delegate's process group",
         )
     # The server's watchdog would have answered 11 at the deadline: 132 came before it.
@@ -124,7 +124,7 @@ def test_a_hanging_delegate_holds_only_its_own_attachment(
             run = node.cni("ADD", fine, pod, f"pod{i}")
             assert run.returncode == 0, run.stdout
         delegate = hanging.started(pids)[0]
-        assert hanging.running(delegate), "the other pods were served while it hung"
+        assert hanging.running(delegate, pids), "the other pods were served while it hung"
         assert len(node.shim.queued()) == 1, "its DEL waits for the attachment"
         os.killpg(delegate, signal.SIGKILL)  # it dies: the stuck ADD fails, the DEL can run
         assert error(stuck.result())["code"] == 131

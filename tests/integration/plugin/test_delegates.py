@@ -113,7 +113,7 @@ def test_a_hanging_delegate_is_killed_with_its_process_group_and_named(
         out = run_cni(BR, "ADD", c, container_id="h1", netns=sb, env=env, timeout=60)
         assert len(hanging.started(pids)) == 2, "the delegate and its child both ran"
         wait_until(
-            lambda: not any(hanging.running(pid) for pid in hanging.started(pids)),
+            lambda: not any(hanging.running(pid, pids) for pid in hanging.started(pids)),
             "the plugin to kill the delegate's process group",
         )
     finally:

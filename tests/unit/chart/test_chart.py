@@ -219,6 +219,8 @@ def test_agent_daemonset_runs_everywhere_with_only_the_host_paths_it_needs() -> 
         "cniwarden-state": "/var/lib/cniwarden",
         "netns": "/run/netns",
         "xtables-lock": "/run/xtables.lock",
+        "runtime-socket-0": "/run/containerd",
+        "runtime-socket-1": "/run/crio",
     }
     agent = container(daemonset, "agent")
     assert agent["command"] == ["cniwarden", "agent"]
@@ -230,7 +232,11 @@ def test_agent_daemonset_runs_everywhere_with_only_the_host_paths_it_needs() -> 
         "/opt/cni/bin",
         "/var/lib/cni",
         "/var/run/secrets/kubernetes.io/serviceaccount",
+        "/run/containerd",
+        "/run/crio",
     }
+    sockets = [m for m in agent["volumeMounts"] if m["name"].startswith("runtime-socket-")]
+    assert all(m["readOnly"] for m in sockets), "the agent only asks the runtime"
     ctx = agent["securityContext"]
     assert ctx["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN"]}
     assert not ctx.get("privileged") and ctx["readOnlyRootFilesystem"]
@@ -281,7 +287,14 @@ def test_server_can_be_switched_off() -> None:
     daemonset = find(render_chart({"agent": {"cniServer": {"enabled": False}}}), "DaemonSet")
     pod = daemonset["spec"]["template"]["spec"]
     assert [c["name"] for c in pod["containers"]] == ["agent"]
-    assert {v["name"] for v in pod["volumes"]} == {"api-token", "cni-conf", "cni-bin", "cni-state"}
+    assert {v["name"] for v in pod["volumes"]} == {
+        "api-token",
+        "cni-conf",
+        "cni-bin",
+        "cni-state",
+        "runtime-socket-0",
+        "runtime-socket-1",
+    }
 
 
 def test_images_come_from_values() -> None:

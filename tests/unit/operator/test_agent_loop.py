@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from cni_operator.agent import Agent, AgentSettings, retry_delay
 from cni_operator.reconcile import PassResult
+from cni_operator.runtime_truth import RuntimeFacts
 
 KUBECONFIG = """apiVersion: v1
 kind: Config
@@ -95,11 +96,48 @@ def test_a_pass_that_raises_still_syncs_host_gw_and_publishes(agent: Agent) -> N
     assert problem["code"] == "AgentPassFailed"
     assert "RuntimeError: journal exploded" in problem["message"]
     assert ("CNINodeState", "AgentPassFailed") in [(k, r) for k, r, _ in kube.events]
-    assert kube.statuses[2]["problems"] == [], "the next good pass clears it"
+    left = [p["code"] for p in kube.statuses[2]["problems"]]
+    assert left == ["RuntimeUnidentified"], "the next good pass clears it (no runtime here)"
 
 
 def test_retries_wait_longer_each_time() -> None:
     assert [retry_delay(n) for n in (1, 2, 3, 4, 7, 50)] == [1, 2, 4, 8, 60, 60]
+
+
+def test_the_runtime_s_own_verdict_is_a_problem_and_one_event(agent: Agent) -> None:
+    """CRI Status says the network is down while the model says healthy: the report
+    is not healthy, names the runtime and its version, and one Event is posted."""
+    healthy = {"file": "10-pods.conflist", "network": "pods", "healthy": True, "message": ""}
+    status = {"nodeName": "n1", "problems": [], "networks": [], "healthy": True}
+    status["runtimes"] = {"containerd": healthy, "crio": healthy}
+    agent.reconciler.reconcile = lambda networks, node: PassResult(dict(status))  # type: ignore[method-assign]
+    agent._cri_facts = RuntimeFacts(
+        endpoint="/run/containerd/containerd.sock",
+        name="containerd",
+        version="2.4.2",
+        network_ready=False,
+        network_reason="NetworkPluginNotReady",
+        network_message="Network plugin returns error: cni plugin not initialized",
+    )
+    kube: RecordingKube = agent.kube  # type: ignore[assignment]
+
+    async def passes() -> None:
+        await agent._pass()
+        await agent._pass()
+
+    asyncio.run(passes())
+    report = kube.statuses[-1]
+    assert report["healthy"] is False
+    assert report["runtime"]["summary"] == "containerd 2.4.2"
+    assert report["runtime"]["judgedBy"] == ["containerd"]
+    problem = report["problems"][0]
+    assert problem["code"] == "RuntimeDisagrees"
+    assert problem["message"].startswith(
+        "runtime reports NetworkPluginNotReady: Network plugin returns error: cni plugin not "
+        "initialized (CRI Status); our model predicted healthy"
+    )
+    events = [(k, r) for k, r, _ in kube.events]
+    assert events == [("CNINodeState", "RuntimeDisagrees")], "one Event, not one per pass"
 
 
 def test_the_first_listing_seeds_host_gw_with_every_node(tmp_path: Path) -> None:

@@ -166,13 +166,17 @@ def test_files_are_read_as_libcni_reads_them() -> None:
         "config has 'ipam.type' as a number, not a string"
     )
     assert parse_config("a.conf", b'{"type":"bridge","name":7}').error == (
-        "'name' must be a string, not a number"
+        "config has 'name' as a number, not a string"
     )
+    # A conflist's own keys are map lookups (exact); its plugins are structs (folded).
     folded = parse_config(
         "a.conflist",
-        b'{"CNIVersion":"1.0.0","Name":"n","Plugins":[{"Type":"bridge","IPAM":{"TYPE":"x"}}]}',
+        b'{"cniVersion":"1.0.0","name":"n","plugins":[{"Type":"bridge","IPAM":{"TYPE":"x"}}]}',
     )
     assert folded.valid and folded.network == "n" and folded.types == ("bridge", "x")
+    assert parse_config("a.conflist", b'{"Name":"n","plugins":[{"type":"b"}]}').error == (
+        "conflist has no 'name'"
+    )
     last_wins = parse_config("a.conf", b'{"type":"bridge","TYPE":"macvlan"}')
     assert last_wins.types == ("macvlan",)
     analysis = analyze(
