@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(CURDIR)/.tools/bin:$(PATH)
 
 .PHONY: setup debs venv tools images test lint typecheck unit integration e2e bench plugins bench-fastpath bench-plugin fuzz \
-        cluster-up cluster-down demo demo-down bench-rtt clean
+        cluster-up cluster-down demo demo-down bench-rtt conformance clean
 
 setup: debs venv tools
 
@@ -71,6 +71,7 @@ bench: bench-plugin bench-fastpath bench-rtt
 
 # The whole suite, as CI runs it (the e2e tests run the chart from the images).
 test: setup lint typecheck plugins images
+	TOOLS=conformance ./tools/build-tools.sh
 	CNIWARDEN_REQUIRE_ALL=1 $(BIN)/pytest tests
 
 # A local Kubernetes (see README "Local cluster"). Variables: CLUSTER (name),
@@ -84,10 +85,12 @@ FAKE_NODES ?= 3
 REAL_NODES ?=
 CNI ?= none
 RUNTIME ?= containerd-1.6
+PROXY_MODE ?= iptables
 
 cluster-up: setup
 	@$(BIN)/python -m devtools.localcluster up --name $(CLUSTER) --tier $(TIER) \
-	  --fake-nodes $(FAKE_NODES) $(if $(REAL_NODES),--real-nodes $(REAL_NODES)) --cni $(CNI) --runtime $(RUNTIME)
+	  --fake-nodes $(FAKE_NODES) $(if $(REAL_NODES),--real-nodes $(REAL_NODES)) --cni $(CNI) --runtime $(RUNTIME) \
+	  --proxy-mode $(PROXY_MODE)
 
 cluster-down: venv
 	@$(BIN)/python -m devtools.localcluster down --name $(CLUSTER)
@@ -96,6 +99,17 @@ cluster-down: venv
 # the example network, two pods talking across nodes, the status (README "Demo").
 demo: setup plugins images
 	@$(BIN)/python -m devtools.ship.demo
+
+# Kubernetes' own sig-network e2e (e2e.test v1.33, ginkgo, agnhost built here) against
+# cniwarden on a fresh 2-real-node cluster; JUnit in build/conformance/ (README "Conformance").
+# CONFORMANCE=full (default) | ci (the subset CI runs); CONFORMANCE_PROCS (ginkgo -p);
+# PROXY_MODE=iptables (default) | nftables (kube-proxy's mode on both nodes).
+CONFORMANCE ?= full
+CONFORMANCE_PROCS ?= 4
+conformance: setup plugins images
+	TOOLS="default conformance" ./tools/build-tools.sh
+	$(BIN)/python -m devtools.conformance --selection $(CONFORMANCE) --procs $(CONFORMANCE_PROCS) \
+	  --proxy-mode $(PROXY_MODE)
 
 demo-down: venv
 	@$(BIN)/python -m devtools.ship.demo --down

@@ -13,7 +13,7 @@ set -eu
 # node's containers-storage: CRI-O has no import command).
 PACKAGES="iproute2 iptables nftables containernetworking-plugins containerd runc conmon
 busybox-static iputils-ping procps util-linux gcc libc6-dev make python3-venv
-ca-certificates buildah mmdebstrap skopeo"
+ca-certificates buildah mmdebstrap skopeo bash curl netcat-openbsd bind9-dnsutils"
 missing=""
 for p in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

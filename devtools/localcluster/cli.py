@@ -41,6 +41,12 @@ def _parser() -> argparse.ArgumentParser:
         help="none: leave the CNI conf dir empty (the operator fills it); "
         "bridge: write a bridge+host-local conflist so pods run at once",
     )
+    p_up.add_argument(
+        "--proxy-mode",
+        default="iptables",
+        choices=["iptables", "nftables"],
+        help="kube-proxy's mode on every real node",
+    )
     p_down = sub.add_parser("down", help="stop a cluster and remove all it created")
     p_down.add_argument("--name", default="dev")
     p_status = sub.add_parser("status", help="print a cluster's state as JSON")
@@ -61,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                 fake_nodes=args.fake_nodes,
                 real_nodes=args.real_nodes or len(args.runtime),
                 cni=args.cni,
+                proxy_mode=args.proxy_mode,
                 runtimes=args.runtime,
             )
             timings = ", ".join(f"{k}={v}" for k, v in cluster.state.timings.items())

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import (
+    clusterdns,
     controlplane,
     fakenodes,
     hostres,
@@ -201,6 +202,7 @@ def up(
     real_nodes: int = 1,
     cni: str = "none",
     owner_pid: int | None = None,
+    proxy_mode: str = "iptables",
     runtimes: list[str] | None = None,
 ) -> LocalCluster:
     """Start a cluster and wait until every component is really ready.
@@ -236,6 +238,7 @@ def up(
         server=f"https://{api_address}:{layout.ports.apiserver}",
         owner_pid=owner_pid,
         cni=cni,
+        proxy_mode=proxy_mode,
     )
     state.save()
     cluster = LocalCluster(state)
@@ -259,6 +262,8 @@ def up(
             state.timings["fake_nodes_up_s"] = round(time.monotonic() - t0, 2)
             _log(f"{name}: {fake_nodes} fake nodes Ready in {state.timings['fake_nodes_up_s']}s")
         if real:
+            # Cluster DNS, as kubeadm's addon: Pending until a CNI is installed.
+            cluster.kubectl("apply", "-f", "-", input=clusterdns.manifest_list())
             t0 = time.monotonic()
             for i in range(real_nodes):
                 runtime = runtime_of(runtimes or [], i)

@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from . import hostres, kubeconfig, procs
+from .clusterdns import cluster_dns_ip
 from .layout import Layout, NodeLayout
 from .pki import CertificateAuthority
 from .state import ClusterState
@@ -53,8 +54,9 @@ def kubelet_config(node: NodeLayout, ca_cert: Path) -> dict[str, object]:
         },
         "resolvConf": str(node.kubelet_dir / "resolv.conf"),
         "clusterDomain": "cluster.local",
-        # No cluster DNS runs; pods resolve via their own loopback, which fails fast.
-        "clusterDNS": ["127.0.0.1"],
+        # CoreDNS behind kube-dns (clusterdns.py); pods with dnsPolicy Default
+        # resolve via their own loopback (resolvConf), which fails fast.
+        "clusterDNS": [cluster_dns_ip()],
         "podLogsDir": str(node.dir / "pod-logs"),
         "shutdownGracePeriod": "0s",
         "shutdownGracePeriodCriticalPods": "0s",

@@ -1,5 +1,5 @@
-"""A real node's kube-proxy (iptables mode), so pods reach Services, the
-`kubernetes` Service above all: in-cluster clients (the chart's controller,
+"""A real node's kube-proxy (iptables mode by default, nftables on request), so
+pods reach Services, the `kubernetes` Service above all: in-cluster clients (the chart's controller,
 agents and hook Job) dial its ClusterIP, as on any cluster.
 
 Separate from kubelet because it has its own identity (`system:kube-proxy`,
@@ -30,12 +30,22 @@ HEALTHZ_PORT = 10256
 READY_TIMEOUT = 60.0
 
 
-def kube_proxy_config(node: NodeLayout, kubeconfig_path: Path) -> dict[str, object]:
+PROXY_MODES = ("iptables", "nftables")
+
+
+def kube_proxy_config(
+    node: NodeLayout, kubeconfig_path: Path, mode: str = "iptables"
+) -> dict[str, object]:
+    """iptables: the default of kube-proxy 1.33 and of kind; nftables: GA in 1.33,
+    the same Services from one `table ip kube-proxy` (kernel >= 5.13, nft)."""
+    if mode not in PROXY_MODES:
+        raise ValueError(f"kube-proxy mode {mode!r}: use one of {', '.join(PROXY_MODES)}")
+    sync = {"syncPeriod": "30s", "minSyncPeriod": "1s"}
     return {
         "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
         "kind": "KubeProxyConfiguration",
         "clientConnection": {"kubeconfig": str(kubeconfig_path)},
-        "mode": "iptables",
+        "mode": mode,
         "clusterCIDR": POD_CIDR,
         "hostnameOverride": node.name,
         "bindAddress": node.ip,
@@ -50,7 +60,8 @@ def kube_proxy_config(node: NodeLayout, kubeconfig_path: Path) -> dict[str, obje
             "tcpEstablishedTimeout": "0s",
             "tcpCloseWaitTimeout": "0s",
         },
-        "iptables": {"localhostNodePorts": False, "syncPeriod": "30s", "minSyncPeriod": "1s"},
+        "iptables": {"localhostNodePorts": False, **sync},
+        "nftables": sync,
     }
 
 
@@ -68,7 +79,8 @@ def start_kube_proxy(layout: Layout, state: ClusterState, node: NodeLayout) -> N
         user="system:kube-proxy",
     )
     config = directory / "config.yaml"
-    config.write_text(yaml.safe_dump(kube_proxy_config(node, kcfg), sort_keys=False))
+    proxy_config = kube_proxy_config(node, kcfg, state.proxy_mode)
+    config.write_text(yaml.safe_dump(proxy_config, sort_keys=False))
     procs.run(
         ["ip", "route", "replace", SERVICE_CIDR, "dev", "eth0", "scope", "link"],
         netns=node.netns_path,

@@ -12,21 +12,24 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import crio, images, procs
+from . import clusterdns, crio, images, procs
 from .containerd import ctr
 from .layout import BUSYBOX_IMAGE, PAUSE_IMAGE, Layout, NodeLayout
 from .toolpaths import tool
 
 
 def build_images(layout: Layout) -> list[tuple[Path, str]]:
-    """The pause and busybox tarballs (built once per cluster, shared by its nodes)."""
+    """The pause, busybox and CoreDNS tarballs (built once per cluster, shared by its nodes)."""
     pause = layout.images_dir / "pause.tar"
     busybox = layout.images_dir / "busybox.tar"
+    coredns = layout.images_dir / "coredns.tar"
     if not pause.exists():
         images.build_pause(pause)
     if not busybox.exists():
         images.build_busybox(busybox)
-    return [(pause, PAUSE_IMAGE), (busybox, BUSYBOX_IMAGE)]
+    if not coredns.exists():
+        clusterdns.build_coredns(coredns)
+    return [(pause, PAUSE_IMAGE), (busybox, BUSYBOX_IMAGE), (coredns, clusterdns.COREDNS_IMAGE)]
 
 
 def import_archive(node: NodeLayout, tarball: Path, reference: str) -> None:
@@ -59,7 +62,7 @@ def listed_images(node: NodeLayout) -> set[str]:
 def import_images(layout: Layout, node: NodeLayout) -> None:
     for tarball, reference in build_images(layout):
         import_archive(node, tarball, reference)
-    missing = {PAUSE_IMAGE, BUSYBOX_IMAGE} - listed_images(node)
+    missing = {PAUSE_IMAGE, BUSYBOX_IMAGE, clusterdns.COREDNS_IMAGE} - listed_images(node)
     if missing:
         raise procs.ComponentError(f"images not imported into {node.name}: {sorted(missing)}")
 

@@ -53,6 +53,7 @@ class ClusterState:
     server: str
     owner_pid: int | None = None
     cni: str = "none"
+    proxy_mode: str = "iptables"
     processes: list[ProcessRecord] = field(default_factory=list)
     bridge: str | None = None
     nodes: list[NodeRecord] = field(default_factory=list)

@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from devtools.localcluster import LocalCluster, procs
-from devtools.localcluster.layout import POD_CIDR
+from devtools.localcluster.layout import POD_CIDR, SERVICE_CIDR
 from devtools.ship import images as image_build
 from devtools.ship.helm import CHART, helm, install_chart, set_args, uninstall_release
 
@@ -258,12 +258,13 @@ class ChartInstall:
 
     def local_values(self, selector: Mapping[str, str] | None = None) -> dict[str, Any]:
         """Values for this cluster: the images imported into the nodes (never pulled),
-        the example network on, pods routing the cluster's pod CIDR and the nodes'
-        subnet (no default route here: nothing may leave the machine)."""
+        the example network on, pods routing the cluster's pod CIDR, its Service CIDR
+        (ClusterIPs, DNAT'd by kube-proxy on the node) and the nodes' subnet (no default
+        route here: nothing may leave the machine)."""
         node_selector = dict(selector or {})
         example: dict[str, Any] = {
             "enabled": True,
-            "podRoutes": [POD_CIDR, str(self.cluster.layout.node_subnet)],
+            "podRoutes": [POD_CIDR, SERVICE_CIDR, str(self.cluster.layout.node_subnet)],
         }
         values: dict[str, Any] = {"image": {"pullPolicy": "Never"}, "exampleNetwork": example}
         if node_selector:

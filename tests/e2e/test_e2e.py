@@ -221,7 +221,11 @@ def test_install_brings_the_nodes_ready(installed: Installed) -> None:
         assert state["runtime"]["identified"] is True, state["runtime"]
         assert state["runtimeVerdict"]["agrees"] is True, state["runtimeVerdict"]
         owned = {b["name"]: b for b in state["binaries"] if b.get("owned")}
-        assert {"cniwarden-bridge", "cniwarden-host-local"} <= set(owned)
+        assert {"cniwarden-bridge", "cniwarden-host-local", "cniwarden-portmap"} <= set(owned)
+        # hostPort: the example network's portmap, installed from the agent image and
+        # verified against the sha256 pinned in images/cni-plugins.sha256.
+        pinned = (ROOT / "images" / "cni-plugins.sha256").read_text().split()[0]
+        assert owned["cniwarden-portmap"]["sha256"] == pinned
         # The static shim from the agent image, not a Python launcher: pods go
         # through the cni-server.
         agent = agent_pod(p, node.name)["metadata"]["name"]

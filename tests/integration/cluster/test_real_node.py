@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from devtools.localcluster import LocalCluster, RealNode
+from devtools.localcluster.clusterdns import cluster_dns_ip
 from devtools.localcluster.kube import node_ready
 from devtools.localcluster.pods import busybox_pod
 from tests.integration.cluster.waiting import wait_for
@@ -117,7 +118,7 @@ def test_busybox_pod_runs_with_an_ip_from_bridge_host_local(
         )
         assert str(pod_ip) in inside.stdout
         resolv = cluster.kubectl("exec", name, "--", "cat", "/etc/resolv.conf").stdout
-        assert "nameserver 127.0.0.1" in resolv
+        assert f"nameserver {cluster_dns_ip()}" in resolv
     finally:
         cluster.kubectl("delete", "pod", name, "--wait=true", "--timeout=60s", check=False)
     # CNI DEL ran on deletion: the lease is released.

@@ -352,6 +352,35 @@ def test_example_network_values_reach_the_spec() -> None:
     assert spec["plugins"][0]["ipam"]["routes"] == [{"dst": "10.244.0.0/16"}]
 
 
+def test_example_network_chains_portmap_from_the_agent_image() -> None:
+    """hostPort out of the box: portmap with the portMappings capability, declared as a
+    binary whose sha256 is the one the image build checks (images/cni-plugins.sha256),
+    under a name of ours so a node's own portmap is neither replaced nor a conflict."""
+    network = find(render_chart(EXAMPLE_ON), "CNINetwork")
+    spec = parse_spec(network["spec"])
+    conflist = render("pods", spec, NodeFacts("n1", {}, ("10.244.1.0/24",))).conflist
+    assert conflist["plugins"][-1] == {
+        "type": "cniwarden-portmap",
+        "capabilities": {"portMappings": True},
+    }
+    sums = (ROOT / "images" / "cni-plugins.sha256").read_text().splitlines()
+    pinned = {name: digest for digest, name in (line.split() for line in sums)}
+    (declared,) = spec.binaries
+    assert (declared.name, declared.sha256) == ("cniwarden-portmap", pinned["portmap"])
+    assert declared.source.file == "/usr/lib/cniwarden/cni-plugins/portmap"
+    dockerfile = (ROOT / "images" / "Dockerfile").read_text()
+    assert "COPY --from=cni-plugins /out/ /usr/lib/cniwarden/cni-plugins/" in dockerfile
+    assert "sha256sum -c SHA256SUMS" in dockerfile
+
+    node_provided = {"exampleNetwork": {"enabled": True, "portmap": {"install": False}}}
+    spec = parse_spec(find(render_chart(node_provided), "CNINetwork")["spec"])
+    assert not spec.binaries
+    assert spec.plugins[-1]["type"] == "portmap"
+    off = {"exampleNetwork": {"enabled": True, "portmap": {"enabled": False}}}
+    spec = parse_spec(find(render_chart(off), "CNINetwork")["spec"])
+    assert not spec.binaries and [p["type"] for p in spec.plugins] == ["cniwarden-bridge"]
+
+
 # --------------------------------------------------------------- images
 def test_one_dockerfile_builds_both_images_from_a_pinned_base() -> None:
     text = (ROOT / "images" / "Dockerfile").read_text()

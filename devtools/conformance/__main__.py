@@ -1,0 +1,5 @@
+import sys
+
+from devtools.conformance.run import main
+
+sys.exit(main())
