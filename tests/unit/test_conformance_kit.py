@@ -33,6 +33,8 @@ SPECS = {
     # The named local-cluster gap (README "Conformance"): the API server's proxy to pod IPs.
     "[sig-network] DNS should provide DNS for services [Conformance]": "DNS",
     "[sig-network] Proxy version v1 should proxy through a service and a pod": "Proxy",
+    "[sig-network] Networking Granular Checks: Services should function for service "
+    "endpoints using hostNetwork": "hostNetwork",
 }
 
 
