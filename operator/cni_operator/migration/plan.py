@@ -408,3 +408,33 @@ def eviction_plan(pods: Iterable[Mapping[str, Any]]) -> EvictionPlan:
         else:
             evict.append(ref)
     return EvictionPlan(tuple(evict), tuple(leaving), tuple(kept))
+
+
+# --- what a node's agent reports -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RuntimeView:
+    """The network the node's runtime uses, from its CNINodeState."""
+
+    network: str | None  # None: no report, or the runtimes judged disagree
+    healthy: bool
+    message: str
+
+
+def runtime_view(node_state: Mapping[str, Any] | None) -> RuntimeView:
+    """The runtimes the agent judges the node by (`status.runtime.judgedBy`, every
+    runtime when unidentified) must all name one network for it to count."""
+    status = (node_state or {}).get("status") or {}
+    views = status.get("runtimes") or {}
+    judged = list((status.get("runtime") or {}).get("judgedBy") or views)
+    if not judged:
+        return RuntimeView(None, False, "the node's agent has not reported yet")
+    networks = {str((views.get(r) or {}).get("network") or "") for r in judged}
+    healthy = all(bool((views.get(r) or {}).get("healthy")) for r in judged)
+    messages = "; ".join(
+        f"{r}: {(views.get(r) or {}).get('message', '')}" for r in judged if views.get(r)
+    )
+    if len(networks) != 1 or "" in networks:
+        return RuntimeView(None, healthy, f"runtimes disagree or use no network ({messages})")
+    return RuntimeView(networks.pop(), healthy, messages)

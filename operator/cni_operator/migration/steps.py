@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from cni_operator.kube_time import parse_rfc3339
 from cni_operator.migration.spec import MigrationSpec
 
 
@@ -395,3 +396,79 @@ def summarize(records: Sequence[NodeRecord]) -> Summary:
     names = ",".join(r.name for r in current)
     steps = ",".join(sorted({str(r.step) for r in current}))
     return Summary(done, len(counted), names, steps)
+
+
+def step_age(record: NodeRecord, now: float) -> float | None:
+    """Seconds the recorded step has run (for the drain timeout); None when its
+    start is not known."""
+    if not record.timeline or record.timeline[-1].step is not record.step:
+        return None
+    started = parse_rfc3339(record.timeline[-1].started_at)
+    return None if started is None else max(0.0, now - started)
+
+
+def _condition(
+    old: Sequence[Mapping[str, Any]],
+    kind: str,
+    status: bool,
+    *,
+    reason: str,
+    message: str,
+    now: str,
+) -> dict[str, Any]:
+    value = "True" if status else "False"
+    before = next((c for c in old if c.get("type") == kind), None)
+    since = (
+        before["lastTransitionTime"]
+        if before is not None and before.get("status") == value and before.get("lastTransitionTime")
+        else now
+    )
+    return {
+        "type": kind,
+        "status": value,
+        "lastTransitionTime": since,
+        "reason": reason,
+        "message": message,
+    }
+
+
+def build_status(
+    records: Sequence[NodeRecord],
+    halt: Halt | None,
+    phase: str,
+    *,
+    generation: int,
+    now: str,
+    old_conditions: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
+    """`CNIMigration.status` from the records. `Halted` names the node, the step and
+    the cause; `Complete` is True once every node is Done (or all rolled back)."""
+    summary = summarize(records)
+    halted = _condition(
+        old_conditions,
+        "Halted",
+        halt is not None,
+        reason="StepFailed" if halt is not None else "NotHalted",
+        message=halt.message if halt is not None else "",
+        now=now,
+    )
+    complete = _condition(
+        old_conditions,
+        "Complete",
+        phase in ("Succeeded", "RolledBack"),
+        reason=phase,
+        message=f"{summary.progress} nodes done",
+        now=now,
+    )
+    return {
+        "observedGeneration": generation,
+        "phase": phase,
+        "progress": summary.progress,
+        "nodesDone": summary.nodes_done,
+        "nodesTotal": summary.nodes_total,
+        "currentNode": summary.current_node,
+        "currentStep": summary.current_step,
+        "halt": halt.to_status() if halt is not None else None,
+        "nodes": [r.to_status() for r in records],
+        "conditions": [halted, complete],
+    }

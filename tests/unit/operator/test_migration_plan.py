@@ -16,6 +16,7 @@ from cni_operator.migration.plan import (
     check_compatibility,
     eviction_plan,
     initial_records,
+    runtime_view,
     selected,
     waves,
 )
@@ -348,3 +349,23 @@ def test_eviction_skips_daemonset_static_mirror_hostnetwork_and_finished_pods() 
     assert kept["proxy"].startswith("hostNetwork pod")
     assert kept["mirror"] == kept["static"] == "static pod: the kubelet owns it"
     assert plan.evict[0].uid == "uid-web"
+
+
+def test_runtime_view_from_the_node_report() -> None:
+    def state(judged: list[str] | None, **views: tuple[str, bool]) -> dict[str, Any]:
+        status: dict[str, Any] = {
+            "runtimes": {
+                r: {"network": n, "healthy": h, "message": f"{r} ok"} for r, (n, h) in views.items()
+            }
+        }
+        if judged is not None:
+            status["runtime"] = {"judgedBy": judged}
+        return {"status": status}
+
+    view = runtime_view(state(["containerd"], containerd=(TO, True), crio=("old", False)))
+    assert (view.network, view.healthy) == (TO, True)
+    both = runtime_view(state(None, containerd=(TO, True), crio=("old", True)))
+    assert both.network is None and "disagree" in both.message
+    assert runtime_view(None).message == "the node's agent has not reported yet"
+    sick = runtime_view(state(["crio"], crio=(TO, False)))
+    assert (sick.network, sick.healthy) == (TO, False)

@@ -20,12 +20,14 @@ from cni_operator.migration.steps import (
     advance,
     apply_commands,
     begin_rollback,
+    build_status,
     decide,
     fail,
     halt_for,
     mark_done,
     plan_work,
     start,
+    step_age,
     summarize,
 )
 from hypothesis import given, settings
@@ -310,3 +312,44 @@ def test_summary_for_the_printer_columns() -> None:
     )
     summary = summarize(nodes)
     assert (summary.progress, summary.current_node, summary.current_step) == ("1/3", "b", "Evict")
+
+
+def test_step_age_counts_from_the_recorded_steps_start() -> None:
+    record = start(NodeRecord("n1", 0), World().facts(), "2026-12-05T12:00:00Z")
+    at = 1_796_472_000.0  # 2026-12-05T12:00:00Z
+    assert step_age(record, at + 42) == 42
+    assert step_age(NodeRecord("n1", 0), at) is None
+    stale = replace(record, step=Step.EVICT)  # the timeline's last entry is Cordon
+    assert step_age(stale, at) is None
+
+
+def test_status_names_the_halt_and_keeps_transition_times() -> None:
+    nodes = records(("a", 0, Step.DONE), ("b", 0, Step.RESTORE))
+    halt = Halt("b", Step.VERIFY, "probe failed", 0)
+    status = build_status(nodes, halt, "Halted", generation=3, now=T)
+    assert status["phase"] == "Halted" and status["progress"] == "1/2"
+    assert (status["currentNode"], status["currentStep"]) == ("b", "RestoreOld")
+    halted = next(c for c in status["conditions"] if c["type"] == "Halted")
+    assert halted["status"] == "True"
+    assert halted["message"] == "node b, step Verify: probe failed"
+    later = build_status(
+        nodes,
+        halt,
+        "Halted",
+        generation=3,
+        now="2026-12-05T13:00:00Z",
+        old_conditions=status["conditions"],
+    )
+    assert next(c for c in later["conditions"] if c["type"] == "Halted")["lastTransitionTime"] == T
+    done = build_status(
+        records(("a", 0, Step.DONE)),
+        None,
+        "Succeeded",
+        generation=3,
+        now="2026-12-05T13:00:00Z",
+        old_conditions=status["conditions"],
+    )
+    by_type = {c["type"]: c for c in done["conditions"]}
+    assert by_type["Halted"]["status"] == "False"
+    assert by_type["Halted"]["lastTransitionTime"] == "2026-12-05T13:00:00Z"
+    assert by_type["Complete"]["status"] == "True" and done["halt"] is None
