@@ -145,7 +145,8 @@ def test_cordon_evict_respecting_the_pdb_then_roll_back_and_uncordon(
         return out.record.step is not Step.EVICT
 
     wait_for("node drained through the Eviction API", drained, timeout=180)
-    assert out.record.step is Step.SWITCH, out
+    reached: Step = out.record.step  # (declared: `drained` moved it on since the check above)
+    assert reached is Step.SWITCH, out
     left = [p for p in pods(cluster, namespace) if p["spec"].get("nodeName") == first]
     assert left == []
     assert sum(ready(p) for p in pods(cluster, namespace)) >= MIN_AVAILABLE
