@@ -77,6 +77,17 @@ class Kube:
             if error.status != 404:
                 raise
 
+    def get_network(self, name: str) -> dict[str, Any] | None:
+        try:
+            result: dict[str, Any] = self.custom.get_cluster_custom_object(  # type: ignore[assignment]
+                api.GROUP, api.VERSION, api.NETWORK_PLURAL, name
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return result
+
     def list_networks(self) -> list[dict[str, Any]]:
         listing: dict[str, Any] = self.custom.list_cluster_custom_object(  # type: ignore[assignment]
             api.GROUP, api.VERSION, api.NETWORK_PLURAL

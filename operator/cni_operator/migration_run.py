@@ -18,21 +18,44 @@ Synchronous: call from a thread (`asyncio.to_thread`), like `Kube`.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
+from pydantic import ValidationError
+
+from cni_operator import api
+from cni_operator.api import NetworkSpec
 from cni_operator.kube import EVICTION_BLOCKED, Kube
 from cni_operator.kube_time import now_iso
-from cni_operator.migration.plan import SWITCH_LABEL, EvictionPlan, eviction_plan, runtime_view
+from cni_operator.migration.plan import (
+    SWITCH_LABEL,
+    EvictionPlan,
+    NodeInfo,
+    NodeNetworks,
+    check_compatibility,
+    eviction_plan,
+    initial_records,
+    old_network_on,
+    runtime_view,
+    selected,
+)
 from cni_operator.migration.spec import MigrationSpec
 from cni_operator.migration.steps import (
     Action,
+    Halt,
     NodeFacts,
     NodeRecord,
     Step,
     advance,
+    apply_commands,
+    begin_rollback,
+    build_status,
     decide,
     fail,
+    mark_done,
+    plan_work,
+    start,
     step_age,
 )
 
@@ -181,3 +204,157 @@ class NodeDriver:
         if not healthy:
             return FAILED, "the node's agent reports the new network unhealthy"
         return VERIFIED, ""
+
+
+# --- one pass over a whole migration ----------------------------------------------------
+
+
+@dataclass
+class PassResult:
+    status: dict[str, Any]
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+def _refused(reasons: list[str], generation: int) -> PassResult:
+    message = "; ".join(reasons)
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "phase": "Refused",
+        "refusals": reasons,
+        "conditions": [
+            {
+                "type": "Halted",
+                "status": "True",
+                "lastTransitionTime": now_iso(),
+                "reason": "Refused",
+                "message": message[:4096],
+            }
+        ],
+    }
+    return PassResult(status, [("Warning", "Refused", message[:1024])])
+
+
+def _network_spec(kube: Kube, name: str, role: str) -> tuple[NetworkSpec | None, str]:
+    obj = kube.get_network(name)
+    if obj is None:
+        return None, f"{role}.cniNetwork {name} does not exist"
+    try:
+        return api.parse_spec(obj.get("spec") or {}), ""
+    except (api.SpecError, ValidationError) as error:
+        return None, f"{role}.cniNetwork {name} has an invalid spec: {error}"
+
+
+def _first_records(
+    kube: Kube, spec: MigrationSpec, to_spec: NetworkSpec
+) -> tuple[list[NodeRecord], list[str]]:
+    """The node list, fixed at the start, or every reason the migration is refused."""
+    reasons: list[str] = []
+    from_spec = None
+    if spec.source.cniNetwork is not None:
+        from_spec, why = _network_spec(kube, spec.source.cniNetwork, "from")
+        if from_spec is None:
+            return [], [why]
+    skip = set(spec.skipNodes)
+    nodes = [
+        n
+        for n in selected((NodeInfo.from_node(o) for o in kube.list_nodes()), spec.nodeSelector)
+        if n.name not in skip
+    ]
+    if not nodes:
+        reasons.append("nodeSelector (less skipNodes) selects no node")
+    networks = [
+        NodeNetworks(
+            n,
+            None
+            if from_spec is not None
+            else old_network_on(kube.get_node_state(n.name), str(spec.source.networkName)),
+        )
+        for n in nodes
+    ]
+    reasons += [str(r) for r in check_compatibility(spec, to_spec, networks, from_spec)]
+    return ([] if reasons else initial_records(nodes, spec)), reasons
+
+
+def migration_pass(kube: Kube, driver: NodeDriver, body: Mapping[str, Any]) -> PassResult:
+    """Read the CNIMigration, apply its commands, move the nodes the plan names as
+    far as they go now, and return the new status with the Events to post. Before
+    any node has started, every pass re-checks compatibility (a fix is picked up);
+    after that the node list and the from/to pair are fixed (the CRD makes them
+    immutable)."""
+    generation = int((body.get("metadata") or {}).get("generation") or 0)
+    status = body.get("status") or {}
+    try:
+        spec = MigrationSpec.model_validate(body.get("spec") or {})
+    except ValidationError as error:
+        return _refused([f"invalid spec: {error}"], generation)
+    to_spec, why = _network_spec(kube, spec.to.cniNetwork, "to")
+    if to_spec is None:
+        return _refused([why], generation)
+    to_network = to_spec.cni_name(spec.to.cniNetwork)
+    records = [NodeRecord.from_status(n) for n in status.get("nodes") or []]
+    halt = Halt.from_status(status.get("halt"))
+    events: list[tuple[str, str, str]] = []
+    if not records:
+        records, reasons = _first_records(kube, spec, to_spec)
+        if reasons:
+            return _refused(reasons, generation)
+        events.append(("Normal", "Planned", f"{len(records)} node(s) to migrate"))
+    commands = apply_commands(spec, records, halt)
+    records, halt = list(commands.records), commands.halt
+    events += [("Normal", "Command", note) for note in commands.notes]
+    work = plan_work(spec, records, halt)
+    by_name = {r.name: r for r in records}
+    stamp = now_iso()
+    for name in work.start_nodes:
+        facts, _, _ = driver.observe(name, spec.to.cniNetwork)
+        by_name[name] = start(by_name[name], facts, stamp)
+    for name in work.rollback_nodes:
+        by_name[name] = begin_rollback(by_name[name], stamp)
+    sequence = 1 + max((r.completed or 0 for r in records), default=0)
+    waiting: dict[str, str] = {}
+    for name in (*work.continue_nodes, *work.start_nodes, *work.rollback_nodes):
+        out = driver.drive(spec, by_name[name], to_network, spec.to.cniNetwork)
+        record = out.record
+        if record.step is Step.DONE and record.completed is None:
+            record = mark_done(record, sequence)
+            sequence += 1
+        by_name[name] = record
+        events += out.events
+        if out.waiting:
+            waiting[name] = out.waiting
+        if out.failed_step is not None and halt is None:
+            halt = Halt(name, out.failed_step, out.cause, spec.resume)
+            events.append(("Warning", "Halted", halt.message))
+    records = [by_name[r.name] for r in records]
+    phase = plan_work(spec, records, halt).phase
+    new_status = build_status(
+        records,
+        halt,
+        phase,
+        generation=generation,
+        now=stamp,
+        old_conditions=status.get("conditions") or [],
+    )
+    new_status["waiting"] = [f"{node}: {why}" for node, why in sorted(waiting.items())]
+    new_status["refusals"] = None
+    return PassResult(new_status, events)
+
+
+COMPONENT = "cniwarden-controller"
+FINISHED = frozenset({"Succeeded", "RolledBack"})
+
+
+def run_migration(kube: Kube, driver: NodeDriver, body: Mapping[str, Any]) -> str | None:
+    """One pass, its status written and its Events posted; the new phase. A finished
+    migration is left alone until its spec changes (e.g. `rollback: true`)."""
+    meta = body.get("metadata") or {}
+    status = body.get("status") or {}
+    generation = int(meta.get("generation") or 0)
+    if status.get("phase") in FINISHED and status.get("observedGeneration") == generation:
+        return None
+    result = migration_pass(kube, driver, body)
+    kube.patch_migration_status(str(meta.get("name")), result.status)
+    obj = {**body, "kind": api.MIGRATION_KIND, "apiVersion": api.API_VERSION}
+    for kind, reason, message in result.events:
+        kube.post_event(obj, kind, reason, message, COMPONENT)
+    return str(result.status.get("phase"))

@@ -141,6 +141,47 @@ class OldNetwork:
             tuple(subnets),
         )
 
+    def to_report(self) -> dict[str, Any]:
+        """As the agent reports it in CNINodeState.status.foreignFiles[].network."""
+        return {
+            "name": self.name,
+            "type": self.main_type,
+            "bridge": self.bridge,
+            "ipamType": self.ipam_type,
+            "subnets": list(self.subnets),
+        }
+
+    @classmethod
+    def from_report(cls, raw: Mapping[str, Any]) -> OldNetwork:
+        return cls(
+            str(raw.get("name") or ""),
+            str(raw.get("type") or ""),
+            raw.get("bridge"),
+            raw.get("ipamType"),
+            tuple(str(s) for s in raw.get("subnets") or []),
+        )
+
+
+def old_network_report(content: bytes | None) -> dict[str, Any]:
+    """A foreign file's network for the node report, or why it cannot be read."""
+    if content is None:
+        return {"error": "unreadable"}
+    try:
+        return OldNetwork.from_conflist(content).to_report()
+    except ValueError as error:
+        return {"error": str(error)}
+
+
+def old_network_on(node_state: Mapping[str, Any] | None, name: str) -> OldNetwork | None:
+    """The foreign network `name` as the node's agent reported it (the first file
+    the runtime would read, i.e. the reported order), or None."""
+    status = (node_state or {}).get("status") or {}
+    for entry in status.get("foreignFiles") or []:
+        network = entry.get("network") or {}
+        if network.get("name") == name and not network.get("error"):
+            return OldNetwork.from_report(network)
+    return None
+
 
 @dataclass(frozen=True)
 class NodeNetworks:

@@ -76,8 +76,8 @@ def node(cluster: LocalCluster, name: str) -> dict[str, Any]:
 
 @pytest.fixture
 def setup(cluster: LocalCluster) -> Iterator[tuple[str, str, str]]:
-    """Two kwok nodes of this test's own; the workload's 3 pods all on the first,
-    then the second opened to them, so every eviction has somewhere to go."""
+    """Two kwok nodes of this test's own; the workload's 3 pods all on the first.
+    The second is opened to them by the test, once the PDB has refused evictions."""
     first, second = cluster.add_fake_nodes(2)
     namespace = f"mig-{RUN}"
     try:
@@ -103,7 +103,6 @@ def setup(cluster: LocalCluster) -> Iterator[tuple[str, str, str]]:
                 == REPLICAS - MIN_AVAILABLE
             ),
         )
-        cluster.kubectl("label", "node", second, f"{PIN}=yes")
         yield first, second, namespace
     finally:
         cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
@@ -133,9 +132,13 @@ def test_cordon_evict_respecting_the_pdb_then_roll_back_and_uncordon(
     out = driver.drive(spec, record, TO, TO)
     assert node(cluster, first)["spec"].get("unschedulable") is True
     assert out.record.step is Step.EVICT
-    # One disruption allowed: the first eviction passes, the others are refused (429).
+    # One disruption allowed, and the evicted pod's replacement cannot run anywhere
+    # yet: the first eviction passes, the other two are refused (429).
     assert "evictions refused by a PodDisruptionBudget" in out.waiting, out.waiting
     assert out.waiting.count("disruption budget") == REPLICAS - 1, out.waiting
+    on_first = [p for p in pods(cluster, namespace) if p["spec"].get("nodeName") == first]
+    assert sum(not p["metadata"].get("deletionTimestamp") for p in on_first) >= REPLICAS - 1
+    cluster.kubectl("label", "node", second, f"{PIN}=yes")
 
     def drained() -> bool:
         nonlocal out

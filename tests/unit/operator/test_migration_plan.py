@@ -16,6 +16,8 @@ from cni_operator.migration.plan import (
     check_compatibility,
     eviction_plan,
     initial_records,
+    old_network_on,
+    old_network_report,
     runtime_view,
     selected,
     waves,
@@ -369,3 +371,28 @@ def test_runtime_view_from_the_node_report() -> None:
     assert runtime_view(None).message == "the node's agent has not reported yet"
     sick = runtime_view(state(["crio"], crio=(TO, False)))
     assert (sick.network, sick.healthy) == (TO, False)
+
+
+def test_the_agent_reports_each_foreign_network_for_the_check() -> None:
+    content = reference_bridge("10.244.3.0/24", bridge="br0")
+    report = old_network_report(content)
+    assert report == {
+        "name": "bridge-net",
+        "type": "bridge",
+        "bridge": "br0",
+        "ipamType": "host-local",
+        "subnets": ["10.244.3.0/24"],
+    }
+    assert old_network_report(None) == {"error": "unreadable"}
+    assert old_network_report(b"{")["error"].startswith("not JSON")
+    state = {
+        "status": {
+            "foreignFiles": [
+                {"path": "/etc/cni/net.d/00-x.conf", "network": {"error": "not JSON"}},
+                {"path": "/etc/cni/net.d/10-bridge.conflist", "network": report},
+            ]
+        }
+    }
+    assert old_network_on(state, "bridge-net") == OldNetwork.from_conflist(content)
+    assert old_network_on(state, "other") is None
+    assert old_network_on(None, "bridge-net") is None
