@@ -88,6 +88,16 @@ class Kube:
             raise
         return result
 
+    def set_network_annotations(self, name: str, annotations: dict[str, str]) -> None:
+        """Merge `annotations` into a CNINetwork's (the switch gate's acknowledgement)."""
+        self.custom.patch_cluster_custom_object(
+            api.GROUP,
+            api.VERSION,
+            api.NETWORK_PLURAL,
+            name,
+            {"metadata": {"annotations": annotations}},
+        )
+
     def list_networks(self) -> list[dict[str, Any]]:
         listing: dict[str, Any] = self.custom.list_cluster_custom_object(  # type: ignore[assignment]
             api.GROUP, api.VERSION, api.NETWORK_PLURAL

@@ -33,6 +33,7 @@ from cni_operator.migration.plan import (
     EvictionPlan,
     NodeInfo,
     NodeNetworks,
+    acknowledgement,
     check_compatibility,
     eviction_plan,
     initial_records,
@@ -150,6 +151,18 @@ class NodeDriver:
                 return out  # the rollback itself failed: halted there, a resume retries
         return out
 
+    def _acknowledge(self, node: str, to_object: str) -> None:
+        """Acknowledge the target's current generation for this drained node."""
+        network = self.kube.get_network(to_object)
+        if network is None:
+            return  # the switch then times out, and the node is rolled back
+        meta = network.get("metadata") or {}
+        wanted = acknowledgement(
+            meta.get("annotations") or {}, int(meta.get("generation") or 0), node
+        )
+        if wanted is not None:
+            self.kube.set_network_annotations(to_object, wanted)
+
     def _advance(self, out: NodeOutcome) -> None:
         before = out.record.step
         out.record = advance(out.record, self.stamp())
@@ -194,9 +207,12 @@ class NodeDriver:
                     f"{spec.drain.timeoutSeconds} s of the switch "
                     "(a held gate, or a missing binary)"
                 )
+            self._acknowledge(node, to_object)
             self.kube.set_node_label(node, SWITCH_LABEL, to_object)
             return WAIT, "switch label set, waiting for the node's agent to report the new network"
         if action is Action.RESTORE:
+            # Removing the label is a switch too (pods left on the new network hold it).
+            self._acknowledge(node, to_object)
             self.kube.set_node_label(node, SWITCH_LABEL, None)
             return WAIT, "switch label removed, waiting for the old network to be restored"
         if spec.verify.probeImage is not None:

@@ -19,10 +19,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cni_operator.api import USE_POD_CIDR, NetworkSpec, Routing
+from cni_operator.api import (
+    ACK_GENERATION_ANNOTATION,
+    ACK_NODES_ANNOTATION,
+    USE_POD_CIDR,
+    NetworkSpec,
+    Routing,
+)
 from cni_operator.hostgw import HOST_GATEWAY
 from cni_operator.migration.spec import MigrationSpec
 from cni_operator.migration.steps import NodeRecord
+from cni_operator.switch_gate import acknowledged
 
 # The node label the migration sets to switch a node: the target CNINetwork selects
 # nodes by it (spec.nodeSelector), so setting it makes the node's agent write the
@@ -449,6 +456,31 @@ def eviction_plan(pods: Iterable[Mapping[str, Any]]) -> EvictionPlan:
         else:
             evict.append(ref)
     return EvictionPlan(tuple(evict), tuple(leaving), tuple(kept))
+
+
+# --- the switch gate's acknowledgement ------------------------------------------------
+
+
+def acknowledgement(
+    annotations: Mapping[str, str], generation: int, node: str
+) -> dict[str, str] | None:
+    """The target CNINetwork's annotations that acknowledge its `generation` for
+    `node` as well (None: already acknowledged). The switch gate (`switch_gate`)
+    holds a takeover while pods of the old network are attached on the node (the
+    DaemonSet pods a drain leaves); the drained node is what the acknowledgement
+    asserts, so the migration gives it for exactly that node and generation. Nodes
+    acknowledged for this generation before stay; another generation's are dropped,
+    as the gate ignores them anyway."""
+    if acknowledged(annotations, generation, node):
+        return None
+    nodes: set[str] = {node}
+    if annotations.get(ACK_GENERATION_ANNOTATION, "").strip() == str(generation):
+        raw = annotations.get(ACK_NODES_ANNOTATION, "")
+        nodes |= {n.strip() for n in raw.split(",") if n.strip()}
+    return {
+        ACK_GENERATION_ANNOTATION: str(generation),
+        ACK_NODES_ANNOTATION: ",".join(sorted(nodes)),
+    }
 
 
 # --- what a node's agent reports -----------------------------------------------------

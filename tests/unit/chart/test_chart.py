@@ -142,7 +142,8 @@ def test_migration_rbac_is_off_by_default_and_exactly_what_it_calls_when_on() ->
     assert "--migrations" in container(find(on, "Deployment", "-controller"), "controller")["args"]
     # kopf's timer on CNIMigrations; Kube.patch_migration_status, get_network,
     # get_node_state, get_node, set_node_unschedulable, set_node_label, list_pods,
-    # evict_pod (the Eviction API: never a pod delete); list_nodes is the controller's.
+    # evict_pod (the Eviction API: never a pod delete); list_nodes and
+    # set_network_annotations (the switch acknowledgement) use the controller's role.
     assert rules(on, "-controller-migration") == grants(
         ("cniwarden.io", "cnimigrations", ["list", "watch", "patch"]),
         ("cniwarden.io", "cnimigrations/status", ["patch"]),

@@ -13,6 +13,7 @@ from cni_operator.migration.plan import (
     NodeInfo,
     NodeNetworks,
     OldNetwork,
+    acknowledgement,
     check_compatibility,
     eviction_plan,
     initial_records,
@@ -24,6 +25,7 @@ from cni_operator.migration.plan import (
 )
 from cni_operator.migration.spec import ALL_PEERS, MigrationSpec
 from cni_operator.migration.steps import Step
+from cni_operator.switch_gate import acknowledged
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -396,3 +398,19 @@ def test_the_agent_reports_each_foreign_network_for_the_check() -> None:
     assert old_network_on(state, "bridge-net") == OldNetwork.from_conflist(content)
     assert old_network_on(state, "other") is None
     assert old_network_on(None, "bridge-net") is None
+
+
+def test_the_switch_acknowledgement_is_scoped_to_the_node_and_generation() -> None:
+    gen, nodes = "cniwarden.io/proceed-generation", "cniwarden.io/proceed-nodes"
+    assert acknowledgement({}, 4, "w1") == {gen: "4", nodes: "w1"}
+    # Another node of the same generation stays acknowledged.
+    assert acknowledgement({gen: "4", nodes: "w0"}, 4, "w1") == {gen: "4", nodes: "w0,w1"}
+    # An older generation's nodes are dropped: the gate ignores them anyway.
+    assert acknowledgement({gen: "3", nodes: "w0"}, 4, "w1") == {gen: "4", nodes: "w1"}
+    assert acknowledgement({gen: "4", nodes: "w0, w1"}, 4, "w1") is None
+    assert acknowledgement({gen: "4", nodes: "*"}, 4, "w1") is None
+    # What it writes is what the gate reads.
+    written = acknowledgement({gen: "4", nodes: "w0"}, 4, "w1")
+    assert written is not None
+    assert acknowledged(written, 4, "w1") and acknowledged(written, 4, "w0")
+    assert not acknowledged(written, 5, "w1")
