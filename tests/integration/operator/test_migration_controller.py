@@ -76,8 +76,43 @@ def get(cluster: LocalCluster, kind: str, name: str) -> dict[str, Any]:
     return dict(json.loads(cluster.kubectl("get", kind, name, "-o", "json").stdout))
 
 
+class Operator:
+    """`cniwarden operator --migrations` as a process of this test."""
+
+    def __init__(self, cluster: LocalCluster, log: Path) -> None:
+        self.cluster, self.log = cluster, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cni_operator.cli", "operator", "--migrations"],
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig)},
+            cwd=ROOT,
+            start_new_session=True,
+        )
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, mid-pass if it happens to be in one."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        self.proc = None
+
+
 @pytest.fixture
-def controller(cluster: LocalCluster, tmp_path: Path) -> Iterator[str]:
+def controller(cluster: LocalCluster, tmp_path: Path) -> Iterator[tuple[str, Operator]]:
     """CRDs, a kwok node of this test's own, the two networks, and the controller."""
     cluster.kubectl("apply", "-f", str(ROOT / "crds"))
     cluster.kubectl("wait", "--for=condition=Established", "crd/cnimigrations.cniwarden.io")
@@ -90,27 +125,15 @@ def controller(cluster: LocalCluster, tmp_path: Path) -> Iterator[str]:
     ]
     for obj in networks:
         cluster.kubectl("apply", "-f", "-", input=json.dumps(obj))
-    log = (tmp_path / "operator.log").open("ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cni_operator.cli", "operator", "--migrations"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)},
-        cwd=ROOT,
-        start_new_session=True,
-    )
+    operator = Operator(cluster, tmp_path / "operator.log")
+    operator.start()
     try:
-        yield node
+        yield node, operator
     finally:
         cluster.kubectl(
             "delete", "cnimigrations", "-l", f"test-run={RUN}", "--wait=false", check=False
         )
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        operator.stop()
         for obj in networks:
             name = obj["metadata"]["name"]
             cluster.kubectl("delete", "cninetwork", name, "--wait=false", check=False)
@@ -143,18 +166,20 @@ def patch(cluster: LocalCluster, name: str, spec: dict[str, Any]) -> None:
 
 
 def test_a_migration_that_cannot_keep_connectivity_is_refused(
-    cluster: LocalCluster, controller: str
+    cluster: LocalCluster, controller: tuple[str, Operator]
 ) -> None:
     name = f"refused-{RUN}"
     apply(cluster, migration(name, f"{TO}-flat"))
     status = wait_for("the refusal", lambda: in_phase(cluster, name, "Refused"))
     assert status is not None
     assert f"to.cniNetwork {TO}-flat has routing.mode None" in " ".join(status["refusals"])
-    assert not (get(cluster, "node", controller)["spec"].get("unschedulable"))
+    assert not (get(cluster, "node", controller[0])["spec"].get("unschedulable"))
 
 
-def test_halt_rollback_resume_and_skip(cluster: LocalCluster, controller: str) -> None:
-    node = controller
+def test_halt_rollback_resume_and_skip(
+    cluster: LocalCluster, controller: tuple[str, Operator]
+) -> None:
+    node = controller[0]
     name = f"halt-{RUN}"
     apply(cluster, migration(name, TO))
 
@@ -212,3 +237,37 @@ def test_halt_rollback_resume_and_skip(cluster: LocalCluster, controller: str) -
     assert "halt" not in final  # the status patch's null removed it
     complete = next(c for c in final["conditions"] if c["type"] == "Complete")
     assert complete["status"] == "True"
+
+
+def test_a_controller_killed_mid_migration_resumes_at_the_recorded_step(
+    cluster: LocalCluster, controller: tuple[str, Operator]
+) -> None:
+    """Killed while the node waits in Switch (label set), restarted: the node goes
+    on from Switch; no step is run twice (one timeline entry each), and the
+    rollback after the switch times out still uncordons it."""
+    node, operator = controller
+    name = f"restart-{RUN}"
+    apply(cluster, migration(name, TO, drain={"timeoutSeconds": 20}))
+
+    def in_switch() -> bool:
+        status = get(cluster, "cnimigration", name).get("status") or {}
+        nodes = status.get("nodes") or [{}]
+        return bool(nodes[0].get("step") == "Switch")
+
+    wait_for("the node waiting in Switch", in_switch, timeout=60)
+    operator.kill()
+    assert get(cluster, "node", node)["metadata"]["labels"].get(SWITCH_LABEL) == TO
+    operator.start()
+
+    def rolled_back() -> dict[str, Any] | None:
+        status = in_phase(cluster, name, "Halted")
+        return status if status and status["nodes"][0]["step"] == "RolledBack" else None
+
+    status = wait_for("the halt after the restart, rolled back", rolled_back, timeout=120)
+    assert status is not None
+    (record,) = status["nodes"]
+    assert record["attempt"] == 1 and record["step"] == "RolledBack"
+    steps = [e["step"] for e in record["timeline"]]
+    assert steps == ["Cordon", "Evict", "Switch", "RestoreOld", "RollbackUncordon"]
+    assert status["halt"]["step"] == "Switch"
+    assert not get(cluster, "node", node)["spec"].get("unschedulable")
