@@ -58,6 +58,7 @@ from cni_operator.migration.steps import (
     plan_work,
     start,
     step_age,
+    vanish,
 )
 
 # How many steps one call may move a node through (each needs its effect observed).
@@ -74,6 +75,10 @@ class NodeOutcome:
     cause: str = ""
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
     waiting: str = ""  # why the node did not move further in this pass
+
+
+class NodeGoneError(Exception):
+    """The Node of a record was deleted."""
 
 
 class NodeDriver:
@@ -94,7 +99,7 @@ class NodeDriver:
         """The node's facts now, its eviction plan, and whether its report is healthy."""
         obj = self.kube.get_node(node)
         if obj is None:
-            raise LookupError(f"node {node} no longer exists")
+            raise NodeGoneError(f"node {node} no longer exists")
         pods = self.kube.list_pods(f"spec.nodeName={node}", "")
         plan = eviction_plan(pods)
         view = runtime_view(self.kube.get_node_state(node))
@@ -321,15 +326,20 @@ def migration_pass(kube: Kube, driver: NodeDriver, body: Mapping[str, Any]) -> P
     work = plan_work(spec, records, halt)
     by_name = {r.name: r for r in records}
     stamp = now_iso()
-    for name in work.start_nodes:
-        facts, _, _ = driver.observe(name, spec.to.cniNetwork)
-        by_name[name] = start(by_name[name], facts, stamp)
     for name in work.rollback_nodes:
         by_name[name] = begin_rollback(by_name[name], stamp)
     sequence = 1 + max((r.completed or 0 for r in records), default=0)
     waiting: dict[str, str] = {}
     for name in (*work.continue_nodes, *work.start_nodes, *work.rollback_nodes):
-        out = driver.drive(spec, by_name[name], to_network, spec.to.cniNetwork)
+        try:
+            if name in work.start_nodes:
+                facts, _, _ = driver.observe(name, spec.to.cniNetwork)
+                by_name[name] = start(by_name[name], facts, stamp)
+            out = driver.drive(spec, by_name[name], to_network, spec.to.cniNetwork)
+        except NodeGoneError:
+            by_name[name] = vanish(by_name[name], stamp)
+            events.append(("Warning", "NodeGone", f"node {name} was deleted; left out"))
+            continue
         record = out.record
         if record.step is Step.DONE and record.completed is None:
             record = mark_done(record, sequence)

@@ -40,6 +40,7 @@ class Step(StrEnum):
     ROLLBACK_UNCORDON = "RollbackUncordon"
     ROLLED_BACK = "RolledBack"
     SKIPPED = "Skipped"
+    GONE = "Gone"  # the Node was deleted: nothing left to migrate or roll back
 
 
 FORWARD: tuple[Step, ...] = (
@@ -59,7 +60,7 @@ BACKWARD: tuple[Step, ...] = (
     Step.ROLLBACK_UNCORDON,
     Step.ROLLED_BACK,
 )
-TERMINAL = frozenset({Step.PENDING, Step.DONE, Step.ROLLED_BACK, Step.SKIPPED})
+TERMINAL = frozenset({Step.PENDING, Step.DONE, Step.ROLLED_BACK, Step.SKIPPED, Step.GONE})
 # Steps after which the node's runtime may already use the new network.
 SWITCH_MAY_HAVE_BEGUN = frozenset({Step.SWITCH, Step.VERIFY, Step.UNCORDON})
 
@@ -229,6 +230,11 @@ def advance(
     raise StepError(f"node {record.name}: no step follows {record.step}")
 
 
+def vanish(record: NodeRecord, now: str) -> NodeRecord:
+    """The Node was deleted (at any step): its record ends, the migration goes on."""
+    return _enter(record, Step.GONE, now, result="Failed", message="the Node was deleted")
+
+
 def mark_done(record: NodeRecord, sequence: int) -> NodeRecord:
     """Remember the order nodes finished in: a rollback of all starts with the last."""
     if record.step is not Step.DONE:
@@ -389,8 +395,8 @@ class Summary:
 
 
 def summarize(records: Sequence[NodeRecord]) -> Summary:
-    """For the printer columns: skipped nodes count in neither done nor total."""
-    counted = [r for r in records if r.step is not Step.SKIPPED]
+    """For the printer columns: skipped and deleted nodes count in neither done nor total."""
+    counted = [r for r in records if r.step not in (Step.SKIPPED, Step.GONE)]
     done = sum(1 for r in counted if r.step is Step.DONE)
     current = [r for r in counted if r.in_progress]
     names = ",".join(r.name for r in current)

@@ -271,3 +271,38 @@ def test_a_controller_killed_mid_migration_resumes_at_the_recorded_step(
     assert steps == ["Cordon", "Evict", "Switch", "RestoreOld", "RollbackUncordon"]
     assert status["halt"]["step"] == "Switch"
     assert not get(cluster, "node", node)["spec"].get("unschedulable")
+
+
+def test_a_node_deleted_mid_migration_leaves_it(
+    cluster: LocalCluster, controller: tuple[str, Operator]
+) -> None:
+    """A Node object of this test's own (not a kwok node other tests list), deleted
+    while its migration waits in Switch."""
+    node, pin = f"mig-gone-{RUN}", f"{PIN}-gone"
+    obj = {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": node, "labels": {pin: "yes"}},
+        "spec": {"podCIDR": "10.244.250.0/24", "podCIDRs": ["10.244.250.0/24"]},
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(obj))
+    name = f"gone-{RUN}"
+    try:
+        apply(cluster, migration(name, TO, nodeSelector={pin: "yes"}, drain={"timeoutSeconds": 60}))
+
+        def in_switch() -> bool:
+            status = get(cluster, "cnimigration", name).get("status") or {}
+            return bool((status.get("nodes") or [{}])[0].get("step") == "Switch")
+
+        wait_for("the node waiting in Switch", in_switch, timeout=60)
+        cluster.kubectl("delete", "node", node)
+        status = wait_for(
+            "the migration done without it", lambda: in_phase(cluster, name, "Succeeded")
+        )
+        assert status is not None
+        (record,) = status["nodes"]
+        assert record["step"] == "Gone"
+        assert record["timeline"][-1]["message"] == "the Node was deleted"
+        assert status["progress"] == "0/0"
+    finally:
+        cluster.kubectl("delete", "node", node, "--ignore-not-found", check=False)

@@ -29,6 +29,7 @@ from cni_operator.migration.steps import (
     start,
     step_age,
     summarize,
+    vanish,
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -353,3 +354,47 @@ def test_status_names_the_halt_and_keeps_transition_times() -> None:
     assert by_type["Halted"]["status"] == "False"
     assert by_type["Halted"]["lastTransitionTime"] == "2026-12-05T13:00:00Z"
     assert by_type["Complete"]["status"] == "True" and done["halt"] is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    steps=st.lists(st.sampled_from(list(Step)), min_size=1, max_size=12),
+    waves_of=st.lists(st.integers(0, 3), min_size=12, max_size=12),
+    max_unavailable=st.integers(1, 4),
+    paused=st.booleans(),
+    halted=st.booleans(),
+)
+def test_the_plan_never_exceeds_its_limits(
+    steps: list[Step], waves_of: list[int], max_unavailable: int, paused: bool, halted: bool
+) -> None:
+    nodes = [replace(NodeRecord(f"n{i}", waves_of[i]), step=step) for i, step in enumerate(steps)]
+    the_spec = spec(pause=paused, waves={"maxUnavailable": max_unavailable})
+    halt = Halt("n0", Step.VERIFY, "x", 0) if halted else None
+    work = plan_work(the_spec, nodes, halt)
+    active = {r.name for r in nodes if r.in_progress}
+    assert set(work.continue_nodes) == active  # a node in progress is never abandoned
+    if paused or halted:
+        assert work.start_nodes == ()
+    assert len(active) + len(work.start_nodes) <= max(max_unavailable, len(active))
+    started = [r for r in nodes if r.name in work.start_nodes]
+    assert all(r.step in (Step.PENDING, Step.ROLLED_BACK) for r in started)
+    unfinished_waves = [
+        r.wave for r in nodes if r.step in (Step.PENDING, Step.ROLLED_BACK) or r.in_progress
+    ]
+    if started:  # only the first unfinished wave starts
+        assert {r.wave for r in started} == {min(unfinished_waves)}
+    if not unfinished_waves and not halted:
+        assert work.phase == "Succeeded"
+
+
+def test_a_deleted_node_leaves_the_migration() -> None:
+    record = replace(NodeRecord("n1", 0), step=Step.EVICT, timeline=(TimelineEntry(Step.EVICT, T),))
+    gone = vanish(record, "2026-12-05T12:05:00Z")
+    assert gone.step is Step.GONE and not gone.in_progress
+    assert (gone.timeline[-1].result, gone.timeline[-1].message) == (
+        "Failed",
+        "the Node was deleted",
+    )
+    nodes = [gone, replace(NodeRecord("n2", 0), step=Step.DONE)]
+    assert plan_work(spec(), nodes, None).phase == "Succeeded"
+    assert summarize(nodes).progress == "1/1"
