@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from typing import Any
 
 import pytest
@@ -191,3 +192,70 @@ def test_a_pod_left_on_the_old_network_is_switched_past_by_the_acknowledgement(
         for lease in leases.iterdir():
             lease.unlink()
         leases.rmdir()
+
+
+def test_an_agent_down_during_the_rollback_halts_it_and_a_resume_finishes(
+    fleet: Fleet,
+) -> None:
+    """The node's agent is stopped after the switch: the restore cannot happen, the
+    RestoreOld step fails after the timeout (the node stays there, halted); with
+    the agent back the retried step restores the old file byte for byte."""
+    node = fleet.nodes[2]
+    run = secrets.token_hex(3)
+    old_name, to = f"old-{run}", fleet.name(f"down-{run}")
+    kube = Kube(str(fleet.cluster.kubeconfig))
+    node_obj = kube.get_node(node)
+    assert node_obj is not None
+    conf = fleet.conf_dir(node)
+    conf.mkdir(parents=True, exist_ok=True)
+    planted = conf / "10-bridge.conflist"
+    payload = old_conflist(old_name, node_obj["spec"]["podCIDR"])
+    planted.write_bytes(payload)
+    spec = bridge_spec(priority=20, bridge="cni0")
+    spec.update(shadowPolicy="Quarantine", nodeSelector={SWITCH_LABEL: to})
+    fleet.apply(to, spec)
+    skew = [0.0]
+    driver = NodeDriver(kube, clock=lambda: time.time() + skew[0])
+    migration = MigrationSpec.model_validate(
+        {
+            "from": {"networkName": old_name},
+            "to": {"cniNetwork": to},
+            "drain": {"timeoutSeconds": int(CONVERGE_SECONDS)},
+        }
+    )
+    try:
+        facts, _, _ = driver.observe(node, to)
+        holder = {"record": start(NodeRecord(node, 0), facts, "2026-01-01T00:00:00Z")}
+        failures: list[tuple[Step | None, str]] = []
+
+        def reached(step: Step) -> bool:
+            out = driver.drive(migration, holder["record"], to, to)
+            if out.failed_step is not None:
+                failures.append((out.failed_step, out.cause))
+            holder["record"] = out.record
+            return out.record.step is step
+
+        fleet.wait(lambda: reached(Step.DONE), "the node migrated")
+        assert failures == []
+        fleet.stop_agent(node)
+        holder["record"] = begin_rollback(holder["record"], "2026-01-01T00:00:00Z")
+        fleet.wait(lambda: reached(Step.RESTORE), "the rollback waiting in RestoreOld")
+        assert not reached(Step.ROLLBACK_UNCORDON)  # the stale report still names the new network
+        skew[0] = CONVERGE_SECONDS + 1
+        assert reached(Step.RESTORE)
+        assert [s for s, _ in failures] == [Step.RESTORE]
+        assert "still reports network" in failures[0][1]
+        assert visible(fleet, node) == [f"20-{to}.conflist"]  # nothing restored without it
+        skew[0] = 0.0
+        fleet.start_agent(node)
+        fleet.wait(lambda: reached(Step.ROLLED_BACK), "the node rolled back with its agent")
+        assert fleet.conf_files(node) == ["10-bridge.conflist"]
+        assert planted.read_bytes() == payload
+        assert not (kube.get_node(node) or {})["spec"].get("unschedulable")
+    finally:
+        if node not in fleet.agents:
+            fleet.start_agent(node)
+        fleet.cluster.kubectl("uncordon", node, check=False)
+        fleet.cluster.kubectl("label", "node", node, f"{SWITCH_LABEL}-", check=False)
+        fleet.delete(to)
+        planted.unlink(missing_ok=True)
