@@ -259,3 +259,58 @@ def test_an_agent_down_during_the_rollback_halts_it_and_a_resume_finishes(
         fleet.cluster.kubectl("label", "node", node, f"{SWITCH_LABEL}-", check=False)
         fleet.delete(to)
         planted.unlink(missing_ok=True)
+
+
+def test_a_missing_binary_rolls_the_node_back_byte_for_byte(fleet: Fleet) -> None:
+    """The new network names a plugin binary the node does not have: the switch is
+    never confirmed healthy, the node is rolled back, the old file restored exactly."""
+    node = fleet.nodes[0]
+    run = secrets.token_hex(3)
+    old_name, to = f"old-{run}", fleet.name(f"nobin-{run}")
+    kube = Kube(str(fleet.cluster.kubeconfig))
+    node_obj = kube.get_node(node)
+    assert node_obj is not None
+    conf = fleet.conf_dir(node)
+    conf.mkdir(parents=True, exist_ok=True)
+    planted = conf / "10-bridge.conflist"
+    payload = old_conflist(old_name, node_obj["spec"]["podCIDR"])
+    planted.write_bytes(payload)
+    spec = bridge_spec(priority=20, bridge="cni0")
+    spec["plugins"][0]["type"] = f"missing-{run}"
+    spec.update(shadowPolicy="Quarantine", nodeSelector={SWITCH_LABEL: to})
+    fleet.apply(to, spec)
+    skew = [0.0]
+    driver = NodeDriver(kube, clock=lambda: time.time() + skew[0])
+    migration = MigrationSpec.model_validate(
+        {
+            "from": {"networkName": old_name},
+            "to": {"cniNetwork": to},
+            "drain": {"timeoutSeconds": 10},
+        }
+    )
+    try:
+        facts, _, _ = driver.observe(node, to)
+        holder = {"record": start(NodeRecord(node, 0), facts, "2026-01-01T00:00:00Z")}
+        failures: list[tuple[Step, str]] = []
+
+        def rolled_back() -> bool:
+            out = driver.drive(migration, holder["record"], to, to)
+            if out.failed_step is not None:
+                failures.append((out.failed_step, out.cause))
+            holder["record"] = out.record
+            return out.record.step is Step.ROLLED_BACK
+
+        fleet.wait(rolled_back, "the node rolled back", timeout=2 * CONVERGE_SECONDS)
+        (failed,) = failures
+        assert failed[0] in (Step.SWITCH, Step.VERIFY), failed
+        assert fleet.conf_files(node) == ["10-bridge.conflist"]
+        assert planted.read_bytes() == payload
+        back = kube.get_node(node) or {}
+        assert not back["spec"].get("unschedulable")
+        assert SWITCH_LABEL not in back["metadata"]["labels"]
+        print(f"failed at {failed[0]}: {failed[1]}")
+    finally:
+        fleet.cluster.kubectl("uncordon", node, check=False)
+        fleet.cluster.kubectl("label", "node", node, f"{SWITCH_LABEL}-", check=False)
+        fleet.delete(to)
+        planted.unlink(missing_ok=True)
