@@ -216,14 +216,14 @@ class NodeDriver:
             self.kube.set_node_label(node, SWITCH_LABEL, to_object)
             return WAIT, "switch label set, waiting for the node's agent to report the new network"
         if action is Action.RESTORE:
+            # Removing the label is a switch too (pods left on the new network hold it).
+            self._acknowledge(node, to_object)
+            self.kube.set_node_label(node, SWITCH_LABEL, None)
             if expired:
                 return FAILED, (
                     f"the node's agent still reports network {to_object} "
                     f"{spec.drain.timeoutSeconds} s after the switch label was removed"
                 )
-            # Removing the label is a switch too (pods left on the new network hold it).
-            self._acknowledge(node, to_object)
-            self.kube.set_node_label(node, SWITCH_LABEL, None)
             return WAIT, "switch label removed, waiting for the old network to be restored"
         if spec.verify.probeImage is not None:
             return FAILED, "verify with a probe pod (verify.probeImage) is not built yet"

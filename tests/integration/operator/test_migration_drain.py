@@ -115,8 +115,14 @@ def test_cordon_evict_respecting_the_pdb_then_roll_back_and_uncordon(
     cluster: LocalCluster, setup: tuple[str, str, str]
 ) -> None:
     first, second, namespace = setup
-    skew = [0.0]  # seconds added to the driver's clock: makes the switch time out now
-    driver = NodeDriver(Kube(str(cluster.kubeconfig)), clock=lambda: time.time() + skew[0])
+    skew = [0.0]  # seconds added to the driver's next clock reading, once
+
+    def clock() -> float:
+        """Makes the step that reads it next (the switch, below) time out now."""
+        now, skew[0] = time.time() + skew[0], 0.0
+        return now
+
+    driver = NodeDriver(Kube(str(cluster.kubeconfig)), clock=clock)
     spec = MigrationSpec.model_validate(
         {
             "from": {"networkName": "bridge-net"},
