@@ -320,6 +320,21 @@ def image_id_behind(p: Provider, pod: dict[str, Any], reference: str) -> str:
     return found if found.startswith("sha256:") else f"sha256:{found}"
 
 
+def reported_image_id(
+    p: Provider, pod: dict[str, Any], status: dict[str, Any], image_id: str
+) -> str:
+    """A container status's image ID, resolved to the image's ID on a CRI-O node."""
+    reported: str = status["imageID"]
+    if status.get("containerID", "").startswith("cri-o://") and reported != image_id:
+        reported = image_id_behind(p, pod, reported)
+    return reported
+
+
+def is_image(reported: str, image_id: str) -> bool:
+    # "sha256:<id>" (imported without a digest) or "<name>@sha256:<digest>" (kind).
+    return reported == image_id or reported.endswith(f"@{image_id}")
+
+
 def assert_serving(p: Provider, pod: dict[str, Any], images: dict[str, str]) -> None:
     """Every named container Running, Ready and of the given image ID; the pod Ready."""
     name = pod["metadata"]["name"]
@@ -329,16 +344,8 @@ def assert_serving(p: Provider, pod: dict[str, Any], images: dict[str, str]) -> 
     for container_name, image_id in images.items():
         c = container(pod, container_name)
         assert "running" in c["state"] and c["ready"] is True, (name, c)
-        # "sha256:<id>" (imported without a digest) or "<name>@sha256:<digest>" (kind).
-        reported = c["imageID"]
-        if c["containerID"].startswith("cri-o://") and reported != image_id:
-            reported = image_id_behind(p, pod, reported)
-        assert reported == image_id or reported.endswith(f"@{image_id}"), (
-            name,
-            container_name,
-            reported,
-            image_id,
-        )
+        reported = reported_image_id(p, pod, c, image_id)
+        assert is_image(reported, image_id), (name, container_name, reported, image_id)
         assert c["containerID"].startswith(("containerd://", "cri-o://")), (name, c["containerID"])
 
 
@@ -788,9 +795,8 @@ def test_uninstall_cleans_the_nodes(installed: Installed) -> None:
     assert hook["spec"]["nodeName"] in {n.name for n in p.nodes}
     (status,) = hook["status"]["containerStatuses"]
     controller_id = installed.image_ids["controller"]
-    assert status["imageID"] == controller_id or status["imageID"].endswith(f"@{controller_id}"), (
-        status
-    )
+    reported = reported_image_id(p, hook, status, controller_id)
+    assert is_image(reported, controller_id), (reported, status)
     assert "every CNINetwork is gone" in p.hook.log, p.hook.log
     gone = p.kubectl("get", "cninetwork", installed.network, check=False)
     assert gone.returncode != 0 and "NotFound" in gone.stderr
