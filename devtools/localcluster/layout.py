@@ -142,6 +142,11 @@ class NodeLayout(CniHostDirs):
         return self.mntns_dir / "mnt"
 
     @property
+    def utsns(self) -> Path:
+        """The node's UTS namespace (hostname = node name), beside its mount namespace."""
+        return self.mntns_dir / "uts"
+
+    @property
     def containerd_dir(self) -> Path:
         return self.dir / "containerd"
 

@@ -9,14 +9,16 @@ each step lives in its own module:
 - `nodenet`: the cluster bridge, the node's netns and veth, the tooling's own
   bridge network and its routes between nodes;
 - `nodemounts`: the node's mount namespace (its own /var/lib/cni, /run/cniwarden...);
+- `hostres.create_uts_ns`: the node's UTS namespace, hostname = node name (what
+  hostNetwork pods see, as on a machine of their own);
 - `nodesysctls`: the machine-wide tunables kubelet changes, saved and restored;
 - `nodeimages`: the images built here and imported into each node's runtime;
 - `kubelet`: kubelet's config, certificate and launch;
 - `kubeproxy`: kube-proxy (iptables mode), so pods reach Services such as `kubernetes`;
 - `readiness`: when the Node counts as registered (and Ready).
 
-Each node's containerd and kubelet run inside its namespace (joined with
-`nsenter --net=`), so kubelet's ports, its iptables chains and the pods' CNI
+Each node's containerd and kubelet run inside its namespaces (joined with
+`nsenter --net= --mount= --uts=`), so kubelet's ports, its iptables chains and the pods' CNI
 bridge all live there, and two nodes (or two clusters) never collide. Each node
 has its own containerd root/state/socket, kubelet root dir, cgroupRoot and a
 host root whose etc/cni/net.d, opt/cni/bin and var/lib/cni are the runtime's
@@ -86,6 +88,7 @@ def add_node(
         shutil.copy2(plugin, node.cni_bin_dir / plugin.name)
     plumb_netns(layout, node)
     make_mount_ns(layout, node)
+    hostres.create_uts_ns(node.utsns, node.name)
     if node.is_crio:
         start_crio(state, node)
     else:

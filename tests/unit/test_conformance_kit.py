@@ -33,8 +33,9 @@ SPECS = {
     # The named local-cluster gap (README "Conformance"): the API server's proxy to pod IPs.
     "[sig-network] DNS should provide DNS for services [Conformance]": "DNS",
     "[sig-network] Proxy version v1 should proxy through a service and a pod": "Proxy",
+    # Runs: each real node has its own UTS namespace (hostname = node name).
     "[sig-network] Networking Granular Checks: Services should function for service "
-    "endpoints using hostNetwork": "hostNetwork",
+    "endpoints using hostNetwork": "run",
 }
 
 
@@ -116,3 +117,15 @@ def test_an_unknown_kube_proxy_mode_is_refused(tmp_path: Path) -> None:
     node = Layout(tmp_path, "t", 0, "abc").node(0)
     with pytest.raises(ValueError, match="ipvs"):
         kube_proxy_config(node, tmp_path / "kubeconfig", "ipvs")
+
+
+def test_a_focused_run_keeps_the_skip_list() -> None:
+    selection = suite.focused(r"using hostNetwork")
+    hostnet = (
+        "[sig-network] Networking Granular Checks: Services should function for service "
+        "endpoints using hostNetwork"
+    )
+    assert re.search(selection.focus_regex, hostnet)
+    assert not re.search(selection.focus_regex, "[sig-network] DNS should provide DNS for services")
+    with pytest.raises(re.error):
+        suite.focused("(")

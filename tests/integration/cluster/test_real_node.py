@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,3 +154,28 @@ def test_node_is_isolated_in_its_namespace_and_reaches_the_api(cluster: LocalClu
     assert f'conf_dir = "{node.cni_conf_dir}"' in config
     assert f'bin_dir = "{node.cni_bin_dir}"' in config
     assert node.host_root / "var/lib/cni" == node.cni_state_dir
+
+
+def test_host_network_pod_sees_its_node_name_as_hostname(cluster: LocalCluster) -> None:
+    """Each real node has its own UTS namespace: a hostNetwork pod shares it, as on a
+    machine of its own, so its hostname is its node's name (upstream's "service
+    endpoints using hostNetwork" spec expects that back from each endpoint)."""
+    node = cluster.real_nodes[0]
+    assert socket.gethostname() != node.name  # the machine itself keeps its own name
+    name = f"hn-{secrets.token_hex(4)}"
+    pod = busybox_pod(
+        name,
+        node.name,
+        ["sh", "-c", "echo hostname=$(hostname); exec sleep 3600"],
+        host_network=True,
+        grace_seconds=1,
+    )
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(pod))
+    try:
+        cluster.kubectl("wait", "--for=condition=Ready", f"pod/{name}", "--timeout=90s")
+        assert f"hostname={node.name}" in cluster.kubectl("logs", name).stdout
+        # The runtime writes the pod's /etc/hostname from its own view, too.
+        etc_hostname = cluster.kubectl("exec", name, "--", "cat", "/etc/hostname").stdout
+        assert etc_hostname.strip() == node.name
+    finally:
+        cluster.kubectl("delete", "pod", name, "--wait=true", "--timeout=60s", check=False)
