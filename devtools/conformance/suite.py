@@ -56,16 +56,6 @@ SKIPS = (
         r"NetworkPolicy|Netpol",
         "NetworkPolicy is out of scope for cniwarden today (the next capability after this one)",
     ),
-    # A gap of the local cluster, not of the CNI, and not an acceptable permanent skip:
-    # kept here, visible, until the API server runs in a namespace that routes pod IPs.
-    Skip(
-        r"\[sig-network\] Proxy version v1|\[sig-network\] DNS ",
-        "LOCAL CLUSTER GAP: these specs go through the API server's proxy to pod IPs (the DNS "
-        "specs read their queriers' results that way), and the local cluster's API "
-        "server runs in the machine's root namespace, which has no route to the pod CIDRs "
-        "(every local cluster uses 10.244.0.0/16): the requests would leave the machine by "
-        "its default route (seen: 404 from whatever answers there)",
-    ),
 )
 
 FULL = Selection(

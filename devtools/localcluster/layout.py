@@ -196,6 +196,11 @@ class Layout:
         return self.workdir / "logs"
 
     @property
+    def egress_socket(self) -> Path:
+        """The API server's HTTP CONNECT proxy into the cluster network (`egress`)."""
+        return self.workdir / "egress.sock"
+
+    @property
     def etcd_data_dir(self) -> Path:
         return self.workdir / "etcd"
 

@@ -13,6 +13,8 @@ each step lives in its own module:
   hostNetwork pods see, as on a machine of their own);
 - `nodesysctls`: the machine-wide tunables kubelet changes, saved and restored;
 - `nodeimages`: the images built here and imported into each node's runtime;
+- `egress`: on the first node, the API server's HTTP CONNECT proxy into the cluster
+  network (its "cluster" egress: kubelets, pods, Services);
 - `kubelet`: kubelet's config, certificate and launch;
 - `kubeproxy`: kube-proxy (iptables mode), so pods reach Services such as `kubernetes`;
 - `readiness`: when the Node counts as registered (and Ready).
@@ -37,6 +39,7 @@ from pathlib import Path
 from . import hostres, procs
 from .containerd import shim_sockets, start_containerd
 from .crio import start_crio
+from .egress import start_proxy as start_egress_proxy
 from .kube import Kubectl
 from .kubelet import start_kubelet
 from .kubeproxy import start_kube_proxy
@@ -87,6 +90,9 @@ def add_node(
     for plugin in sorted(REFERENCE_PLUGINS.iterdir()):
         shutil.copy2(plugin, node.cni_bin_dir / plugin.name)
     plumb_netns(layout, node)
+    if index == 0:
+        # Before kubelet: the API server reaches every kubelet and pod through it.
+        start_egress_proxy(layout, state, node)
     make_mount_ns(layout, node)
     hostres.create_uts_ns(node.utsns, node.name)
     if node.is_crio:

@@ -26,6 +26,7 @@ from devtools.localcluster import (
     procs,
     slots,
 )
+from devtools.localcluster.egress import BadConnectError, egress_config, parse_connect
 from devtools.localcluster.layout import (
     MAX_SLOTS,
     Layout,
@@ -326,3 +327,31 @@ def test_a_held_mount_point_survives_another_clusters_cleanup(tmp_path: Path) ->
     slots.release_mount_points([point], "bbbbbb")
     point.rmdir()
     slots.release_mount_points([point], "bbbbbb")  # gone already: nothing to do
+
+
+def test_the_egress_proxy_parses_only_connect_to_an_ip_and_port() -> None:
+    assert parse_connect(b"CONNECT 10.244.1.5:8080 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n") == (
+        "10.244.1.5",
+        8080,
+    )
+    assert parse_connect(b"CONNECT [fd00::5]:10250 HTTP/1.1\r\n\r\n") == ("fd00::5", 10250)
+    for bad in (
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"CONNECT example.com:443 HTTP/1.1\r\n\r\n",
+        b"CONNECT 10.0.0.1 HTTP/1.1\r\n\r\n",
+        b"CONNECT 10.0.0.1:0 HTTP/1.1\r\n\r\n",
+        b"CONNECT 10.0.0.1:70000 HTTP/1.1\r\n\r\n",
+        b"\xff\xfe\r\n\r\n",
+    ):
+        with pytest.raises(BadConnectError):
+            parse_connect(bad)
+    selection = egress_config(Path("/x/egress.sock"))["egressSelections"]
+    assert selection == [
+        {
+            "name": "cluster",
+            "connection": {
+                "proxyProtocol": "HTTPConnect",
+                "transport": {"uds": {"udsName": "/x/egress.sock"}},
+            },
+        }
+    ]
