@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from devtools.conformance import images as test_images
 from devtools.conformance import junit, suite
 from devtools.localcluster import clusterdns
 from devtools.localcluster.kubelet import kubelet_config
@@ -129,3 +130,15 @@ def test_a_focused_run_keeps_the_skip_list() -> None:
     assert not re.search(selection.focus_regex, "[sig-network] DNS should provide DNS for services")
     with pytest.raises(re.error):
         suite.focused("(")
+
+
+def test_the_agnhost_image_carries_porters_tls_pair_at_its_working_dir(tmp_path: Path) -> None:
+    agnhost = tmp_path / "agnhost"
+    agnhost.write_bytes(b"\x7fELF not really")
+    porter = tmp_path / "porter"
+    porter.mkdir()
+    for name in test_images.PORTER_CERTS:
+        (porter / name).write_bytes(f"pem of {name}".encode())
+    entries = {e.path: e for e in test_images.agnhost_entries(agnhost, porter)}
+    assert entries["localhost.crt"].data == b"pem of localhost.crt"
+    assert entries["localhost.key"].data == b"pem of localhost.key"

@@ -26,7 +26,8 @@ from devtools.localcluster import (
     procs,
     slots,
 )
-from devtools.localcluster.egress import BadConnectError, egress_config, parse_connect
+from devtools.localcluster.egress import egress_config
+from devtools.localcluster.egressproxy import BadConnectError, parse_connect
 from devtools.localcluster.layout import (
     MAX_SLOTS,
     Layout,
