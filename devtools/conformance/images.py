@@ -2,7 +2,7 @@
 
 agnhost: the `agnhost` binary (`make conformance` builds it at the tag
 `e2e.test --list-images` names) plus the tools upstream's Alpine-based image
-carries and the tests exec in it: bash, curl, dig/nslookup (DNS tests), an
+carries and the tests exec in it: bash, curl, dig/nslookup and getent (DNS tests), an
 `nc` with `-u` (netcat-openbsd; node-to-pod UDP checks) and busybox for the rest.
 Dynamic binaries come with the libraries `ldd` names. Like upstream's image it
 holds `/localhost.crt` and `/localhost.key` from agnhost's source (`porter`
@@ -37,6 +37,7 @@ AGNHOST_TOOLS = {
     "/usr/bin/nslookup": "usr/bin/nslookup",
     "/usr/bin/host": "usr/bin/host",
     "/usr/bin/nc.openbsd": "usr/bin/nc",
+    "/usr/bin/getent": "usr/bin/getent",  # the DNS specs' /etc/hosts and name checks
 }
 # The module e2e.test and agnhost are built from (tools/build-tools.sh).
 K8S_EXTRA = REPO_ROOT / "tools" / "k8s-extra"
