@@ -104,7 +104,7 @@ def add_node(
     pod_cidr = wait_node_registered(state, kubectl, node, need_ready=False)
     start_kube_proxy(layout, state, node)
     if cni == "bridge":
-        write_bridge_conflist(node, pod_cidr)
+        write_bridge_conflist(layout, node, pod_cidr)
         wait_node_registered(state, kubectl, node, need_ready=True)
     state.timings[f"node_{node.name}_up_s"] = round(time.monotonic() - started, 2)
     state.save()

@@ -156,6 +156,9 @@ def test_bridge_conflist_uses_the_node_pod_cidr() -> None:
     assert isinstance(plugins, list)
     ranges = plugins[0]["ipam"]["ranges"]
     assert ranges == [[{"subnet": "10.244.3.0/24", "gateway": "10.244.3.1"}]]
+    assert plugins[0]["ipam"]["routes"] == [{"dst": "10.244.0.0/16", "gw": "10.244.3.1"}]
+    routed = nodenet.bridge_conflist("10.244.3.0/24", Path("/d"), node_subnet="10.231.4.0/24")
+    assert routed["plugins"][0]["ipam"]["routes"][1] == {"dst": "10.231.4.0/24", "gw": "10.244.3.1"}  # type: ignore[index]
 
 
 def _blob(tar: tarfile.TarFile, digest: str) -> bytes:
