@@ -3,6 +3,10 @@
 `python -m devtools.localcluster.egressproxy --socket PATH` serves CONNECT on a
 unix socket and dials from the network namespace it runs in. Kept apart from
 `egress` (and from the package's imports) so `-m` runs it as a fresh module.
+
+Reading the request and dialing have deadlines; an open tunnel has none (exec
+sessions, log follows and watches through the proxy are long-lived by design):
+it ends when both sides have closed their direction.
 """
 
 from __future__ import annotations
