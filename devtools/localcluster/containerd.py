@@ -96,7 +96,9 @@ def _v3_config(node: NodeLayout) -> dict[str, object]:
             "io.containerd.cri.v1.runtime": {
                 "disable_apparmor": True,
                 "restrict_oom_score_adj": True,
-                "netns_mounts_under_state_dir": True,
+                # As in the v2 config: pod netns at /run/netns/cni-* (the node's own
+                # directory), which the cni-server's pod mounts.
+                "netns_mounts_under_state_dir": False,
                 "containerd": {"default_runtime_name": "runc", "runtimes": {"runc": _runc(state)}},
                 "cni": {
                     "bin_dirs": [str(node.cni_bin_dir)],

@@ -1,12 +1,17 @@
 """A real node's CRI-O: its config, launch, and images copied into its storage.
 
 CRI-O (built by `make tools` into .tools/runtimes/crio/bin, with its `pinns`)
-moves every default path here: its storage, run dirs, socket, exits, attach and
-namespaces dirs, version and shutdown files all live under the node's directory,
+moves every default path here: its storage, run dirs, socket, exits and attach
+dirs, version and shutdown files all live under the node's directory (pinned
+namespaces at /run/<kind>ns, which the node's mount namespace binds there),
 its CRI socket under the node's host root (/run/crio/crio.sock there), so two
 nodes never share one. conmon is Debian's; runc is Debian's, with cgroupfs like
-kubelet. CRI-O has no image import command: `skopeo copy` writes the OCI
-tarballs into its containers-storage (vfs: no mount is needed to write it).
+kubelet, behind tools/runc-capfilter: this VM's root lacks CAP_SYS_RESOURCE, so
+runc cannot lower a pod's OOM score (containerd nodes use its
+restrict_oom_score_adj; CRI-O has no such setting) and the agent pod
+(system-node-critical, -997) never started. CRI-O has no image import
+command: `skopeo copy` writes the OCI tarballs into its containers-storage (vfs:
+no mount is needed to write it).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from .toolpaths import REPO_ROOT, system_tool
 
 STORAGE_DRIVER = "vfs"
 BIN_DIR = REPO_ROOT / ".tools" / "runtimes" / "crio" / "bin"
+RUNC_WRAPPER = REPO_ROOT / "tools" / "runc-capfilter"
 
 
 def crio_config(node: NodeLayout) -> str:
@@ -62,14 +68,16 @@ def crio_config(node: NodeLayout) -> str:
                 ],
                 "container_exits_dir": str(d / "run/exits"),
                 "container_attach_socket_dir": str(d / "run"),
-                "namespaces_dir": str(d / "ns"),
+                # /run/netns/<id>, the node's own (nodemounts), as on a real node: the
+                # cni-server runs in the agent pod, which mounts /run/netns.
+                "namespaces_dir": "/run",
                 "pinns_path": str(BIN_DIR / "pinns"),
                 "hooks_dir": [str(d / "hooks.d")],
                 "cdi_spec_dirs": [str(d / "cdi")],
                 "decryption_keys_path": str(d / "keys"),
                 "runtimes": {
                     "runc": {
-                        "runtime_path": str(system_tool("runc")),
+                        "runtime_path": str(RUNC_WRAPPER),
                         "runtime_type": "oci",
                         "runtime_root": str(d / "runc"),
                         "monitor_path": str(system_tool("conmon")),

@@ -43,6 +43,13 @@ def node_binds(node: NodeLayout) -> dict[Path, Path]:
         Path("/var/lib/cniwarden"): node.host_root / "var/lib/cniwarden",
         Path("/run/containerd"): node.host_root / "run/containerd",
         Path("/run/crio"): node.host_root / "run/crio",
+        # CRI-O's pinns pins a pod's namespaces under <namespaces_dir>/<type>ns, and
+        # namespaces_dir is /run as on a real node (its default /var/run), so the
+        # netns is /run/netns/<id>, which the agent pod mounts; the other kinds stay
+        # in the node too.
+        **{
+            Path(f"/run/{kind}ns"): node.dir / f"{kind}ns" for kind in ("ipc", "uts", "user", "pid")
+        },
     }
     if node.is_crio and not _hugetlb_mounted():
         # CRI-O believes /proc/cgroups (hugetlb listed) and passes kubelet's hugepage

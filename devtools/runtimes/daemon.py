@@ -31,30 +31,14 @@ from devtools.runtimes import recorder
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = REPO / ".tools"
 CRICTL = TOOLS / "bin" / "crictl"
+# CRI-O always asks runc for oom_score_adj -998 on the pod's infra container; root
+# here lacks CAP_SYS_RESOURCE, so runc fails. containerd has restrict_oom_score_adj;
+# CRI-O's runc goes through tools/runc-capfilter, which clamps a negative score to 0
+# when the capability is missing (nothing else changes on this machine).
+RUNC_WRAPPER = REPO / "tools" / "runc-capfilter"
 PAUSE_IMAGE = "registry.local/cniwarden/pause:3.10"
 PRIVATE_PATHS = (Path("/var/lib/cni"), Path("/run/containerd"))
 START_DEADLINE = 60.0
-# CRI-O always asks runc for oom_score_adj -998 on the pod's infra container; root
-# here lacks CAP_SYS_RESOURCE, so runc fails. containerd has restrict_oom_score_adj;
-# CRI-O gets this wrapper, which drops the field from the bundle (nothing else).
-RUNC_KEEP_OOM_SCORE = """#!/usr/bin/env python3
-import json, os, sys
-args = sys.argv[1:]
-if "create" in args or "run" in args:
-    bundle = "."
-    for i, arg in enumerate(args):
-        if arg in ("--bundle", "-b") and i + 1 < len(args):
-            bundle = args[i + 1]
-        elif arg.startswith("--bundle="):
-            bundle = arg.split("=", 1)[1]
-    path = os.path.join(bundle, "config.json")
-    with open(path) as f:
-        spec = json.load(f)
-    spec.get("process", {{}}).pop("oomScoreAdj", None)
-    with open(path, "w") as f:
-        json.dump(spec, f)
-os.execv("{runc}", ["{runc}"] + args)
-"""
 CALL_DEADLINE = 60.0
 
 
@@ -247,7 +231,7 @@ def crio_config(
                 "drop_infra_ctr": True,
                 "runtimes": {
                     "runc": {
-                        "runtime_path": str(work / "runc-keep-oom-score"),
+                        "runtime_path": str(RUNC_WRAPPER),
                         "runtime_type": "oci",
                         "runtime_root": str(work / "runc"),
                         "monitor_path": shutil.which("conmon") or "conmon",
@@ -354,9 +338,6 @@ class Runtime:
         config = self.work / "config.toml"
         if self.spec.kind == "crio":
             self._store_pause_for_crio()
-            wrapper = self.work / "runc-keep-oom-score"
-            wrapper.write_text(RUNC_KEEP_OOM_SCORE.format(runc=shutil.which("runc") or "runc"))
-            wrapper.chmod(0o755)
             config.write_text(
                 crio_config(
                     self.spec,

@@ -307,8 +307,11 @@ class ChartInstall:
         return out.stdout
 
     def uninstall(self) -> str:
-        """`helm uninstall --wait`: the pre-delete hook Job first (its pod and log land
-        in `self.hook`), then every object of the release."""
+        """`helm uninstall --wait --cascade foreground`: the pre-delete hook Job first
+        (its pod and log land in `self.hook`), then every object of the release, and
+        helm returns once the pods are gone too (with the default background cascade
+        it returns while the agent pods still terminate, and the cni-server's socket
+        is removed only as its pod stops)."""
         watcher = HookWatcher(self.kubectl, self.namespace)
         watcher.start()
         try:
@@ -316,6 +319,8 @@ class ChartInstall:
                 self.release,
                 self.namespace,
                 "--wait",
+                "--cascade",
+                "foreground",
                 "--timeout",
                 HELM_TIMEOUT,
                 kubeconfig=self.cluster.kubeconfig,

@@ -32,6 +32,8 @@ NETWORK_KIND = "CNINetwork"
 NETWORK_PLURAL = "cninetworks"
 NODE_STATE_KIND = "CNINodeState"
 NODE_STATE_PLURAL = "cninodestates"
+MIGRATION_KIND = "CNIMigration"
+MIGRATION_PLURAL = "cnimigrations"
 
 FINALIZER = "cniwarden.io/cleanup"
 # The per-generation acknowledgement of a blocked switch: both annotations on the

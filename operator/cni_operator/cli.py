@@ -48,6 +48,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
             liveness_endpoint=args.liveness,
             sources=_sources(args),
             metrics_address=args.metrics_address,
+            migrations=args.migrations,
         )
     )
     return 0
@@ -195,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=float(os.environ.get("CNIWARDEN_STALE_AGENT_SECONDS", "120")),
         help="an agent silent this long no longer holds up a deletion",
+    )
+    p.add_argument(
+        "--migrations",
+        action="store_true",
+        default=os.environ.get("CNIWARDEN_MIGRATIONS") == "1",
+        help="run CNIMigrations (cordon, evict, switch, verify, uncordon; docs/migration.md)",
     )
     _add_sources(p)
     p.set_defaults(func=cmd_operator)

@@ -33,6 +33,7 @@ from cni_operator.conditions import (
 from cni_operator.kube import Kube
 from cni_operator.kube_time import now_iso, parse_rfc3339
 from cni_operator.metrics import ControllerMetrics
+from cni_operator.migration_run import NodeDriver, run_migration
 from cni_operator.pools import spec_thresholds
 from cni_operator.rendering import NodeFacts, render, selects
 from cni_operator.revisions import with_revision
@@ -51,6 +52,10 @@ class ControllerSettings:
     liveness_endpoint: str | None = None
     sources: api.BinarySourcePolicy = field(default_factory=api.BinarySourcePolicy)
     metrics_address: str = ""  # host:port of /metrics; empty: off
+    # Run CNIMigrations (needs the chart's migration RBAC: nodes patch, pods list,
+    # pods/eviction create); off by default.
+    migrations: bool = False
+    migration_interval: float = 3.0
 
 
 def _content(report: dict[str, Any]) -> dict[str, Any]:
@@ -362,6 +367,20 @@ def build_registry(controller: Controller) -> kopf.OperatorRegistry:
         controller.on_report(
             body["metadata"]["name"], None if deleted else dict(body.get("status") or {})
         )
+
+    if controller.settings.migrations:
+        driver = NodeDriver(controller.kube)
+
+        @kopf.timer(
+            api.GROUP,
+            api.VERSION,
+            api.MIGRATION_PLURAL,
+            interval=controller.settings.migration_interval,
+            registry=registry,
+        )
+        async def migration_timer(body: kopf.Body, **_: Any) -> None:
+            """One pass per interval: the recorded step decides what runs (restart-safe)."""
+            await asyncio.to_thread(run_migration, controller.kube, driver, dict(body))
 
     return registry
 

@@ -8,6 +8,7 @@ core models, 21 MB of RSS in every agent and controller (docs/performance.md).""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -21,6 +22,11 @@ from cni_operator import api
 from cni_operator.kube_time import now_iso
 
 log = logging.getLogger("cniwarden.kube")
+MERGE_PATCH = "application/merge-patch+json"
+# What the Eviction API answered for one pod.
+EVICTED = "Evicted"
+EVICTION_GONE = "Gone"  # no such pod (or another pod under that name): nothing to evict
+EVICTION_BLOCKED = "Blocked"  # 429: a PodDisruptionBudget allows no disruption now
 # The client would send a list body as a merge patch; say what it is.
 JSON_PATCH = "application/json-patch+json"
 
@@ -71,6 +77,27 @@ class Kube:
             if error.status != 404:
                 raise
 
+    def get_network(self, name: str) -> dict[str, Any] | None:
+        try:
+            result: dict[str, Any] = self.custom.get_cluster_custom_object(  # type: ignore[assignment]
+                api.GROUP, api.VERSION, api.NETWORK_PLURAL, name
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return result
+
+    def set_network_annotations(self, name: str, annotations: dict[str, str]) -> None:
+        """Merge `annotations` into a CNINetwork's (the switch gate's acknowledgement)."""
+        self.custom.patch_cluster_custom_object(
+            api.GROUP,
+            api.VERSION,
+            api.NETWORK_PLURAL,
+            name,
+            {"metadata": {"annotations": annotations}},
+        )
+
     def list_networks(self) -> list[dict[str, Any]]:
         listing: dict[str, Any] = self.custom.list_cluster_custom_object(  # type: ignore[assignment]
             api.GROUP, api.VERSION, api.NETWORK_PLURAL
@@ -99,6 +126,48 @@ class Kube:
         ]
         self._core("PATCH", f"/api/v1/nodes/{quote(name, safe='')}", patch, content_type=JSON_PATCH)
 
+    def set_node_unschedulable(self, name: str, unschedulable: bool) -> None:
+        """Cordon or uncordon, as `kubectl cordon` does (a merge patch of the one field)."""
+        patch = {"spec": {"unschedulable": True if unschedulable else None}}
+        self._core(
+            "PATCH", f"/api/v1/nodes/{quote(name, safe='')}", patch, content_type=MERGE_PATCH
+        )
+
+    def set_node_label(self, name: str, key: str, value: str | None) -> None:
+        """Set one label of a Node (None removes it)."""
+        patch = {"metadata": {"labels": {key: value}}}
+        self._core(
+            "PATCH", f"/api/v1/nodes/{quote(name, safe='')}", patch, content_type=MERGE_PATCH
+        )
+
+    def evict_pod(
+        self, namespace: str, name: str, uid: str, grace_seconds: int | None
+    ) -> tuple[str, str]:
+        """Ask the Eviction API to evict one pod: (EVICTED | EVICTION_GONE |
+        EVICTION_BLOCKED, the server's message). The uid precondition makes sure a
+        new pod that took the name is never evicted in its place. Other errors raise."""
+        delete_options: dict[str, Any] = {"preconditions": {"uid": uid}}
+        if grace_seconds is not None:
+            delete_options["gracePeriodSeconds"] = grace_seconds
+        body = {
+            "apiVersion": "policy/v1",
+            "kind": "Eviction",
+            "metadata": {"name": name, "namespace": namespace},
+            "deleteOptions": delete_options,
+        }
+        path = (
+            f"/api/v1/namespaces/{quote(namespace, safe='')}/pods/{quote(name, safe='')}/eviction"
+        )
+        try:
+            self._core("POST", path, body)
+        except ApiException as error:
+            if error.status == 429:
+                return EVICTION_BLOCKED, _message(error)
+            if error.status in (404, 409):
+                return EVICTION_GONE, _message(error)
+            raise
+        return EVICTED, ""
+
     def list_events(self, field_selector: str, timeout: float = 20.0) -> list[dict[str, Any]]:
         """Events of every namespace matching `field_selector`, as JSON objects."""
         listing = self._core(
@@ -113,6 +182,23 @@ class Kube:
         query = {"fieldSelector": field_selector, "labelSelector": label_selector}
         listing = self._core("GET", "/api/v1/pods", query=query, timeout=timeout)
         return list(listing.get("items") or [])
+
+    # --- CNIMigration -------------------------------------------------------------
+    def patch_migration_status(self, name: str, status: dict[str, Any]) -> None:
+        self.custom.patch_cluster_custom_object_status(
+            api.GROUP, api.VERSION, api.MIGRATION_PLURAL, name, {"status": status}
+        )
+
+    def get_migration(self, name: str) -> dict[str, Any] | None:
+        try:
+            result: dict[str, Any] = self.custom.get_cluster_custom_object(  # type: ignore[assignment]
+                api.GROUP, api.VERSION, api.MIGRATION_PLURAL, name
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return result
 
     # --- CNINodeState -----------------------------------------------------------
     def get_node_state(self, name: str) -> dict[str, Any] | None:
@@ -217,3 +303,12 @@ class Kube:
                 error.status,
                 error.reason,
             )
+
+
+def _message(error: ApiException) -> str:
+    """The API server's own message out of an error's Status body."""
+    try:
+        body = json.loads(error.body or "{}")
+    except (TypeError, ValueError):
+        return str(error.reason)
+    return str(body.get("message") or error.reason) if isinstance(body, dict) else str(error.reason)

@@ -10,8 +10,8 @@ runs the Deployment, the DaemonSet and the pre-delete hook Job.
 - local: `make images` (buildah), imported into two real nodes of the local cluster
   (a runtime + kubelet + kube-proxy, each in its own network and mount namespace)
   added for this run (devtools/ship/install.py), by default one on containerd 2.x
-  and one on containerd 1.6 (`CNIWARDEN_E2E_RUNTIMES=containerd-2,crio` picks others, in
-  node order): `ctr images import` or `skopeo copy`.
+  and one on CRI-O (`CNIWARDEN_E2E_RUNTIMES=containerd-1.6,containerd-1.7` picks
+  others, in node order): `ctr images import` or `skopeo copy`.
 
 `CNIWARDEN_E2E_PROVIDER=kind|local` forces one.
 """
@@ -58,19 +58,18 @@ __all__ = [
 ROOT = Path(__file__).resolve().parents[2]
 E2E_LABEL = "cniwarden.io/e2e"
 # The runtimes of the local provider's nodes, in order (the last repeats): one
-# containerd 2.x and one containerd 1.6 node, so every scenario crosses runtime
-# versions. CRI-O is not in the default: on this VM runc cannot lower the agent
-# pod's OOM score (system-node-critical asks for -997, which needs
-# CAP_SYS_RESOURCE, absent from the bounding set), so the agent pod never starts
-# there (`CNIWARDEN_E2E_RUNTIMES=containerd-2,crio` shows it); CRI-O nodes are
-# covered by tests/integration/operator/test_runtime_status_gc.py instead.
+# containerd 2.x and one CRI-O node, so every scenario crosses both CRI
+# implementations (containerd 1.6, the local cluster's default, runs CI's
+# conformance test). CRI-O's runc goes through tools/runc-capfilter: this VM's
+# root lacks CAP_SYS_RESOURCE, so the agent pod's OOM score (-997,
+# system-node-critical) is clamped to 0 there (devtools/localcluster/crio.py).
 RUNTIME_VERSIONS = {  # what kubelet reports as the Node's containerRuntimeVersion
     "containerd-1.6": "containerd://1.6.",
     "containerd-1.7": "containerd://1.7.",
     "containerd-2": "containerd://2.",
     "crio": "cri-o://",
 }
-DEFAULT_E2E_RUNTIMES = "containerd-2,containerd-1.6"
+DEFAULT_E2E_RUNTIMES = "containerd-2,crio"
 E2E_RUNTIMES = parse_runtimes(os.environ.get("CNIWARDEN_E2E_RUNTIMES", DEFAULT_E2E_RUNTIMES))
 
 

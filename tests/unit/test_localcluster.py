@@ -102,6 +102,17 @@ def test_containerd_config_is_valid_toml_with_our_dirs() -> None:
     assert parsed["grpc"]["address"] == str(node.containerd_socket)
 
 
+def test_containerd_2_config_puts_pod_netns_where_the_agent_pod_sees_them() -> None:
+    # containerd 2.x reads config version 3: a netns under its state dir is out of
+    # the cni-server pod's reach, and every ADD on the node failed with ENOENT.
+    node = Layout(Path("/var/tmp/c"), "dev", 3, "abcdef").node(0, runtime="containerd-2")
+    parsed = tomllib.loads(containerd.containerd_config(node))
+    assert parsed["version"] == 3
+    cri = parsed["plugins"]["io.containerd.cri.v1.runtime"]
+    assert cri["netns_mounts_under_state_dir"] is False
+    assert cri["cni"]["conf_dir"] == str(node.cni_conf_dir)
+
+
 def test_runtimes_parse_per_node_with_a_clear_error() -> None:
     assert parse_runtimes("containerd-2, crio") == ["containerd-2", "crio"]
     assert [runtime_of(["containerd-2", "crio"], i) for i in range(3)] == [
@@ -146,8 +157,15 @@ def test_crio_config_keeps_every_path_in_the_node(tmp_path: Path) -> None:
     }
     assert parsed["runtime"]["cgroup_manager"] == "cgroupfs"
     assert parsed["image"]["pause_command"] == "/pause"
-    paths = [parsed["root"], parsed["runroot"], parsed["runtime"]["namespaces_dir"]]
+    paths = [parsed["root"], parsed["runroot"]]
     assert all(p.startswith(str(node.dir)) for p in paths)
+    # Pinned namespaces at /run/<kind>ns/<id> as on a real node: in the node's mount
+    # namespace each of those is the node's own directory, and /run/netns is the one
+    # the agent pod mounts (a netns elsewhere failed every ADD with ENOENT).
+    assert parsed["runtime"]["namespaces_dir"] == "/run"
+    binds = nodemounts.node_binds(node)
+    for kind in ("net", "ipc", "uts", "user", "pid"):
+        assert str(binds[Path(f"/run/{kind}ns")]).startswith(str(node.dir))
 
 
 def test_bridge_conflist_uses_the_node_pod_cidr() -> None:

@@ -12,4 +12,4 @@ exec dockerd --iptables=false --ip-masq=false --bridge=none \
   -H unix:///run/cniwarden-docker.sock --data-root /var/lib/cniwarden-docker \
   --exec-root /run/cniwarden-docker --pidfile /run/cniwarden-docker.pid \
   --containerd-namespace cniwarden-docker --containerd-plugins-namespace cniwarden-docker-plugins \
-  --add-runtime capfilter="$here/runc-capfilter" --default-runtime capfilter "$@"
+  --add-runtime capfilter="$here/../runc-capfilter" --default-runtime capfilter "$@"

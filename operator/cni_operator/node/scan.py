@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cni_operator.journal import CorruptLine, JournalEntry, interrupted_moves, outstanding
+from cni_operator.migration.plan import old_network_report
 from cni_operator.node.atomic import sha256_bytes, sha256_file
 from cni_operator.node.attachments import AttachmentScan, attachments_report, scan_attachments
 from cni_operator.node.binaries import VersionProber, binary_inventory
@@ -345,6 +346,8 @@ def report_dict(scan: NodeScan, manifest: Manifest) -> dict[str, Any]:
                 "verdicts": [str(x) for x in v.verdicts],
                 "nodeKiller": v.node_killer,
                 "detail": v.detail,
+                # What a CNIMigration from this network needs to know (migration.plan).
+                "network": old_network_report(scan.files.get(v.file)),
             }
             for v in scan.analysis.foreign
         ],

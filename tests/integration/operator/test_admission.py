@@ -55,6 +55,20 @@ def node_state(name: str, node_name: str) -> dict[str, Any]:
     }
 
 
+def migration(name: str = "", source: dict[str, str] | None = None, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "from": source or {"networkName": "bridge-net"},
+        "to": {"cniNetwork": "cw-net"},
+    }
+    body.update(spec)
+    return {
+        "apiVersion": "cniwarden.io/v1alpha1",
+        "kind": "CNIMigration",
+        "metadata": {"name": name or f"mig-{RUN}"},
+        "spec": body,
+    }
+
+
 def dry_run(cluster: LocalCluster, obj: dict[str, Any]) -> str | None:
     """None when the API server accepts `obj`, else its refusal."""
     out = cluster.kubectl(
@@ -71,6 +85,7 @@ def crds(cluster: LocalCluster) -> LocalCluster:
         "--for=condition=Established",
         "crd/cninetworks.cniwarden.io",
         "crd/cninodestates.cniwarden.io",
+        "crd/cnimigrations.cniwarden.io",
     )
     return cluster
 
@@ -135,8 +150,27 @@ OBJECT_RULES: dict[tuple[str, str, int], tuple[dict[str, Any], dict[str, Any], s
         node_state(f"node-{RUN}", "another-node"),
         "a CNINodeState is named after its node",
     ),
+    ("cnimigrations.cniwarden.io", ".spec", 0): (
+        migration(source={"cniNetwork": "old-net"}),
+        migration(source={"cniNetwork": "cw-net"}),
+        "from.cniNetwork and to.cniNetwork must differ",
+    ),
+    ("cnimigrations.cniwarden.io", ".spec.from", 0): (
+        migration(source={"cniNetwork": "old-net"}),
+        migration(source={"cniNetwork": "old-net", "networkName": "bridge-net"}),
+        "from needs exactly one of networkName",
+    ),
+    ("cnimigrations.cniwarden.io", ".spec.waves", 0): (
+        migration(waves={"byLabel": "zone", "order": ["a", "b"]}),
+        migration(waves={"order": ["a", "b"]}),
+        "waves.order lists values of waves.byLabel: set byLabel too",
+    ),
 }
 TRANSITION_RULES = {
+    ("cnimigrations.cniwarden.io", ".spec.from", 1),
+    ("cnimigrations.cniwarden.io", ".spec.to", 0),
+    ("cnimigrations.cniwarden.io", ".spec.resume", 0),
+    ("cnimigrations.cniwarden.io", ".spec.rollback", 0),
     ("cninetworks.cniwarden.io", "", 1),
     ("cninetworks.cniwarden.io", ".spec.networkName", 0),
     ("cninodestates.cniwarden.io", ".spec.nodeName", 0),
@@ -343,3 +377,46 @@ def test_only_the_cniwarden_admin_role_may_create_networks(crds: LocalCluster) -
             crds.kubectl(
                 "delete", obj["kind"], obj["metadata"]["name"], "--ignore-not-found", check=False
             )
+
+
+@pytest.fixture
+def stored_migration(crds: LocalCluster) -> Iterator[dict[str, Any]]:
+    """A CNIMigration really stored (no controller runs here: nothing acts on it)."""
+    obj = migration(f"mig-stored-{secrets.token_hex(3)}", resume=1)
+    crds.kubectl("apply", "-f", "-", input=json.dumps(obj))
+    try:
+        yield obj
+    finally:
+        crds.kubectl("delete", "cnimigration", obj["metadata"]["name"], "--wait=false", check=False)
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"from": {"networkName": "other"}}, "spec.from is immutable"),
+        ({"to": {"cniNetwork": "other"}}, "spec.to is immutable"),
+        ({"resume": 0}, "spec.resume only goes up"),
+    ],
+)
+def test_migration_transition_rules(
+    crds: LocalCluster, stored_migration: dict[str, Any], change: dict[str, Any], why: str
+) -> None:
+    allowed = json.loads(json.dumps(stored_migration))
+    allowed["spec"].update({"resume": 2, "pause": True, "skipNodes": ["w1"], "rollback": True})
+    assert dry_run(crds, allowed) is None
+    refused = json.loads(json.dumps(stored_migration))
+    refused["spec"].update(change)
+    refusal = dry_run(crds, refused)
+    assert refusal is not None and why in refusal, refusal
+
+
+def test_migration_rollback_cannot_be_unset(
+    crds: LocalCluster, stored_migration: dict[str, Any]
+) -> None:
+    rolling = json.loads(json.dumps(stored_migration))
+    rolling["spec"]["rollback"] = True
+    crds.kubectl("apply", "-f", "-", input=json.dumps(rolling))
+    back = json.loads(json.dumps(rolling))
+    back["spec"]["rollback"] = False
+    refusal = dry_run(crds, back)
+    assert refusal is not None and "spec.rollback cannot be unset once set" in refusal, refusal

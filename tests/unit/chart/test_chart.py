@@ -134,6 +134,29 @@ def test_controller_rbac_is_exactly_what_it_calls() -> None:
     )
 
 
+def test_migration_rbac_is_off_by_default_and_exactly_what_it_calls_when_on() -> None:
+    assert not any(o["metadata"]["name"].endswith("-migration") for o in render_chart())
+    off = find(render_chart(), "Deployment", "-controller")
+    assert "--migrations" not in container(off, "controller")["args"]
+    on = render_chart({"controller": {"migrations": {"enabled": True}}})
+    assert "--migrations" in container(find(on, "Deployment", "-controller"), "controller")["args"]
+    # kopf's timer on CNIMigrations; Kube.patch_migration_status, get_network,
+    # get_node_state, get_node, set_node_unschedulable, set_node_label, list_pods,
+    # evict_pod (the Eviction API: never a pod delete); list_nodes and
+    # set_network_annotations (the switch acknowledgement) use the controller's role.
+    assert rules(on, "-controller-migration") == grants(
+        ("cniwarden.io", "cnimigrations", ["list", "watch", "patch"]),
+        ("cniwarden.io", "cnimigrations/status", ["patch"]),
+        ("cniwarden.io", "cninetworks", ["get"]),
+        ("cniwarden.io", "cninodestates", ["get"]),
+        ("", "nodes", ["get", "patch"]),
+        ("", "pods", ["list"]),
+        ("", "pods/eviction", ["create"]),
+    )
+    binding = find(on, "ClusterRoleBinding", "-controller-migration")
+    assert binding["subjects"][0]["name"] == "cniwarden-controller"
+
+
 def test_agent_rbac_is_exactly_what_it_calls() -> None:
     # kopf on.event CNINetworks (read only) and Nodes (host-gw and its own Node);
     # Kube.ensure_node_state (get, create);

@@ -43,7 +43,11 @@ def test_names_match_the_api_module(name: str) -> None:
     (version,) = crd["spec"]["versions"]
     assert version["name"] == api.VERSION
     assert version["subresources"] == {"status": {}}
-    assert crd["spec"]["names"]["kind"] in (api.NETWORK_KIND, api.NODE_STATE_KIND)
+    assert crd["spec"]["names"]["kind"] in (
+        api.NETWORK_KIND,
+        api.NODE_STATE_KIND,
+        api.MIGRATION_KIND,
+    )
     assert name == f"{crd['spec']['names']['plural']}.{api.GROUP}"
 
 
