@@ -2,9 +2,11 @@
 
 agnhost: the `agnhost` binary (`make conformance` builds it at the tag
 `e2e.test --list-images` names) plus the tools upstream's Alpine-based image
-carries and the tests exec in it: bash, curl, dig/nslookup (DNS tests), an
+carries and the tests exec in it: bash, curl, dig/nslookup and getent (DNS tests), an
 `nc` with `-u` (netcat-openbsd; node-to-pod UDP checks) and busybox for the rest.
-Dynamic binaries come with the libraries `ldd` names. `/bin/sh` is bash:
+Dynamic binaries come with the libraries `ldd` names. Like upstream's image it
+holds `/localhost.crt` and `/localhost.key` from agnhost's source (`porter`
+serves its TLS ports with them; without them the Proxy spec's https paths fail). `/bin/sh` is bash:
 Debian's static busybox shell runs its own built-in `nc` (no `-u`) before the
 one on PATH, so `sh -c "... | nc -u ..."` would fail with busybox as sh.
 
@@ -25,6 +27,7 @@ from devtools.localcluster.images import (
     busybox_applets,
     write_oci_tarball,
 )
+from devtools.localcluster.toolpaths import REPO_ROOT
 
 # Host binary -> where it goes in the image (Debian packages: scripts/install-debian-packages.sh).
 AGNHOST_TOOLS = {
@@ -34,7 +37,11 @@ AGNHOST_TOOLS = {
     "/usr/bin/nslookup": "usr/bin/nslookup",
     "/usr/bin/host": "usr/bin/host",
     "/usr/bin/nc.openbsd": "usr/bin/nc",
+    "/usr/bin/getent": "usr/bin/getent",  # the DNS specs' /etc/hosts and name checks
 }
+# The module e2e.test and agnhost are built from (tools/build-tools.sh).
+K8S_EXTRA = REPO_ROOT / "tools" / "k8s-extra"
+PORTER_CERTS = ("localhost.crt", "localhost.key")
 _LDD_PATH = re.compile(r"(/\S+) \(0x[0-9a-f]+\)$")
 
 
@@ -53,7 +60,27 @@ def shared_libraries(binary: Path) -> list[Path]:
     return found
 
 
-def agnhost_entries(agnhost: Path) -> list[Entry]:
+def porter_dir(module_root: Path = K8S_EXTRA) -> Path:
+    """agnhost's `porter` sources (with its TLS pair) in the k8s.io/kubernetes module
+    that agnhost was built from."""
+    out = subprocess.run(
+        ["go", "list", "-mod=readonly", "-m", "-f", "{{.Dir}}", "k8s.io/kubernetes"],
+        cwd=module_root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    found = Path(out.stdout.strip()) / "test/images/agnhost/porter"
+    if out.returncode != 0 or not out.stdout.strip() or not found.is_dir():
+        raise RuntimeError(
+            f"cannot find agnhost's porter sources (k8s.io/kubernetes in {module_root}): "
+            f"{out.stderr.strip() or found}; run `TOOLS=conformance ./tools/build-tools.sh`"
+        )
+    return found
+
+
+def agnhost_entries(agnhost: Path, porter: Path) -> list[Entry]:
     entries: dict[str, Entry] = {}
 
     def add_dirs(path: str) -> None:
@@ -67,6 +94,8 @@ def agnhost_entries(agnhost: Path) -> list[Entry]:
         entries[inside] = Entry(inside, host.read_bytes(), mode=0o755)
 
     add_file(agnhost, "agnhost")
+    for name in PORTER_CERTS:  # at the working directory, where porter opens them
+        entries[name] = Entry(name, (porter / name).read_bytes(), mode=0o644)
     add_file(BUSYBOX_BINARY, "bin/busybox")
     taken = {Path(p).name for p in AGNHOST_TOOLS.values()} | {"sh"}
     for applet in busybox_applets():
@@ -89,10 +118,11 @@ def agnhost_entries(agnhost: Path) -> list[Entry]:
     return sorted(entries.values(), key=lambda e: e.path)
 
 
-def build_agnhost(out: Path, agnhost: Path, image: str) -> Path:
+def build_agnhost(out: Path, agnhost: Path, image: str, porter: Path | None = None) -> Path:
     config: dict[str, object] = {
         "Entrypoint": ["/agnhost"],
         "Cmd": ["pause"],
         "Env": ["PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"],
     }
-    return write_oci_tarball(out, image, agnhost_entries(agnhost), config)
+    entries = agnhost_entries(agnhost, porter or porter_dir())
+    return write_oci_tarball(out, image, entries, config)

@@ -225,13 +225,19 @@ def conformance(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devtools.conformance", description=__doc__)
     parser.add_argument("--selection", choices=sorted(suite.SELECTIONS), default="full")
+    parser.add_argument(
+        "--focus",
+        help="instead of --selection, only the specs matching this regex (a focused re-run "
+        "of a few specs; the skip list still applies; results in build/conformance/focused/)",
+    )
     parser.add_argument("--name", default="conformance")
     parser.add_argument("--procs", type=int, default=4, help="ginkgo parallel processes")
     parser.add_argument("--keep", action="store_true", help="leave the cluster running")
     parser.add_argument("--proxy-mode", choices=["iptables", "nftables"], default="iptables")
     args = parser.parse_args(argv)
+    selection = suite.focused(args.focus) if args.focus else suite.SELECTIONS[args.selection]
     results = conformance(
-        suite.SELECTIONS[args.selection],
+        selection,
         name=args.name,
         procs=args.procs,
         keep=args.keep,

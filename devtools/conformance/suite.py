@@ -56,22 +56,6 @@ SKIPS = (
         r"NetworkPolicy|Netpol",
         "NetworkPolicy is out of scope for cniwarden today (the next capability after this one)",
     ),
-    # A gap of the local cluster, not of the CNI, and not an acceptable permanent skip:
-    # kept here, visible, until the API server runs in a namespace that routes pod IPs.
-    Skip(
-        r"\[sig-network\] Proxy version v1|\[sig-network\] DNS ",
-        "LOCAL CLUSTER GAP: these specs go through the API server's proxy to pod IPs (the DNS "
-        "specs read their queriers' results that way), and the local cluster's API "
-        "server runs in the machine's root namespace, which has no route to the pod CIDRs "
-        "(every local cluster uses 10.244.0.0/16): the requests would leave the machine by "
-        "its default route (seen: 404 from whatever answers there)",
-    ),
-    Skip(
-        r"should function for service endpoints using hostNetwork",
-        "LOCAL CLUSTER GAP: the local cluster's nodes share the machine's UTS namespace, so a "
-        "hostNetwork pod's hostname is the machine's ('vm'), not its node's name, which the "
-        "spec expects back from each endpoint (seen: map[vm:{}], expected both node names)",
-    ),
 )
 
 FULL = Selection(
@@ -90,6 +74,14 @@ CI = Selection(
     ),
 )
 SELECTIONS = {s.name: s for s in (FULL, CI)}
+
+
+def focused(focus: str) -> Selection:
+    """Only the specs matching `focus` (a focused re-run of a few specs; the skip
+    list still applies). Go's regexp, which ginkgo uses, has no lookahead, so this
+    replaces a selection's focus rather than narrowing it."""
+    re.compile(focus)
+    return Selection("focused", (focus,))
 
 
 def skip_regex(skips: tuple[Skip, ...] = SKIPS) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 from . import (
     clusterdns,
     controlplane,
+    egress,
     fakenodes,
     hostres,
     nodeimages,
@@ -249,7 +250,9 @@ def up(
         pki = controlplane.create_pki(layout, api_address)
         kcfgs = controlplane.write_kubeconfigs(layout, pki, state.server)
         controlplane.start_etcd(layout, state)
-        controlplane.start_apiserver(layout, state, pki, api_address)
+        # Real nodes: pod IPs are reached through a proxy in the first node (egress.py).
+        egress_config = egress.write_egress_config(layout) if real else None
+        controlplane.start_apiserver(layout, state, pki, api_address, egress_config)
         controlplane.start_controller_manager(layout, state, pki, kcfgs["controller-manager"])
         controlplane.start_scheduler(layout, state, kcfgs["scheduler"])
         controlplane.wait_default_service_account(cluster.kubectl, state)

@@ -213,6 +213,7 @@ def start_containerd(state: ClusterState, node: NodeLayout) -> None:
         Path(state.workdir) / "logs" / f"{node.name}-containerd.log",
         netns=node.netns_path,
         mntns=node.mntns,
+        utsns=node.utsns,
         env=runtime_env(node.runtime),
         node=node.name,
     )

@@ -120,8 +120,17 @@ def start_etcd(layout: Layout, state: ClusterState) -> float:
     return procs.wait_ready(rec, healthy, timeout=READY_TIMEOUT, what=f"{client}/health")
 
 
-def start_apiserver(layout: Layout, state: ClusterState, pki: Pki, address: str) -> float:
+def start_apiserver(
+    layout: Layout,
+    state: ClusterState,
+    pki: Pki,
+    address: str,
+    egress_config: Path | None = None,
+) -> float:
+    """With `egress_config`, the API server reaches nodes, pods and Services (its
+    "cluster" egress) through the proxy it names (`egress.py`)."""
     port = layout.ports.apiserver
+    egress = [f"--egress-selector-config-file={egress_config}"] if egress_config else []
     serving = pki.pair("apiserver")
     kubelet_client = pki.pair("apiserver-kubelet-client")
     front_proxy = pki.pair("front-proxy-client")
@@ -161,6 +170,7 @@ def start_apiserver(layout: Layout, state: ClusterState, pki: Pki, address: str)
                 f"--proxy-client-cert-file={front_proxy.cert}",
                 f"--proxy-client-key-file={front_proxy.key}",
                 "--profiling=false",
+                *egress,
                 "--v=1",
             ],
             layout.logs_dir / "kube-apiserver.log",

@@ -127,6 +127,7 @@ def start_crio(state: ClusterState, node: NodeLayout) -> None:
         Path(state.workdir) / "logs" / f"{node.name}-crio.log",
         netns=node.netns_path,
         mntns=node.mntns,
+        utsns=node.utsns,
         node=node.name,
     )
     state.processes.append(rec)

@@ -165,6 +165,18 @@ def create_mount_ns(ns_dir: Path, binds: dict[Path, Path], shared: Sequence[Path
     return ns_file
 
 
+def create_uts_ns(ns_file: Path, hostname: str) -> Path:
+    """A persistent UTS namespace whose hostname is `hostname`, bound at `ns_file`.
+
+    A node's kubelet and runtime join it, so hostNetwork pods (which share their
+    node's UTS namespace, as on a machine of its own) see the node's name, not
+    the machine's. The bind goes away with the mounts under the node's directory.
+    """
+    ns_file.touch()
+    procs.run(["unshare", f"--uts={ns_file}", "hostname", hostname])
+    return ns_file
+
+
 def read_sysctl(key: str) -> str:
     return Path("/proc/sys", key.replace(".", "/")).read_text().strip()
 

@@ -107,6 +107,7 @@ def start_kubelet(layout: Layout, state: ClusterState, node: NodeLayout) -> None
         Path(state.workdir) / "logs" / f"{node.name}-kubelet.log",
         netns=node.netns_path,
         mntns=node.mntns,
+        utsns=node.utsns,
         node=node.name,
     )
     state.processes.append(rec)

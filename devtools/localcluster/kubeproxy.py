@@ -91,6 +91,7 @@ def start_kube_proxy(layout: Layout, state: ClusterState, node: NodeLayout) -> N
         Path(state.workdir) / "logs" / f"{node.name}-kube-proxy.log",
         netns=node.netns_path,
         mntns=node.mntns,
+        utsns=node.utsns,
         node=node.name,
     )
     state.processes.append(rec)

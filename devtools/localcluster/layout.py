@@ -142,6 +142,11 @@ class NodeLayout(CniHostDirs):
         return self.mntns_dir / "mnt"
 
     @property
+    def utsns(self) -> Path:
+        """The node's UTS namespace (hostname = node name), beside its mount namespace."""
+        return self.mntns_dir / "uts"
+
+    @property
     def containerd_dir(self) -> Path:
         return self.dir / "containerd"
 
@@ -189,6 +194,11 @@ class Layout:
     @property
     def logs_dir(self) -> Path:
         return self.workdir / "logs"
+
+    @property
+    def egress_socket(self) -> Path:
+        """The API server's HTTP CONNECT proxy into the cluster network (`egress`)."""
+        return self.workdir / "egress.sock"
 
     @property
     def etcd_data_dir(self) -> Path:

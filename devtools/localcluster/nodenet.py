@@ -66,9 +66,15 @@ def plumb_netns(layout: Layout, node: NodeLayout) -> None:
         procs.run(argv, netns=netns)
 
 
-def bridge_conflist(pod_cidr: str, data_dir: Path, name: str = "localcluster") -> dict[str, object]:
-    """A plain bridge + host-local network over the node's podCIDR (reference plugins)."""
+def bridge_conflist(
+    pod_cidr: str, data_dir: Path, name: str = "localcluster", node_subnet: str | None = None
+) -> dict[str, object]:
+    """A plain bridge + host-local network over the node's podCIDR (reference plugins).
+
+    With `node_subnet`, pods also route the nodes' subnet via their node: they answer
+    the API server's egress proxy (in the first node, `egress.py`) from any node."""
     gateway = str(ipaddress.IPv4Network(pod_cidr).network_address + 1)
+    routes = [{"dst": dst, "gw": gateway} for dst in (POD_CIDR, node_subnet) if dst]
     return {
         "cniVersion": "1.0.0",
         "name": name,
@@ -85,7 +91,7 @@ def bridge_conflist(pod_cidr: str, data_dir: Path, name: str = "localcluster") -
                     # Other nodes' pods via the node; still no default route. The
                     # gateway is explicit: CRI-O CHECKs after ADD, and the reference
                     # bridge's CHECK compares the result's route (gw) with the kernel's.
-                    "routes": [{"dst": POD_CIDR, "gw": gateway}],
+                    "routes": routes,
                     "dataDir": str(data_dir),
                 },
             },
@@ -94,8 +100,10 @@ def bridge_conflist(pod_cidr: str, data_dir: Path, name: str = "localcluster") -
     }
 
 
-def write_bridge_conflist(node: NodeLayout, pod_cidr: str) -> Path:
-    conflist = bridge_conflist(pod_cidr, node.cni_state_dir / "networks")
+def write_bridge_conflist(layout: Layout, node: NodeLayout, pod_cidr: str) -> Path:
+    conflist = bridge_conflist(
+        pod_cidr, node.cni_state_dir / "networks", node_subnet=str(layout.node_subnet)
+    )
     target = node.cni_conf_dir / "10-localcluster.conflist"
     tmp = node.cni_conf_dir / ".10-localcluster.tmp"
     tmp.write_text(json.dumps(conflist, indent=2) + "\n")

@@ -44,10 +44,13 @@ def log_tail(path: Path | str, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def nsenter(argv: Sequence[str], netns: Path | None, mntns: Path | None) -> list[str]:
-    """`argv` run inside the given network/mount namespaces (as is, with neither)."""
+def nsenter(
+    argv: Sequence[str], netns: Path | None, mntns: Path | None, utsns: Path | None = None
+) -> list[str]:
+    """`argv` run inside the given network/mount/UTS namespaces (as is, with none)."""
     flags = [f"--net={netns}"] if netns is not None else []
     flags += [f"--mount={mntns}"] if mntns is not None else []
+    flags += [f"--uts={utsns}"] if utsns is not None else []
     return ["nsenter", *flags, "--", *argv] if flags else list(argv)
 
 
@@ -101,17 +104,18 @@ def start(
     *,
     netns: Path | None = None,
     mntns: Path | None = None,
+    utsns: Path | None = None,
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
     node: str | None = None,
 ) -> ProcessRecord:
     """Start `argv` in its own session (it outlives the caller), output to `log`.
 
-    With `netns`/`mntns`, the process joins those namespaces through `nsenter`,
+    With `netns`/`mntns`/`utsns`, the process joins those namespaces through `nsenter`,
     which execs in place (so the pid is the daemon's) and, unlike
     `ip netns exec`, leaves /sys and the cgroup mounts alone.
     """
-    argv = nsenter(argv, netns, mntns)
+    argv = nsenter(argv, netns, mntns, utsns)
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         proc = subprocess.Popen(
@@ -255,11 +259,12 @@ def run(
     check: bool = True,
     netns: Path | None = None,
     mntns: Path | None = None,
+    utsns: Path | None = None,
     input: str | None = None,
     timeout: float = 120,
 ) -> subprocess.CompletedProcess[str]:
     """Run a short command and capture its output; errors say what failed and why."""
-    argv = nsenter(argv, netns, mntns)
+    argv = nsenter(argv, netns, mntns, utsns)
     proc = subprocess.run(
         list(argv), capture_output=True, text=True, input=input, timeout=timeout, check=False
     )

@@ -9,14 +9,18 @@ each step lives in its own module:
 - `nodenet`: the cluster bridge, the node's netns and veth, the tooling's own
   bridge network and its routes between nodes;
 - `nodemounts`: the node's mount namespace (its own /var/lib/cni, /run/cniwarden...);
+- `hostres.create_uts_ns`: the node's UTS namespace, hostname = node name (what
+  hostNetwork pods see, as on a machine of their own);
 - `nodesysctls`: the machine-wide tunables kubelet changes, saved and restored;
 - `nodeimages`: the images built here and imported into each node's runtime;
+- `egress`: on the first node, the API server's HTTP CONNECT proxy into the cluster
+  network (its "cluster" egress: kubelets, pods, Services);
 - `kubelet`: kubelet's config, certificate and launch;
 - `kubeproxy`: kube-proxy (iptables mode), so pods reach Services such as `kubernetes`;
 - `readiness`: when the Node counts as registered (and Ready).
 
-Each node's containerd and kubelet run inside its namespace (joined with
-`nsenter --net=`), so kubelet's ports, its iptables chains and the pods' CNI
+Each node's containerd and kubelet run inside its namespaces (joined with
+`nsenter --net= --mount= --uts=`), so kubelet's ports, its iptables chains and the pods' CNI
 bridge all live there, and two nodes (or two clusters) never collide. Each node
 has its own containerd root/state/socket, kubelet root dir, cgroupRoot and a
 host root whose etc/cni/net.d, opt/cni/bin and var/lib/cni are the runtime's
@@ -35,6 +39,7 @@ from pathlib import Path
 from . import hostres, procs
 from .containerd import shim_sockets, start_containerd
 from .crio import start_crio
+from .egress import start_proxy as start_egress_proxy
 from .kube import Kubectl
 from .kubelet import start_kubelet
 from .kubeproxy import start_kube_proxy
@@ -85,7 +90,11 @@ def add_node(
     for plugin in sorted(REFERENCE_PLUGINS.iterdir()):
         shutil.copy2(plugin, node.cni_bin_dir / plugin.name)
     plumb_netns(layout, node)
+    if index == 0:
+        # Before kubelet: the API server reaches every kubelet and pod through it.
+        start_egress_proxy(layout, state, node)
     make_mount_ns(layout, node)
+    hostres.create_uts_ns(node.utsns, node.name)
     if node.is_crio:
         start_crio(state, node)
     else:
@@ -95,7 +104,7 @@ def add_node(
     pod_cidr = wait_node_registered(state, kubectl, node, need_ready=False)
     start_kube_proxy(layout, state, node)
     if cni == "bridge":
-        write_bridge_conflist(node, pod_cidr)
+        write_bridge_conflist(layout, node, pod_cidr)
         wait_node_registered(state, kubectl, node, need_ready=True)
     state.timings[f"node_{node.name}_up_s"] = round(time.monotonic() - started, 2)
     state.save()

@@ -25,6 +25,8 @@ MUST_RUN = (
     "Granular Checks: Services should function for pod-Service: http",
     "Services should have session affinity work for service with type clusterIP",
     "HostPort validates that there is no conflict between pods with same hostPort",
+    # Needs each node's own hostname (the local cluster's per-node UTS namespace).
+    "Granular Checks: Services should function for service endpoints using hostNetwork",
 )
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from devtools.conformance import images as test_images
 from devtools.conformance import junit, suite
 from devtools.localcluster import clusterdns
 from devtools.localcluster.kubelet import kubelet_config
@@ -30,11 +31,12 @@ SPECS = {
     "[sig-network] [Feature:IPv6DualStack] should create pod, add ipv6 and ipv4 ip to host "
     "ips": "IPv6",
     "[sig-network] Services should be rejected when no endpoints exist [Serial]": "Serial",
-    # The named local-cluster gap (README "Conformance"): the API server's proxy to pod IPs.
-    "[sig-network] DNS should provide DNS for services [Conformance]": "DNS",
-    "[sig-network] Proxy version v1 should proxy through a service and a pod": "Proxy",
+    # Run: the API server reaches pod IPs through its egress proxy (localcluster/egress.py).
+    "[sig-network] DNS should provide DNS for services [Conformance]": "run",
+    "[sig-network] Proxy version v1 should proxy through a service and a pod [Conformance]": "run",
+    # Runs: each real node has its own UTS namespace (hostname = node name).
     "[sig-network] Networking Granular Checks: Services should function for service "
-    "endpoints using hostNetwork": "hostNetwork",
+    "endpoints using hostNetwork": "run",
 }
 
 
@@ -116,3 +118,27 @@ def test_an_unknown_kube_proxy_mode_is_refused(tmp_path: Path) -> None:
     node = Layout(tmp_path, "t", 0, "abc").node(0)
     with pytest.raises(ValueError, match="ipvs"):
         kube_proxy_config(node, tmp_path / "kubeconfig", "ipvs")
+
+
+def test_a_focused_run_keeps_the_skip_list() -> None:
+    selection = suite.focused(r"using hostNetwork")
+    hostnet = (
+        "[sig-network] Networking Granular Checks: Services should function for service "
+        "endpoints using hostNetwork"
+    )
+    assert re.search(selection.focus_regex, hostnet)
+    assert not re.search(selection.focus_regex, "[sig-network] DNS should provide DNS for services")
+    with pytest.raises(re.error):
+        suite.focused("(")
+
+
+def test_the_agnhost_image_carries_porters_tls_pair_at_its_working_dir(tmp_path: Path) -> None:
+    agnhost = tmp_path / "agnhost"
+    agnhost.write_bytes(b"\x7fELF not really")
+    porter = tmp_path / "porter"
+    porter.mkdir()
+    for name in test_images.PORTER_CERTS:
+        (porter / name).write_bytes(f"pem of {name}".encode())
+    entries = {e.path: e for e in test_images.agnhost_entries(agnhost, porter)}
+    assert entries["localhost.crt"].data == b"pem of localhost.crt"
+    assert entries["localhost.key"].data == b"pem of localhost.key"

@@ -26,6 +26,8 @@ from devtools.localcluster import (
     procs,
     slots,
 )
+from devtools.localcluster.egress import egress_config
+from devtools.localcluster.egressproxy import BadConnectError, parse_connect
 from devtools.localcluster.layout import (
     MAX_SLOTS,
     Layout,
@@ -172,6 +174,9 @@ def test_bridge_conflist_uses_the_node_pod_cidr() -> None:
     assert isinstance(plugins, list)
     ranges = plugins[0]["ipam"]["ranges"]
     assert ranges == [[{"subnet": "10.244.3.0/24", "gateway": "10.244.3.1"}]]
+    assert plugins[0]["ipam"]["routes"] == [{"dst": "10.244.0.0/16", "gw": "10.244.3.1"}]
+    routed = nodenet.bridge_conflist("10.244.3.0/24", Path("/d"), node_subnet="10.231.4.0/24")
+    assert routed["plugins"][0]["ipam"]["routes"][1] == {"dst": "10.231.4.0/24", "gw": "10.244.3.1"}  # type: ignore[index]
 
 
 def _blob(tar: tarfile.TarFile, digest: str) -> bytes:
@@ -344,3 +349,31 @@ def test_a_held_mount_point_survives_another_clusters_cleanup(tmp_path: Path) ->
     slots.release_mount_points([point], "bbbbbb")
     point.rmdir()
     slots.release_mount_points([point], "bbbbbb")  # gone already: nothing to do
+
+
+def test_the_egress_proxy_parses_only_connect_to_an_ip_and_port() -> None:
+    assert parse_connect(b"CONNECT 10.244.1.5:8080 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n") == (
+        "10.244.1.5",
+        8080,
+    )
+    assert parse_connect(b"CONNECT [fd00::5]:10250 HTTP/1.1\r\n\r\n") == ("fd00::5", 10250)
+    for bad in (
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"CONNECT example.com:443 HTTP/1.1\r\n\r\n",
+        b"CONNECT 10.0.0.1 HTTP/1.1\r\n\r\n",
+        b"CONNECT 10.0.0.1:0 HTTP/1.1\r\n\r\n",
+        b"CONNECT 10.0.0.1:70000 HTTP/1.1\r\n\r\n",
+        b"\xff\xfe\r\n\r\n",
+    ):
+        with pytest.raises(BadConnectError):
+            parse_connect(bad)
+    selection = egress_config(Path("/x/egress.sock"))["egressSelections"]
+    assert selection == [
+        {
+            "name": "cluster",
+            "connection": {
+                "proxyProtocol": "HTTPConnect",
+                "transport": {"uds": {"udsName": "/x/egress.sock"}},
+            },
+        }
+    ]

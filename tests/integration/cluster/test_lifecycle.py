@@ -51,10 +51,17 @@ def _footprint(second: LocalCluster) -> dict[str, list[str]]:
         ],
         "cgroups": [str(d) for n in state.nodes for d in hostres.cgroup_dirs(n.cgroup_root)],
         "mount namespaces": [n.mntns for n in state.nodes if Path(n.mntns).exists()],
+        "UTS namespaces": [
+            str(Path(n.mntns).with_name("uts"))
+            for n in state.nodes
+            if Path(n.mntns).with_name("uts").exists()
+        ],
+        "egress proxy socket": [str(s) for s in [second.workdir / "egress.sock"] if s.exists()],
         "node processes": [
             str(pid)
             for n in state.nodes
             for pid in procs.pids_in_namespace("mnt", Path(n.mntns))
+            + procs.pids_in_namespace("uts", Path(n.mntns).with_name("uts"))
             + procs.pids_in_namespace("net", hostres.NETNS_DIR / n.netns)
         ],
     }
@@ -104,6 +111,7 @@ def test_second_cluster_side_by_side_then_down_leaves_nothing(cluster: LocalClus
         assert before["processes"] and before["shims"] and before["mounts"]
         assert before["netns"] and before["links"] and before["cgroups"]
         assert before["mount namespaces"] and before["node processes"]
+        assert before["UTS namespaces"] and before["egress proxy socket"]
     finally:
         down = _make("cluster-down", f"CLUSTER={name}")
     assert down.returncode == 0, down.stderr[-3000:]

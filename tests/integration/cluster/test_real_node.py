@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,6 +80,13 @@ def bridge_network(cluster: LocalCluster) -> Iterator[tuple[RealNode, str, str]]
         yield node, net, bridge
     finally:
         path.unlink(missing_ok=True)
+        # The bridge keeps the gateway address (the podCIDR's first): left behind, it
+        # would shadow the next test's bridge over the same podCIDR.
+        subprocess.run(
+            ["nsenter", f"--net={node.netns}", "ip", "link", "del", "dev", bridge],
+            capture_output=True,
+            check=False,
+        )
 
 
 def test_busybox_pod_runs_with_an_ip_from_bridge_host_local(
@@ -153,3 +161,59 @@ def test_node_is_isolated_in_its_namespace_and_reaches_the_api(cluster: LocalClu
     assert f'conf_dir = "{node.cni_conf_dir}"' in config
     assert f'bin_dir = "{node.cni_bin_dir}"' in config
     assert node.host_root / "var/lib/cni" == node.cni_state_dir
+
+
+def test_host_network_pod_sees_its_node_name_as_hostname(cluster: LocalCluster) -> None:
+    """Each real node has its own UTS namespace: a hostNetwork pod shares it, as on a
+    machine of its own, so its hostname is its node's name (upstream's "service
+    endpoints using hostNetwork" spec expects that back from each endpoint)."""
+    node = cluster.real_nodes[0]
+    assert socket.gethostname() != node.name  # the machine itself keeps its own name
+    name = f"hn-{secrets.token_hex(4)}"
+    pod = busybox_pod(
+        name,
+        node.name,
+        ["sh", "-c", "echo hostname=$(hostname); exec sleep 3600"],
+        host_network=True,
+        grace_seconds=1,
+    )
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(pod))
+    try:
+        cluster.kubectl("wait", "--for=condition=Ready", f"pod/{name}", "--timeout=90s")
+        assert f"hostname={node.name}" in cluster.kubectl("logs", name).stdout
+        # The runtime writes the pod's /etc/hostname from its own view, too.
+        etc_hostname = cluster.kubectl("exec", name, "--", "cat", "/etc/hostname").stdout
+        assert etc_hostname.strip() == node.name
+    finally:
+        cluster.kubectl("delete", "pod", name, "--wait=true", "--timeout=60s", check=False)
+
+
+def test_the_api_server_reaches_pod_ips_through_its_egress_proxy(
+    cluster: LocalCluster, bridge_network: tuple[RealNode, str, str]
+) -> None:
+    """The API server (machine's root namespace, no route to pods) proxies to a pod's
+    IP, as upstream's Proxy and DNS conformance specs need: its "cluster" egress goes
+    through the HTTP CONNECT proxy in the first node's namespace."""
+    node, _, _ = bridge_network
+    name = f"web-{secrets.token_hex(4)}"
+    marker = f"served-{secrets.token_hex(4)}"
+    script = f"mkdir -p /www && echo {marker} > /www/index.html && exec httpd -f -p 8080 -h /www"
+    pod = busybox_pod(name, node.name, ["sh", "-c", script], grace_seconds=1)
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(pod))
+    try:
+        cluster.kubectl("wait", "--for=condition=Ready", f"pod/{name}", "--timeout=90s")
+        path = f"/api/v1/namespaces/default/pods/{name}:8080/proxy/index.html"
+        answers: list[str] = []
+
+        def served() -> bool:
+            out = cluster.kubectl("get", "--raw", path, check=False)
+            answers.append(out.stdout.strip() or out.stderr.strip())
+            return answers[-1] == marker
+
+        # Ready means started: httpd may take a moment to listen.
+        try:
+            wait_for(f"the API server's proxy to {path}", served, timeout=30)
+        except pytest.fail.Exception:
+            pytest.fail(f"{path} never served {marker}; last answer: {answers[-1:]}")
+    finally:
+        cluster.kubectl("delete", "pod", name, "--wait=true", "--timeout=60s", check=False)
