@@ -219,7 +219,7 @@ class Kube:
             method="GET",
             resource_path=self._pod_path(namespace, name) + "/log",
             query_params=[("limitBytes", str(limit_bytes))],
-            header_params={"Accept": "text/plain"},
+            header_params={"Accept": "*/*"},
             auth_settings=["BearerToken"],
         )
         response = self.client.call_api(*request, _request_timeout=30.0)
