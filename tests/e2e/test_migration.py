@@ -366,6 +366,19 @@ def test_two_real_nodes_migrate_under_a_continuous_client(
             f"{', '.join(f'{n}: {s:.0f} s' for n, s in per_node.items())}; client requests "
             f"sent {sent}, failed {failed} ({sent / total:.0f}/s)"
         )
+        events = kubectl_json(
+            cluster,
+            "get",
+            "events",
+            "-n",
+            "default",
+            "--field-selector",
+            f"involvedObject.name={mig},reason=Probe",
+        )["items"]
+        probed = sorted(e["message"] for e in events)
+        assert len(probed) == 2, probed  # one passing probe per node
+        assert any("MigratedNode" in m for m in probed), probed  # the second node's
+        assert all("DefaultRoute" in m for m in probed), probed
         assert sent / total >= 50, f"the client sent only {sent / total:.1f} requests/s"
         assert failed <= sent / 100, f"{failed} of {sent} requests failed"
         for node in (a, b):
