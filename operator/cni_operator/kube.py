@@ -183,6 +183,51 @@ class Kube:
         listing = self._core("GET", "/api/v1/pods", query=query, timeout=timeout)
         return list(listing.get("items") or [])
 
+    # --- the migration's probe pods ----------------------------------------------
+    @staticmethod
+    def _pod_path(namespace: str, name: str) -> str:
+        return f"/api/v1/namespaces/{quote(namespace, safe='')}/pods/{quote(name, safe='')}"
+
+    def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            pod: dict[str, Any] = self._core("GET", self._pod_path(namespace, name))
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return pod
+
+    def create_pod(self, body: dict[str, Any]) -> None:
+        """Create a pod; one that already exists under that name is left as it is."""
+        namespace = body["metadata"]["namespace"]
+        try:
+            self._core("POST", f"/api/v1/namespaces/{quote(namespace, safe='')}/pods", body)
+        except ApiException as error:
+            if error.status != 409:
+                raise
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        try:
+            self._core("DELETE", self._pod_path(namespace, name), {"gracePeriodSeconds": 0})
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+    def pod_log(self, namespace: str, name: str, limit_bytes: int = 65536) -> str:
+        """The pod's (first container's) log, at most `limit_bytes`, as text."""
+        request = self.client.param_serialize(
+            method="GET",
+            resource_path=self._pod_path(namespace, name) + "/log",
+            query_params=[("limitBytes", str(limit_bytes))],
+            header_params={"Accept": "*/*"},
+            auth_settings=["BearerToken"],
+        )
+        response = self.client.call_api(*request, _request_timeout=30.0)
+        data = response.read()
+        if not 200 <= response.status < 300:
+            raise ApiException(status=response.status, reason=str(data[:200]))
+        return bytes(data).decode("utf-8", "replace")
+
     # --- CNIMigration -------------------------------------------------------------
     def patch_migration_status(self, name: str, status: dict[str, Any]) -> None:
         self.custom.patch_cluster_custom_object_status(

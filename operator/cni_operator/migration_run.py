@@ -8,9 +8,9 @@ is respected (a 429 is waited out, never bypassed); the switch sets the node lab
 the target CNINetwork selects by, and the rollback removes it (the agent then
 removes the new file and restores the quarantined old one).
 
-Not built yet (docs/migration.md): the automatic per-node acknowledgement of the
-switch gate, and the probe pod of Verify. A Verify with `verify.probeImage` set
-fails with that cause, so the node is rolled back, never reported verified.
+Verify: the node's agent must report the new network in use and healthy; with
+`verify.probeImage` set, a probe pod on the node must also reach its peers
+(`migration.probe`: the peers, the pod, the verdict are decided there).
 
 Synchronous: call from a thread (`asyncio.to_thread`), like `Kube`.
 """
@@ -18,7 +18,7 @@ Synchronous: call from a thread (`asyncio.to_thread`), like `Kube`.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +28,7 @@ from cni_operator import api
 from cni_operator.api import NetworkSpec
 from cni_operator.kube import EVICTION_BLOCKED, Kube
 from cni_operator.kube_time import now_iso
+from cni_operator.migration import probe
 from cni_operator.migration.plan import (
     SWITCH_LABEL,
     EvictionPlan,
@@ -40,6 +41,15 @@ from cni_operator.migration.plan import (
     old_network_on,
     runtime_view,
     selected,
+)
+from cni_operator.migration.probe import (
+    PROBE_LABEL,
+    PeerChoice,
+    choose_peers,
+    judge,
+    peers_of,
+    probe_pod,
+    probe_pod_name,
 )
 from cni_operator.migration.spec import MigrationSpec
 from cni_operator.migration.steps import (
@@ -64,6 +74,8 @@ from cni_operator.migration.steps import (
 # How many steps one call may move a node through (each needs its effect observed).
 MAX_STEPS_PER_PASS = 12
 AGAIN, VERIFIED, WAIT, FAILED = "again", "verified", "wait", "failed"
+# Where probe pods run (Events about cluster-scoped objects live there too).
+PROBE_NAMESPACE = "default"
 
 
 @dataclass
@@ -90,10 +102,13 @@ class NodeDriver:
         *,
         clock: Callable[[], float] = time.time,
         stamp: Callable[[], str] = now_iso,
+        probe_namespace: str = PROBE_NAMESPACE,
     ) -> None:
         self.kube = kube
         self.clock = clock
         self.stamp = stamp
+        self.probe_namespace = probe_namespace
+        self._others: Sequence[NodeRecord] = ()
 
     def observe(self, node: str, to_object: str) -> tuple[NodeFacts, EvictionPlan, bool]:
         """The node's facts now, its eviction plan, and whether its report is healthy."""
@@ -122,12 +137,19 @@ class NodeDriver:
         return blocked
 
     def drive(
-        self, spec: MigrationSpec, record: NodeRecord, to_network: str, to_object: str
+        self,
+        spec: MigrationSpec,
+        record: NodeRecord,
+        to_network: str,
+        to_object: str,
+        others: Sequence[NodeRecord] = (),
     ) -> NodeOutcome:
         """Move one node as far as its observed state allows in this pass.
         `to_network`: the target's CNI network name (what the agent reports);
-        `to_object`: the target CNINetwork's object name (the switch label's value)."""
+        `to_object`: the target CNINetwork's object name (the switch label's value);
+        `others`: the migration's other nodes (the probe's peers are found there)."""
         out = NodeOutcome(record)
+        self._others = others
         for _ in range(MAX_STEPS_PER_PASS):
             current = out.record
             facts, plan, healthy = self.observe(current.name, to_object)
@@ -144,6 +166,8 @@ class NodeDriver:
                 continue  # observe again: the effect shows, then the step advances
             if result == VERIFIED:
                 self._advance(out)
+                if text:
+                    out.events.append(("Normal", "Probe", f"node {current.name}: {text}"))
                 continue
             if result == WAIT:
                 out.waiting = text
@@ -225,11 +249,64 @@ class NodeDriver:
                     f"{spec.drain.timeoutSeconds} s after the switch label was removed"
                 )
             return WAIT, "switch label removed, waiting for the old network to be restored"
-        if spec.verify.probeImage is not None:
-            return FAILED, "verify with a probe pod (verify.probeImage) is not built yet"
         if not healthy:
             return FAILED, "the node's agent reports the new network unhealthy"
+        if spec.verify.probeImage is not None:
+            return self._probe(spec, record, expired=expired)
         return VERIFIED, ""
+
+    def _probe(self, spec: MigrationSpec, record: NodeRecord, *, expired: bool) -> tuple[str, str]:
+        """Start the node's probe pod, or read its verdict; the pod is deleted once
+        judged. Fails after `drain.timeoutSeconds` in Verify (the pod's own
+        activeDeadlineSeconds is the same)."""
+        node, namespace = record.name, self.probe_namespace
+        name = probe_pod_name(node, record.attempt)
+        pod = self.kube.get_pod(namespace, name)
+        peers = None if pod is None else peers_of(pod)
+        if pod is None or peers is None:
+            if pod is not None:  # not one of ours (no peers annotation): replace it
+                self.kube.delete_pod(namespace, name)
+                return WAIT, f"pod {namespace}/{name} without probe peers is being replaced"
+            if expired:
+                return FAILED, f"no probe verdict within {spec.drain.timeoutSeconds} s"
+            choice = self._choose_peers(spec, node)
+            body = probe_pod(
+                name,
+                namespace,
+                node,
+                image=str(spec.verify.probeImage),
+                peers=choice.peers,
+                deadline_seconds=spec.drain.timeoutSeconds,
+            )
+            self.kube.create_pod(body)
+            skipped = f" (skipped: {'; '.join(choice.skipped)})" if choice.skipped else ""
+            return WAIT, f"probe pod {namespace}/{name} started{skipped}"
+        phase = (pod.get("status") or {}).get("phase")
+        log = self.kube.pod_log(namespace, name) if phase in ("Succeeded", "Failed") else ""
+        node_obj = self.kube.get_node(node) or {}
+        verdict = judge(pod, log, peers, NodeInfo.from_node(node_obj).pod_cidrs)
+        if verdict.state == probe.PASSED:
+            self.kube.delete_pod(namespace, name)
+            return VERIFIED, verdict.notes
+        if verdict.state == probe.FAILED:
+            self.kube.delete_pod(namespace, name)
+            return FAILED, f"probe pod {namespace}/{name}: {verdict.cause}"
+        if expired:
+            self.kube.delete_pod(namespace, name)
+            return FAILED, (
+                f"probe pod {namespace}/{name} did not finish within "
+                f"{spec.drain.timeoutSeconds} s ({verdict.cause})"
+            )
+        return WAIT, f"waiting for probe pod {namespace}/{name}: {verdict.cause}"
+
+    def _choose_peers(self, spec: MigrationSpec, node: str) -> PeerChoice:
+        """Peers among Running pods on the migration's other nodes."""
+        migrated = [r.name for r in self._others if r.step is Step.DONE]
+        unmigrated = [
+            r.name for r in self._others if r.step in (Step.PENDING, Step.ROLLED_BACK, Step.SKIPPED)
+        ]
+        pods = self.kube.list_pods("status.phase=Running", f"!{PROBE_LABEL}")
+        return choose_peers(spec.verify.peers, node, migrated, unmigrated, pods)
 
 
 # --- one pass over a whole migration ----------------------------------------------------
@@ -340,7 +417,9 @@ def migration_pass(kube: Kube, driver: NodeDriver, body: Mapping[str, Any]) -> P
             if name in work.start_nodes:
                 facts, _, _ = driver.observe(name, spec.to.cniNetwork)
                 by_name[name] = start(by_name[name], facts, stamp)
-            out = driver.drive(spec, by_name[name], to_network, spec.to.cniNetwork)
+            out = driver.drive(
+                spec, by_name[name], to_network, spec.to.cniNetwork, list(by_name.values())
+            )
         except NodeGoneError:
             by_name[name] = vanish(by_name[name], stamp)
             events.append(("Warning", "NodeGone", f"node {name} was deleted; left out"))

@@ -155,6 +155,19 @@ def test_migration_rbac_is_off_by_default_and_exactly_what_it_calls_when_on() ->
     )
     binding = find(on, "ClusterRoleBinding", "-controller-migration")
     assert binding["subjects"][0]["name"] == "cniwarden-controller"
+    # Verify's probe pods (Kube.get_pod, create_pod, delete_pod, pod_log): a Role in
+    # the probe namespace only, never a cluster-wide pod delete.
+    probe = find(on, "Role", "-controller-migration-probe")
+    assert probe["metadata"]["namespace"] == "default"
+    assert {
+        (g, r, v)
+        for rule in probe["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    } == grants(("", "pods", ["get", "create", "delete"]), ("", "pods/log", ["get"]))
+    probe_binding = find(on, "RoleBinding", "-controller-migration-probe")
+    assert probe_binding["roleRef"]["name"] == probe["metadata"]["name"]
 
 
 def test_agent_rbac_is_exactly_what_it_calls() -> None:

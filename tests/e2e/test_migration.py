@@ -1,0 +1,397 @@
+"""End to end: a CNIMigration moves two real nodes from the local cluster's reference
+`bridge` + `host-local` conflist (`10-localcluster.conflist`, over each node's pod
+CIDR) to a cniwarden network, under a continuous client.
+
+Real parts only: three real nodes (containerd + runc + kubelet + kube-proxy, each in
+its own network namespace), the controller (`cniwarden operator --migrations`) and
+one agent per migrated node as processes, the agent inside its node's network
+namespace (its host-gw routes land there). A Deployment of busybox httpd pods (PDB
+maxUnavailable 1) runs on the two migrated nodes; a client pod on the third node
+(never migrated) sends HTTP requests to the Deployment's pod IPs
+(its ready EndpointSlice addresses, fed to the client once a second: the
+reference network gives pods no default route, so a ClusterIP is unreachable from
+them) at >= 50 requests/s for the whole migration. Printed: requests sent and
+failed, the total time and the time per node; asserted: both nodes Done through
+Verify's probe pod, the rate held, and the failures stayed under 1 %.
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devtools.localcluster import LocalCluster
+from devtools.localcluster.layout import BUSYBOX_IMAGE, POD_CIDR
+from devtools.localcluster.pods import busybox_pod
+
+pytestmark = [pytest.mark.slow, pytest.mark.cluster("real-node"), pytest.mark.timeout(600)]
+ROOT = Path(__file__).resolve().parents[2]
+SWITCH_LABEL = "cniwarden.io/cni"
+REFERENCE = Path("/usr/lib/cni")
+RATE_PAUSE_US = 12000  # the client's pause between requests: ~60/s with wget's own time
+
+
+def wait(check: Callable[[], Any], what: str, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Processes:
+    """The controller and agents of this test, stopped at the end whatever happens."""
+
+    def __init__(self, cluster: LocalCluster, logs: Path) -> None:
+        self.cluster, self.logs = cluster, logs
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(self, name: str, args: list[str], netns: Path | None = None) -> None:
+        prefix = ["nsenter", f"--net={netns}"] if netns else []
+        log = (self.logs / f"{name}.log").open("ab")
+        self.procs.append(
+            subprocess.Popen(
+                [*prefix, sys.executable, "-m", "cni_operator.cli", *args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig)},
+                cwd=ROOT,
+                start_new_session=True,
+            )
+        )
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+    def tails(self) -> str:
+        return "\n".join(
+            f"--- {p.name}\n" + "\n".join(p.read_text().splitlines()[-20:])
+            for p in sorted(self.logs.glob("*.log"))
+        )
+
+
+def kubectl_json(cluster: LocalCluster, *args: str) -> Any:
+    return json.loads(cluster.kubectl(*args, "-o", "json").stdout)
+
+
+def workload(namespace: str, run: str) -> list[dict[str, Any]]:
+    labels = {"app": f"web-{run}"}
+    serve = "mkdir -p /w && echo ok > /w/index.html && exec httpd -f -p 8080 -h /w"
+    container = {
+        "name": "web",
+        "image": BUSYBOX_IMAGE,
+        "imagePullPolicy": "Never",
+        "command": ["sh", "-c", serve],
+        "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1},
+        # Serve on while the endpoint is withdrawn (the usual zero-downtime stop).
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", "3"]}}},
+    }
+    affinity = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "mig-e2e", "operator": "In", "values": [run]}]}
+                ]
+            }
+        }
+    }
+    return [
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": namespace},
+            "spec": {
+                "replicas": 4,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "affinity": affinity,
+                        "terminationGracePeriodSeconds": 6,
+                        "containers": [container],
+                    },
+                },
+            },
+        },
+        {
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": {"name": "web", "namespace": namespace},
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": labels}},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "web", "namespace": namespace},
+            "spec": {"selector": labels, "ports": [{"port": 8080, "targetPort": 8080}]},
+        },
+    ]
+
+
+def client_script() -> str:
+    """HTTP GETs round the pod IPs in /tmp/ips (the test keeps it to the ready
+    endpoints); a `count SENT FAILED` line every 50 requests. With busybox `nc`:
+    the static busybox `wget` segfaults here."""
+    return (
+        "s=0; f=0\n"
+        "while :; do\n"
+        "  for ip in $(cat /tmp/ips 2>/dev/null); do\n"
+        "    r=$(printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 1 $ip 8080 2>&1)\n"
+        '    case "$r" in *"200 OK"*) ;; *) f=$((f+1)); echo "fail $ip $r";; esac\n'
+        "    s=$((s+1))\n"
+        '    [ $((s % 50)) = 0 ] && echo "count $s $f"\n'
+        f"    usleep {RATE_PAUSE_US}\n"
+        "  done\n"
+        "  [ -s /tmp/ips ] || usleep 100000\n"
+        "done\n"
+    )
+
+
+def ready_pod_ips(cluster: LocalCluster, namespace: str) -> list[str]:
+    """The Deployment's ready pod IPs, as its Service's EndpointSlices list them."""
+    slices = kubectl_json(
+        cluster, "get", "endpointslices", "-n", namespace, "-l", "kubernetes.io/service-name=web"
+    )
+    return sorted(
+        address
+        for item in slices["items"]
+        for endpoint in item.get("endpoints") or []
+        if (endpoint.get("conditions") or {}).get("ready")
+        for address in endpoint["addresses"]
+    )
+
+
+class EndpointFeed:
+    """Keeps the client's /tmp/ips to the ready endpoints (what a load balancer
+    following the Service does), once a second, until stopped."""
+
+    def __init__(self, cluster: LocalCluster, namespace: str) -> None:
+        self.cluster, self.namespace = cluster, namespace
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.updates = 0
+
+    def _run(self) -> None:
+        last: list[str] = []
+        while not self.stop.is_set():
+            try:
+                ips = ready_pod_ips(self.cluster, self.namespace)
+                if ips != last:
+                    line = " ".join(ips)
+                    self.cluster.kubectl(
+                        "exec",
+                        "-n",
+                        self.namespace,
+                        "client",
+                        "--",
+                        "sh",
+                        "-c",
+                        f"echo {line} > /tmp/ips.new && mv /tmp/ips.new /tmp/ips",
+                    )
+                    last = ips
+                    self.updates += 1
+            except (subprocess.SubprocessError, ValueError, KeyError):
+                pass  # the next round tries again
+            self.stop.wait(1)
+
+
+def counts(cluster: LocalCluster, namespace: str) -> tuple[int, int]:
+    log = cluster.kubectl("logs", "-n", namespace, "client").stdout
+    found = re.findall(r"^count (\d+) (\d+)$", log, re.M)
+    return (int(found[-1][0]), int(found[-1][1])) if found else (0, 0)
+
+
+@pytest.fixture
+def run_id() -> str:
+    return secrets.token_hex(3)
+
+
+@pytest.fixture
+def processes(cluster: LocalCluster, tmp_path: Path) -> Iterator[Processes]:
+    procs = Processes(cluster, tmp_path)
+    try:
+        yield procs
+    finally:
+        procs.stop()
+
+
+def test_two_real_nodes_migrate_under_a_continuous_client(
+    cluster: LocalCluster, processes: Processes, run_id: str
+) -> None:
+    cluster.kubectl("apply", "-f", str(ROOT / "crds"))
+    cluster.kubectl("wait", "--for=condition=Established", "crd/cnimigrations.cniwarden.io")
+    a, b, c = (cluster.add_real_node(cni="bridge") for _ in range(3))
+    namespace, to, mig = f"mig-{run_id}", f"cw-{run_id}", f"mig-{run_id}"
+    feed = EndpointFeed(cluster, namespace)
+    old = {n.name: (n.cni_conf_dir / "10-localcluster.conflist").read_bytes() for n in (a, b)}
+    for node in (a, b):
+        cluster.kubectl("label", "node", node.name, f"mig-e2e={run_id}")
+    cluster.kubectl("create", "namespace", namespace)
+    try:
+        for node in (a, b):
+            processes.spawn(
+                f"agent-{node.name}",
+                ["agent", "--node-name", node.name, "--host-root", str(node.host_root)],
+                netns=node.netns,
+            )
+        processes.spawn("controller", ["operator", "--migrations"])
+        network = {
+            "apiVersion": "cniwarden.io/v1alpha1",
+            "kind": "CNINetwork",
+            "metadata": {"name": to},
+            "spec": {
+                "priority": 20,
+                "cniVersion": "1.0.0",
+                "shadowPolicy": "Quarantine",
+                "nodeSelector": {SWITCH_LABEL: to},
+                "routing": {"mode": "HostGateway", "clusterCIDRs": [POD_CIDR]},
+                "plugins": [
+                    {
+                        "type": "cniwarden-bridge",
+                        "bridge": "cni0",
+                        "isGateway": True,
+                        "isDefaultGateway": True,
+                        "ipam": {
+                            "type": "cniwarden-host-local",
+                            "ranges": [[{"subnet": "usePodCIDR"}]],
+                        },
+                    }
+                ],
+            },
+        }
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(network))
+        cluster.kubectl(
+            "apply",
+            "-f",
+            "-",
+            input=json.dumps(
+                {"kind": "List", "apiVersion": "v1", "items": workload(namespace, run_id)}
+            ),
+        )
+        cluster.kubectl("rollout", "status", "-n", namespace, "deployment/web", "--timeout=120s")
+        client = busybox_pod("client", c.name, ["sh", "-c", client_script()])
+        client["metadata"]["namespace"] = namespace
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(client))
+        cluster.kubectl(
+            "wait", "-n", namespace, "--for=condition=Ready", "pod/client", "--timeout=120s"
+        )
+        feed.thread.start()
+        wait(lambda: counts(cluster, namespace)[0] >= 100, "the client's first 100 requests", 60)
+        before = counts(cluster, namespace)
+        if before[1]:
+            log = cluster.kubectl("logs", "-n", namespace, "client").stdout
+            probe = cluster.kubectl(
+                "exec",
+                "-n",
+                namespace,
+                "client",
+                "--",
+                "sh",
+                "-c",
+                "cat /tmp/ips; ip route; for ip in $(cat /tmp/ips); do "
+                "ping -c1 -W1 $ip; printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 1 $ip 8080; "
+                "done 2>&1",
+                check=False,
+            )
+            raise AssertionError(
+                f"requests failed before the migration: {before}\n{log[-1500:]}\n"
+                f"{probe.stdout}{probe.stderr}"
+            )
+
+        started = time.monotonic()
+        sent_at_start = before[0]
+        body = {
+            "apiVersion": "cniwarden.io/v1alpha1",
+            "kind": "CNIMigration",
+            "metadata": {"name": mig},
+            "spec": {
+                "from": {"networkName": "localcluster"},
+                "to": {"cniNetwork": to},
+                "nodeSelector": {"mig-e2e": run_id},
+                "drain": {"timeoutSeconds": 120},
+                "verify": {"probeImage": BUSYBOX_IMAGE},
+            },
+        }
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
+
+        def finished() -> dict[str, Any] | None:
+            status = kubectl_json(cluster, "get", "cnimigration", mig).get("status") or {}
+            if status.get("phase") in ("Halted", "Refused"):
+                raise AssertionError(
+                    f"migration {status.get('phase')}: {status}\n{processes.tails()}"
+                )
+            return status if status.get("phase") == "Succeeded" else None
+
+        try:
+            status = wait(finished, "the migration Succeeded", 300)
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n{processes.tails()}") from None
+        total = time.monotonic() - started
+        sent, failed = counts(cluster, namespace)
+        feed.stop.set()
+        sent -= sent_at_start
+        per_node = {}
+        for record in status["nodes"]:
+            times = record["timeline"]
+            assert [t["step"] for t in times] == ["Cordon", "Evict", "Switch", "Verify", "Uncordon"]
+            assert all(t["result"] in ("Succeeded", "AlreadyDone") for t in times), times
+            first = calendar.timegm(time.strptime(times[0]["startedAt"], "%Y-%m-%dT%H:%M:%SZ"))
+            last = calendar.timegm(time.strptime(times[-1]["finishedAt"], "%Y-%m-%dT%H:%M:%SZ"))
+            per_node[record["name"]] = last - first
+        print(
+            f"\nmigration of 2 real nodes: {total:.1f} s total, per node "
+            f"{', '.join(f'{n}: {s:.0f} s' for n, s in per_node.items())}; client requests "
+            f"sent {sent}, failed {failed} ({sent / total:.0f}/s)"
+        )
+        events = kubectl_json(
+            cluster,
+            "get",
+            "events",
+            "-n",
+            "default",
+            "--field-selector",
+            f"involvedObject.name={mig},reason=Probe",
+        )["items"]
+        probed = sorted(e["message"] for e in events)
+        assert len(probed) == 2, probed  # one passing probe per node
+        assert any("MigratedNode" in m for m in probed), probed  # the second node's
+        assert all("DefaultRoute" in m for m in probed), probed
+        assert sent / total >= 50, f"the client sent only {sent / total:.1f} requests/s"
+        assert failed <= sent / 100, f"{failed} of {sent} requests failed"
+        for node in (a, b):
+            assert not (node.cni_conf_dir / "10-localcluster.conflist").exists()
+            assert (node.cni_conf_dir / f"20-{to}.conflist").exists()
+        assert old  # the reference files were there before
+    finally:
+        feed.stop.set()
+        if feed.thread.is_alive():
+            feed.thread.join(timeout=30)
+        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+        cluster.kubectl("delete", "cnimigration", mig, "--ignore-not-found", check=False)
+        # The agents (stopped after this) remove the new file and restore the old one.
+        cluster.kubectl(
+            "delete", "cninetwork", to, "--ignore-not-found", "--timeout=90s", check=False
+        )
