@@ -50,6 +50,32 @@ def install_chart(
     )
 
 
+def wait_for_agents(release: str, namespace: str, *, kubeconfig: Path, timeout: str) -> None:
+    """Wait until every agent pod of `release` is updated and Ready.
+
+    `helm --wait` counts a DaemonSet ready once numberReady >= desired - maxUnavailable:
+    with the chart's maxUnavailable 1 it returns while one node's agent is still
+    Pending, and the first test to use that node then races it."""
+    selector = f"app.kubernetes.io/instance={release},app.kubernetes.io/component=agent"
+    argv = [
+        str(tool("kubectl")),
+        f"--kubeconfig={kubeconfig}",
+        "rollout",
+        "status",
+        "daemonset",
+        "-n",
+        namespace,
+        "-l",
+        selector,
+        f"--timeout={timeout}",
+    ]
+    out = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError(
+            f"agent DaemonSet of {release} not ready within {timeout}:\n{out.stdout}{out.stderr}"
+        )
+
+
 def uninstall_release(
     release: str, namespace: str, *flags: str, kubeconfig: Path
 ) -> subprocess.CompletedProcess[str]:

@@ -31,7 +31,14 @@ import yaml
 from devtools.localcluster import LocalCluster, procs
 from devtools.localcluster.layout import POD_CIDR, SERVICE_CIDR
 from devtools.ship import images as image_build
-from devtools.ship.helm import CHART, helm, install_chart, set_args, uninstall_release
+from devtools.ship.helm import (
+    CHART,
+    helm,
+    install_chart,
+    set_args,
+    uninstall_release,
+    wait_for_agents,
+)
 
 # The node paths the chart mounts (hostPath) and where the local node keeps them.
 NODE_PATHS = (
@@ -275,7 +282,7 @@ class ChartInstall:
 
     # ------------------------------------------------------------ helm
     def install(self, values: Mapping[str, Any], chart: Path = CHART) -> str:
-        """`helm install --wait`: returns once every pod of the chart is Ready."""
+        """`helm install --wait`, then every agent pod Ready (see `wait_for_agents`)."""
         self.installed = True
         out = install_chart(
             self.release,
@@ -288,6 +295,9 @@ class ChartInstall:
             chart=chart,
         )
         self.save()
+        wait_for_agents(
+            self.release, self.namespace, kubeconfig=self.cluster.kubeconfig, timeout=HELM_TIMEOUT
+        )
         return out.stdout
 
     def upgrade(self, values: Mapping[str, Any], chart: Path = CHART) -> str:
@@ -303,6 +313,9 @@ class ChartInstall:
             HELM_TIMEOUT,
             *set_args(values),
             kubeconfig=self.cluster.kubeconfig,
+        )
+        wait_for_agents(
+            self.release, self.namespace, kubeconfig=self.cluster.kubeconfig, timeout=HELM_TIMEOUT
         )
         return out.stdout
 

@@ -319,13 +319,28 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+# Left out of the controller image (images/Dockerfile, controller-venv): only a node
+# runs the commands that need them.
+NODE_ONLY_MODULES = frozenset({"grpc", "pyroute2"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["cni-server"]:
-        return cmd_cni_server(argparse.Namespace(server_args=argv[1:]))
-    args = build_parser().parse_args(argv)
-    func: Callable[[argparse.Namespace], int] = args.func
-    return func(args)
+    try:
+        if argv[:1] == ["cni-server"]:
+            return cmd_cni_server(argparse.Namespace(server_args=argv[1:]))
+        args = build_parser().parse_args(argv)
+        func: Callable[[argparse.Namespace], int] = args.func
+        return func(args)
+    except ModuleNotFoundError as error:
+        if error.name not in NODE_ONLY_MODULES:
+            raise
+        print(
+            f"cniwarden {argv[0]}: this command runs on a node and needs {error.name}, "
+            "which this image (the controller's) leaves out: run it in the agent image",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":

@@ -33,7 +33,14 @@ from devtools.localcluster import images as local_images
 from devtools.localcluster.layout import BUSYBOX_IMAGE, parse_runtimes, runtime_of
 from devtools.localcluster.toolpaths import tool
 from devtools.ship import images as image_build
-from devtools.ship.helm import CHART, helm, install_chart, set_args, uninstall_release
+from devtools.ship.helm import (
+    CHART,
+    helm,
+    install_chart,
+    set_args,
+    uninstall_release,
+    wait_for_agents,
+)
 from devtools.ship.install import (
     ChartInstall,
     CommandFailedError,
@@ -364,10 +371,11 @@ class KindProvider:
             kubeconfig=self.kubeconfig,
         )
         self.installed = True
+        wait_for_agents(self.release, self.namespace, kubeconfig=self.kubeconfig, timeout="5m")
         return out.stdout
 
     def upgrade(self, values: Mapping[str, Any], chart: Path = CHART) -> str:
-        return helm(
+        out = helm(
             "upgrade",
             self.release,
             str(chart),
@@ -379,6 +387,8 @@ class KindProvider:
             *set_args(values),
             kubeconfig=self.kubeconfig,
         ).stdout
+        wait_for_agents(self.release, self.namespace, kubeconfig=self.kubeconfig, timeout="5m")
+        return out
 
     def uninstall(self) -> str:
         watcher = HookWatcher(self.kubectl, self.namespace)
