@@ -1,0 +1,81 @@
+"""The agent's own Node, and only it: a watch the API server field-selects on the name.
+
+kopf's `on.event` for Nodes watches every Node and filters by name in the client, so
+every heartbeat of every Node would still reach every agent (at 100 agents, one Node
+update became ~107 watch events). This is the one watch kopf cannot make: a GET of
+the Node, then `watch=true&fieldSelector=metadata.name=<node>` from its
+resourceVersion, in a daemon thread, each delivery handed to the event loop. The
+server ends each watch after `server_timeout` seconds and every read has a deadline
+(`Kube.watch_node`); the loop then watches again from the last version seen, and
+after an error (the API server away, 410 Gone) waits a little and starts over from a
+fresh GET. A daemon thread: stopping the agent never waits for a watch to end.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from cni_operator.kube import Kube, WatchEndedError
+
+log = logging.getLogger("cniwarden.agent")
+
+# ("ADDED" | "MODIFIED" | "DELETED", the Node or None); what it returns is ignored.
+Deliver = Callable[[str, dict[str, Any] | None], object]
+
+
+class OwnNodeWatch:
+    def __init__(
+        self,
+        kube: Kube,
+        node_name: str,
+        deliver: Deliver,
+        server_timeout: int = 240,
+        retry_seconds: float = 2.0,
+    ) -> None:
+        self.kube = kube
+        self.node_name = node_name
+        self.deliver = deliver
+        self.server_timeout = server_timeout
+        self.retry_seconds = retry_seconds
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="own-node-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the thread to end; it does at its next event or deadline (a daemon: the
+        process never waits for it)."""
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._get_and_watch()
+            except WatchEndedError as error:
+                log.info("own Node watch expired (%s); reading it again", error)
+            except Exception as error:
+                log.warning(
+                    "own Node watch failed (%s); again in %.0f s", error, self.retry_seconds
+                )
+                self._stop.wait(self.retry_seconds)
+
+    def _get_and_watch(self) -> None:
+        node = self.kube.get_node(self.node_name)
+        self.deliver("DELETED" if node is None else "MODIFIED", node)
+        version = str(((node or {}).get("metadata") or {}).get("resourceVersion") or "")
+        while not self._stop.is_set():
+            for kind, obj in self.kube.watch_node(self.node_name, version, self.server_timeout):
+                if self._stop.is_set():
+                    return
+                version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+                if kind == "BOOKMARK":
+                    continue
+                if kind in ("ADDED", "MODIFIED", "DELETED"):
+                    self.deliver(kind, obj)
+            if not version:  # no Node yet and no event: a fresh GET (it may exist by now)
+                return
