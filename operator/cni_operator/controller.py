@@ -66,6 +66,15 @@ class ControllerSettings:
     routes_resync_seconds: float = 600.0
 
 
+def slim_node(body: Any) -> dict[str, Any]:
+    """What the controller keeps of a Node: its name, labels and pod CIDRs."""
+    meta, spec = body.get("metadata") or {}, body.get("spec") or {}
+    return {
+        "metadata": {"name": meta.get("name"), "labels": dict(meta.get("labels") or {})},
+        "spec": {"podCIDR": spec.get("podCIDR"), "podCIDRs": list(spec.get("podCIDRs") or [])},
+    }
+
+
 def _content(report: dict[str, Any]) -> dict[str, Any]:
     """A node report without its heartbeat."""
     return {k: v for k, v in report.items() if k != "heartbeatTime"}
@@ -261,8 +270,15 @@ class Controller:
             self.settings.routes_resync_seconds
         ):
             listed_rv, items = await asyncio.to_thread(self.kube.list_nodes_with_version)
+            first = not self.routes.listed
             self.routes.merge_listing(items, listed_rv)
             self._routes_listed_at = now
+            if first:  # the networks' selection may now be computed (see _run)
+                for item in items:
+                    name = (item.get("metadata") or {}).get("name")
+                    if name and name not in self.nodes and name in self.routes.nodes:
+                        self.nodes[name] = slim_node(item)
+                self.mark()
         peers = self.routes.snapshot()
         if peers == self._routes_published:
             return
@@ -301,6 +317,12 @@ class Controller:
                 self.mark()  # a silent agent sends no event: look again now and then
             await asyncio.sleep(self.settings.aggregate_interval)
             self.wake.clear()
+            if not self.routes.listed:
+                # Which nodes a network selects needs every Node: the watch streams them
+                # one by one, and a status computed from the first few would call a
+                # network Ready on them alone. The first full list (the projection's)
+                # marks every network again.
+                continue
             names, self.dirty = self.dirty, set()
             for name in sorted(names):
                 body = self.networks.get(name)
@@ -426,11 +448,7 @@ def build_registry(controller: Controller) -> kopf.OperatorRegistry:
             controller.nodes.pop(name, None)
             controller.mark()
             return
-        meta, spec = body.get("metadata") or {}, body.get("spec") or {}
-        slim = {
-            "metadata": {"name": name, "labels": dict(meta.get("labels") or {})},
-            "spec": {"podCIDR": spec.get("podCIDR"), "podCIDRs": list(spec.get("podCIDRs") or [])},
-        }
+        slim = slim_node(body)
         controller.nodes[name] = slim
         if old != slim:  # heartbeats change nothing we use
             controller.mark()

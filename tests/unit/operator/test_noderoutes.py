@@ -253,6 +253,22 @@ def test_the_publisher_lists_first_then_writes_only_changes() -> None:
     asyncio.run(scenario())
 
 
+def test_the_first_full_list_seeds_the_selection_and_marks_every_network() -> None:
+    """Until then the controller computes no status: the watch streams Nodes one by
+    one, and a selection from the first few would call a network Ready on them alone."""
+    kube = StoreKube([node("a"), node("b", "10.244.2.0/24")])
+    made = controller(kube)
+    made.networks["net"] = {"metadata": {"name": "net"}}
+    made.nodes["a"] = {"metadata": {"name": "a", "labels": {"watch": "newer"}}, "spec": {}}
+    assert not made.routes.listed
+    asyncio.run(made._publish_routes())
+    assert made.routes.listed
+    assert sorted(made.nodes) == ["a", "b"]
+    assert made.nodes["a"]["metadata"]["labels"] == {"watch": "newer"}, "the watch's copy stays"
+    assert made.nodes["b"]["metadata"]["labels"] == {"kubernetes.io/hostname": "b"}
+    assert made.dirty == {"net"} and made.wake.is_set()
+
+
 def test_a_restarted_controller_does_not_rewrite_an_unchanged_projection() -> None:
     nodes = [node("a"), node("b", "10.244.2.0/24")]
     stored = noderoutes.body_of(PeerNode.from_node(n) for n in nodes)
