@@ -2,13 +2,17 @@
 
 kopf's `on.event` for Nodes watches every Node and filters by name in the client, so
 every heartbeat of every Node would still reach every agent (at 100 agents, one Node
-update became ~107 watch events). This is the one watch kopf cannot make: a GET of
-the Node, then `watch=true&fieldSelector=metadata.name=<node>` from its
-resourceVersion, in a daemon thread, each delivery handed to the event loop. The
-server ends each watch after `server_timeout` seconds and every read has a deadline
-(`Kube.watch_node`); the loop then watches again from the last version seen, and
-after an error (the API server away, 410 Gone) waits a little and starts over from a
-fresh GET. A daemon thread: stopping the agent never waits for a watch to end.
+update became ~107 watch events). This is the one watch kopf cannot make:
+`watch=true&fieldSelector=metadata.name=<node>`, in a daemon thread, each delivery
+handed to the event loop. The first watch has no resourceVersion, so the API server
+starts it with the Node as it is (an ADDED event; no list, which RBAC would have to
+grant for every Node). The server ends each watch after `server_timeout` seconds and
+every read has a deadline (`Kube.watch_node`); the loop then watches again from the
+last version seen, and after an error (the API server away, 410 Gone: a Node's own
+resourceVersion can be older than the server's watch window, so it is never the
+starting point after one) waits a little and starts afresh. A daemon thread:
+stopping the agent never waits for a watch to end. The agent's first pass reads its
+Node once (`Kube.get_node`) and does not wait for this watch.
 """
 
 from __future__ import annotations
@@ -53,29 +57,27 @@ class OwnNodeWatch:
         self._stop.set()
 
     def _run(self) -> None:
+        version = ""  # "": the API server starts with the Node as it is now (an ADDED)
         while not self._stop.is_set():
             try:
-                self._get_and_watch()
+                version = self._watch(version)
             except WatchEndedError as error:
-                log.info("own Node watch expired (%s); reading it again", error)
+                log.info("own Node watch expired (%s); watching it afresh", error)
+                version = ""
+                self._stop.wait(self.retry_seconds / 4)
             except Exception as error:
                 log.warning(
                     "own Node watch failed (%s); again in %.0f s", error, self.retry_seconds
                 )
+                version = ""
                 self._stop.wait(self.retry_seconds)
 
-    def _get_and_watch(self) -> None:
-        node = self.kube.get_node(self.node_name)
-        self.deliver("DELETED" if node is None else "MODIFIED", node)
-        version = str(((node or {}).get("metadata") or {}).get("resourceVersion") or "")
-        while not self._stop.is_set():
-            for kind, obj in self.kube.watch_node(self.node_name, version, self.server_timeout):
-                if self._stop.is_set():
-                    return
-                version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
-                if kind == "BOOKMARK":
-                    continue
-                if kind in ("ADDED", "MODIFIED", "DELETED"):
-                    self.deliver(kind, obj)
-            if not version:  # no Node yet and no event: a fresh GET (it may exist by now)
-                return
+    def _watch(self, version: str) -> str:
+        """One watch until the server ends it; returns the last version seen."""
+        for kind, obj in self.kube.watch_node(self.node_name, version, self.server_timeout):
+            if self._stop.is_set():
+                break
+            version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+            if kind in ("ADDED", "MODIFIED", "DELETED"):
+                self.deliver(kind, obj)
+        return version
