@@ -39,18 +39,24 @@ def main() -> None:
         subprocess.run(["ip", *argv], check=True)
     imported = rss_mib()
     node = HostGatewayNode("a")
-    for name, ip, cidr in (
-        ("a", "10.231.0.10", "10.244.0.0/24"),
-        ("b", "10.231.0.11", "10.244.1.0/24"),
-    ):
-        node.on_node(
-            "ADDED",
-            {
-                "metadata": {"name": name},
-                "spec": {"podCIDRs": [cidr]},
-                "status": {"addresses": [{"type": "InternalIP", "address": ip}]},
-            },
+    bodies = [
+        {
+            "metadata": {"name": name},
+            "spec": {"podCIDRs": [cidr]},
+            "status": {"addresses": [{"type": "InternalIP", "address": ip}]},
+        }
+        for name, ip, cidr in (
+            ("a", "10.231.0.10", "10.244.0.0/24"),
+            ("b", "10.231.0.11", "10.244.1.0/24"),
         )
+    ]
+    if hasattr(node, "set_peers"):  # the peers from the controller's CNINodeRoutes
+        from cni_operator.hostgw import PeerNode  # noqa: PLC0415
+
+        node.set_peers([PeerNode.from_node(body) for body in bodies])
+    else:  # a tree from before it: every Node event
+        for body in bodies:
+            getattr(node, "on_node")("ADDED", body)  # noqa: B009
     ipam = {"type": "cniwarden-host-local", "ranges": [[{"subnet": "usePodCIDR"}]]}
     spec = {
         "priority": 10,

@@ -101,9 +101,17 @@ def kubectl_json(cluster: LocalCluster, *args: str) -> Any:
 def api_metrics(cluster: LocalCluster) -> dict[str, float]:
     """The API server's counters: requests (all verbs but WATCH, which stays open),
     writes to Nodes (kwok's heartbeats, labels), and the Node watch events it sent
-    (count and bytes, summed over all watchers)."""
+    (count and bytes, summed over all watchers); and the writes of the controller's Node
+    projection (CNINodeRoutes) and the watch events it sent."""
     text = cluster.kubectl("get", "--raw", "/metrics").stdout
-    out = {"requests": 0.0, "node_writes": 0.0, "node_watch_events": 0.0, "node_watch_bytes": 0.0}
+    out = {
+        "requests": 0.0,
+        "node_writes": 0.0,
+        "node_watch_events": 0.0,
+        "node_watch_bytes": 0.0,
+        "routes_writes": 0.0,
+        "routes_watch_events": 0.0,
+    }
     writes = ('verb="PATCH"', 'verb="UPDATE"', 'verb="APPLY"')
     for line in text.splitlines():
         value = line.rsplit(" ", 1)[-1]
@@ -111,17 +119,24 @@ def api_metrics(cluster: LocalCluster) -> dict[str, float]:
             out["requests"] += float(value)
             if 'resource="nodes"' in line and any(verb in line for verb in writes):
                 out["node_writes"] += float(value)
+            if 'resource="cninoderoutes"' in line and any(
+                verb in line for verb in (*writes, 'verb="POST"')
+            ):
+                out["routes_writes"] += float(value)
         elif line.startswith("apiserver_watch_events_total{") and 'kind="Node"' in line:
             out["node_watch_events"] += float(value)
         elif line.startswith("apiserver_watch_events_sizes_sum{") and 'kind="Node"' in line:
             out["node_watch_bytes"] += float(value)
+        elif line.startswith("apiserver_watch_events_total{") and 'kind="CNINodeRoutes"' in line:
+            out["routes_watch_events"] += float(value)
     return out
 
 
 def api_load(cluster: LocalCluster, seconds: float = 10.0) -> dict[str, float]:
     """Over a steady window: the request rate, the Node writes (kwok heartbeats: every
     write is an update every Node watcher receives) and the Node watch events sent,
-    so the fan-out per Node update is events / writes."""
+    so the fan-out per Node update is events / writes; the CNINodeRoutes writes and
+    watch events over the same window (none while no node joins, leaves or changes)."""
     m0 = api_metrics(cluster)
     time.sleep(seconds)
     m1 = api_metrics(cluster)
@@ -133,6 +148,8 @@ def api_load(cluster: LocalCluster, seconds: float = 10.0) -> dict[str, float]:
         "node_watch_events_per_s": round(delta["node_watch_events"] / seconds, 1),
         "node_watch_events_per_update": round(delta["node_watch_events"] / writes, 1),
         "node_watch_kib_per_update": round(delta["node_watch_bytes"] / writes / 1024, 1),
+        "routes_writes": delta["routes_writes"],
+        "routes_watch_events": delta["routes_watch_events"],
     }
 
 
@@ -281,9 +298,9 @@ def main() -> int:
         "| agents | apply → files on all nodes | apply → Ready status | foreign file → Shadowed "
         "| delete → clean | agents up | operator RSS | agent RSS mean / max "
         "| API requests/s (steady) | Node updates/s | Node watch events/s "
-        "| watch events (KiB) per Node update | load |"
+        "| watch events (KiB) per Node update | CNINodeRoutes writes / watch events | load |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(
             f"| {r['agents']} | {r['files_on_all_nodes_s_median']:.2f} s "
@@ -294,6 +311,7 @@ def main() -> int:
             f"| {r['api']['requests_per_s']} | {r['api']['node_updates_per_s']} "
             f"| {r['api']['node_watch_events_per_s']} | {r['api']['node_watch_events_per_update']} "
             f"({r['api']['node_watch_kib_per_update']}) "
+            f"| {r['api']['routes_writes']:.0f} / {r['api']['routes_watch_events']:.0f} "
             f"| {r['load_start']:.0f} -> {r['load_end']:.0f} |"
         )
     return 0

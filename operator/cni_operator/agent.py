@@ -5,9 +5,10 @@ Several agents may share an API server (and, in tests, one machine): each runs
 kopf standalone (no peering, so no agent pauses another), uses only watching
 handlers (`on.event`: no finalizers, no progress annotations written on the
 shared CNINetwork objects), and writes only the CNINodeState named after its
-node. One kopf watch of every Node serves both host-gw (the peers' podCIDRs and
-InternalIPs) and the agent's own Node (its labels and podCIDRs for rendering, and
-kubelet's Ready condition).
+node. No agent watches every Node: host-gw's peers (their podCIDRs and InternalIPs)
+come from the one `CNINodeRoutes` object the controller publishes (kopf watches it,
+see `noderoutes`), and the agent's own Node (its labels and podCIDRs for rendering,
+and kubelet's Ready condition) from a watch field-selected on its name (`own_node`).
 
 The runtime's own word is asked too: its CRI socket every `runtime_poll_seconds`
 (Version once, Status each time), and kubelet's Ready condition as the Node watch
@@ -31,7 +32,7 @@ from typing import Any, TypeVar
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from cni_operator import api, kopf_runtime, readiness
+from cni_operator import api, kopf_runtime, noderoutes, readiness
 from cni_operator.hostgw_node import HostGatewayNode
 from cni_operator.kube import Kube
 from cni_operator.kube_time import now_iso
@@ -45,6 +46,7 @@ from cni_operator.node.own_binaries import default_source
 from cni_operator.node.paths import HostPaths
 from cni_operator.node.scan import scan_node
 from cni_operator.node.watcher import DirectoryWatcher
+from cni_operator.own_node import OwnNodeWatch
 from cni_operator.reconcile import PassResult, Reconciler
 from cni_operator.reconcile.report import TransitionEvents, failed_pass_status
 from cni_operator.runtime_truth import (
@@ -126,6 +128,7 @@ class Agent:
     _dirs_changed_at: float = float("-inf")  # net.d or the bin dir: never seen changing
     _runtime_task: asyncio.Task[None] | None = None
     _nodes_listed: bool = False
+    _own_node_watch: OwnNodeWatch | None = None
 
     def __post_init__(self) -> None:
         self.paths = HostPaths(self.settings.host_root)
@@ -160,14 +163,26 @@ class Agent:
             self.networks[name] = body
         self.wake.set()
 
-    def on_node(self, event_type: str | None, body: dict[str, Any]) -> None:
-        """Any Node: its own Node feeds rendering, every Node feeds host-gw."""
-        changed = self.host_gw.on_node(event_type, body)
-        if (body.get("metadata") or {}).get("name") == self.settings.node_name:
-            node = None if event_type == "DELETED" else body
-            changed = coalesce.own_node_changed(self.node, node) or changed
-            self.node = node
+    def on_node(self, event_type: str | None, body: dict[str, Any] | None) -> None:
+        """This agent's own Node (the only one it watches): rendering and host-gw."""
+        if body is not None and (body.get("metadata") or {}).get("name") != self.settings.node_name:
+            return
+        node = None if event_type == "DELETED" else body
+        if node is not None and self.node is not None and _rv(node) < _rv(self.node):
+            return  # an older copy (a GET that crossed a watch event)
+        changed = self.host_gw.set_own(node)
+        changed = coalesce.own_node_changed(self.node, node) or changed
+        self.node = node
         if changed:
+            self.wake.set()
+
+    def on_node_routes(self, event_type: str | None, body: dict[str, Any]) -> None:
+        """The controller's projection of every Node (host-gw's peers). Deleted or
+        unreadable: unknown again, so host-gw keeps the routes it has."""
+        if (body.get("metadata") or {}).get("name") != noderoutes.NAME:
+            return
+        peers = None if event_type == "DELETED" else noderoutes.peers_of(body)
+        if self.host_gw.set_peers(peers):
             self.wake.set()
 
     # ---------------------------------------------------------------- loop
@@ -181,6 +196,13 @@ class Agent:
         self._cri_facts = await asyncio.to_thread(self._ask_runtime)
         self._cri_asked_at = time.monotonic()
         self._runtime_task = asyncio.create_task(self._watch_runtime())
+        loop = asyncio.get_running_loop()
+        self._own_node_watch = OwnNodeWatch(
+            self.kube,
+            self.settings.node_name,
+            lambda kind, node: loop.call_soon_threadsafe(self.on_node, kind, node),
+        )
+        self._own_node_watch.start()
         self._task = asyncio.create_task(self._run())
         if self.settings.gc_interval_seconds > 0:
             self._gc_task = asyncio.create_task(self._gc_loop())
@@ -189,6 +211,8 @@ class Agent:
         self.wake.set()  # a first pass right away: report this node even with no network
 
     async def stop(self) -> None:
+        if self._own_node_watch is not None:
+            self._own_node_watch.stop()
         for task in (self._readiness_task, self._gc_task, self._runtime_task, self._task):
             if task is not None:
                 task.cancel()
@@ -428,11 +452,14 @@ class Agent:
         self.networks = merge_listing(self.networks, items, listed_rv)
         self.listed = True
         if not self._nodes_listed:
-            # host-gw's peers before its first pass, for the same reason: a pass that
-            # saw only the Nodes streamed so far would remove the routes to the others,
-            # a gap in pod traffic every time an agent restarts (a rolling upgrade).
-            for node in self.kube.list_nodes():
-                self.on_node("ADDED", node)
+            # Its own Node and host-gw's peers before the first pass (their watches may
+            # not have delivered yet). No projection yet is "unknown": host-gw then
+            # keeps the routes it finds (an upgrade, before the controller publishes).
+            node = self.kube.get_node(self.settings.node_name)
+            self.on_node("DELETED" if node is None else "MODIFIED", node)
+            routes = self.kube.get_node_routes()
+            if routes is not None:
+                self.on_node_routes("MODIFIED", routes)
             self._nodes_listed = True
 
     async def _pass(self) -> None:
@@ -580,9 +607,9 @@ def build_registry(agent: Agent) -> kopf.OperatorRegistry:
     def network_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         agent.on_network(event.get("type"), dict(body))
 
-    @kopf.on.event("", "v1", "nodes", registry=registry)
-    async def node_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
-        agent.on_node(event.get("type"), dict(body))
+    @kopf.on.event(api.GROUP, api.VERSION, noderoutes.PLURAL, registry=registry)
+    async def node_routes_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        agent.on_node_routes(event.get("type"), dict(body))
 
     return registry
 

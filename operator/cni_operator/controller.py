@@ -7,6 +7,11 @@ The per-node gate itself runs in each agent, at the moment it would write, with
 the attachments it reads from the node: no stale copy of cluster state can let
 an unsafe change through. The controller turns those per-node holds into the
 `SwitchBlocked` condition naming the fields and the nodes.
+
+It also publishes the slim projection of the Nodes host-gw needs (`noderoutes`): one
+`CNINodeRoutes` object, rewritten only when a node's pod CIDRs, InternalIPs or uid
+change, or a node joins or leaves; never on a heartbeat. The agents watch it instead
+of every Node.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any
 
 import kopf
 
-from cni_operator import api, kopf_runtime
+from cni_operator import api, kopf_runtime, noderoutes
 from cni_operator.api import SpecError, parse_spec
 from cni_operator.conditions import (
     IP_POOL_PRESSURE,
@@ -56,6 +61,18 @@ class ControllerSettings:
     # pods/eviction create); off by default.
     migrations: bool = False
     migration_interval: float = 3.0
+    # The Node projection (CNINodeRoutes): a full list of the Nodes this often, on top
+    # of the watch (which cannot tell a Node deleted while it was reconnecting).
+    routes_resync_seconds: float = 600.0
+
+
+def slim_node(body: Any) -> dict[str, Any]:
+    """What the controller keeps of a Node: its name, labels and pod CIDRs."""
+    meta, spec = body.get("metadata") or {}, body.get("spec") or {}
+    return {
+        "metadata": {"name": meta.get("name"), "labels": dict(meta.get("labels") or {})},
+        "spec": {"podCIDR": spec.get("podCIDR"), "podCIDRs": list(spec.get("podCIDRs") or [])},
+    }
 
 
 def _content(report: dict[str, Any]) -> dict[str, Any]:
@@ -91,6 +108,11 @@ class Controller:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
     metrics: ControllerMetrics = field(default_factory=ControllerMetrics)
+    routes: noderoutes.Projection = field(default_factory=noderoutes.Projection)
+    routes_wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _routes_task: asyncio.Task[None] | None = None
+    _routes_published: tuple[Any, ...] | None = None  # what the stored object lists
+    _routes_listed_at: float = float("-inf")
 
     _kube: Kube | None = None
 
@@ -208,13 +230,80 @@ class Controller:
         if self.settings.metrics_address:
             self.metrics.serve(self.settings.metrics_address)
         self._task = asyncio.create_task(self._run())
+        self._routes_task = asyncio.create_task(self._publish_routes_loop())
+        self.routes_wake.set()  # a first list and publish, even with no Node event
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._routes_task, self._task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self.metrics.close()
+
+    # ------------------------------------------------------ Node projection
+    def on_node_route(self, event_type: str | None, body: dict[str, Any]) -> None:
+        """A Node event for the projection: wake the publisher only on a change of what
+        it lists (a heartbeat changes nothing there)."""
+        if self.routes.on_node(event_type, body):
+            self.routes_wake.set()
+
+    async def _publish_routes_loop(self) -> None:
+        """Publish the projection after a full list of the Nodes, then whenever it
+        changes (coalesced over `aggregate_interval`), and list again every
+        `routes_resync_seconds`. A failure is logged and tried again."""
+        while True:
+            with contextlib.suppress(TimeoutError):  # resync due: list again
+                await asyncio.wait_for(self.routes_wake.wait(), self.settings.routes_resync_seconds)
+            await asyncio.sleep(self.settings.aggregate_interval)
+            self.routes_wake.clear()
+            try:
+                await self._publish_routes()
+            except Exception:
+                log.exception("publishing the Node projection failed; retrying")
+                await asyncio.sleep(1.0)
+                self.routes_wake.set()
+
+    async def _publish_routes(self) -> None:
+        now = time.monotonic()
+        if not self.routes.listed or now - self._routes_listed_at > (
+            self.settings.routes_resync_seconds
+        ):
+            listed_rv, items = await asyncio.to_thread(self.kube.list_nodes_with_version)
+            first = not self.routes.listed
+            self.routes.merge_listing(items, listed_rv)
+            self._routes_listed_at = now
+            if first:  # the networks' selection may now be computed (see _run)
+                for item in items:
+                    name = (item.get("metadata") or {}).get("name")
+                    if name and name not in self.nodes and name in self.routes.nodes:
+                        self.nodes[name] = slim_node(item)
+                self.mark()
+        peers = self.routes.snapshot()
+        if peers == self._routes_published:
+            return
+        exists = True
+        if self._routes_published is None:  # first time: maybe a previous run wrote it
+            stored = await asyncio.to_thread(self.kube.get_node_routes)
+            exists = stored is not None
+            if not noderoutes.needs_write(stored, peers):
+                self._routes_published = peers
+                return
+        spec = noderoutes.spec_of(peers)
+        size = noderoutes.encoded_size(spec)
+        if size > noderoutes.MAX_BYTES:
+            log.error(
+                "the Node projection of %d nodes is %d bytes, over the %d-byte limit: not "
+                "written (agents keep the last published list)",
+                len(peers),
+                size,
+                noderoutes.MAX_BYTES,
+            )
+            self._routes_published = peers  # said once per change, not every wake-up
+            return
+        await asyncio.to_thread(self.kube.write_node_routes, spec, exists)
+        log.info("published the Node projection: %d nodes, %d bytes", len(peers), size)
+        self._routes_published = peers
 
     def mark(self, names: set[str] | None = None) -> None:
         self.dirty |= set(self.networks) if names is None else names
@@ -228,6 +317,12 @@ class Controller:
                 self.mark()  # a silent agent sends no event: look again now and then
             await asyncio.sleep(self.settings.aggregate_interval)
             self.wake.clear()
+            if not self.routes.listed:
+                # Which nodes a network selects needs every Node: the watch streams them
+                # one by one, and a status computed from the first few would call a
+                # network Ready on them alone. The first full list (the projection's)
+                # marks every network again.
+                continue
             names, self.dirty = self.dirty, set()
             for name in sorted(names):
                 body = self.networks.get(name)
@@ -345,18 +440,15 @@ def build_registry(controller: Controller) -> kopf.OperatorRegistry:
             )
 
     @kopf.on.event("", "v1", "nodes", registry=registry)
-    def node_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+    async def node_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         name = body["metadata"]["name"]
         old = controller.nodes.get(name)
+        controller.on_node_route(event.get("type"), dict(body))
         if event.get("type") == "DELETED":
             controller.nodes.pop(name, None)
             controller.mark()
             return
-        meta, spec = body.get("metadata") or {}, body.get("spec") or {}
-        slim = {
-            "metadata": {"name": name, "labels": dict(meta.get("labels") or {})},
-            "spec": {"podCIDR": spec.get("podCIDR"), "podCIDRs": list(spec.get("podCIDRs") or [])},
-        }
+        slim = slim_node(body)
         controller.nodes[name] = slim
         if old != slim:  # heartbeats change nothing we use
             controller.mark()

@@ -6,9 +6,14 @@ finds exactly its own routes again and never touches others; the masquerade rule
 nftables table, replaced in one `nft -f` transaction through `node_plugin.kernel.netfilter`.
 Failures are the toolkit's CniError, reported by their message in the node report.
 
-The agent feeds Node events to `on_node` and calls `sync` after each reconcile
-pass with the specs of the networks that pass left applied (the manifest's), so
-routes exist exactly while a routed network's file is on this node. A peer pod CIDR
+The agent feeds it the peers the controller publishes (`set_peers`, from the
+`CNINodeRoutes` projection, see `noderoutes`) and its own Node (`set_own`, from a
+watch of that one Node), and calls `sync` after each reconcile pass with the specs
+of the networks that pass left applied (the manifest's), so routes exist exactly
+while a routed network's file is on this node. Until the first projection arrives
+the peers are unknown, not absent: a routed network's routes and masquerade rule
+are then left as the kernel has them (an agent restarted during an upgrade, before
+the controller publishes, must not cut pod traffic to every other node). A peer pod CIDR
 `hostgw.plan` refuses is in the report each pass, and once (until it is routable again)
 in `take_events()`, for an Event about the Node that claimed it.
 """
@@ -18,7 +23,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +33,10 @@ from node_plugin.kernel import netfilter, netlink
 
 log = logging.getLogger("cniwarden.hostgw")
 ROUTE_REFUSED = "HostGatewayRouteRefused"
+WAITING_FOR_PEERS = (
+    "waiting for the controller's CNINodeRoutes (the other nodes' pod CIDRs): "
+    "routes and masquerade left as they are"
+)
 
 
 @dataclass(frozen=True)
@@ -75,7 +84,8 @@ def delete_route(ipr: netlink.IPRoute, destination: str, gateway: str) -> None:
 class HostGatewayNode:
     def __init__(self, node_name: str) -> None:
         self.node_name = node_name
-        self._nodes: dict[str, hostgw.PeerNode] = {}
+        self._peers: dict[str, hostgw.PeerNode] | None = None  # None: not published yet
+        self._own: hostgw.PeerNode | None = None
         self._lock = threading.Lock()
         self._applied_script: str | None = None
         # True once a pass left nothing of ours in the kernel; until then (from start: a
@@ -85,23 +95,35 @@ class HostGatewayNode:
         self._events: list[NodeEvent] = []
 
     # ------------------------------------------------------------ inputs
-    def on_node(self, event_type: str | None, body: Mapping[str, Any]) -> bool:
-        """Record a Node event; True when it changes what host-gw uses (a pass is due)."""
-        name = str((body.get("metadata") or {}).get("name") or "")
-        if not name:
-            return False
+    def set_peers(self, peers: Iterable[hostgw.PeerNode] | None) -> bool:
+        """Every Node as the projection lists it (None: not known yet); True when that
+        changes what host-gw uses (a pass is due)."""
+        known = None if peers is None else {p.name: p for p in peers}
         with self._lock:
-            old = self._nodes.get(name)
-            if event_type == "DELETED":
-                self._nodes.pop(name, None)
-                return old is not None
-            peer = hostgw.PeerNode.from_node(body)
-            self._nodes[name] = peer
-            return peer != old
+            changed = known != self._peers
+            self._peers = known
+            return changed
+
+    def set_own(self, body: Mapping[str, Any] | None) -> bool:
+        """This node's own Node (None: deleted or not seen yet); True when that changes
+        what host-gw uses. Fresher than its line in the projection, so it wins."""
+        own = None if body is None else hostgw.PeerNode.from_node(body)
+        with self._lock:
+            changed = own != self._own
+            self._own = own
+            return changed
+
+    @property
+    def peers_known(self) -> bool:
+        with self._lock:
+            return self._peers is not None
 
     def nodes(self) -> list[hostgw.PeerNode]:
         with self._lock:
-            return list(self._nodes.values())
+            nodes = dict(self._peers or {})
+            if self._own is not None and self._own.name == self.node_name:
+                nodes[self.node_name] = self._own
+            return list(nodes.values())
 
     # ------------------------------------------------------------ outputs
     def take_events(self) -> list[NodeEvent]:
@@ -142,6 +164,14 @@ class HostGatewayNode:
             return hostgw.report(hostgw.Plan(), applied=False, error=str(error))
         if self._clean and not wishes and not self._refused:
             return None
+        if wishes and not self.peers_known:
+            # Unknown peers are not "no peers": touch nothing until the projection comes.
+            plan = hostgw.Plan(
+                skipped=(WAITING_FOR_PEERS,),
+                networks=tuple(w.network for w in wishes),
+                host_gateway=any(w.host_gateway for w in wishes),
+            )
+            return hostgw.report(plan, applied=False)
         try:
             with netlink.opened() as ipr:
                 return self._sync(wishes, ipr)

@@ -12,13 +12,14 @@ import json
 import logging
 import os
 import socket
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
-from cni_operator import api
+from cni_operator import api, noderoutes
 from cni_operator.kube_time import now_iso
 
 log = logging.getLogger("cniwarden.kube")
@@ -29,6 +30,10 @@ EVICTION_GONE = "Gone"  # no such pod (or another pod under that name): nothing 
 EVICTION_BLOCKED = "Blocked"  # 429: a PodDisruptionBudget allows no disruption now
 # The client would send a list body as a merge patch; say what it is.
 JSON_PATCH = "application/json-patch+json"
+
+
+class WatchEndedError(Exception):
+    """The API server ended a watch with an ERROR event (e.g. 410: too old a version)."""
 
 
 class Kube:
@@ -306,6 +311,93 @@ class Kube:
     def list_nodes(self) -> list[dict[str, Any]]:
         listing: dict[str, Any] = self._core("GET", "/api/v1/nodes")
         return list(listing.get("items", []))
+
+    def list_nodes_with_version(self, timeout: float = 60.0) -> tuple[int, list[dict[str, Any]]]:
+        """Every Node and the list's resourceVersion (for `noderoutes.Projection`)."""
+        listing: dict[str, Any] = self._core("GET", "/api/v1/nodes", timeout=timeout)
+        try:
+            version = int((listing.get("metadata") or {}).get("resourceVersion") or 0)
+        except ValueError:
+            version = 0
+        return version, list(listing.get("items") or [])
+
+    def watch_node(
+        self, name: str, resource_version: str, server_timeout: int = 240
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(type, object) of the watch events of one Node, field-selected on its name by
+        the API server (no other Node's update reaches us), from `resource_version` until
+        the server ends the watch after `server_timeout` seconds. Every read has a
+        deadline (the server's timeout plus a margin); an ERROR event (e.g. 410 Gone)
+        raises `WatchEndedError`, and the caller lists again."""
+        query = [
+            ("watch", "true"),
+            ("fieldSelector", f"metadata.name={name}"),
+            ("resourceVersion", resource_version),
+            ("allowWatchBookmarks", "true"),
+            ("timeoutSeconds", str(server_timeout)),
+        ]
+        request = self.client.param_serialize(
+            method="GET",
+            resource_path="/api/v1/nodes",
+            query_params=query,
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
+        response = self.client.call_api(*request, _request_timeout=(10.0, server_timeout + 30.0))
+        raw = response.response  # urllib3's, not read yet: a stream
+        try:
+            if not 200 <= response.status < 300:
+                raise ApiException(status=response.status, reason=str(response.read()[:200]))
+            buffer = b""
+            for chunk in raw.stream(65536, decode_content=True):
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    kind, obj = str(event.get("type") or ""), event.get("object") or {}
+                    if kind == "ERROR":
+                        raise WatchEndedError(str(obj.get("message") or obj))
+                    yield kind, obj
+        finally:
+            raw.release_conn()
+
+    # --- CNINodeRoutes (the slim projection of the Nodes, noderoutes.py) ---------
+    def get_node_routes(self) -> dict[str, Any] | None:
+        try:
+            result: dict[str, Any] = self.custom.get_cluster_custom_object(  # type: ignore[assignment]
+                api.GROUP, api.VERSION, noderoutes.PLURAL, noderoutes.NAME, _request_timeout=30.0
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return result
+
+    def write_node_routes(self, spec: dict[str, Any], exists: bool) -> dict[str, Any]:
+        """Create the projection, or replace its spec.nodes (a merge patch replaces a
+        list whole); returns the stored object."""
+        result: dict[str, Any]
+        if not exists:
+            body = dict(noderoutes.body_of(()), spec=spec)
+            try:
+                result = self.custom.create_cluster_custom_object(  # type: ignore[assignment]
+                    api.GROUP, api.VERSION, noderoutes.PLURAL, body, _request_timeout=30.0
+                )
+                return result
+            except ApiException as error:
+                if error.status != 409:
+                    raise
+        result = self.custom.patch_cluster_custom_object(  # type: ignore[assignment]
+            api.GROUP,
+            api.VERSION,
+            noderoutes.PLURAL,
+            noderoutes.NAME,
+            {"spec": spec},
+            _request_timeout=30.0,
+        )
+        return result
 
     def post_event(
         self, obj: dict[str, Any], kind: str, reason: str, message: str, component: str

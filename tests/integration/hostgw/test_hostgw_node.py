@@ -3,7 +3,9 @@
 Two namespaces stand for two nodes on one L2 segment (a veth pair). The agent's
 host-gw side runs inside node A (as it does on a node: in the host network),
 driven by a manifest like the agent's and by Node objects, exactly as the agent
-feeds it. Traffic only flows between the test's own namespaces.
+feeds it: the peers through the controller's `CNINodeRoutes` projection (built from
+the Nodes and read back as the agent reads it), its own Node directly. Traffic only
+flows between the test's own namespaces.
 """
 
 from __future__ import annotations
@@ -37,13 +39,20 @@ CLUSTER = ["10.244.0.0/16"]  # the network's routing.clusterCIDRs
 DRIVER = """
 import dataclasses, json, sys
 from pathlib import Path
+from cni_operator import noderoutes
+from cni_operator.hostgw import PeerNode
 from cni_operator.hostgw_node import HostGatewayNode
 from cni_operator.node import manifest as manifest_io
 from cni_operator.node.paths import HostPaths
 args = json.loads(sys.argv[1])
 node = HostGatewayNode(args["me"])
 for body in args["nodes"]:
-    node.on_node("ADDED", body)
+    if body["metadata"]["name"] == args["me"]:
+        node.set_own(body)  # the agent's own Node watch
+if args["projection"]:  # what the controller publishes, as the agent reads it back
+    peers = [PeerNode.from_node(b) for b in args["nodes"]]
+    published = json.loads(json.dumps(noderoutes.body_of(peers)))
+    node.set_peers(noderoutes.peers_of(published))
 # What the agent's reconcile pass hands over: the specs applied on this node.
 applied = manifest_io.load(HostPaths(Path(args["root"]))).networks
 passes = []
@@ -135,13 +144,24 @@ class TwoNodes:
             manifest.networks["pods"] = ManagedNetwork("10-pods.conflist", "0" * 64, 1, spec)
         manifest_io.save(self.paths, manifest)
 
-    def sync(self, nodes: list[dict[str, Any]]) -> dict[str, Any] | None:
-        report: dict[str, Any] | None = self.passes(nodes, 1)[0]["report"]
+    def sync(self, nodes: list[dict[str, Any]], projection: bool = True) -> dict[str, Any] | None:
+        report: dict[str, Any] | None = self.passes(nodes, 1, projection)[0]["report"]
         return report
 
-    def passes(self, nodes: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
-        """`count` agent passes in one process: each one's report and the Events it made."""
-        args = json.dumps({"root": str(self.root), "me": "a", "nodes": nodes, "passes": count})
+    def passes(
+        self, nodes: list[dict[str, Any]], count: int, projection: bool = True
+    ) -> list[dict[str, Any]]:
+        """`count` agent passes in one process: each one's report and the Events it made.
+        Without `projection`, a fresh agent before the controller has published."""
+        args = json.dumps(
+            {
+                "root": str(self.root),
+                "me": "a",
+                "nodes": nodes,
+                "passes": count,
+                "projection": projection,
+            }
+        )
         out = sh(
             "nsenter",
             f"--net=/run/netns/{self.a}",
@@ -239,6 +259,32 @@ def test_a_fresh_agent_removes_routes_left_by_a_previous_one(nodes: TwoNodes) ->
     nodes.manifest(None)
     assert nodes.sync(nodes.nodes()) is None
     assert nodes.routes() == []
+
+
+def test_before_the_projection_a_fresh_agent_keeps_the_routes_and_the_masquerade(
+    nodes: TwoNodes,
+) -> None:
+    """An upgrade: the agent restarts before the controller has published CNINodeRoutes.
+    Its peers are unknown, not absent: the routes and the masquerade table a previous
+    agent installed stay (no gap in pod traffic) until the projection arrives."""
+    s = nodes.subnet
+    nodes.manifest({"mode": "HostGateway", "ipMasq": True, "clusterCIDRs": CLUSTER})
+    assert nodes.sync(nodes.nodes()) is not None
+    before = nodes.routes()
+    assert before == [("10.244.1.0/24", f"{s}.11"), ("10.244.2.0/24", f"{s}.12")]
+    table = nodes.nft_table()
+    assert "masquerade" in table
+    report = nodes.sync(nodes.nodes(), projection=False)
+    assert report is not None and report["applied"] is False
+    assert report["skipped"] == [
+        "waiting for the controller's CNINodeRoutes (the other nodes' pod CIDRs): "
+        "routes and masquerade left as they are"
+    ]
+    assert nodes.routes() == before
+    assert nodes.nft_table() == table
+    # Once published, it converges as before: c has left, b moved.
+    nodes.sync(nodes.nodes(b_ip=f"{s}.21", extra=False))
+    assert nodes.routes() == [("10.244.1.0/24", f"{s}.21")]
 
 
 def test_unreachable_peers_are_reported_not_routed(nodes: TwoNodes) -> None:

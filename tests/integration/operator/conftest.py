@@ -255,6 +255,7 @@ def running_fleet(
         "--for=condition=Established",
         "crd/cninetworks.cniwarden.io",
         "crd/cninodestates.cniwarden.io",
+        "crd/cninoderoutes.cniwarden.io",
     )
     fleet = Fleet(cluster, workdir, nodes, roots, agent_args)
     for node in nodes:

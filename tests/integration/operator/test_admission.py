@@ -55,6 +55,15 @@ def node_state(name: str, node_name: str) -> dict[str, Any]:
     }
 
 
+def node_routes(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "cniwarden.io/v1alpha1",
+        "kind": "CNINodeRoutes",
+        "metadata": {"name": name},
+        "spec": {"nodes": [{"name": "n1", "podCIDRs": ["10.244.1.0/24"], "internalIPs": []}]},
+    }
+
+
 def migration(name: str = "", source: dict[str, str] | None = None, **spec: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "from": source or {"networkName": "bridge-net"},
@@ -86,6 +95,7 @@ def crds(cluster: LocalCluster) -> LocalCluster:
         "crd/cninetworks.cniwarden.io",
         "crd/cninodestates.cniwarden.io",
         "crd/cnimigrations.cniwarden.io",
+        "crd/cninoderoutes.cniwarden.io",
     )
     return cluster
 
@@ -149,6 +159,11 @@ OBJECT_RULES: dict[tuple[str, str, int], tuple[dict[str, Any], dict[str, Any], s
         node_state(f"node-{RUN}", f"node-{RUN}"),
         node_state(f"node-{RUN}", "another-node"),
         "a CNINodeState is named after its node",
+    ),
+    ("cninoderoutes.cniwarden.io", "", 0): (
+        node_routes("cluster"),
+        node_routes(f"routes-{RUN}"),
+        "there is one CNINodeRoutes, named cluster",
     ),
     ("cnimigrations.cniwarden.io", ".spec", 0): (
         migration(source={"cniNetwork": "old-net"}),

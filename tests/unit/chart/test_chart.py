@@ -125,11 +125,13 @@ def test_rbac_has_no_wildcards_no_cluster_admin_no_secrets() -> None:
 
 def test_controller_rbac_is_exactly_what_it_calls() -> None:
     # kopf watches CNINetworks and patches finalizers/annotations; Kube.patch_network_status;
-    # kopf watches Nodes and CNINodeStates (controller.build_registry).
+    # kopf watches Nodes and CNINodeStates (controller.build_registry); the Node
+    # projection: Kube.list_nodes_with_version, get_node_routes, write_node_routes.
     assert rules(render_chart(), "-controller") == grants(
         ("cniwarden.io", "cninetworks", ["list", "watch", "patch"]),
         ("cniwarden.io", "cninetworks/status", ["patch"]),
         ("cniwarden.io", "cninodestates", ["list", "watch"]),
+        ("cniwarden.io", "cninoderoutes", ["get", "create", "patch"]),
         ("", "nodes", ["list", "watch"]),
     )
 
@@ -171,14 +173,17 @@ def test_migration_rbac_is_off_by_default_and_exactly_what_it_calls_when_on() ->
 
 
 def test_agent_rbac_is_exactly_what_it_calls() -> None:
-    # kopf on.event CNINetworks (read only) and Nodes (host-gw and its own Node);
+    # kopf on.event CNINetworks (read only) and CNINodeRoutes (host-gw's peers);
+    # Kube.get_node_routes; its own Node: Kube.get_node and Kube.watch_node (a watch
+    # field-selected on its name: no list of every Node);
     # Kube.ensure_node_state (get, create);
     # Kube.patch_node_state_status.
     assert rules(render_chart(), "-agent") == grants(
         ("cniwarden.io", "cninetworks", ["list", "watch"]),
         ("cniwarden.io", "cninodestates", ["get", "create"]),
         ("cniwarden.io", "cninodestates/status", ["patch"]),
-        ("", "nodes", ["list", "watch"]),
+        ("cniwarden.io", "cninoderoutes", ["get", "list", "watch"]),
+        ("", "nodes", ["get", "watch"]),
     )
 
 

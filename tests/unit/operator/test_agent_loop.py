@@ -140,26 +140,101 @@ def test_the_runtime_s_own_verdict_is_a_problem_and_one_event(agent: Agent) -> N
     assert events == [("CNINodeState", "RuntimeDisagrees")], "one Event, not one per pass"
 
 
-def test_the_first_listing_seeds_host_gw_with_every_node(tmp_path: Path) -> None:
+def test_the_first_listing_seeds_host_gw_from_the_projection_and_its_own_node(
+    tmp_path: Path,
+) -> None:
     """A restarted agent must know every peer before its first host-gw pass, or that
-    pass removes the routes to the peers the Node watch has not streamed yet."""
+    pass removes the routes to the peers its watch has not delivered yet: it reads
+    the controller's CNINodeRoutes and its own Node (never a list of every Node)."""
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(KUBECONFIG)
     made = Agent(AgentSettings("n1", tmp_path / "root", str(kubeconfig), heartbeat_seconds=0))
-    peer = {
-        "metadata": {"name": "n2"},
-        "spec": {"podCIDR": "10.244.2.0/24", "podCIDRs": ["10.244.2.0/24"]},
-        "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.2"}]},
+    routes = {
+        "metadata": {"name": "cluster"},
+        "spec": {
+            "nodes": [
+                {"name": "n1", "podCIDRs": ["10.244.1.0/24"], "internalIPs": ["10.0.0.1"]},
+                {"name": "n2", "podCIDRs": ["10.244.2.0/24"], "internalIPs": ["10.0.0.2"]},
+            ]
+        },
     }
+    own = {"metadata": {"name": "n1", "resourceVersion": "5"}, "spec": {"podCIDRs": []}}
+    asked: list[str] = []
 
     class ListingKube(RecordingKube):
         def list_networks_with_version(self) -> tuple[int, list[dict[str, Any]]]:
             return 1, []
 
-        def list_nodes(self) -> list[dict[str, Any]]:
-            return [{"metadata": {"name": "n1"}}, peer]
+        def get_node(self, name: str) -> dict[str, Any] | None:
+            asked.append(name)
+            return own
+
+        def get_node_routes(self) -> dict[str, Any] | None:
+            return routes
 
     made.kube = ListingKube()  # type: ignore[assignment]
     made._relist()
-    assert "n2" in {n.name for n in made.host_gw.nodes()}
-    assert made.node == {"metadata": {"name": "n1"}}
+    assert asked == ["n1"], "only its own Node"
+    assert {n.name for n in made.host_gw.nodes()} == {"n1", "n2"}
+    # Its own Node (fresher) wins over its line in the projection.
+    assert next(n for n in made.host_gw.nodes() if n.name == "n1").pod_cidrs == ()
+    assert made.node == own
+
+
+def test_no_projection_yet_leaves_host_gw_peers_unknown(tmp_path: Path) -> None:
+    """Before the controller publishes (an upgrade), the peers are unknown, not empty;
+    a deleted projection makes them unknown again; another object is ignored."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(KUBECONFIG)
+    made = Agent(AgentSettings("n1", tmp_path / "root", str(kubeconfig), heartbeat_seconds=0))
+
+    class ListingKube(RecordingKube):
+        def list_networks_with_version(self) -> tuple[int, list[dict[str, Any]]]:
+            return 1, []
+
+        def get_node(self, name: str) -> dict[str, Any] | None:
+            return None
+
+        def get_node_routes(self) -> dict[str, Any] | None:
+            return None
+
+    made.kube = ListingKube()  # type: ignore[assignment]
+    made._relist()
+    assert not made.host_gw.peers_known
+    published = {"metadata": {"name": "cluster"}, "spec": {"nodes": []}}
+    made.wake.clear()
+    made.on_node_routes("ADDED", published)
+    assert made.host_gw.peers_known and made.wake.is_set()
+    made.wake.clear()
+    made.on_node_routes("MODIFIED", published)
+    assert not made.wake.is_set(), "the same list wakes no pass"
+    made.on_node_routes("MODIFIED", {"metadata": {"name": "other"}, "spec": {}})
+    assert made.host_gw.peers_known
+    made.on_node_routes("DELETED", published)
+    assert not made.host_gw.peers_known
+
+
+def test_own_node_heartbeats_and_older_copies_wake_nothing(tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(KUBECONFIG)
+    made = Agent(AgentSettings("n1", tmp_path / "root", str(kubeconfig), heartbeat_seconds=0))
+
+    def node(version: int, beat: str, cidr: str = "10.244.1.0/24") -> dict[str, Any]:
+        return {
+            "metadata": {"name": "n1", "uid": "u", "resourceVersion": str(version)},
+            "spec": {"podCIDRs": [cidr]},
+            "status": {"conditions": [{"type": "Ready", "lastHeartbeatTime": beat}]},
+        }
+
+    made.on_node("MODIFIED", node(10, "t1"))
+    made.wake.clear()
+    made.on_node("MODIFIED", node(11, "t2"))
+    assert not made.wake.is_set(), "a heartbeat"
+    made.on_node("MODIFIED", node(9, "t0", "10.244.9.0/24"))
+    assert not made.wake.is_set() and made.node is not None
+    assert made.node["metadata"]["resourceVersion"] == "11", "an older copy is ignored"
+    made.on_node("MODIFIED", node(12, "t3", "10.244.7.0/24"))
+    assert made.wake.is_set()
+    made.wake.clear()
+    made.on_node("MODIFIED", {"metadata": {"name": "n2"}})
+    assert not made.wake.is_set() and made.node["metadata"]["name"] == "n1"

@@ -10,7 +10,7 @@ import celpy
 import pytest
 import yaml
 from celpy.adapter import json_to_cel
-from cni_operator import api
+from cni_operator import api, noderoutes
 
 CRD_DIR = Path(__file__).resolve().parents[3] / "crds"
 CRDS = {
@@ -42,12 +42,18 @@ def test_names_match_the_api_module(name: str) -> None:
     assert crd["spec"]["scope"] == "Cluster"
     (version,) = crd["spec"]["versions"]
     assert version["name"] == api.VERSION
-    assert version["subresources"] == {"status": {}}
-    assert crd["spec"]["names"]["kind"] in (
-        api.NETWORK_KIND,
-        api.NODE_STATE_KIND,
-        api.MIGRATION_KIND,
-    )
+    if crd["spec"]["names"]["kind"] == noderoutes.KIND:
+        # The controller's projection of the Nodes: all spec, no status (noderoutes.py).
+        assert "subresources" not in version
+        assert (noderoutes.GROUP, noderoutes.VERSION) == (api.GROUP, api.VERSION)
+        assert crd["spec"]["names"]["plural"] == noderoutes.PLURAL
+    else:
+        assert version["subresources"] == {"status": {}}
+        assert crd["spec"]["names"]["kind"] in (
+            api.NETWORK_KIND,
+            api.NODE_STATE_KIND,
+            api.MIGRATION_KIND,
+        )
     assert name == f"{crd['spec']['names']['plural']}.{api.GROUP}"
 
 
