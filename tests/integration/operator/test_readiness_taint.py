@@ -11,6 +11,7 @@ import ipaddress
 import json
 import secrets
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from cni_operator.readiness import TAINT_KEY
 from devtools.localcluster import LocalCluster
 from devtools.localcluster.pods import busybox_pod
 
-from .conftest import Fleet, running_fleet
+from .conftest import ROOT, Fleet, running_fleet
 
 pytestmark = [pytest.mark.cluster("real-node"), pytest.mark.slow]
 REFERENCE = Path("/usr/lib/cni")
@@ -236,6 +237,7 @@ def test_probe_keeps_the_taint_while_add_fails_though_status_is_ok(
 
     timings: dict[str, float] = {}
     probe_netns = node.host_root / "run/netns"
+    pod = f"bb-{suffix}"
     try:
         take_the_name()
         with running_fleet(
@@ -257,8 +259,18 @@ def test_probe_keeps_the_taint_while_add_fails_though_status_is_ok(
             assert failed["message"].startswith("probe ADD of "), failed["message"]
             assert "cniwarden-bridge" in failed["probe"]["message"]
             assert tainted(cluster, node.name)
-            time.sleep(2 * READINESS_SECONDS)  # a few more verdicts: still tainted
-            assert tainted(cluster, node.name)
+            # A pod bound to the node (nodeName: no scheduler, so no taint) fails its
+            # sandbox; `cniwarden doctor --kubeconfig` shows the kubelet's events for it.
+            body = busybox_pod(pod, node.name, ["sh", "-c", "exec sleep 3600"], grace_seconds=1)
+            cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
+            report = fleet.wait(
+                lambda: sandbox_failures(cluster, node, pod), "doctor's events", 120
+            )
+            (seen,) = [f for f in report["cluster"]["failedCreatePodSandBox"] if pod in f["pod"]]
+            assert bridge in seen["message"] or "cniwarden-bridge" in seen["message"], seen
+            problem = next(p for p in report["problems"] if p["code"] == "FailedCreatePodSandBox")
+            assert problem["fix"]
+            assert tainted(cluster, node.name), "still tainted, several verdicts later"
             assert not readiness_of(fleet, node.name).get("ready")
 
             # The fix: the name free again; the failed probe is retried (10 s).
@@ -297,5 +309,23 @@ def test_probe_keeps_the_taint_while_add_fails_though_status_is_ok(
         for what, seconds in timings.items():
             print(f"  {what}: {seconds:.2f} s")
     finally:
+        cluster.kubectl("delete", "pod", pod, "--ignore-not-found", "--timeout=60s", check=False)
         in_node(node, "ip", "link", "del", bridge)
         cluster.kubectl("taint", "node", node.name, f"{TAINT_KEY}-", check=False)
+
+
+def sandbox_failures(cluster: LocalCluster, node: Any, pod: str) -> dict[str, Any] | None:
+    """`cniwarden doctor --json --kubeconfig` on the node, once it lists `pod`'s
+    FailedCreatePodSandBox events."""
+    done = subprocess.run(
+        [sys.executable, "-m", "cni_operator.cli", "doctor", "--json", "--no-journal",
+         "--host-root", str(node.host_root), "--runtime", "containerd",
+         "--kubeconfig", str(cluster.kubeconfig), "--node-name", node.name],
+        capture_output=True, text=True, timeout=120, cwd=ROOT, check=False,
+    )  # fmt: skip
+    try:
+        report: dict[str, Any] = json.loads(done.stdout)
+    except ValueError:
+        return None
+    failures = (report.get("cluster") or {}).get("failedCreatePodSandBox") or []
+    return report if any(pod in f["pod"] for f in failures) else None
