@@ -48,6 +48,7 @@ from cni_operator.readiness import (
 log = logging.getLogger("cniwarden.probe")
 
 IFNAME = "eth0"
+SHIM_ENV = ("CNIWARDEN_SOCKET", "CNIWARDEN_DEL_QUEUE", "CNIWARDEN_TIMEOUT_MS")
 EXEC_SECONDS = 15.0  # one plugin exec at most
 ADD_CHECK_SECONDS = 25.0  # the ADD chain and the CHECK chain together
 DEL_SECONDS = 15.0  # the DEL chain, a budget of its own
@@ -124,8 +125,9 @@ def run_plugin(
     if timeout <= 0:
         return Exec(False, detail="no time left")
     full_env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), **env}
-    if "CNIWARDEN_SOCKET" in os.environ:
-        full_env["CNIWARDEN_SOCKET"] = os.environ["CNIWARDEN_SOCKET"]
+    for name in SHIM_ENV:  # where the shims find the server and their DEL queue
+        if name in os.environ:
+            full_env[name] = os.environ[name]
     try:
         done = subprocess.run(
             [str(paths.bin_dir / kind)],

@@ -45,6 +45,7 @@ def test_probe_through_the_shim_and_the_server(
     node: Node, shim: ShimEnv, workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CNIWARDEN_SOCKET", str(shim.socket_path))
+    monkeypatch.setenv("CNIWARDEN_DEL_QUEUE", str(shim.queue))
     node.start_server()
     paths = HostPaths(workdir / "host")
     paths.ensure()
@@ -82,4 +83,5 @@ def test_probe_through_the_shim_and_the_server(
     node.stop_server()
     down = probe_in(node, paths, data)
     assert not down.ok and "code 11" in down.detail, down.detail
+    assert shim.queued_container_ids() == [down.container_id], "its DEL waits in the queue"
     assert list(cniprobe.netns_dir(paths).iterdir()) == [], "the netns is removed regardless"
