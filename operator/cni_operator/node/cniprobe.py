@@ -61,10 +61,6 @@ MNT_DETACH = 0x2
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-class ProbeError(RuntimeError):
-    pass
-
-
 def netns_dir(paths: HostPaths) -> Path:
     return paths.root / "run/netns"
 
