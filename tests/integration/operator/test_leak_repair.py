@@ -267,7 +267,7 @@ SLOW_PLUGIN = """#!/bin/sh
 input=$(cat)
 case "$CNI_COMMAND" in
 VERSION) echo '{"cniVersion":"1.0.0","supportedVersions":["0.3.1","0.4.0","1.0.0"]}' ;;
-ADD) sleep 10
+ADD) sleep 5
      printf '%s' "$input" | python3 -c \
        'import json, sys; print(json.dumps(json.load(sys.stdin)["prevResult"]))' ;;
 esac
