@@ -290,6 +290,7 @@ class Churn:
         deleted = stamped(self.pool, delete, names)
         deadline = time.monotonic() + self.args.timeout
         not_deleted = wait_all(names, self.watch.deleted, self.watch, deadline, "deleted")
+        gone_at = time.monotonic()
         if not measured:
             return
         after = scrape(self.bed.cluster, side.nodes, side.scrape_errors)
@@ -307,7 +308,7 @@ class Churn:
             "label": label,
             "pods": pods,
             "all_running_s": round(up_at - began, 2),
-            "all_gone_s": round(time.monotonic() - up_at, 2),
+            "all_gone_s": round(gone_at - up_at, 2),
             "start": churn_stats.summary(start),
             "delete": churn_stats.summary(gone),
             "network_setup_mean_s": deltas.get("network_setup", EMPTY).mean(),
