@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(CURDIR)/.tools/bin:$(PATH)
 
 .PHONY: setup debs venv tools images test lint typecheck unit integration e2e bench plugins bench-fastpath bench-plugin fuzz \
-        cluster-up cluster-down demo demo-down bench-rtt conformance clean
+        cluster-up cluster-down demo demo-down bench-rtt bench-churn conformance clean
 
 setup: debs venv tools
 
@@ -66,6 +66,11 @@ bench-plugin: setup
 # Pod-to-pod RTT, cniwarden vs the reference bridge, on a 4-node local cluster (root).
 bench-rtt: setup plugins
 	$(BIN)/python -m bench.pod_rtt $(BENCH_ARGS)
+
+# Pod churn (100 pods at once, Running, deleted; 3 rounds), cniwarden vs the reference,
+# on the same 4-node local cluster (root; see bench/pod_churn.py).
+bench-churn: setup plugins
+	$(BIN)/python -m bench.pod_churn $(BENCH_ARGS)
 
 bench: bench-plugin bench-fastpath bench-rtt
 

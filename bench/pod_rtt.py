@@ -1,14 +1,10 @@
 """Pod-to-pod round-trip time: cniwarden vs the reference bridge plugin, same topology.
 
-One local cluster with four real nodes (containerd + kubelet, each in its own
-network and mount namespace, all on one L2 segment):
-
-- nodes 0 and 1 run the reference plugins (containernetworking-plugins' bridge
-  + host-local over each node's podCIDR), with host-gw routes between them
-  added by hand, as a routed reference cluster would have them;
-- nodes 2 and 3 run cniwarden as `helm install` sets it up (the example
-  CNINetwork: cniwarden-bridge + cniwarden-host-local through the shim and the
-  cni-server, routes from the agents' host-gw).
+One local cluster with four real nodes (bench/refcluster.py): nodes 0 and 1 run
+the reference plugins (containernetworking-plugins' bridge + host-local over each
+node's podCIDR, host-gw routes added by hand), nodes 2 and 3 run cniwarden as
+`helm install` sets it up (the example CNINetwork through the shim and the
+cni-server, routes from the agents' host-gw).
 
 On each side three busybox pods: a1 and a2 on the first node, b on the second.
 From a1's network namespace we measure, to a2 (same node) and to b (across
@@ -25,9 +21,7 @@ Root only; sends traffic only between the cluster's own namespaces.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
-import secrets
 import statistics
 import subprocess
 import sys
@@ -36,13 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.refcluster import two_pairs
 from bench.stats import percentile
 from devtools.localcluster import LocalCluster
-from devtools.localcluster.cluster import up
-from devtools.localcluster.layout import POD_CIDR
 from devtools.localcluster.pods import busybox_pod
-from devtools.localcluster.tiers import Tier
-from devtools.ship.install import ChartInstall, LocalNode, build_and_load, run, wait_for
+from devtools.ship.install import LocalNode, run
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -116,43 +108,6 @@ def pod_netns(uid: str, node: LocalNode) -> Path:
         except OSError:
             continue
     raise RuntimeError(f"no process of pod {uid} found")
-
-
-def reference_network(cluster: LocalCluster, nodes: list[LocalNode]) -> None:
-    """containernetworking-plugins' bridge + host-local on nodes 0 and 1, routed like host-gw."""
-    cidrs = {n.name: cni_cidr(cluster, n.name) for n in nodes}
-    for node in nodes:
-        conflist = {
-            "cniVersion": "1.0.0",
-            "name": "reference",
-            "plugins": [
-                {
-                    "type": "bridge",
-                    "bridge": "refbr0",
-                    "isGateway": True,
-                    "mtu": 1500,
-                    "hairpinMode": True,
-                    "ipam": {
-                        "type": "host-local",
-                        "ranges": [[{"subnet": cidrs[node.name]}]],
-                        "routes": [{"dst": POD_CIDR}, {"dst": str(cluster.layout.node_subnet)}],
-                    },
-                }
-            ],
-        }
-        node.write("/etc/cni/net.d/10-reference.conflist", json.dumps(conflist).encode())
-        for other in nodes:
-            if other.name != node.name:
-                node.sh(f"ip route replace {cidrs[other.name]} via {other.ip}")
-
-
-def cni_cidr(cluster: LocalCluster, node: str) -> str:
-    return cluster.kubectl("get", "node", node, "-o", "jsonpath={.spec.podCIDR}").stdout.strip()
-
-
-def node_ready(cluster: LocalCluster, name: str) -> bool:
-    node = json.loads(cluster.kubectl("get", "node", name, "-o", "json").stdout)
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in node["status"]["conditions"])
 
 
 def start_pods(cluster: LocalCluster, side: Side) -> None:
@@ -235,49 +190,28 @@ def main(argv: list[str] | None = None) -> int:
         "--swap", action="store_true", help="reference on nodes 2-3, cniwarden on nodes 0-1"
     )
     args = parser.parse_args(argv)
-    if not (ROOT / "build/cni-bin/cniwarden-bridge").exists():
-        run(["make", "-C", str(ROOT), "plugins"])
-
-    name = f"rtt-{secrets.token_hex(2)}"
-    log(f"starting local cluster {name} with 4 real nodes")
-    cluster = up(name, Tier.REAL_NODE, fake_nodes=0, real_nodes=4)
-    product: ChartInstall | None = None
-    nodes = [LocalNode.of(cluster, n.name) for n in cluster.real_nodes]
-    first, second = (nodes[2:], nodes[:2]) if args.swap else (nodes[:2], nodes[2:])
-    reference = Side("ref", first)
-    ours = Side("cw", second)
-    try:
-        reference_network(cluster, reference.nodes)
-        for node in ours.nodes:
-            cluster.kubectl("label", "node", node.name, "cniwarden.io/bench=cniwarden")
-        build_and_load(cluster)
-        product = ChartInstall(cluster, cluster.workdir / "cniwarden", ours.nodes)
-        values = product.local_values({"cniwarden.io/bench": "cniwarden"})
-        values["exampleNetwork"]["ipMasq"] = False  # the reference side has none either
-        product.install(values)
-        for node in nodes:
-            wait_for(functools.partial(node_ready, cluster, node.name), f"{node.name} Ready", 120)
-        for side in (reference, ours):
-            start_pods(cluster, side)
-            log(f"{side.name}: pods {side.pods}")
-        for round_ in range(args.rounds):
-            for side in (reference, ours) if round_ % 2 == 0 else (ours, reference):
-                measure(side, args.samples)
-            log(f"round {round_ + 1}/{args.rounds} done")
-        report = summarize(reference, ours, args)
-        print_report(report)
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "pod_rtt.json").write_text(json.dumps(report, indent=2) + "\n")
-    finally:
-        for server in [*reference.servers, *ours.servers]:
-            server.terminate()
-            server.wait(timeout=10)
-        cluster.kubectl(
-            "delete", "pods", "-l", "bench=pod-rtt", "--wait=true", "--timeout=60s", check=False
-        )
-        if product is not None:
-            product.close()
-        cluster.down()
+    with two_pairs("rtt", log, swap=args.swap) as bed:
+        reference = Side("ref", bed.reference)
+        ours = Side("cw", bed.cniwarden)
+        try:
+            for side in (reference, ours):
+                start_pods(bed.cluster, side)
+                log(f"{side.name}: pods {side.pods}")
+            for round_ in range(args.rounds):
+                for side in (reference, ours) if round_ % 2 == 0 else (ours, reference):
+                    measure(side, args.samples)
+                log(f"round {round_ + 1}/{args.rounds} done")
+            report = summarize(reference, ours, args)
+            print_report(report)
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            (RESULTS / "pod_rtt.json").write_text(json.dumps(report, indent=2) + "\n")
+        finally:
+            for server in [*reference.servers, *ours.servers]:
+                server.terminate()
+                server.wait(timeout=10)
+            bed.cluster.kubectl(
+                "delete", "pods", "-l", "bench=pod-rtt", "--wait=true", "--timeout=60s", check=False
+            )
     return 0
 
 

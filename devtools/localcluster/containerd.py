@@ -25,6 +25,15 @@ from .state import ClusterState
 from .toolpaths import REPO_ROOT, MissingToolError, system_tool
 
 NAMESPACE = "k8s.io"
+# containerd's Prometheus endpoint on the node's IP (its own netns): the CRI plugin's
+# histograms (sandbox_create_network, ...) time the CNI set-up as the runtime sees it.
+METRICS_PORT = 1338
+
+
+def metrics_url(node_ip: str) -> str:
+    """Where the containerd of the node at `node_ip` serves its metrics (reachable from
+    the machine: the node's IP is on the cluster's bridge)."""
+    return f"http://{node_ip}:{METRICS_PORT}/v1/metrics"
 
 
 def runtime_bin_dir(runtime: str) -> Path | None:
@@ -85,6 +94,7 @@ def _v3_config(node: NodeLayout) -> dict[str, object]:
         ],
         "grpc": {"address": str(node.containerd_socket)},
         "ttrpc": {"address": str(node.containerd_dir / "containerd.sock.ttrpc")},
+        "metrics": {"address": f"{node.ip}:{METRICS_PORT}"},
         "plugins": {
             "io.containerd.internal.v1.opt": {"path": str(node.containerd_dir / "opt")},
             "io.containerd.nri.v1.nri": {"disable": True},
@@ -127,6 +137,7 @@ def _v2_config(node: NodeLayout) -> dict[str, object]:
             "io.containerd.snapshotter.v1.zfs",
         ],
         "grpc": {"address": str(node.containerd_socket)},
+        "metrics": {"address": f"{node.ip}:{METRICS_PORT}"},
         "plugins": {
             "io.containerd.internal.v1.opt": {"path": str(node.containerd_dir / "opt")},
             "io.containerd.grpc.v1.cri": {
