@@ -38,7 +38,7 @@ def test_a_node_command_in_the_controller_image_says_where_to_run_it(
     monkeypatch.setitem(sys.modules, "grpc", None)
     assert cli.main(["gc", "--dry-run"]) == 2
     assert "needs grpc" in capsys.readouterr().err
-    monkeypatch.setitem(sys.modules, "yaml", None)
+    monkeypatch.setitem(sys.modules, "cni_operator.revisions", None)
     monkeypatch.delitem(sys.modules, "cni_operator.rollback", raising=False)
     with pytest.raises(ModuleNotFoundError):
         cli.main(["rollback", "some-network"])
