@@ -468,15 +468,45 @@ def test_metrics_of_every_component_move_as_pods_come_and_go(installed: Installe
     agent = agent_pod(p, node)["metadata"]["name"]
     (controller,) = [c["metadata"]["name"] for c in p.pods("controller")]
 
-    def steady() -> tuple[Samples, Samples, Samples] | None:
-        """The three scrapes once the agent's gauge matches its own report."""
+    def pod_network_pods() -> int:
+        """Pods on `node` that hold an address of the pod network; none may be
+        terminating (its lease's fate would move the baseline under the test)."""
+        listed = p.kubectl(
+            "get", "pods", "-A", "-o", "json", "--field-selector", f"spec.nodeName={node}"
+        ).stdout
+        pods = [x for x in json.loads(listed)["items"] if not x["spec"].get("hostNetwork")]
+        leaving = [x["metadata"]["name"] for x in pods if x["metadata"].get("deletionTimestamp")]
+        if leaving:
+            raise ValueError(f"pods still terminating on {node}: {leaving}")
+        return sum(1 for x in pods if x.get("status", {}).get("podIP"))
+
+    def steady() -> tuple[Samples, Samples, Samples]:
+        """The three scrapes once the agent's gauge, its report and the pods on the
+        node agree (the report follows a new lease within the agent's next pass)."""
         server_m = scrape(p, agent, SERVER_METRICS)
         agent_m = scrape(p, agent, AGENT_METRICS)
         controller_m = scrape(p, controller, CONTROLLER_METRICS)
         gauge = value(agent_m, "cniwarden_agent_pool_used_addresses", **labels)
-        return (server_m, agent_m, controller_m) if gauge == used(node) else None
+        reported, pods = used(node), pod_network_pods()
+        if not gauge == reported == pods:
+            raise ValueError(f"gauge {gauge:g}, report {reported}, pods with an address {pods}")
+        return server_m, agent_m, controller_m
 
-    server0, agent0, controller0 = wait_for(steady, "metrics agreeing with the report")
+    def observed(server_m: Samples, agent_m: Samples, controller_m: Samples) -> dict[str, float]:
+        """What the waits compare, also named in their failure."""
+        return {
+            "ADD": served(server_m, "ADD"),
+            "DEL": served(server_m, "DEL"),
+            "used": value(agent_m, "cniwarden_agent_pool_used_addresses", **labels),
+            "reported": used(node),
+            "percent": value(
+                controller_m, "cniwarden_controller_pool_usage_percent", network=installed.network
+            ),
+        }
+
+    server0, agent0, controller0 = wait_for(
+        steady, "metrics agreeing with the report and the pods", timeout=90
+    )
     ready = value(controller0, "cniwarden_controller_networks", condition="Ready", status="True")
     assert ready >= 1, "the controller counts the Ready network"
     size = value(agent0, "cniwarden_agent_pool_size_addresses", **labels)
@@ -492,17 +522,20 @@ def test_metrics_of_every_component_move_as_pods_come_and_go(installed: Installe
         installed.start_pod(name, node, "exec sleep 3600")
     installed.wait_pods(*names)
 
-    def moved_up() -> tuple[Samples, Samples, Samples] | None:
+    def moved_up() -> tuple[Samples, Samples, Samples]:
         server_m = scrape(p, agent, SERVER_METRICS)
         agent_m = scrape(p, agent, AGENT_METRICS)
         controller_m = scrape(p, controller, CONTROLLER_METRICS)
+        seen = observed(server_m, agent_m, controller_m)
         up = (
-            served(server_m, "ADD") >= adds0 + count
-            and value(agent_m, "cniwarden_agent_pool_used_addresses", **labels) == used0 + count
-            and value(controller_m, "cniwarden_controller_pool_usage_percent",
-                      network=installed.network) > percent0
-        )  # fmt: skip
-        return (server_m, agent_m, controller_m) if up else None
+            seen["ADD"] >= adds0 + count
+            and seen["used"] == used0 + count
+            and seen["percent"] > percent0
+        )
+        if not up:
+            raise ValueError(f"want ADD >= {adds0 + count:g}, used == {used0 + count:g}, "
+                             f"percent > {percent0:g}; saw {seen}")  # fmt: skip
+        return server_m, agent_m, controller_m
 
     server1, agent1, controller1 = wait_for(moved_up, "metrics up with the pods", timeout=90)
     p.kubectl(
@@ -510,17 +543,18 @@ def test_metrics_of_every_component_move_as_pods_come_and_go(installed: Installe
     )
     installed.pods = [n for n in installed.pods if n not in names]
 
-    def moved_down() -> tuple[Samples, Samples, Samples] | None:
+    def moved_down() -> tuple[Samples, Samples, Samples]:
         server_m = scrape(p, agent, SERVER_METRICS)
         agent_m = scrape(p, agent, AGENT_METRICS)
         controller_m = scrape(p, controller, CONTROLLER_METRICS)
+        seen = observed(server_m, agent_m, controller_m)
         down = (
-            served(server_m, "DEL") >= dels0 + count
-            and value(agent_m, "cniwarden_agent_pool_used_addresses", **labels) == used0
-            and value(controller_m, "cniwarden_controller_pool_usage_percent",
-                      network=installed.network) == percent0
-        )  # fmt: skip
-        return (server_m, agent_m, controller_m) if down else None
+            seen["DEL"] >= dels0 + count and seen["used"] == used0 and seen["percent"] == percent0
+        )
+        if not down:
+            raise ValueError(f"want DEL >= {dels0 + count:g}, used == {used0:g}, "
+                             f"percent == {percent0:g}; saw {seen}")  # fmt: skip
+        return server_m, agent_m, controller_m
 
     server2, agent2, controller2 = wait_for(moved_down, "metrics down with the pods", timeout=90)
     assert served(server2, "ADD") >= served(server1, "ADD"), "a counter never goes down"
