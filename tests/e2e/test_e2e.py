@@ -521,6 +521,7 @@ def test_metrics_of_every_component_move_as_pods_come_and_go(installed: Installe
     for name in names:
         installed.start_pod(name, node, "exec sleep 3600")
     installed.wait_pods(*names)
+    running = time.monotonic()
 
     def moved_up() -> tuple[Samples, Samples, Samples]:
         server_m = scrape(p, agent, SERVER_METRICS)
@@ -538,10 +539,12 @@ def test_metrics_of_every_component_move_as_pods_come_and_go(installed: Installe
         return server_m, agent_m, controller_m
 
     server1, agent1, controller1 = wait_for(moved_up, "metrics up with the pods", timeout=90)
+    up_after = time.monotonic() - running
     p.kubectl(
         "delete", "pod", *names, "--wait=true", "--timeout=90s", "--ignore-not-found", timeout=120
     )
     installed.pods = [n for n in installed.pods if n not in names]
+    deleted = time.monotonic()
 
     def moved_down() -> tuple[Samples, Samples, Samples]:
         server_m = scrape(p, agent, SERVER_METRICS)
@@ -557,6 +560,7 @@ def test_metrics_of_every_component_move_as_pods_come_and_go(installed: Installe
         return server_m, agent_m, controller_m
 
     server2, agent2, controller2 = wait_for(moved_down, "metrics down with the pods", timeout=90)
+    down_after = time.monotonic() - deleted
     assert served(server2, "ADD") >= served(server1, "ADD"), "a counter never goes down"
 
     def percent(m: Samples) -> str:
@@ -578,6 +582,8 @@ def test_metrics_of_every_component_move_as_pods_come_and_go(installed: Installe
         f"\n  agent attachments: {attached(agent0)} -> {attached(agent1)} -> {attached(agent2)}"
         f"\n  controller pool usage %: {percent(controller0)} -> {percent(controller1)} -> "
         f"{percent(controller2)}"
+        f"\n  metrics up {up_after:.1f} s after the pods ran, down {down_after:.1f} s after "
+        "they were deleted"
     )
 
 
