@@ -39,7 +39,8 @@ from cni_operator.kube_time import now_iso
 from cni_operator.metrics import AgentMetrics
 from cni_operator.node import coalesce
 from cni_operator.node import manifest as manifest_io
-from cni_operator.node.cnistatus import node_readiness
+from cni_operator.node.cniprobe import ReadinessProber
+from cni_operator.node.cnistatus import configs_in_use, node_readiness
 from cni_operator.node.cri import RuntimeProbe
 from cni_operator.node.fetch import FetchLimits
 from cni_operator.node.own_binaries import default_source
@@ -88,6 +89,9 @@ class AgentSettings:
     # judged every readiness_seconds.
     readiness_taint: bool = False
     readiness_seconds: float = 2.0
+    # The probe ADD + CHECK + DEL in a scratch netns (node/cniprobe.py), again every
+    # this many seconds once passed (0: off; see readiness.probe_due for when else).
+    readiness_probe_seconds: float = 300.0
     # Whose rules judge this node ("auto": the runtime that answers on its CRI
     # socket, every rule set when none does); drives the config and readiness.
     runtime: str = "auto"
@@ -151,6 +155,9 @@ class Agent:
         )
         self._runtime_events = TransitionEvents(self.settings.node_name, RUNTIME_EVENT_PROBLEMS)
         self.metrics = AgentMetrics()
+        self.readiness_prober = ReadinessProber(
+            self.settings.node_name, self.settings.readiness_probe_seconds
+        )
 
     # -------------------------------------------------------------- inputs
     def on_network(self, event_type: str | None, body: dict[str, Any]) -> None:
@@ -301,7 +308,9 @@ class Agent:
         scan = scan_node(
             self.paths, manifest, self.reconciler.prober, node_view=True, runtimes=facts.rules
         )
-        return node_readiness(self.paths, scan, manifest, facts.judged_by)
+        base = node_readiness(self.paths, scan, manifest, facts.judged_by)
+        files = configs_in_use(scan, facts.judged_by)
+        return self.readiness_prober.judge(self.paths, files, base)
 
     def _sync_taint(self, tainted: bool) -> bool:
         """Put our taint on this node's Node or take it off; True when the Node now
@@ -519,6 +528,9 @@ class Agent:
                 "since": self._readiness_since,
                 "taint": readiness.TAINT_KEY,
             }
+            probe = self.readiness_prober.report()
+            if probe is not None:
+                result.status["cniReadiness"]["probe"] = probe
         self.metrics.pass_duration.observe(time.monotonic() - started)
         self.metrics.update(result.status)
         await asyncio.to_thread(self._publish, result, snapshot)

@@ -76,6 +76,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
             gc_interval_seconds=args.gc_interval_seconds,
             readiness_taint=args.readiness_taint,
             readiness_seconds=args.readiness_seconds,
+            readiness_probe_seconds=args.readiness_probe_seconds,
             runtime=args.runtime,
             metrics_address=args.metrics_address,
         )
@@ -251,6 +252,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=float(os.environ.get("CNIWARDEN_READINESS_SECONDS", "2")),
         metavar="SECONDS",
         help="judge CNI readiness this often",
+    )
+    p.add_argument(
+        "--readiness-probe-seconds",
+        type=float,
+        default=float(os.environ.get("CNIWARDEN_READINESS_PROBE_SECONDS", "300")),
+        metavar="SECONDS",
+        help="with --readiness-taint, prove the config in use by a probe ADD + CHECK + DEL "
+        "in a scratch network namespace (needs CAP_SYS_ADMIN): at the first verdict, on a "
+        "config change, on every recovery, after a failure every 10 s, and once passed "
+        "this often (0: no probe)",
     )
     p.add_argument(
         "--runtime",

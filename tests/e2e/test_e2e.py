@@ -26,6 +26,7 @@ from typing import Any
 import kubernetes
 import pytest
 from kubernetes.client.exceptions import ApiException
+from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.localcluster.kube import node_ready
 from devtools.localcluster.pods import busybox_pod
@@ -416,6 +417,174 @@ def test_pods_on_two_nodes_get_their_nodes_addresses_and_talk(installed: Install
         assert lease is not None and lease.split(b"\r\n")[1] == b"eth0"
     server_log = container_log(p, agent_pod(p, n0.name)["metadata"]["name"], "cni-server")
     assert "cniwarden-bridge ADD" in server_log, server_log[-2000:]
+
+
+# The chart's metrics ports (values.yaml metrics.ports).
+AGENT_METRICS, SERVER_METRICS, CONTROLLER_METRICS = 9812, 9813, 9814
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(p: Provider, pod: str, port: int) -> Samples:
+    """A component's /metrics through the API server's pod proxy (as Prometheus would
+    reach the pod IP), parsed by prometheus_client's own parser."""
+    text = p.kubectl(
+        "get", "--raw", f"/api/v1/namespaces/{p.namespace}/pods/{pod}:{port}/proxy/metrics"
+    ).stdout
+    out: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, frozenset(sample.labels.items()))] = float(sample.value)
+    return out
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def served(samples: Samples, verb: str) -> float:
+    """Successful requests of `verb` the cni-server answered, over its plugins."""
+    return sum(
+        v
+        for (name, labels), v in samples.items()
+        if name == "cniwarden_cni_request_duration_seconds_count"
+        and dict(labels).get("verb") == verb
+        and dict(labels).get("code") == "0"
+    )
+
+
+def test_metrics_of_every_component_move_as_pods_come_and_go(installed: Installed) -> None:
+    """The cni-server's, agent's and controller's /metrics: ADD and DEL counts, the
+    node's pool usage and the network's fullest-node usage follow pods created and
+    deleted on one node."""
+    p = installed.p
+    labels = {"network": installed.network, "range_set": "0"}
+
+    def used(node: str) -> float:
+        pools = installed.node_state(node).get("ipPools") or []
+        return max((x["used"] for x in pools if x.get("network") == installed.network), default=0)
+
+    # The fullest node: the controller's usage is the fullest node's.
+    node = max(p.nodes, key=lambda n: used(n.name)).name
+    agent = agent_pod(p, node)["metadata"]["name"]
+    (controller,) = [c["metadata"]["name"] for c in p.pods("controller")]
+
+    def pod_network_pods() -> int:
+        """Pods on `node` that hold an address of the pod network; none may be
+        terminating (its lease's fate would move the baseline under the test)."""
+        listed = p.kubectl(
+            "get", "pods", "-A", "-o", "json", "--field-selector", f"spec.nodeName={node}"
+        ).stdout
+        pods = [x for x in json.loads(listed)["items"] if not x["spec"].get("hostNetwork")]
+        leaving = [x["metadata"]["name"] for x in pods if x["metadata"].get("deletionTimestamp")]
+        if leaving:
+            raise ValueError(f"pods still terminating on {node}: {leaving}")
+        return sum(1 for x in pods if x.get("status", {}).get("podIP"))
+
+    def steady() -> tuple[Samples, Samples, Samples]:
+        """The three scrapes once the agent's gauge, its report and the pods on the
+        node agree (the report follows a new lease within the agent's next pass)."""
+        server_m = scrape(p, agent, SERVER_METRICS)
+        agent_m = scrape(p, agent, AGENT_METRICS)
+        controller_m = scrape(p, controller, CONTROLLER_METRICS)
+        gauge = value(agent_m, "cniwarden_agent_pool_used_addresses", **labels)
+        reported, pods = used(node), pod_network_pods()
+        if not gauge == reported == pods:
+            raise ValueError(f"gauge {gauge:g}, report {reported}, pods with an address {pods}")
+        return server_m, agent_m, controller_m
+
+    def observed(server_m: Samples, agent_m: Samples, controller_m: Samples) -> dict[str, float]:
+        """What the waits compare, also named in their failure."""
+        return {
+            "ADD": served(server_m, "ADD"),
+            "DEL": served(server_m, "DEL"),
+            "used": value(agent_m, "cniwarden_agent_pool_used_addresses", **labels),
+            "reported": used(node),
+            "percent": value(
+                controller_m, "cniwarden_controller_pool_usage_percent", network=installed.network
+            ),
+        }
+
+    server0, agent0, controller0 = wait_for(
+        steady, "metrics agreeing with the report and the pods", timeout=90
+    )
+    ready = value(controller0, "cniwarden_controller_networks", condition="Ready", status="True")
+    assert ready >= 1, "the controller counts the Ready network"
+    size = value(agent0, "cniwarden_agent_pool_size_addresses", **labels)
+    assert size > 0
+    used0 = value(agent0, "cniwarden_agent_pool_used_addresses", **labels)
+    percent0 = value(
+        controller0, "cniwarden_controller_pool_usage_percent", network=installed.network
+    )
+    adds0, dels0 = served(server0, "ADD"), served(server0, "DEL")
+    count = 3  # > 1 % of a /24: the rounded-up percent moves
+    names = [f"e2e-metrics{i}" for i in range(count)]
+    for name in names:
+        installed.start_pod(name, node, "exec sleep 3600")
+    installed.wait_pods(*names)
+    running = time.monotonic()
+
+    def moved_up() -> tuple[Samples, Samples, Samples]:
+        server_m = scrape(p, agent, SERVER_METRICS)
+        agent_m = scrape(p, agent, AGENT_METRICS)
+        controller_m = scrape(p, controller, CONTROLLER_METRICS)
+        seen = observed(server_m, agent_m, controller_m)
+        up = (
+            seen["ADD"] >= adds0 + count
+            and seen["used"] == used0 + count
+            and seen["percent"] > percent0
+        )
+        if not up:
+            raise ValueError(f"want ADD >= {adds0 + count:g}, used == {used0 + count:g}, "
+                             f"percent > {percent0:g}; saw {seen}")  # fmt: skip
+        return server_m, agent_m, controller_m
+
+    server1, agent1, controller1 = wait_for(moved_up, "metrics up with the pods", timeout=90)
+    up_after = time.monotonic() - running
+    p.kubectl(
+        "delete", "pod", *names, "--wait=true", "--timeout=90s", "--ignore-not-found", timeout=120
+    )
+    installed.pods = [n for n in installed.pods if n not in names]
+    deleted = time.monotonic()
+
+    def moved_down() -> tuple[Samples, Samples, Samples]:
+        server_m = scrape(p, agent, SERVER_METRICS)
+        agent_m = scrape(p, agent, AGENT_METRICS)
+        controller_m = scrape(p, controller, CONTROLLER_METRICS)
+        seen = observed(server_m, agent_m, controller_m)
+        down = (
+            seen["DEL"] >= dels0 + count and seen["used"] == used0 and seen["percent"] == percent0
+        )
+        if not down:
+            raise ValueError(f"want DEL >= {dels0 + count:g}, used == {used0:g}, "
+                             f"percent == {percent0:g}; saw {seen}")  # fmt: skip
+        return server_m, agent_m, controller_m
+
+    server2, agent2, controller2 = wait_for(moved_down, "metrics down with the pods", timeout=90)
+    down_after = time.monotonic() - deleted
+    assert served(server2, "ADD") >= served(server1, "ADD"), "a counter never goes down"
+
+    def percent(m: Samples) -> str:
+        got = value(m, "cniwarden_controller_pool_usage_percent", network=installed.network)
+        return f"{got:g}"
+
+    def pool(m: Samples) -> str:
+        return f"{value(m, 'cniwarden_agent_pool_used_addresses', **labels):g}"
+
+    def attached(m: Samples) -> str:
+        return f"{value(m, 'cniwarden_agent_attachments', network=installed.network):g}"
+
+    print(
+        f"\nmetrics on {node} ({count} pods created, then deleted):"
+        f"\n  cni-server ADD ok: {adds0:g} -> {served(server1, 'ADD'):g}"
+        f"\n  cni-server DEL ok: {dels0:g} -> {served(server1, 'DEL'):g} -> "
+        f"{served(server2, 'DEL'):g}"
+        f"\n  agent pool used: {pool(agent0)} -> {pool(agent1)} -> {pool(agent2)} of {size:g}"
+        f"\n  agent attachments: {attached(agent0)} -> {attached(agent1)} -> {attached(agent2)}"
+        f"\n  controller pool usage %: {percent(controller0)} -> {percent(controller1)} -> "
+        f"{percent(controller2)}"
+        f"\n  metrics up {up_after:.1f} s after the pods ran, down {down_after:.1f} s after "
+        "they were deleted"
+    )
 
 
 def patch_report_as(kubeconfig: Path, node: str, dry_run: bool = False) -> str:

@@ -76,6 +76,23 @@ def ask_status(
     return answers
 
 
+def configs_in_use(scan: NodeScan, runtimes: Sequence[str]) -> list[tuple[str, bytes]]:
+    """The config files of ours that the judged runtimes use (name and content)."""
+    views: dict[str, RuntimeView] = {
+        "containerd": scan.analysis.containerd,
+        "crio": scan.analysis.crio,
+    }
+    out: dict[str, bytes] = {}
+    for runtime in runtimes:
+        view = views.get(runtime)
+        if view is None or not (view.ours and view.healthy and view.file):
+            continue
+        data = scan.files.get(view.file)
+        if data is not None:
+            out[view.file] = data
+    return sorted(out.items())
+
+
 def node_readiness(
     paths: HostPaths,
     scan: NodeScan,

@@ -9,6 +9,12 @@ are coalesced: the refresh runs once the directories have been quiet for
 `quiet_seconds`, and at most `max_delay_seconds` after the first change, so a
 steady churn is still reported within that bound. Anything else (net.d, the bin
 dir, objects) keeps its full pass.
+
+The pool usage (`ipPools`: leased of size per range set) is such a count too, and
+is refreshed the same way, from the lease store alone. What needs the runtime's
+sandbox list or words a problem stays with the full pass: a refresh that would
+change the usage of a range set with leaked leases, or at or above its pressure
+threshold (before or after), runs the pass instead.
 """
 
 from __future__ import annotations
@@ -18,9 +24,13 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from cni_operator.conditions import STATE_APPLIED, STATE_BLOCKED
+from cni_operator.node import manifest as manifest_io
 from cni_operator.node.attachments import AttachmentScan, attachments_report, scan_attachments
+from cni_operator.node.manifest import Manifest, ManifestError
 from cni_operator.node.paths import HostPaths
+from cni_operator.node.pools import scan_pools
 from cni_operator.node.watcher import DirEvent
+from cni_operator.pools import RangeSetUsage, spec_thresholds
 from cni_operator.rendering import NodeFacts
 
 # Problem codes of a pass that waits for a network to have no attachments.
@@ -99,10 +109,43 @@ def refreshed_status(
     return refreshed
 
 
+LEAK_KEYS = ("leakCheck", "leaked", "leakedLeases")
+
+
+def refreshed_pools(
+    reported: Iterable[Mapping[str, Any]],
+    usage: Iterable[RangeSetUsage],
+    thresholds: Mapping[str, int],
+) -> list[dict[str, Any]] | None:
+    """The last report's `ipPools` with the lease counts of `usage` (the store read
+    again, without the runtime), the leak check of the last pass kept; None when a
+    full pass is due instead: the range sets differ, or a count moves in a range set
+    with leaked leases or at or above its network's pressure threshold (`thresholds`,
+    by network), whose problems only a pass words."""
+    before = {(str(item.get("network")), item.get("rangeSet")): item for item in reported}
+    out: list[dict[str, Any]] = []
+    for item in usage:
+        fresh = item.to_dict()
+        old = before.pop((item.pool.network, item.set_index), None)
+        if old is None:
+            return None
+        if old.get("used") != fresh["used"]:
+            threshold = thresholds.get(item.pool.network, 100)
+            if old.get("leaked") or max(int(old.get("percent") or 0), item.percent) >= threshold:
+                return None
+        for key in LEAK_KEYS:
+            fresh.pop(key, None)
+            if key in old:
+                fresh[key] = old[key]
+        out.append(fresh)
+    return None if before else out
+
+
 def rescan(
     paths: HostPaths, status: Mapping[str, Any], applied_specs: Mapping[str, Mapping[str, Any]]
 ) -> dict[str, Any] | None:
-    """Read the attachments again and refresh `status` (see `refreshed_status`)."""
+    """Read the attachments and the managed pools' leases again and refresh `status`
+    (see `refreshed_status` and `refreshed_pools`)."""
     extra = [
         paths.root / data_dir.lstrip("/")
         for spec in applied_specs.values()
@@ -112,7 +155,24 @@ def rescan(
         and ".." not in data_dir
     ]
     scan = scan_attachments(paths, extra)
-    return refreshed_status(status, scan, cni_names(applied_specs), paths.host_view)
+    refreshed = refreshed_status(status, scan, cni_names(applied_specs), paths.host_view)
+    if refreshed is None or "ipPools" not in status:
+        return refreshed
+    try:
+        manifest: Manifest = manifest_io.load(paths)
+    except (OSError, ManifestError):
+        return None  # the pass says what is wrong with it
+    pools = scan_pools(paths, manifest, None)
+    if pools.problems:
+        return None  # unreadable pools: the pass words them
+    thresholds = {
+        name: spec_thresholds(managed.spec)[0] for name, managed in manifest.networks.items()
+    }
+    fresh = refreshed_pools(status["ipPools"], pools.usage, thresholds)
+    if fresh is None:
+        return None
+    refreshed["ipPools"] = fresh
+    return refreshed
 
 
 class Coalescer:

@@ -48,9 +48,13 @@ class Fleet:
         nodes: list[str],
         roots: dict[str, Path] | None = None,
         agent_args: dict[str, list[str]] | None = None,
+        agent_netns: dict[str, Path] | None = None,
     ) -> None:
         self.cluster = cluster
         self.agent_args = agent_args or {}
+        # A real node's network namespace, for an agent whose plugins must touch the
+        # node's links (the readiness probe's bridge), as the chart's hostNetwork pod.
+        self.agent_netns = agent_netns or {}
         self.run_id = secrets.token_hex(3)
         self.workdir = workdir
         self.nodes = nodes
@@ -66,11 +70,14 @@ class Fleet:
         self.core = kubernetes.client.CoreV1Api(client)
 
     # ---------------------------------------------------------- processes
-    def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, args: list[str], log_name: str, netns: Path | None = None
+    ) -> subprocess.Popen[bytes]:
         log = (self.workdir / f"{log_name}.log").open("ab")
         env = {**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig)}
+        enter = [] if netns is None else ["nsenter", f"--net={netns}", "--"]
         return subprocess.Popen(
-            [sys.executable, "-m", "cni_operator.cli", *args],
+            [*enter, sys.executable, "-m", "cni_operator.cli", *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -90,6 +97,7 @@ class Fleet:
                 *self.agent_args.get(node, []),
             ],
             f"agent-{node}",
+            self.agent_netns.get(node),
         )
 
     def start_operator(self) -> None:
@@ -246,6 +254,7 @@ def running_fleet(
     nodes: list[str],
     roots: dict[str, Path] | None = None,
     agent_args: dict[str, list[str]] | None = None,
+    agent_netns: dict[str, Path] | None = None,
 ) -> Iterator[Fleet]:
     """Controller + one agent per node; on exit every CNINetwork the test made is
     deleted (agents clean the nodes), processes stopped, reports and labels removed."""
@@ -257,7 +266,7 @@ def running_fleet(
         "crd/cninodestates.cniwarden.io",
         "crd/cninoderoutes.cniwarden.io",
     )
-    fleet = Fleet(cluster, workdir, nodes, roots, agent_args)
+    fleet = Fleet(cluster, workdir, nodes, roots, agent_args, agent_netns)
     for node in nodes:
         cluster.kubectl(
             "label", "node", node, f"cniwarden.io/test-fleet={fleet.run_id}", "--overwrite"

@@ -6,6 +6,7 @@ lease made older than the grace period."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import os
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 from cni_operator.node.atomic import sha256_file
+from cni_operator.node.cri import RuntimeProbe
 from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.localcluster import LocalCluster
@@ -257,3 +259,274 @@ def run_faults(
         finally:
             cluster.kubectl("delete", "pod", pod, "--wait=true", "--timeout=60s", check=False)
         fleet.delete(name)
+
+
+# A chained plugin that holds the ADD for a while after the bridge leased the address:
+# the window in which containerd is killed (mid-ADD). VERSION and the other verbs pass.
+SLOW_PLUGIN = """#!/bin/sh
+input=$(cat)
+case "$CNI_COMMAND" in
+VERSION) echo '{"cniVersion":"1.0.0","supportedVersions":["0.3.1","0.4.0","1.0.0"]}' ;;
+ADD) sleep 5
+     printf '%s' "$input" | python3 -c \
+       'import json, sys; print(json.dumps(json.load(sys.stdin)["prevResult"]))' ;;
+esac
+"""
+
+
+def node_process(cluster: LocalCluster, node: str, component: str) -> Any:
+    from devtools.localcluster import procs  # noqa: PLC0415
+
+    return next(
+        p
+        for p in cluster.state.processes
+        if p.node == node and p.name == component and procs.is_alive(p)
+    )
+
+
+def kill_and_restart(cluster: LocalCluster, node: str, component: str) -> None:
+    """SIGKILL the node's containerd or kubelet, then start it again as the tier does."""
+    kill(cluster, node, component)
+    start(cluster, node, component)
+
+
+def kill(cluster: LocalCluster, node: str, component: str) -> None:
+    from devtools.localcluster import procs  # noqa: PLC0415
+
+    record = node_process(cluster, node, component)
+    os.kill(record.pid, 9)
+    deadline = time.monotonic() + 30
+    while procs.is_alive(record):
+        assert time.monotonic() < deadline, f"{component} survived SIGKILL"
+        time.sleep(0.05)
+
+
+def start(cluster: LocalCluster, node: str, component: str) -> None:
+    from devtools.localcluster.containerd import start_containerd  # noqa: PLC0415
+    from devtools.localcluster.kubelet import start_kubelet  # noqa: PLC0415
+
+    state = cluster.state
+    record = next(n for n in state.nodes if n.name == node)
+    layout = cluster.layout.node(record.index, record.runtime)
+    if component == "containerd":
+        start_containerd(state, layout)
+    else:
+        start_kubelet(cluster.layout, state, layout)
+
+
+def leases(store: Path) -> dict[str, str]:
+    """ip -> container id of every lease in the store."""
+    out = {}
+    for path in store.glob("[0-9]*"):
+        try:
+            out[path.name] = path.read_text().split("\r\n")[0]
+        except FileNotFoundError:
+            continue
+    return out
+
+
+def pod_ip(cluster: LocalCluster, pod: str) -> str | None:
+    got = json.loads(cluster.kubectl("get", "pod", pod, "-o", "json", check=False).stdout or "{}")
+    ip = (got.get("status") or {}).get("podIP")
+    return str(ip) if ip else None
+
+
+def test_containerd_killed_mid_add_and_pods_deleted_while_kubelet_is_down(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """The two faults of issue 14 not covered above, on the real node: after each,
+    the leaked leases are reported, then reclaimed, and the live pod keeps its address."""
+    node = cluster.real_nodes[0]
+    if not node.runtime.startswith("containerd"):
+        pytest.skip(f"the real node runs {node.runtime}; this fault kills containerd")
+    suffix = secrets.token_hex(3)
+    name, bridge = f"crash-{suffix}", f"cwk{suffix}"
+    data_dir = node.cni_state_dir / "networks"
+    slow = tmp_path / f"cwslow-{suffix}"
+    slow.write_text(SLOW_PLUGIN)
+    slow.chmod(0o755)
+    spec: dict[str, Any] = {
+        "priority": 10,
+        "cniVersion": "1.0.0",
+        "ipam": {"pressureThreshold": 90, "leaseGraceSeconds": 60},
+        "plugins": [
+            {
+                "type": "cniwarden-bridge",
+                "bridge": bridge,
+                "isGateway": True,
+                "ipam": {
+                    "type": "cniwarden-host-local",
+                    "ranges": [[{"subnet": "usePodCIDR"}]],
+                    "dataDir": str(data_dir),
+                },
+            }
+        ],
+        "binaries": [
+            {
+                "name": "loopback",
+                "sha256": sha256_file(REFERENCE / "loopback"),
+                "source": {"file": str(REFERENCE / "loopback")},
+            },
+        ],
+    }
+    socket_on_node = "/" + str(node.containerd_socket.relative_to(node.host_root))
+    cri = ["--runtime-endpoint", socket_on_node]
+    args = {node.name: [*cri, "--gc-interval-seconds", "0"]}
+    roots = {node.name: node.host_root}
+    mirror = node.host_root / str(data_dir).lstrip("/")
+    made = [p for p in mirror.parents if not p.exists()]
+    mirror.parent.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    mirror.symlink_to(data_dir, target_is_directory=True)
+    live, doomed, slow_pod = f"live-{suffix}", f"gone-{suffix}", f"slow-{suffix}"
+    rows: list[str] = []
+    try:
+        with running_fleet(cluster, tmp_path, [node.name], roots, args) as fleet:
+            store = data_dir / name
+
+            def leaked_report(count: int) -> dict[str, Any] | None:
+                return next(
+                    (
+                        p
+                        for p in pools_of(fleet.node_state(node.name), name)
+                        if p.get("leaked") == count
+                    ),
+                    None,
+                )
+
+            def repair(expected: set[str]) -> str:
+                """Reported (agent, GC off; and the CLI's dry run), then reclaimed by the
+                agent restarted with its GC on; then back to report-only."""
+                for ip in expected:
+                    age_lease(store / ip, LONG_AGO)
+
+                def reported_or_freed() -> dict[str, Any] | None:
+                    if not any((store / ip).exists() for ip in expected):
+                        return {"freed": True}  # a late DEL of the runtime's came first
+                    return leaked_report(len(expected))
+
+                reported = fleet.wait(reported_or_freed, "the leaked leases reported")
+                if reported.get("freed"):
+                    return "freed by a late DEL before the report"
+                assert {x["ip"] for x in reported["leakedLeases"]} == expected
+                dry = subprocess.run(
+                    [sys.executable, "-m", "cni_operator.cli", "gc", "--host-root",
+                     str(node.host_root), *cri, "--dry-run", "--json"],
+                    capture_output=True, text=True, timeout=60, cwd=ROOT, check=False,
+                )  # fmt: skip
+                assert dry.returncode == 0, dry.stderr
+                assert {r["ip"] for r in json.loads(dry.stdout)["released"]} == expected
+                fleet.stop_agent(node.name)
+                fleet.agent_args[node.name] = [*cri, "--gc-interval-seconds", "2"]
+                fleet.start_agent(node.name)
+                fleet.wait(
+                    lambda: not any((store / ip).exists() for ip in expected),
+                    "the leaked leases reclaimed",
+                )
+                fleet.wait(lambda: leaked_report(0), "the report shows none leaked")
+                fleet.stop_agent(node.name)
+                fleet.agent_args[node.name] = [*cri, "--gc-interval-seconds", "0"]
+                fleet.start_agent(node.name)
+                return "reported, then reclaimed"
+
+            def live_pod_intact(ip: str) -> None:
+                assert pod_ip(cluster, live) == ip, "the live pod's address changed"
+                got = json.loads(cluster.kubectl("get", "pod", live, "-o", "json").stdout)
+                ready = {c["type"]: c["status"] for c in got["status"]["conditions"]}
+                assert ready["Ready"] == "True"
+                assert (store / ip).exists(), "the live pod's lease was released"
+
+            def fate(ip: str, owner: str) -> str | None:
+                """ "freed" (a DEL released it) or "leaked" (its sandbox gone from the
+                runtime's listing); None while the runtime still lists it."""
+                if not (store / ip).exists():
+                    return "freed"
+                probe = RuntimeProbe(node.host_root, socket_on_node)
+                try:
+                    ids = probe.list_sandboxes().ids
+                finally:
+                    probe.close()
+                if ids is None or owner in ids:
+                    return None
+                print(f"\n{ip}: {owner[:12]} not among {len(ids)} sandbox(es) listed")
+                return "leaked"
+
+            fleet.apply(name, spec)
+            fleet.wait(lambda: fleet.ready(name), "network Ready on the real node", timeout=60)
+            body = busybox_pod(live, node.name, ["sh", "-c", "exec sleep 3600"], grace_seconds=1)
+            cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
+            cluster.kubectl("wait", "--for=condition=Ready", f"pod/{live}", "--timeout=120s")
+            live_ip = pod_ip(cluster, live)
+            assert live_ip is not None
+
+            # Fault 1: containerd killed (SIGKILL) mid-ADD. A slow plugin chained after
+            # the bridge holds the ADD open once the address is leased.
+            spec["plugins"].append({"type": slow.name})
+            spec["binaries"].append(
+                {"name": slow.name, "sha256": sha256_file(slow), "source": {"file": str(slow)}}
+            )
+            fleet.apply(name, spec)
+            fleet.wait(lambda: fleet.ready(name), "the slow chain Ready", timeout=60)
+            before = set(leases(store))
+            body = busybox_pod(
+                slow_pod, node.name, ["sh", "-c", "exec sleep 3600"], grace_seconds=1
+            )
+            cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
+            first = fleet.wait(
+                lambda: {ip: o for ip, o in leases(store).items() if ip not in before},
+                "the slow pod's ADD leased",
+                timeout=120,
+            )
+            kill_and_restart(cluster, node.name, "containerd")
+            # kubelet retries the sandbox (a new id, a new ADD); the killed ADD's lease
+            # is freed by a DEL if the runtime remembered that sandbox, else leaked.
+            cluster.kubectl(
+                "wait", "--for=condition=Ready", f"pod/{slow_pod}", "--timeout=180s", timeout=200
+            )
+            slow_ip = pod_ip(cluster, slow_pod)
+            fates: dict[str, str] = {}
+            for ip, owner in first.items():
+                if ip != slow_ip:
+                    fates[ip] = fleet.wait(
+                        functools.partial(fate, ip, owner), f"the fate of {ip}", timeout=180
+                    )
+            leaked_1 = {ip for ip, f in fates.items() if f == "leaked"}
+            if leaked_1:
+                fates["repair"] = repair(leaked_1)
+            live_pod_intact(live_ip)
+            assert slow_ip is not None and (store / slow_ip).exists()
+            rows.append(f"containerd SIGKILLed mid-ADD: {fates}, pod retried with {slow_ip}")
+            cluster.kubectl("delete", "pod", slow_pod, "--wait=true", "--timeout=90s")
+            print(f"\n{rows[-1]}")  # (the chain stays: a change is held while pods run)
+
+            # Fault 2: pods deleted (force, from the API) while the node's kubelet is down.
+            body = busybox_pod(doomed, node.name, ["sh", "-c", "exec sleep 3600"], grace_seconds=1)
+            cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
+            cluster.kubectl("wait", "--for=condition=Ready", f"pod/{doomed}", "--timeout=120s")
+            doomed_ip = pod_ip(cluster, doomed)
+            assert doomed_ip is not None
+            kill(cluster, node.name, "kubelet")
+            try:
+                cluster.kubectl(
+                    "delete", "pod", doomed, "--force", "--grace-period=0", "--wait=false"
+                )
+            finally:
+                start(cluster, node.name, "kubelet")
+
+            # Back up, kubelet stops the sandbox of a pod the API no longer has (its DEL
+            # frees the lease), or the runtime drops it and the lease is leaked.
+            owner = leases(store).get(doomed_ip, "")
+            outcome = fleet.wait(lambda: fate(doomed_ip, owner), "the deleted pod's lease")
+            if outcome == "leaked":
+                outcome += ": " + repair({doomed_ip})
+            rows.append(f"pods deleted while kubelet was down: {doomed_ip} {outcome}")
+            live_pod_intact(live_ip)
+        print("\nleak faults on the real node:\n  " + "\n  ".join(rows))
+    finally:
+        for pod in (live, doomed, slow_pod):
+            cluster.kubectl(
+                "delete", "pod", pod, "--ignore-not-found", "--timeout=60s", check=False
+            )
+        mirror.unlink()
+        for directory in made:
+            directory.rmdir()

@@ -10,6 +10,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import secrets
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from cni_operator.readiness import TAINT_KEY
 from devtools.localcluster import LocalCluster
 from devtools.localcluster.pods import busybox_pod
 
-from .conftest import Fleet, running_fleet
+from .conftest import ROOT, Fleet, running_fleet
 
 pytestmark = [pytest.mark.cluster("real-node"), pytest.mark.slow]
 REFERENCE = Path("/usr/lib/cni")
@@ -83,7 +85,12 @@ def test_taint_follows_cni_readiness_and_holds_pods_off_the_node(
     pod = f"bb-{suffix}"
     try:
         with running_fleet(
-            cluster, tmp_path, [node.name], {node.name: node.host_root}, args
+            cluster,
+            tmp_path,
+            [node.name],
+            {node.name: node.host_root},
+            args,
+            {node.name: node.netns},
         ) as fleet:
             # No config of ours yet: the agent taints its node.
             fleet.wait(lambda: tainted(cluster, node.name), "the taint before any config")
@@ -164,3 +171,161 @@ def test_taint_follows_cni_readiness_and_holds_pods_off_the_node(
         cluster.kubectl("delete", "pod", pod, "--ignore-not-found", "--timeout=60s", check=False)
         # Leave the shared node as we found it: no taint of ours.
         cluster.kubectl("taint", "node", node.name, f"{TAINT_KEY}-", check=False)
+
+
+def in_node(node: Any, *command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["nsenter", f"--net={node.netns}", "--", *command],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def readiness_of(fleet: Fleet, node: str) -> dict[str, Any]:
+    return fleet.node_state(node).get("cniReadiness") or {}
+
+
+def test_probe_keeps_the_taint_while_add_fails_though_status_is_ok(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """The gap STATUS leaves: the bridge's name taken by another link on the node
+    (a veth here). STATUS answers ok, every ADD fails; the probe ADD + CHECK + DEL
+    keeps the taint, finds the regression at its interval, and the fix untaints."""
+    node = cluster.real_nodes[0]
+    suffix = secrets.token_hex(3)
+    name, bridge = f"probe-{suffix}", f"cwp{suffix}"
+    data_dir = node.cni_state_dir / "networks"
+    spec: dict[str, Any] = {
+        "priority": 10,
+        "cniVersion": "1.0.0",
+        "plugins": [
+            {
+                "type": "cniwarden-bridge",
+                "bridge": bridge,
+                "isGateway": True,
+                "ipam": {
+                    "type": "cniwarden-host-local",
+                    "ranges": [[{"subnet": "usePodCIDR"}]],
+                    "dataDir": str(data_dir),
+                },
+            }
+        ],
+    }
+    interval = 5.0  # the probe again this often once passed (300 s by default)
+    args = {
+        node.name: [
+            "--readiness-taint",
+            "--readiness-seconds",
+            str(READINESS_SECONDS),
+            "--runtime",
+            "containerd",
+            "--readiness-probe-seconds",
+            str(interval),
+        ]
+    }
+
+    def take_the_name() -> None:
+        done = in_node(node, "ip", "link", "add", bridge, "type", "veth", "peer", f"cwq{suffix}")
+        assert done.returncode == 0, done.stderr
+
+    def probe_failed() -> dict[str, Any] | None:
+        got = readiness_of(fleet, node.name)
+        probe = got.get("probe") or {}
+        return got if probe.get("ok") is False and not got.get("ready") else None
+
+    timings: dict[str, float] = {}
+    probe_netns = node.host_root / "run/netns"
+    pod = f"bb-{suffix}"
+    try:
+        take_the_name()
+        with running_fleet(
+            cluster,
+            tmp_path,
+            [node.name],
+            {node.name: node.host_root},
+            args,
+            {node.name: node.netns},
+        ) as fleet:
+            fleet.wait(lambda: tainted(cluster, node.name), "the taint before any config")
+            started = time.monotonic()
+            fleet.apply(name, spec)
+            failed = fleet.wait(probe_failed, "the probe's ADD fails")
+            timings["apply (ADD broken) -> probe failed, still tainted"] = (
+                time.monotonic() - started
+            )
+            # Everything else says ready: the probe alone keeps the taint.
+            assert failed["message"].startswith("probe ADD of "), failed["message"]
+            assert "cniwarden-bridge" in failed["probe"]["message"]
+            assert tainted(cluster, node.name)
+            # A pod bound to the node (nodeName: no scheduler, so no taint) fails its
+            # sandbox; `cniwarden doctor --kubeconfig` shows the kubelet's events for it.
+            body = busybox_pod(pod, node.name, ["sh", "-c", "exec sleep 3600"], grace_seconds=1)
+            cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
+            report = fleet.wait(
+                lambda: sandbox_failures(cluster, node, pod), "doctor's events", 120
+            )
+            (seen,) = [f for f in report["cluster"]["failedCreatePodSandBox"] if pod in f["pod"]]
+            assert bridge in seen["message"] or "cniwarden-bridge" in seen["message"], seen
+            problem = next(p for p in report["problems"] if p["code"] == "FailedCreatePodSandBox")
+            assert problem["fix"]
+            assert tainted(cluster, node.name), "still tainted, several verdicts later"
+            assert not readiness_of(fleet, node.name).get("ready")
+
+            # The fix: the name free again; the failed probe is retried (10 s).
+            started = time.monotonic()
+            done = in_node(node, "ip", "link", "del", bridge)
+            assert done.returncode == 0, done.stderr
+            fleet.wait(lambda: not tainted(cluster, node.name), "untainted once ADD works", 90)
+            timings["name freed -> untaint"] = time.monotonic() - started
+            ok = fleet.wait(
+                lambda: (r := readiness_of(fleet, node.name)).get("ready") and r,
+                "the report says ready, with the probe",
+            )
+            assert ok["probe"]["ok"] is True, ok
+            assert ok["probe"]["containerID"].startswith(f"cniwarden-probe-{node.name}-")
+
+            # A regression the probe alone sees, at its interval: the bridge replaced.
+            started = time.monotonic()
+            in_node(node, "ip", "link", "del", bridge)
+            take_the_name()
+            fleet.wait(lambda: tainted(cluster, node.name), "tainted again by the probe", 90)
+            timings["ADD broken -> taint (probe interval 5 s)"] = time.monotonic() - started
+            started = time.monotonic()
+            in_node(node, "ip", "link", "del", bridge)
+            fleet.wait(lambda: not tainted(cluster, node.name), "untainted again", 90)
+            timings["name freed -> untaint (2)"] = time.monotonic() - started
+
+            # Nothing of the probes left between probes: no lease, no scratch netns.
+            def nothing_left() -> bool:
+                leases = [p for p in (data_dir / name).glob("[0-9]*")]
+                ours = [p for p in leases if p.read_text().startswith("cniwarden-probe-")]
+                return not ours and not list(probe_netns.glob("cniwarden-probe-*"))
+
+            fleet.wait(nothing_left, "no probe lease or netns between probes")
+            fleet.delete(name)
+        print(f"\nreadiness probe taint timings (verdict every {READINESS_SECONDS:g} s):")
+        for what, seconds in timings.items():
+            print(f"  {what}: {seconds:.2f} s")
+    finally:
+        cluster.kubectl("delete", "pod", pod, "--ignore-not-found", "--timeout=60s", check=False)
+        in_node(node, "ip", "link", "del", bridge)
+        cluster.kubectl("taint", "node", node.name, f"{TAINT_KEY}-", check=False)
+
+
+def sandbox_failures(cluster: LocalCluster, node: Any, pod: str) -> dict[str, Any] | None:
+    """`cniwarden doctor --json --kubeconfig` on the node, once it lists `pod`'s
+    FailedCreatePodSandBox events."""
+    done = subprocess.run(
+        [sys.executable, "-m", "cni_operator.cli", "doctor", "--json", "--no-journal",
+         "--host-root", str(node.host_root), "--runtime", "containerd",
+         "--kubeconfig", str(cluster.kubeconfig), "--node-name", node.name],
+        capture_output=True, text=True, timeout=120, cwd=ROOT, check=False,
+    )  # fmt: skip
+    try:
+        report: dict[str, Any] = json.loads(done.stdout)
+    except ValueError:
+        return None
+    failures = (report.get("cluster") or {}).get("failedCreatePodSandBox") or []
+    return report if any(pod in f["pod"] for f in failures) else None

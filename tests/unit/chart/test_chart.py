@@ -645,6 +645,19 @@ def test_readiness_taint_grants_only_its_own_nodes_taint() -> None:
         m["mountPath"] for m in container(find(objects, "DaemonSet"), "agent")["volumeMounts"]
     }
     assert "/run/cniwarden" in mounts  # STATUS through the shim reaches the server
+    assert env["CNIWARDEN_READINESS_PROBE_SECONDS"] == "0"  # the probe: opt-in
+    assert "/run/netns" not in mounts
+    agent = container(find(objects, "DaemonSet"), "agent")
+    assert not agent["securityContext"].get("privileged")
+    probing = render_chart(
+        {"agent": {"readinessTaint": {"enabled": True, "probe": {"enabled": True}}}}
+    )
+    agent = container(find(probing, "DaemonSet"), "agent")
+    env = {e["name"]: e.get("value") for e in agent["env"]}
+    assert env["CNIWARDEN_READINESS_PROBE_SECONDS"] == "300"
+    (netns,) = [m for m in agent["volumeMounts"] if m["mountPath"] == "/run/netns"]
+    assert netns["mountPropagation"] == "Bidirectional"  # the cni-server sees the netns
+    assert agent["securityContext"] == {"privileged": True}
     role = next(
         o
         for o in objects

@@ -14,15 +14,20 @@ from typing import Any
 
 import pytest
 from cni_operator.agent import Agent, AgentSettings
+from cni_operator.node import manifest as manifest_io
 from cni_operator.node.attachments import AttachmentScan
 from cni_operator.node.coalesce import (
     Coalescer,
     only_attachments,
     own_node_changed,
+    refreshed_pools,
     refreshed_status,
+    rescan,
 )
+from cni_operator.node.manifest import ManagedNetwork, Manifest
 from cni_operator.node.paths import HostPaths
 from cni_operator.node.watcher import DirEvent
+from cni_operator.pools import RangeSetUsage, host_local_pools
 
 from tests.unit.operator.test_agent_loop import KUBECONFIG, RecordingHostGateway, RecordingKube
 
@@ -105,6 +110,66 @@ def test_a_change_of_the_unreadable_cache_files_gets_a_full_pass() -> None:
     assert refreshed_status(status_with(), scan, {}, show) is None
     reported = {"code": "EmptyResultCache", "path": "/var/lib/cni/results/bad"}
     assert refreshed_status(status_with(problems=[reported]), scan, {}, show) is not None
+
+
+CONFLIST = (
+    b'{"cniVersion": "1.0.0", "name": "pods", "plugins": [{"type": "bridge", '
+    b'"ipam": {"type": "host-local", "ranges": [[{"subnet": "10.9.0.0/24"}]]}}]}'
+)
+POOL = host_local_pools("podnet", CONFLIST)[0]
+
+
+def reported_pool(used: int, leaked: int = 0, percent: int | None = None) -> dict[str, Any]:
+    """An ipPools entry as the last full pass wrote it (its leak check done)."""
+    entry = RangeSetUsage(POOL, 0, 253, used, ()).to_dict()
+    entry.update(leaked=leaked, leakedLeases=[{"ip": "10.9.0.9", "containerID": "c"}] * leaked)
+    if percent is not None:
+        entry["percent"] = percent
+    return entry
+
+
+def usage(used: int) -> list[RangeSetUsage]:
+    return [RangeSetUsage(POOL, 0, 253, used, None)]  # read without the runtime
+
+
+def test_pool_counts_follow_the_lease_store_and_keep_the_last_leak_check() -> None:
+    fresh = refreshed_pools([reported_pool(2)], usage(5), {"podnet": 80})
+    assert fresh is not None
+    assert (fresh[0]["used"], fresh[0]["percent"], fresh[0]["size"]) == (5, 2, 253)
+    assert (fresh[0]["leakCheck"], fresh[0]["leaked"]) == ("Done", 0)
+
+
+def test_a_count_that_moves_where_a_problem_is_worded_gets_a_full_pass() -> None:
+    assert refreshed_pools([reported_pool(2, leaked=1)], usage(3), {"podnet": 80}) is None
+    assert refreshed_pools([reported_pool(2)], usage(3), {"podnet": 1}) is None, "now at pressure"
+    at = reported_pool(203, percent=81)
+    assert refreshed_pools([at], usage(150), {"podnet": 80}) is None, "was at pressure"
+    unchanged = refreshed_pools([reported_pool(2, leaked=1)], usage(2), {"podnet": 80})
+    assert unchanged is not None and unchanged[0]["leaked"] == 1, "nothing moved: no pass"
+
+
+def test_other_range_sets_than_reported_get_a_full_pass() -> None:
+    assert refreshed_pools([], usage(1), {}) is None
+    assert refreshed_pools([reported_pool(1)], [], {}) is None
+
+
+def test_a_rescan_reads_the_managed_pools_leases_again(tmp_path: Path) -> None:
+    paths = HostPaths(tmp_path)
+    paths.conf_dir.mkdir(parents=True)
+    (paths.conf_dir / "10-pods.conflist").write_bytes(CONFLIST)
+    spec: dict[str, Any] = {"networkName": "pods"}
+    manifest_io.save(paths, Manifest({"podnet": ManagedNetwork("10-pods.conflist", "x", 1, spec)}))
+    store = paths.root / "var/lib/cni/networks/pods"
+    store.mkdir(parents=True)
+    for i in range(4):
+        (store / f"10.9.0.{i + 2}").write_text(f"c{i}\r\neth0")
+    status = status_with({"name": "podnet", "state": "Applied", "attachments": 1})
+    status["ipPools"] = [reported_pool(1)]
+    refreshed = rescan(paths, status, {"podnet": spec})
+    assert refreshed is not None
+    assert refreshed["ipPools"][0]["used"] == 4
+    assert refreshed["networks"][0]["attachments"] == 4
+    assert status["ipPools"][0]["used"] == 1, "the last report is not changed in place"
 
 
 class FakeClock:
