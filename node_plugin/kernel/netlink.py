@@ -399,13 +399,43 @@ def routes_of_protocol(
 _ANY = {AF_INET: "0.0.0.0", AF_INET6: "::"}
 
 
+@dataclass(frozen=True)
+class MainRoute:
+    """A unicast route of the main table, as much of it as `replace_route` can recreate."""
+
+    destination: IPNetwork
+    gateway: IPAddress | None
+    oif: int
+    protocol: int
+
+
+def main_route_to(ipr: IPRoute, destination: IPNetwork) -> MainRoute | None:
+    """The main table's unicast route to exactly `destination` with metric 0: the one
+    `replace_route` overwrites. None when there is none."""
+    family = AF_INET if destination.version == 4 else AF_INET6
+    for route in routes(ipr, family):
+        if route.table != RT_TABLE_MAIN or route.kind != RTN_UNICAST or route.priority:
+            continue
+        found = ipaddress.ip_network(f"{route.dst or _ANY[family]}/{route.dst_len}")
+        if found == destination:
+            gateway = ipaddress.ip_address(route.gateway) if route.gateway else None
+            return MainRoute(found, gateway, route.oif, route.protocol)
+    return None
+
+
 def replace_route(
-    ipr: IPRoute, destination: IPNetwork, gateway: IPAddress, *, protocol: int
+    ipr: IPRoute,
+    destination: IPNetwork,
+    gateway: IPAddress | None,
+    *,
+    protocol: int,
+    oif: int = 0,
 ) -> None:
-    """`ip route replace DESTINATION via GATEWAY proto PROTOCOL` in the main table: created,
-    or overwritten whoever owned it (the caller decides which destinations it may take)."""
+    """`ip route replace DESTINATION [via GATEWAY] [dev OIF] proto PROTOCOL` in the main
+    table: created, or overwritten whoever owned it (the caller decides which
+    destinations it may take)."""
     try:
-        ipr.add_route(destination, gateway=gateway, proto=protocol, replace=True)
+        ipr.add_route(destination, gateway=gateway, oif=oif, proto=protocol, replace=True)
     except RtnlError as exc:
         raise failure(f"route {destination} via {gateway}", exc) from None
 

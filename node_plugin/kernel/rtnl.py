@@ -242,6 +242,12 @@ class RouteMsg:
         raw = self.attrs.get(RTA_OIF)
         return u32(raw) if raw else 0
 
+    @property
+    def priority(self) -> int:
+        """The metric (`ip route ... metric N`); 0 when unset."""
+        raw = self.attrs.get(RTA_PRIORITY)
+        return u32(raw) if raw else 0
+
 
 class Rtnl:
     """One NETLINK_ROUTE socket, bound in the network namespace of the thread that opens it."""

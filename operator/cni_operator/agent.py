@@ -147,7 +147,9 @@ class Agent:
             sandboxes=self.runtime_probe,
         )
         self.kube = Kube(self.settings.kubeconfig)
-        self.host_gw = HostGatewayNode(self.settings.node_name)
+        self.host_gw = HostGatewayNode(
+            self.settings.node_name, self.paths.state_dir / "hostgw-displaced.json"
+        )
         self.attachment_writes = coalesce.Coalescer(
             self.attachments_changed.set,
             self.settings.attachments_quiet_seconds,

@@ -23,6 +23,7 @@ Pure: plain values in, a plan and an nft script out. No netlink and no kopf here
 from __future__ import annotations
 
 import ipaddress
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -408,4 +409,69 @@ def report(plan_: Plan, applied: bool, error: str | None = None) -> dict[str, An
     }
     if error:
         out["error"] = error
+    return out
+
+
+@dataclass(frozen=True)
+class DisplacedRoute:
+    """Another owner's route (a static `ip route`, the old CNI's daemon) that one of
+    ours overwrote: the main table's metric-0 route to the same destination. Kept in
+    a journal on the node and put back when our route to that destination goes, so a
+    network that leaves a node (a migration rolled back, a CNINetwork deleted) leaves
+    the node's routing as it found it, as quarantine does for files."""
+
+    destination: str
+    gateway: str | None
+    oif: int  # the link index it named (0: none); dropped when the link is gone
+    protocol: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "destination": self.destination,
+            "gateway": self.gateway,
+            "oif": self.oif,
+            "protocol": self.protocol,
+        }
+
+
+class DisplacedJournalError(ValueError):
+    """The journal of displaced routes exists but cannot be read."""
+
+
+def displaced_json(routes: Mapping[str, DisplacedRoute]) -> bytes:
+    entries = [routes[key].to_dict() for key in sorted(routes)]
+    return (json.dumps({"version": 1, "routes": entries}, indent=2) + "\n").encode()
+
+
+def parse_displaced(raw: bytes) -> dict[str, DisplacedRoute]:
+    """The journal's routes by destination; a clear error for anything else (the
+    caller then leaves the journal alone and restores nothing)."""
+    try:
+        doc = json.loads(raw)
+    except ValueError as error:
+        raise DisplacedJournalError(f"not JSON: {error}") from None
+    if not isinstance(doc, dict) or doc.get("version") != 1:
+        raise DisplacedJournalError("not a version 1 journal object")
+    entries = doc.get("routes")
+    if not isinstance(entries, list):
+        raise DisplacedJournalError("'routes' is not a list")
+    out: dict[str, DisplacedRoute] = {}
+    for index, entry in enumerate(entries):
+        try:
+            if not isinstance(entry, dict):
+                raise TypeError("not an object")
+            destination, gateway = entry["destination"], entry.get("gateway")
+            if not isinstance(destination, str) or not isinstance(gateway, str | None):
+                raise TypeError("destination and gateway must be strings")
+            destination = str(ipaddress.ip_network(destination))
+            if gateway is not None:
+                gateway = str(ipaddress.ip_address(gateway))
+            oif, protocol = entry.get("oif", 0), entry["protocol"]
+            if any(not isinstance(n, int) or isinstance(n, bool) for n in (oif, protocol)):
+                raise TypeError("oif and protocol must be integers")
+            if not (0 <= oif < 2**32 and 0 <= protocol < 256) or protocol == ROUTE_PROTOCOL:
+                raise ValueError(f"oif {oif} or protocol {protocol} out of range")
+        except (KeyError, TypeError, ValueError) as error:
+            raise DisplacedJournalError(f"routes[{index}]: {error}") from None
+        out[destination] = DisplacedRoute(destination, gateway, oif, protocol)
     return out

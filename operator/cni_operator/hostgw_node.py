@@ -16,6 +16,12 @@ are then left as the kernel has them (an agent restarted during an upgrade, befo
 the controller publishes, must not cut pod traffic to every other node). A peer pod CIDR
 `hostgw.plan` refuses is in the report each pass, and once (until it is routable again)
 in `take_events()`, for an Event about the Node that claimed it.
+
+Our route to a destination overwrites another owner's (a static route, the old CNI's):
+that route is recorded first in a journal on the node (`displaced_journal`,
+`hostgw.DisplacedRoute`) and put back, in one `ip route replace`, when ours goes, so
+a network leaving a node (a migration rolled back, a CNINetwork deleted) gives the
+node back the routing it had.
 """
 
 from __future__ import annotations
@@ -25,9 +31,11 @@ import logging
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cni_operator import hostgw
+from cni_operator.node.atomic import atomic_write
 from node_plugin.cni.errors import CniError
 from node_plugin.kernel import netfilter, netlink
 
@@ -81,9 +89,23 @@ def delete_route(ipr: netlink.IPRoute, destination: str, gateway: str) -> None:
     )
 
 
+def restore_route(ipr: netlink.IPRoute, route: hostgw.DisplacedRoute) -> None:
+    """Put a displaced route back over ours (no gap); without its link when that is gone."""
+    destination = ipaddress.ip_network(route.destination)
+    gateway = ipaddress.ip_address(route.gateway) if route.gateway else None
+    try:
+        netlink.replace_route(ipr, destination, gateway, protocol=route.protocol, oif=route.oif)
+    except CniError:
+        if not route.oif or gateway is None:
+            raise
+        netlink.replace_route(ipr, destination, gateway, protocol=route.protocol)
+
+
 class HostGatewayNode:
-    def __init__(self, node_name: str) -> None:
+    def __init__(self, node_name: str, displaced_journal: Path | None = None) -> None:
         self.node_name = node_name
+        # Where the routes ours displaced are kept (None: not kept, never restored).
+        self.displaced_journal = displaced_journal
         self._peers: dict[str, hostgw.PeerNode] | None = None  # None: not published yet
         self._own: hostgw.PeerNode | None = None
         self._lock = threading.Lock()
@@ -193,20 +215,40 @@ class HostGatewayNode:
         except CniError as error:
             errors.append(error.msg)
             changes = hostgw.RouteChanges((), ())
+        displaced = self._read_displaced(errors) if changes.add or changes.remove else None
         for route in changes.add:
             try:
+                if displaced is not None:
+                    self._record_displaced(ipr, route.destination, displaced)
                 replace_route(ipr, route)
                 log.info(
                     "host-gw: route %s via %s (%s)", route.destination, route.gateway, route.node
                 )
             except CniError as error:
                 errors.append(error.msg)
+            except OSError as error:
+                errors.append(f"journal of displaced routes: {error}; {route.destination} left")
         for destination, gateway in changes.remove:
             try:
-                delete_route(ipr, destination, gateway)
-                log.info("host-gw: removed route %s via %s", destination, gateway)
+                put_back = (displaced or {}).get(destination)
+                if put_back is None:
+                    delete_route(ipr, destination, gateway)
+                    log.info("host-gw: removed route %s via %s", destination, gateway)
+                    continue
+                restore_route(ipr, put_back)
+                assert displaced is not None
+                del displaced[destination]
+                self._write_displaced(displaced)
+                log.info(
+                    "host-gw: route %s via %s put back (proto %d) over ours",
+                    destination,
+                    put_back.gateway,
+                    put_back.protocol,
+                )
             except CniError as error:
                 errors.append(error.msg)
+            except OSError as error:
+                errors.append(f"journal of displaced routes: {error}")
         self._apply_masquerade(plan, errors)
         for message in errors:
             log.warning("host-gw: %s", message)
@@ -214,6 +256,51 @@ class HostGatewayNode:
         if self._clean and plan.silent:
             return None
         return hostgw.report(plan, applied=not errors, error="; ".join(errors) or None)
+
+    def _read_displaced(self, errors: list[str]) -> dict[str, hostgw.DisplacedRoute] | None:
+        """The journal's routes (empty when there is none yet); None when it is not
+        kept or cannot be read (said in `errors`: nothing is recorded or put back)."""
+        if self.displaced_journal is None:
+            return None
+        try:
+            return hostgw.parse_displaced(self.displaced_journal.read_bytes())
+        except FileNotFoundError:
+            return {}
+        except (OSError, hostgw.DisplacedJournalError) as error:
+            errors.append(
+                f"journal of displaced routes {self.displaced_journal}: {error}; "
+                "routes ours overwrite are not recorded, none is put back"
+            )
+            return None
+
+    def _write_displaced(self, routes: Mapping[str, hostgw.DisplacedRoute]) -> None:
+        assert self.displaced_journal is not None
+        self.displaced_journal.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.displaced_journal, hostgw.displaced_json(routes), mode=0o600)
+
+    def _record_displaced(
+        self, ipr: netlink.IPRoute, destination: str, displaced: dict[str, hostgw.DisplacedRoute]
+    ) -> None:
+        """Journal another owner's route to `destination` before ours overwrites it
+        (written first: a crash in between leaves an entry that puts back that same route)."""
+        if destination in displaced:
+            return
+        found = netlink.main_route_to(ipr, ipaddress.ip_network(destination))
+        if found is None or found.protocol == hostgw.ROUTE_PROTOCOL:
+            return
+        displaced[destination] = hostgw.DisplacedRoute(
+            destination,
+            None if found.gateway is None else str(found.gateway),
+            found.oif,
+            found.protocol,
+        )
+        self._write_displaced(displaced)
+        log.info(
+            "host-gw: route %s via %s (proto %d) recorded before ours overwrites it",
+            destination,
+            found.gateway,
+            found.protocol,
+        )
 
     def _apply_masquerade(self, plan: hostgw.Plan, errors: list[str]) -> None:
         script = hostgw.nft_script(plan.masquerade)

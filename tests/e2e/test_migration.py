@@ -224,6 +224,19 @@ def counts(cluster: LocalCluster, namespace: str) -> tuple[int, int]:
     return (int(found[-1][0]), int(found[-1][1])) if found else (0, 0)
 
 
+def routes_of(node: Any) -> list[str]:
+    """The node's gateway routes as `ip -d route` shows them (gateway, link, proto);
+    connected routes are left out (their `linkdown` follows the bridge's ports)."""
+    out = subprocess.run(
+        ["nsenter", f"--net={node.netns}", "ip", "-d", "route", "show", "table", "main"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    return sorted(line for line in out.stdout.splitlines() if " via " in line)
+
+
 @pytest.fixture
 def run_id() -> str:
     return secrets.token_hex(3)
@@ -247,6 +260,7 @@ def test_two_real_nodes_migrate_under_a_continuous_client(
     namespace, to, mig = f"mig-{run_id}", f"cw-{run_id}", f"mig-{run_id}"
     feed = EndpointFeed(cluster, namespace)
     old = {n.name: (n.cni_conf_dir / "10-localcluster.conflist").read_bytes() for n in (a, b)}
+    reference_routes = {n.name: routes_of(n) for n in (a, b)}
     for node in (a, b):
         cluster.kubectl("label", "node", node.name, f"mig-e2e={run_id}")
     cluster.kubectl("create", "namespace", namespace)
@@ -384,7 +398,43 @@ def test_two_real_nodes_migrate_under_a_continuous_client(
         for node in (a, b):
             assert not (node.cni_conf_dir / "10-localcluster.conflist").exists()
             assert (node.cni_conf_dir / f"20-{to}.conflist").exists()
-        assert old  # the reference files were there before
+
+        # Roll both back on request, the client still sending (the last migrated
+        # node first): the reference files come back byte for byte, and so do the
+        # routes the agent's host-gw had overwritten (the local cluster's static
+        # routes to the other nodes' pod CIDRs).
+        sent_at_rollback, failed_at_rollback = counts(cluster, namespace)
+        started = time.monotonic()
+        cluster.kubectl(
+            "patch", "cnimigration", mig, "--type", "merge", "-p", '{"spec":{"rollback":true}}'
+        )
+
+        def rolled_back() -> dict[str, Any] | None:
+            status = kubectl_json(cluster, "get", "cnimigration", mig).get("status") or {}
+            if status.get("phase") == "Halted":
+                raise AssertionError(f"rollback halted: {status}\n{processes.tails()}")
+            return status if status.get("phase") == "RolledBack" else None
+
+        try:
+            status = wait(rolled_back, "the migration RolledBack", 300)
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n{processes.tails()}") from None
+        total = time.monotonic() - started
+        sent, failed = counts(cluster, namespace)
+        sent, failed = sent - sent_at_rollback, failed - failed_at_rollback
+        log = cluster.kubectl("logs", "-n", namespace, "client").stdout
+        failures = re.findall(r"^fail (\S+)", log, re.M)[failed_at_rollback:]
+        print(
+            f"rollback of 2 real nodes: {total:.1f} s; client requests sent {sent}, "
+            f"failed {failed} ({sent / total:.0f}/s){'; failed to ' if failures else ''}"
+            f"{', '.join(sorted(set(failures)))}"
+        )
+        for node in (a, b):
+            assert (node.cni_conf_dir / "10-localcluster.conflist").read_bytes() == old[node.name]
+            assert not (node.cni_conf_dir / f"20-{to}.conflist").exists()
+            assert routes_of(node) == reference_routes[node.name], node.name
+        assert sent / total >= 50, f"the client sent only {sent / total:.1f} requests/s"
+        assert failed <= sent / 100, f"{failed} of {sent} requests failed during the rollback"
     finally:
         feed.stop.set()
         if feed.thread.is_alive():

@@ -45,7 +45,8 @@ from cni_operator.hostgw_node import HostGatewayNode
 from cni_operator.node import manifest as manifest_io
 from cni_operator.node.paths import HostPaths
 args = json.loads(sys.argv[1])
-node = HostGatewayNode(args["me"])
+journal = HostPaths(Path(args["root"])).state_dir / "hostgw-displaced.json"
+node = HostGatewayNode(args["me"], journal)  # as the agent builds it
 for body in args["nodes"]:
     if body["metadata"]["name"] == args["me"]:
         node.set_own(body)  # the agent's own Node watch
@@ -240,6 +241,48 @@ def test_routes_follow_the_nodes_and_go_with_the_network(nodes: TwoNodes) -> Non
     assert nodes.routes() == []
     assert "masquerade" not in nodes.nft_table()
     assert "10.99.0.0/24" in sh("ip", "-n", nodes.a, "route", "show")
+
+
+def test_a_route_ours_overwrote_is_put_back_when_the_network_leaves(nodes: TwoNodes) -> None:
+    """The node routed B's pods before us (a static route, as the old CNI or an operator
+    left it, via another gateway, on a named link): ours overwrites it while the network
+    is here, and it is back exactly (gateway, link, proto) once the network has gone,
+    across agent restarts (each sync is a fresh agent process)."""
+    s = nodes.subnet
+    sh("ip", "-n", nodes.a, "route", "add", "10.244.1.0/24", "via", f"{s}.99", "dev", "eth0")
+    before = sh("ip", "-n", nodes.a, "-d", "route", "show", "10.244.1.0/24")
+    assert "proto boot" in before, before
+    nodes.manifest({"mode": "HostGateway", "clusterCIDRs": CLUSTER})
+    report = nodes.sync(nodes.nodes(extra=False))
+    assert report is not None and report["applied"], report
+    assert nodes.routes() == [("10.244.1.0/24", f"{s}.11")]
+    assert len(sh("ip", "-n", nodes.a, "route", "show", "10.244.1.0/24").splitlines()) == 1
+    journal = json.loads((nodes.paths.state_dir / "hostgw-displaced.json").read_text())
+    assert [(r["destination"], r["gateway"], r["protocol"]) for r in journal["routes"]] == [
+        ("10.244.1.0/24", f"{s}.99", 3)
+    ]
+    # B moves: ours follows it; the journal still holds the route from before us.
+    nodes.sync(nodes.nodes(b_ip=f"{s}.21", extra=False))
+    assert nodes.routes() == [("10.244.1.0/24", f"{s}.21")]
+
+    nodes.manifest(None)
+    assert nodes.sync(nodes.nodes(extra=False)) is None
+    assert nodes.routes() == []
+    assert sh("ip", "-n", nodes.a, "-d", "route", "show", "10.244.1.0/24") == before
+    journal = json.loads((nodes.paths.state_dir / "hostgw-displaced.json").read_text())
+    assert journal["routes"] == []
+
+
+def test_an_unreadable_journal_is_reported_and_routes_still_follow(nodes: TwoNodes) -> None:
+    s = nodes.subnet
+    nodes.paths.state_dir.mkdir(parents=True, exist_ok=True)
+    (nodes.paths.state_dir / "hostgw-displaced.json").write_text('{"version": 1, "rout')
+    nodes.manifest({"mode": "HostGateway", "clusterCIDRs": CLUSTER})
+    report = nodes.sync(nodes.nodes(extra=False))
+    assert report is not None and report["applied"] is False
+    assert "journal of displaced routes" in report["error"] and "not JSON" in report["error"]
+    assert nodes.routes() == [("10.244.1.0/24", f"{s}.11")]
+    assert (nodes.paths.state_dir / "hostgw-displaced.json").read_text() == '{"version": 1, "rout'
 
 
 def test_a_fresh_agent_removes_routes_left_by_a_previous_one(nodes: TwoNodes) -> None:

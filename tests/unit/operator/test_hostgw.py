@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 import pytest
 from cni_operator import hostgw
 from cni_operator.api import SpecError, parse_spec
 from cni_operator.hostgw import Masquerade, PeerNode, Refusal, Route, RoutingWish
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.unit.operator.test_crds import cel, rule_at
 
@@ -343,3 +347,71 @@ def test_crd_requires_cluster_cidrs_with_host_gateway() -> None:
     assert cel(rule, self={"mode": "HostGateway", "clusterCIDRs": ["10.244.0.0/16"]})
     assert cel(rule, self={"mode": "None", "ipMasq": True})
     assert cel(rule, self={"ipMasq": True})
+
+
+def test_the_journal_of_displaced_routes_round_trips() -> None:
+    routes = {
+        "10.244.1.0/24": hostgw.DisplacedRoute("10.244.1.0/24", "10.231.0.11", 2, 3),
+        "fd10:1::/64": hostgw.DisplacedRoute("fd10:1::/64", None, 7, 4),
+    }
+    assert hostgw.parse_displaced(hostgw.displaced_json(routes)) == routes
+    assert hostgw.parse_displaced(hostgw.displaced_json({})) == {}
+
+
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [
+        (b'{"version": 1, "rout', "not JSON"),
+        (b"[]", "not a version 1 journal object"),
+        (b'{"version": 2, "routes": []}', "not a version 1 journal object"),
+        (b'{"version": 1, "routes": {}}', "'routes' is not a list"),
+        (b'{"version": 1, "routes": [7]}', "routes[0]: not an object"),
+        (b'{"version": 1, "routes": [{"protocol": 3}]}', "routes[0]: 'destination'"),
+        (b'{"version": 1, "routes": [{"destination": "10.0.0.1/8", "protocol": 3}]}', "routes[0]"),
+        (b'{"version": 1, "routes": [{"destination": "10.0.0.0/8", "protocol": "3"}]}', "integers"),
+        (b'{"version": 1, "routes": [{"destination": "10.0.0.0/8", "protocol": 157}]}', "157"),
+        (
+            b'{"version": 1, "routes": [{"destination": "10.0.0.0/8", "gateway": "x", '
+            b'"protocol": 3}]}',
+            "routes[0]",
+        ),
+    ],
+)
+def test_a_journal_that_cannot_be_read_says_why(raw: bytes, says: str) -> None:
+    with pytest.raises(hostgw.DisplacedJournalError, match=re.escape(says)):
+        hostgw.parse_displaced(raw)
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner),
+    max_leaves=12,
+)
+ENTRY = st.fixed_dictionaries(
+    {},
+    optional={
+        "destination": JSON | st.sampled_from(["10.0.0.0/8", "fd00::/8", "10.0.0.1/8"]),
+        "gateway": JSON | st.sampled_from(["10.0.0.1", "fd00::1"]),
+        "oif": JSON,
+        "protocol": JSON | st.integers(-1, 300),
+    },
+)
+JOURNALS = (
+    st.binary(max_size=200)
+    | JSON.map(lambda v: json.dumps(v).encode())
+    | st.lists(ENTRY | JSON, max_size=4).map(
+        lambda routes: json.dumps({"version": 1, "routes": routes}).encode()
+    )
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(JOURNALS)
+def test_the_journal_parser_survives_any_bytes(raw: bytes) -> None:
+    """Either routes it can put back, or DisplacedJournalError (never another exception)."""
+    try:
+        routes = hostgw.parse_displaced(raw)
+    except hostgw.DisplacedJournalError:
+        return
+    for key, route in routes.items():
+        assert key == route.destination and route.protocol != hostgw.ROUTE_PROTOCOL
