@@ -1,18 +1,20 @@
 """End to end: a CNIMigration moves two real nodes from the local cluster's reference
 `bridge` + `host-local` conflist (`10-localcluster.conflist`, over each node's pod
-CIDR) to a cniwarden network, under a continuous client.
+CIDR) to a cniwarden network, under a continuous client, and back.
 
-Real parts only: three real nodes (containerd + runc + kubelet + kube-proxy, each in
-its own network namespace), the controller (`cniwarden operator --migrations`) and
-one agent per migrated node as processes, the agent inside its node's network
+Real parts only: three real nodes per test (containerd + runc + kubelet + kube-proxy,
+each in its own network namespace), the controller (`cniwarden operator --migrations`)
+and one agent per migrated node as processes, the agent inside its node's network
 namespace (its host-gw routes land there). A Deployment of busybox httpd pods (PDB
 maxUnavailable 1) runs on the two migrated nodes; a client pod on the third node
-(never migrated) sends HTTP requests to the Deployment's pod IPs
-(its ready EndpointSlice addresses, fed to the client once a second: the
-reference network gives pods no default route, so a ClusterIP is unreachable from
-them) at >= 50 requests/s for the whole migration. Printed: requests sent and
-failed, the total time and the time per node; asserted: both nodes Done through
-Verify's probe pod, the rate held, and the failures stayed under 1 %.
+(never migrated) sends HTTP requests to the Deployment's pod IPs (its ready
+EndpointSlice addresses, fed to the client once a second: the reference network
+gives pods no default route, so a ClusterIP is unreachable from them) at >= 50
+requests/s the whole time. Two scenarios: a migration then a requested rollback of
+both nodes; and a target whose chained plugin is missing on the second node (that
+node rolled back, the migration halted, a resume after the fix). Printed: requests
+sent and failed, total time and time per node; asserted: the steps, the files and
+routes restored byte for byte, the rate held and failures under 1 %.
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -237,211 +241,307 @@ def routes_of(node: Any) -> list[str]:
     return sorted(line for line in out.stdout.splitlines() if " via " in line)
 
 
-@pytest.fixture
-def run_id() -> str:
-    return secrets.token_hex(3)
+@dataclass
+class Run:
+    """One migration scenario on its own three real nodes, all on the reference
+    network: `a` and `b` (migrated, in that order: waves by label) run the Deployment,
+    `c` (never migrated) the client. Everything is removed at the end."""
 
+    cluster: LocalCluster
+    processes: Processes
+    run_id: str = field(default_factory=lambda: secrets.token_hex(3))
 
-@pytest.fixture
-def processes(cluster: LocalCluster, tmp_path: Path) -> Iterator[Processes]:
-    procs = Processes(cluster, tmp_path)
-    try:
-        yield procs
-    finally:
-        procs.stop()
+    def __post_init__(self) -> None:
+        self.namespace = self.mig = f"mig-{self.run_id}"
+        self.to = f"cw-{self.run_id}"
+        self.feed = EndpointFeed(self.cluster, self.namespace)
 
-
-def test_two_real_nodes_migrate_under_a_continuous_client(
-    cluster: LocalCluster, processes: Processes, run_id: str
-) -> None:
-    cluster.kubectl("apply", "-f", str(ROOT / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/cnimigrations.cniwarden.io")
-    a, b, c = (cluster.add_real_node(cni="bridge") for _ in range(3))
-    namespace, to, mig = f"mig-{run_id}", f"cw-{run_id}", f"mig-{run_id}"
-    feed = EndpointFeed(cluster, namespace)
-    old = {n.name: (n.cni_conf_dir / "10-localcluster.conflist").read_bytes() for n in (a, b)}
-    reference_routes = {n.name: routes_of(n) for n in (a, b)}
-    for node in (a, b):
-        cluster.kubectl("label", "node", node.name, f"mig-e2e={run_id}")
-    cluster.kubectl("create", "namespace", namespace)
-    try:
-        for node in (a, b):
-            processes.spawn(
+    def start(self, chained: str | None = None) -> None:
+        """Nodes, agents, controller, the target network (with a `chained` plugin type
+        after the bridge, if given), the workload and the client; returns once the
+        client has 100 requests answered on the reference network."""
+        cluster = self.cluster
+        cluster.kubectl("apply", "-f", str(ROOT / "crds"))
+        cluster.kubectl("wait", "--for=condition=Established", "crd/cnimigrations.cniwarden.io")
+        self.a, self.b, self.c = (cluster.add_real_node(cni="bridge") for _ in range(3))
+        self.old = {
+            n.name: (n.cni_conf_dir / "10-localcluster.conflist").read_bytes()
+            for n in (self.a, self.b)
+        }
+        self.reference_routes = {n.name: routes_of(n) for n in (self.a, self.b)}
+        for wave, node in enumerate((self.a, self.b), 1):
+            cluster.kubectl(
+                "label", "node", node.name, f"mig-e2e={self.run_id}", f"mig-wave={wave}"
+            )
+        cluster.kubectl("create", "namespace", self.namespace)
+        for node in (self.a, self.b):
+            self.processes.spawn(
                 f"agent-{node.name}",
                 ["agent", "--node-name", node.name, "--host-root", str(node.host_root)],
                 netns=node.netns,
             )
-        processes.spawn("controller", ["operator", "--migrations"])
+        self.processes.spawn("controller", ["operator", "--migrations"])
+        plugins: list[dict[str, Any]] = [
+            {
+                "type": "cniwarden-bridge",
+                "bridge": "cni0",
+                "isGateway": True,
+                "isDefaultGateway": True,
+                "ipam": {"type": "cniwarden-host-local", "ranges": [[{"subnet": "usePodCIDR"}]]},
+            }
+        ]
+        if chained is not None:
+            plugins.append({"type": chained})
         network = {
             "apiVersion": "cniwarden.io/v1alpha1",
             "kind": "CNINetwork",
-            "metadata": {"name": to},
+            "metadata": {"name": self.to},
             "spec": {
                 "priority": 20,
                 "cniVersion": "1.0.0",
                 "shadowPolicy": "Quarantine",
-                "nodeSelector": {SWITCH_LABEL: to},
+                "nodeSelector": {SWITCH_LABEL: self.to},
                 "routing": {"mode": "HostGateway", "clusterCIDRs": [POD_CIDR]},
-                "plugins": [
-                    {
-                        "type": "cniwarden-bridge",
-                        "bridge": "cni0",
-                        "isGateway": True,
-                        "isDefaultGateway": True,
-                        "ipam": {
-                            "type": "cniwarden-host-local",
-                            "ranges": [[{"subnet": "usePodCIDR"}]],
-                        },
-                    }
-                ],
+                "plugins": plugins,
             },
         }
         cluster.kubectl("apply", "-f", "-", input=json.dumps(network))
+        items = workload(self.namespace, self.run_id)
         cluster.kubectl(
             "apply",
             "-f",
             "-",
-            input=json.dumps(
-                {"kind": "List", "apiVersion": "v1", "items": workload(namespace, run_id)}
-            ),
+            input=json.dumps({"kind": "List", "apiVersion": "v1", "items": items}),
         )
-        cluster.kubectl("rollout", "status", "-n", namespace, "deployment/web", "--timeout=120s")
-        client = busybox_pod("client", c.name, ["sh", "-c", client_script()])
-        client["metadata"]["namespace"] = namespace
+        cluster.kubectl(
+            "rollout", "status", "-n", self.namespace, "deployment/web", "--timeout=120s"
+        )
+        client = busybox_pod("client", self.c.name, ["sh", "-c", client_script()])
+        client["metadata"]["namespace"] = self.namespace
         cluster.kubectl("apply", "-f", "-", input=json.dumps(client))
         cluster.kubectl(
-            "wait", "-n", namespace, "--for=condition=Ready", "pod/client", "--timeout=120s"
+            "wait", "-n", self.namespace, "--for=condition=Ready", "pod/client", "--timeout=120s"
         )
-        feed.thread.start()
-        wait(lambda: counts(cluster, namespace)[0] >= 100, "the client's first 100 requests", 60)
-        before = counts(cluster, namespace)
+        self.feed.thread.start()
+        wait(lambda: self.counts()[0] >= 100, "the client's first 100 requests", 60)
+        before = self.counts()
         if before[1]:
-            log = cluster.kubectl("logs", "-n", namespace, "client").stdout
+            log = cluster.kubectl("logs", "-n", self.namespace, "client").stdout
             probe = cluster.kubectl(
-                "exec",
-                "-n",
-                namespace,
-                "client",
-                "--",
-                "sh",
-                "-c",
+                "exec", "-n", self.namespace, "client", "--", "sh", "-c",
                 "cat /tmp/ips; ip route; for ip in $(cat /tmp/ips); do "
                 "ping -c1 -W1 $ip; printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 1 $ip 8080; "
                 "done 2>&1",
                 check=False,
-            )
+            )  # fmt: skip
             raise AssertionError(
                 f"requests failed before the migration: {before}\n{log[-1500:]}\n"
                 f"{probe.stdout}{probe.stderr}"
             )
 
-        started = time.monotonic()
-        sent_at_start = before[0]
+    def counts(self) -> tuple[int, int]:
+        return counts(self.cluster, self.namespace)
+
+    def migrate(self, drain_seconds: int = 120) -> None:
         body = {
             "apiVersion": "cniwarden.io/v1alpha1",
             "kind": "CNIMigration",
-            "metadata": {"name": mig},
+            "metadata": {"name": self.mig},
             "spec": {
                 "from": {"networkName": "localcluster"},
-                "to": {"cniNetwork": to},
-                "nodeSelector": {"mig-e2e": run_id},
-                "drain": {"timeoutSeconds": 120},
+                "to": {"cniNetwork": self.to},
+                "nodeSelector": {"mig-e2e": self.run_id},
+                "waves": {"byLabel": "mig-wave", "order": ["1", "2"]},
+                "drain": {"timeoutSeconds": drain_seconds},
                 "verify": {"probeImage": BUSYBOX_IMAGE},
             },
         }
-        cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
+        self.cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
 
-        def finished() -> dict[str, Any] | None:
-            status = kubectl_json(cluster, "get", "cnimigration", mig).get("status") or {}
-            if status.get("phase") in ("Halted", "Refused"):
-                raise AssertionError(
-                    f"migration {status.get('phase')}: {status}\n{processes.tails()}"
-                )
-            return status if status.get("phase") == "Succeeded" else None
+    def patch(self, spec: dict[str, Any]) -> None:
+        self.cluster.kubectl(
+            "patch", "cnimigration", self.mig, "--type", "merge", "-p", json.dumps({"spec": spec})
+        )
+
+    def status(self) -> dict[str, Any]:
+        found: dict[str, Any] = (
+            kubectl_json(self.cluster, "get", "cnimigration", self.mig).get("status") or {}
+        )
+        return found
+
+    def until(
+        self,
+        phase: str,
+        settled: Callable[[dict[str, Any]], bool] = lambda _: True,
+        passing: tuple[str, ...] = (),
+        timeout: float = 300,
+    ) -> dict[str, Any]:
+        """The status once in `phase` and `settled`; another final phase fails with the
+        logs, except those `passing` (the one a resume just left)."""
+
+        def reached() -> dict[str, Any] | None:
+            status = self.status()
+            now = status.get("phase")
+            final = ("Halted", "Refused", "Succeeded", "RolledBack")
+            if now != phase and now in final and now not in passing:
+                raise AssertionError(f"migration {now}, not {phase}: {status}")
+            return status if now == phase and settled(status) else None
 
         try:
-            status = wait(finished, "the migration Succeeded", 300)
+            found: dict[str, Any] = wait(reached, f"the migration {phase}", timeout)
         except AssertionError as error:
-            raise AssertionError(f"{error}\n{processes.tails()}") from None
-        total = time.monotonic() - started
-        sent, failed = counts(cluster, namespace)
-        feed.stop.set()
-        sent -= sent_at_start
-        per_node = {}
-        for record in status["nodes"]:
-            times = record["timeline"]
-            assert [t["step"] for t in times] == ["Cordon", "Evict", "Switch", "Verify", "Uncordon"]
-            assert all(t["result"] in ("Succeeded", "AlreadyDone") for t in times), times
-            first = calendar.timegm(time.strptime(times[0]["startedAt"], "%Y-%m-%dT%H:%M:%SZ"))
-            last = calendar.timegm(time.strptime(times[-1]["finishedAt"], "%Y-%m-%dT%H:%M:%SZ"))
-            per_node[record["name"]] = last - first
-        print(
-            f"\nmigration of 2 real nodes: {total:.1f} s total, per node "
-            f"{', '.join(f'{n}: {s:.0f} s' for n, s in per_node.items())}; client requests "
-            f"sent {sent}, failed {failed} ({sent / total:.0f}/s)"
-        )
-        events = kubectl_json(
-            cluster,
-            "get",
-            "events",
-            "-n",
-            "default",
-            "--field-selector",
-            f"involvedObject.name={mig},reason=Probe",
-        )["items"]
-        probed = sorted(e["message"] for e in events)
-        assert len(probed) == 2, probed  # one passing probe per node
-        assert any("MigratedNode" in m for m in probed), probed  # the second node's
-        assert all("DefaultRoute" in m for m in probed), probed
-        assert sent / total >= 50, f"the client sent only {sent / total:.1f} requests/s"
-        assert failed <= sent / 100, f"{failed} of {sent} requests failed"
-        for node in (a, b):
-            assert not (node.cni_conf_dir / "10-localcluster.conflist").exists()
-            assert (node.cni_conf_dir / f"20-{to}.conflist").exists()
+            raise AssertionError(f"{error}\n{self.processes.tails()}") from None
+        return found
 
-        # Roll both back on request, the client still sending (the last migrated
-        # node first): the reference files come back byte for byte, and so do the
-        # routes the agent's host-gw had overwritten (the local cluster's static
-        # routes to the other nodes' pod CIDRs).
-        sent_at_rollback, failed_at_rollback = counts(cluster, namespace)
-        started = time.monotonic()
-        cluster.kubectl(
-            "patch", "cnimigration", mig, "--type", "merge", "-p", '{"spec":{"rollback":true}}'
-        )
+    def failures_since(self, failed_before: int) -> list[str]:
+        """The pod IPs of the client's failed requests after the first `failed_before`."""
+        log = self.cluster.kubectl("logs", "-n", self.namespace, "client").stdout
+        return re.findall(r"^fail (\S+)", log, re.M)[failed_before:]
 
-        def rolled_back() -> dict[str, Any] | None:
-            status = kubectl_json(cluster, "get", "cnimigration", mig).get("status") or {}
-            if status.get("phase") == "Halted":
-                raise AssertionError(f"rollback halted: {status}\n{processes.tails()}")
-            return status if status.get("phase") == "RolledBack" else None
-
-        try:
-            status = wait(rolled_back, "the migration RolledBack", 300)
-        except AssertionError as error:
-            raise AssertionError(f"{error}\n{processes.tails()}") from None
-        total = time.monotonic() - started
-        sent, failed = counts(cluster, namespace)
-        sent, failed = sent - sent_at_rollback, failed - failed_at_rollback
-        log = cluster.kubectl("logs", "-n", namespace, "client").stdout
-        failures = re.findall(r"^fail (\S+)", log, re.M)[failed_at_rollback:]
-        print(
-            f"rollback of 2 real nodes: {total:.1f} s; client requests sent {sent}, "
-            f"failed {failed} ({sent / total:.0f}/s){'; failed to ' if failures else ''}"
-            f"{', '.join(sorted(set(failures)))}"
-        )
-        for node in (a, b):
-            assert (node.cni_conf_dir / "10-localcluster.conflist").read_bytes() == old[node.name]
-            assert not (node.cni_conf_dir / f"20-{to}.conflist").exists()
-            assert routes_of(node) == reference_routes[node.name], node.name
-        assert sent / total >= 50, f"the client sent only {sent / total:.1f} requests/s"
-        assert failed <= sent / 100, f"{failed} of {sent} requests failed during the rollback"
-    finally:
-        feed.stop.set()
-        if feed.thread.is_alive():
-            feed.thread.join(timeout=30)
-        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
-        cluster.kubectl("delete", "cnimigration", mig, "--ignore-not-found", check=False)
+    def close(self) -> None:
+        self.feed.stop.set()
+        if self.feed.thread.is_alive():
+            self.feed.thread.join(timeout=30)
+        cluster = self.cluster
+        cluster.kubectl("delete", "namespace", self.namespace, "--wait=false", check=False)
+        cluster.kubectl("delete", "cnimigration", self.mig, "--ignore-not-found", check=False)
         # The agents (stopped after this) remove the new file and restore the old one.
         cluster.kubectl(
-            "delete", "cninetwork", to, "--ignore-not-found", "--timeout=90s", check=False
+            "delete", "cninetwork", self.to, "--ignore-not-found", "--timeout=90s", check=False
         )
+
+
+@pytest.fixture
+def run(cluster: LocalCluster, tmp_path: Path) -> Iterator[Run]:
+    procs = Processes(cluster, tmp_path)
+    scenario = Run(cluster, procs)
+    try:
+        yield scenario
+    finally:
+        try:
+            scenario.close()
+        finally:
+            procs.stop()
+
+
+def seconds_per_node(status: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for record in status["nodes"]:
+        times = [t for t in record["timeline"] if t.get("finishedAt")]
+        first = calendar.timegm(time.strptime(times[0]["startedAt"], "%Y-%m-%dT%H:%M:%SZ"))
+        last = calendar.timegm(time.strptime(times[-1]["finishedAt"], "%Y-%m-%dT%H:%M:%SZ"))
+        out[record["name"]] = float(last - first)
+    return out
+
+
+def test_two_real_nodes_migrate_and_roll_back_under_a_continuous_client(run: Run) -> None:
+    run.start()
+    a, b = run.a, run.b
+    started = time.monotonic()
+    sent_at_start, _ = run.counts()
+    run.migrate()
+    status = run.until("Succeeded")
+    total = time.monotonic() - started
+    sent, failed = run.counts()
+    sent -= sent_at_start
+    for record in status["nodes"]:
+        times = record["timeline"]
+        assert [t["step"] for t in times] == ["Cordon", "Evict", "Switch", "Verify", "Uncordon"]
+        assert all(t["result"] in ("Succeeded", "AlreadyDone") for t in times), times
+    per_node = seconds_per_node(status)
+    print(
+        f"\nmigration of 2 real nodes: {total:.1f} s total, per node "
+        f"{', '.join(f'{n}: {s:.0f} s' for n, s in per_node.items())}; client requests "
+        f"sent {sent}, failed {failed} ({sent / total:.0f}/s)"
+    )
+    events = kubectl_json(
+        run.cluster,
+        "get",
+        "events",
+        "-n",
+        "default",
+        "--field-selector",
+        f"involvedObject.name={run.mig},reason=Probe",
+    )["items"]
+    probed = sorted(e["message"] for e in events)
+    assert len(probed) == 2, probed  # one passing probe per node
+    assert any("MigratedNode" in m for m in probed), probed  # the second node's
+    assert all("DefaultRoute" in m for m in probed), probed
+    assert sent / total >= 50, f"the client sent only {sent / total:.1f} requests/s"
+    assert failed <= sent / 100, f"{failed} of {sent} requests failed"
+    for node in (a, b):
+        assert not (node.cni_conf_dir / "10-localcluster.conflist").exists()
+        assert (node.cni_conf_dir / f"20-{run.to}.conflist").exists()
+
+    # Roll both back on request, the client still sending (the last migrated node
+    # first): the reference files come back byte for byte, and so do the routes the
+    # agent's host-gw had overwritten (the local cluster's static routes to the other
+    # nodes' pod CIDRs).
+    sent_at_rollback, failed_at_rollback = run.counts()
+    started = time.monotonic()
+    run.patch({"rollback": True})
+    run.until("RolledBack")
+    total = time.monotonic() - started
+    sent, failed = run.counts()
+    sent, failed = sent - sent_at_rollback, failed - failed_at_rollback
+    failures = run.failures_since(failed_at_rollback)
+    print(
+        f"rollback of 2 real nodes: {total:.1f} s; client requests sent {sent}, "
+        f"failed {failed} ({sent / total:.0f}/s){'; failed to ' if failures else ''}"
+        f"{', '.join(sorted(set(failures)))}"
+    )
+    for node in (a, b):
+        assert (node.cni_conf_dir / "10-localcluster.conflist").read_bytes() == run.old[node.name]
+        assert not (node.cni_conf_dir / f"20-{run.to}.conflist").exists()
+        assert routes_of(node) == run.reference_routes[node.name], node.name
+    assert sent / total >= 50, f"the client sent only {sent / total:.1f} requests/s"
+    assert failed <= sent / 100, f"{failed} of {sent} requests failed during the rollback"
+
+
+def test_a_node_missing_a_binary_is_rolled_back_and_a_resume_finishes(run: Run) -> None:
+    """The target chains a plugin installed on the first node only: the first node
+    migrates, the second's switch never happens (its agent will not write a config
+    whose binary is missing), so it is rolled back with its old file byte for byte and
+    the migration halts; the pods never lose their network (the client keeps getting
+    answers). The binary installed, a resume migrates the second node too."""
+    chained = f"e2e-tune-{run.run_id}"
+    run.start(chained=chained)
+    a, b = run.a, run.b
+    shutil.copy2(REFERENCE / "tuning", a.host_root / "opt/cni/bin" / chained)
+    sent_at_start, failed_at_start = run.counts()
+    started = time.monotonic()
+    run.migrate(drain_seconds=40)
+
+    def step_of(status: dict[str, Any], node: str) -> str:
+        return str(next(r["step"] for r in status["nodes"] if r["name"] == node))
+
+    # Halted once the switch fails; the node's rollback then runs to its end.
+    halted = run.until("Halted", lambda st: step_of(st, b.name) == "RolledBack")
+    took = time.monotonic() - started
+    records = {r["name"]: r for r in halted["nodes"]}
+    assert records[a.name]["step"] == "Done", records[a.name]
+    assert records[b.name]["step"] == "RolledBack", records[b.name]
+    assert halted["halt"]["node"] == b.name and halted["halt"]["step"] == "Switch", halted["halt"]
+    assert (b.cni_conf_dir / "10-localcluster.conflist").read_bytes() == run.old[b.name]
+    assert not (b.cni_conf_dir / f"20-{run.to}.conflist").exists()
+    assert routes_of(b) == run.reference_routes[b.name]
+    sent, failed = run.counts()
+    print(
+        f"\nmigration halted at {b.name} after {took:.1f} s ({halted['halt']['cause']}); "
+        f"client requests sent {sent - sent_at_start}, failed {failed - failed_at_start}"
+    )
+
+    shutil.copy2(REFERENCE / "tuning", b.host_root / "opt/cni/bin" / chained)
+    run.patch({"resume": 1})
+    done = run.until("Succeeded", passing=("Halted",))
+    took = time.monotonic() - started
+    records = {r["name"]: r for r in done["nodes"]}
+    assert records[b.name]["step"] == "Done", records[b.name]
+    assert (b.cni_conf_dir / f"20-{run.to}.conflist").exists()
+    sent, failed = run.counts()
+    sent, failed = sent - sent_at_start, failed - failed_at_start
+    print(
+        f"resumed: both nodes Done {took:.1f} s after the start; client requests sent "
+        f"{sent}, failed {failed} ({sent / took:.0f}/s)"
+    )
+    assert failed <= sent / 100, f"{failed} of {sent} requests failed"
