@@ -35,6 +35,7 @@ from cni_operator.migration.plan import (
     NodeInfo,
     NodeNetworks,
     acknowledgement,
+    agent_word_on,
     check_compatibility,
     eviction_plan,
     initial_records,
@@ -231,10 +232,11 @@ class NodeDriver:
             return WAIT, f"{plan.remaining} pod(s) asked to leave, waiting for them to go"
         if action is Action.SWITCH:
             if expired:
+                word = agent_word_on(self.kube.get_node_state(node), to_object)
                 return FAILED, (
                     f"the node's agent did not report network {to_object} in use within "
                     f"{spec.drain.timeoutSeconds} s of the switch "
-                    "(a held gate, or a missing binary)"
+                    + (f"(it reports {word})" if word else "(a held gate, or a missing binary)")
                 )
             self._acknowledge(node, to_object)
             self.kube.set_node_label(node, SWITCH_LABEL, to_object)

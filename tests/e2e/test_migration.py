@@ -480,7 +480,7 @@ def test_two_real_nodes_migrate_and_roll_back_under_a_continuous_client(run: Run
     sent_at_rollback, failed_at_rollback = run.counts()
     started = time.monotonic()
     run.patch({"rollback": True})
-    run.until("RolledBack")
+    run.until("RolledBack", passing=("Succeeded",))
     total = time.monotonic() - started
     sent, failed = run.counts()
     sent, failed = sent - sent_at_rollback, failed - failed_at_rollback
@@ -522,6 +522,7 @@ def test_a_node_missing_a_binary_is_rolled_back_and_a_resume_finishes(run: Run) 
     assert records[a.name]["step"] == "Done", records[a.name]
     assert records[b.name]["step"] == "RolledBack", records[b.name]
     assert halted["halt"]["node"] == b.name and halted["halt"]["step"] == "Switch", halted["halt"]
+    assert chained in halted["halt"]["cause"], "the cause names the missing binary"
     assert (b.cni_conf_dir / "10-localcluster.conflist").read_bytes() == run.old[b.name]
     assert not (b.cni_conf_dir / f"20-{run.to}.conflist").exists()
     assert routes_of(b) == run.reference_routes[b.name]

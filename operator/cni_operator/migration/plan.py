@@ -511,3 +511,17 @@ def runtime_view(node_state: Mapping[str, Any] | None) -> RuntimeView:
     if len(networks) != 1 or "" in networks:
         return RuntimeView(None, healthy, f"runtimes disagree or use no network ({messages})")
     return RuntimeView(networks.pop(), healthy, messages)
+
+
+def agent_word_on(node_state: Mapping[str, Any] | None, network: str) -> str:
+    """What the node's agent reports about `network` when it did not apply it (its
+    state and message: a missing binary, a held gate), for a failed switch's cause;
+    "" when it reports nothing of the kind."""
+    status = (node_state or {}).get("status") or {}
+    for entry in status.get("networks") or []:
+        if not isinstance(entry, Mapping) or entry.get("name") != network:
+            continue
+        state, message = entry.get("state"), str(entry.get("message") or "")
+        if state != "Applied" and (state or message):
+            return f"{state}: {message}"[:600] if message else str(state)
+    return ""

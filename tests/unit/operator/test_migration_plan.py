@@ -14,6 +14,7 @@ from cni_operator.migration.plan import (
     NodeNetworks,
     OldNetwork,
     acknowledgement,
+    agent_word_on,
     check_compatibility,
     eviction_plan,
     initial_records,
@@ -414,3 +415,21 @@ def test_the_switch_acknowledgement_is_scoped_to_the_node_and_generation() -> No
     assert written is not None
     assert acknowledged(written, 4, "w1") and acknowledged(written, 4, "w0")
     assert not acknowledged(written, 5, "w1")
+
+
+def test_a_failed_switch_names_what_the_agent_reports_about_the_target() -> None:
+    missing = {
+        "name": "cw",
+        "state": "Invalid",
+        "message": "not written, the last good config stays: plugin type x not installed",
+    }
+    state = {"status": {"networks": [{"name": "other", "state": "Invalid"}, missing]}}
+    assert agent_word_on(state, "cw") == (
+        "Invalid: not written, the last good config stays: plugin type x not installed"
+    )
+    assert agent_word_on({"status": {"networks": [{"name": "cw", "state": "Applied"}]}}, "cw") == ""
+    assert agent_word_on({"status": {"networks": [{"name": "cw", "state": "Blocked"}]}}, "cw") == (
+        "Blocked"
+    )
+    assert agent_word_on(None, "cw") == ""
+    assert agent_word_on({"status": {"networks": ["junk", {"name": "cw"}]}}, "cw") == ""
