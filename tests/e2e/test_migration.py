@@ -64,12 +64,12 @@ class Processes:
     def __init__(self, cluster: LocalCluster, logs: Path) -> None:
         self.cluster, self.logs = cluster, logs
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.by_name: dict[str, tuple[list[str], Path | None, subprocess.Popen[bytes]]] = {}
 
     def spawn(self, name: str, args: list[str], netns: Path | None = None) -> None:
         prefix = ["nsenter", f"--net={netns}"] if netns else []
-        log = (self.logs / f"{name}.log").open("ab")
-        self.procs.append(
-            subprocess.Popen(
+        with (self.logs / f"{name}.log").open("ab") as log:
+            proc = subprocess.Popen(
                 [*prefix, sys.executable, "-m", "cni_operator.cli", *args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -77,7 +77,15 @@ class Processes:
                 cwd=ROOT,
                 start_new_session=True,
             )
-        )
+        self.procs.append(proc)
+        self.by_name[name] = (args, netns, proc)
+
+    def kill_and_restart(self, name: str) -> None:
+        """SIGKILL one process (no cleanup of its own), then start it again."""
+        args, netns, proc = self.by_name[name]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        self.spawn(name, args, netns)
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -543,6 +551,53 @@ def test_a_node_missing_a_binary_is_rolled_back_and_a_resume_finishes(run: Run) 
     sent, failed = sent - sent_at_start, failed - failed_at_start
     print(
         f"resumed: both nodes Done {took:.1f} s after the start; client requests sent "
+        f"{sent}, failed {failed} ({sent / took:.0f}/s)"
+    )
+    assert failed <= sent / 100, f"{failed} of {sent} requests failed"
+
+
+def test_the_controller_and_an_agent_killed_mid_migration_change_nothing(run: Run) -> None:
+    """SIGKILL the controller while the first node drains, then the second node's
+    agent once its switch has begun; each is started again at once. The migration
+    resumes at the step it was in: every node goes through each step once (never
+    switched twice), on its first attempt, and the client loses nothing."""
+    run.start()
+    a, b = run.a, run.b
+    sent_at_start, failed_at_start = run.counts()
+    started = time.monotonic()
+    run.migrate()
+
+    def step_of(node: str) -> str:
+        return str(
+            next((r["step"] for r in run.status().get("nodes") or [] if r["name"] == node), "")
+        )
+
+    def when(node: str, steps: tuple[str, ...], what: str) -> str:
+        deadline = time.monotonic() + 240
+        while (step := step_of(node)) not in steps:
+            assert time.monotonic() < deadline, f"timed out waiting for {what} (step {step!r})"
+            assert run.status().get("phase") not in ("Halted", "Refused"), run.status()
+            time.sleep(0.2)
+        return step
+
+    killed_controller_at = when(a.name, ("Evict",), f"{a.name} to drain")
+    run.processes.kill_and_restart("controller")
+    killed_agent_at = when(b.name, ("Switch", "Verify"), f"{b.name}'s switch")
+    run.processes.kill_and_restart(f"agent-{b.name}")
+    status = run.until("Succeeded")
+    took = time.monotonic() - started
+    for record in status["nodes"]:
+        steps = [t["step"] for t in record["timeline"]]
+        assert steps == ["Cordon", "Evict", "Switch", "Verify", "Uncordon"], (record["name"], steps)
+        assert record["attempt"] == 1, record
+    for node in (a, b):
+        assert (node.cni_conf_dir / f"20-{run.to}.conflist").exists()
+        assert not (node.cni_conf_dir / "10-localcluster.conflist").exists()
+    sent, failed = run.counts()
+    sent, failed = sent - sent_at_start, failed - failed_at_start
+    print(
+        f"\nmigration with the controller killed in {a.name}'s {killed_controller_at} and "
+        f"{b.name}'s agent in its {killed_agent_at}: {took:.1f} s; client requests sent "
         f"{sent}, failed {failed} ({sent / took:.0f}/s)"
     )
     assert failed <= sent / 100, f"{failed} of {sent} requests failed"
