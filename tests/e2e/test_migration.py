@@ -1,20 +1,20 @@
-"""End to end: a CNIMigration moves two real nodes from the local cluster's reference
-`bridge` + `host-local` conflist (`10-localcluster.conflist`, over each node's pod
-CIDR) to a cniwarden network, under a continuous client, and back.
+"""End to end: a CNIMigration moves three real nodes from the local cluster's
+reference `bridge` + `host-local` conflist (`10-localcluster.conflist`, over each
+node's pod CIDR) to a cniwarden network, under a continuous client, and back.
 
 Real parts only: three real nodes per test (containerd + runc + kubelet + kube-proxy,
 each in its own network namespace), the controller (`cniwarden operator --migrations`)
-and one agent per migrated node as processes, the agent inside its node's network
-namespace (its host-gw routes land there). A Deployment of busybox httpd pods (PDB
-maxUnavailable 1) runs on the two migrated nodes; a client pod on the third node
-(never migrated) sends HTTP requests to the Deployment's pod IPs (its ready
-EndpointSlice addresses, fed to the client once a second: the reference network
-gives pods no default route, so a ClusterIP is unreachable from them) at >= 50
-requests/s the whole time. Two scenarios: a migration then a requested rollback of
-both nodes; and a target whose chained plugin is missing on the second node (that
-node rolled back, the migration halted, a resume after the fix). Printed: requests
-sent and failed, total time and time per node; asserted: the steps, the files and
-routes restored byte for byte, the rate held and failures under 1 %.
+and one agent per node as processes, the agent inside its node's network namespace
+(its host-gw routes land there). A Deployment of 6 busybox httpd pods (PDB
+minAvailable 4) runs on the three nodes; a hostNetwork client pod on the third node
+(never evicted: it uses no pod network) sends HTTP requests to the Deployment's pod
+IPs (its ready EndpointSlice addresses, fed to the client once a second) at >= 50
+requests/s the whole time. Scenarios: a migration then a requested rollback of every
+node; a target whose chained plugin is missing on the second node (that node rolled
+back, the migration halted, a resume after the fix); the controller and an agent
+killed mid-migration. Printed: requests sent and failed, total time and time per
+node; asserted: the steps, the files and routes restored byte for byte, the rate held
+and failures under 1 %.
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def workload(namespace: str, run: str) -> list[dict[str, Any]]:
             "kind": "Deployment",
             "metadata": {"name": "web", "namespace": namespace},
             "spec": {
-                "replicas": 4,
+                "replicas": 6,
                 "selector": {"matchLabels": labels},
                 "template": {
                     "metadata": {"labels": labels},
@@ -152,7 +152,7 @@ def workload(namespace: str, run: str) -> list[dict[str, Any]]:
             "apiVersion": "policy/v1",
             "kind": "PodDisruptionBudget",
             "metadata": {"name": "web", "namespace": namespace},
-            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": labels}},
+            "spec": {"minAvailable": 4, "selector": {"matchLabels": labels}},
         },
         {
             "apiVersion": "v1",
@@ -272,17 +272,17 @@ class Run:
         cluster.kubectl("apply", "-f", str(ROOT / "crds"))
         cluster.kubectl("wait", "--for=condition=Established", "crd/cnimigrations.cniwarden.io")
         self.a, self.b, self.c = (cluster.add_real_node(cni="bridge") for _ in range(3))
+        self.nodes = (self.a, self.b, self.c)
         self.old = {
-            n.name: (n.cni_conf_dir / "10-localcluster.conflist").read_bytes()
-            for n in (self.a, self.b)
+            n.name: (n.cni_conf_dir / "10-localcluster.conflist").read_bytes() for n in self.nodes
         }
-        self.reference_routes = {n.name: routes_of(n) for n in (self.a, self.b)}
-        for wave, node in enumerate((self.a, self.b), 1):
+        self.reference_routes = {n.name: routes_of(n) for n in self.nodes}
+        for wave, node in enumerate(self.nodes, 1):
             cluster.kubectl(
                 "label", "node", node.name, f"mig-e2e={self.run_id}", f"mig-wave={wave}"
             )
         cluster.kubectl("create", "namespace", self.namespace)
-        for node in (self.a, self.b):
+        for node in self.nodes:
             self.processes.spawn(
                 f"agent-{node.name}",
                 ["agent", "--node-name", node.name, "--host-root", str(node.host_root)],
@@ -324,7 +324,9 @@ class Run:
         cluster.kubectl(
             "rollout", "status", "-n", self.namespace, "deployment/web", "--timeout=120s"
         )
-        client = busybox_pod("client", self.c.name, ["sh", "-c", client_script()])
+        client = busybox_pod(
+            "client", self.c.name, ["sh", "-c", client_script()], host_network=True
+        )
         client["metadata"]["namespace"] = self.namespace
         cluster.kubectl("apply", "-f", "-", input=json.dumps(client))
         cluster.kubectl(
@@ -359,7 +361,7 @@ class Run:
                 "from": {"networkName": "localcluster"},
                 "to": {"cniNetwork": self.to},
                 "nodeSelector": {"mig-e2e": self.run_id},
-                "waves": {"byLabel": "mig-wave", "order": ["1", "2"]},
+                "waves": {"byLabel": "mig-wave", "order": ["1", "2", "3"]},
                 "drain": {"timeoutSeconds": drain_seconds},
                 "verify": {"probeImage": BUSYBOX_IMAGE},
             },
@@ -442,9 +444,8 @@ def seconds_per_node(status: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def test_two_real_nodes_migrate_and_roll_back_under_a_continuous_client(run: Run) -> None:
+def test_three_real_nodes_migrate_and_roll_back_under_a_continuous_client(run: Run) -> None:
     run.start()
-    a, b = run.a, run.b
     started = time.monotonic()
     sent_at_start, _ = run.counts()
     run.migrate()
@@ -458,7 +459,7 @@ def test_two_real_nodes_migrate_and_roll_back_under_a_continuous_client(run: Run
         assert all(t["result"] in ("Succeeded", "AlreadyDone") for t in times), times
     per_node = seconds_per_node(status)
     print(
-        f"\nmigration of 2 real nodes: {total:.1f} s total, per node "
+        f"\nmigration of 3 real nodes: {total:.1f} s total, per node "
         f"{', '.join(f'{n}: {s:.0f} s' for n, s in per_node.items())}; client requests "
         f"sent {sent}, failed {failed} ({sent / total:.0f}/s)"
     )
@@ -472,16 +473,16 @@ def test_two_real_nodes_migrate_and_roll_back_under_a_continuous_client(run: Run
         f"involvedObject.name={run.mig},reason=Probe",
     )["items"]
     probed = sorted(e["message"] for e in events)
-    assert len(probed) == 2, probed  # one passing probe per node
+    assert len(probed) == 3, probed  # one passing probe per node
     assert any("MigratedNode" in m for m in probed), probed  # the second node's
     assert all("DefaultRoute" in m for m in probed), probed
     assert sent / total >= 50, f"the client sent only {sent / total:.1f} requests/s"
     assert failed <= sent / 100, f"{failed} of {sent} requests failed"
-    for node in (a, b):
+    for node in run.nodes:
         assert not (node.cni_conf_dir / "10-localcluster.conflist").exists()
         assert (node.cni_conf_dir / f"20-{run.to}.conflist").exists()
 
-    # Roll both back on request, the client still sending (the last migrated node
+    # Roll all back on request, the client still sending (the last migrated node
     # first): the reference files come back byte for byte, and so do the routes the
     # agent's host-gw had overwritten (the local cluster's static routes to the other
     # nodes' pod CIDRs).
@@ -494,11 +495,11 @@ def test_two_real_nodes_migrate_and_roll_back_under_a_continuous_client(run: Run
     sent, failed = sent - sent_at_rollback, failed - failed_at_rollback
     failures = run.failures_since(failed_at_rollback)
     print(
-        f"rollback of 2 real nodes: {total:.1f} s; client requests sent {sent}, "
+        f"rollback of 3 real nodes: {total:.1f} s; client requests sent {sent}, "
         f"failed {failed} ({sent / total:.0f}/s){'; failed to ' if failures else ''}"
         f"{', '.join(sorted(set(failures)))}"
     )
-    for node in (a, b):
+    for node in run.nodes:
         assert (node.cni_conf_dir / "10-localcluster.conflist").read_bytes() == run.old[node.name]
         assert not (node.cni_conf_dir / f"20-{run.to}.conflist").exists()
         assert routes_of(node) == run.reference_routes[node.name], node.name
@@ -507,15 +508,17 @@ def test_two_real_nodes_migrate_and_roll_back_under_a_continuous_client(run: Run
 
 
 def test_a_node_missing_a_binary_is_rolled_back_and_a_resume_finishes(run: Run) -> None:
-    """The target chains a plugin installed on the first node only: the first node
-    migrates, the second's switch never happens (its agent will not write a config
-    whose binary is missing), so it is rolled back with its old file byte for byte and
-    the migration halts; the pods never lose their network (the client keeps getting
-    answers). The binary installed, a resume migrates the second node too."""
+    """The target chains a plugin installed on every node but the second: the first
+    node migrates, the second's switch never happens (its agent will not write a
+    config whose binary is missing), so it is rolled back with its old file byte for
+    byte and the migration halts before the third; the pods never lose their network
+    (the client keeps getting answers). The binary installed, a resume migrates the
+    second and third nodes."""
     chained = f"e2e-tune-{run.run_id}"
     run.start(chained=chained)
-    a, b = run.a, run.b
-    shutil.copy2(REFERENCE / "tuning", a.host_root / "opt/cni/bin" / chained)
+    a, b, c = run.nodes
+    for node in (a, c):
+        shutil.copy2(REFERENCE / "tuning", node.host_root / "opt/cni/bin" / chained)
     sent_at_start, failed_at_start = run.counts()
     started = time.monotonic()
     run.migrate(drain_seconds=40)
@@ -529,6 +532,7 @@ def test_a_node_missing_a_binary_is_rolled_back_and_a_resume_finishes(run: Run) 
     records = {r["name"]: r for r in halted["nodes"]}
     assert records[a.name]["step"] == "Done", records[a.name]
     assert records[b.name]["step"] == "RolledBack", records[b.name]
+    assert records[c.name]["step"] == "Pending", records[c.name]
     assert halted["halt"]["node"] == b.name and halted["halt"]["step"] == "Switch", halted["halt"]
     assert chained in halted["halt"]["cause"], "the cause names the missing binary"
     assert (b.cni_conf_dir / "10-localcluster.conflist").read_bytes() == run.old[b.name]
@@ -545,12 +549,12 @@ def test_a_node_missing_a_binary_is_rolled_back_and_a_resume_finishes(run: Run) 
     done = run.until("Succeeded", passing=("Halted",))
     took = time.monotonic() - started
     records = {r["name"]: r for r in done["nodes"]}
-    assert records[b.name]["step"] == "Done", records[b.name]
-    assert (b.cni_conf_dir / f"20-{run.to}.conflist").exists()
+    assert [records[n.name]["step"] for n in run.nodes] == ["Done"] * 3, records
+    assert all((n.cni_conf_dir / f"20-{run.to}.conflist").exists() for n in run.nodes)
     sent, failed = run.counts()
     sent, failed = sent - sent_at_start, failed - failed_at_start
     print(
-        f"resumed: both nodes Done {took:.1f} s after the start; client requests sent "
+        f"resumed: all 3 nodes Done {took:.1f} s after the start; client requests sent "
         f"{sent}, failed {failed} ({sent / took:.0f}/s)"
     )
     assert failed <= sent / 100, f"{failed} of {sent} requests failed"
@@ -590,7 +594,7 @@ def test_the_controller_and_an_agent_killed_mid_migration_change_nothing(run: Ru
         steps = [t["step"] for t in record["timeline"]]
         assert steps == ["Cordon", "Evict", "Switch", "Verify", "Uncordon"], (record["name"], steps)
         assert record["attempt"] == 1, record
-    for node in (a, b):
+    for node in run.nodes:
         assert (node.cni_conf_dir / f"20-{run.to}.conflist").exists()
         assert not (node.cni_conf_dir / "10-localcluster.conflist").exists()
     sent, failed = run.counts()
