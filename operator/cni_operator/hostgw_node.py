@@ -274,7 +274,12 @@ class HostGatewayNode:
             return None
 
     def _write_displaced(self, routes: Mapping[str, hostgw.DisplacedRoute]) -> None:
+        """Write the journal, or remove it once empty (an idle agent's state dir holds
+        nothing of it, so an uninstall still removes that dir: `teardown.tidy_node`)."""
         assert self.displaced_journal is not None
+        if not routes:
+            self.displaced_journal.unlink(missing_ok=True)
+            return
         self.displaced_journal.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(self.displaced_journal, hostgw.displaced_json(routes), mode=0o600)
 
