@@ -20,11 +20,14 @@ from typing import Any
 
 import kubernetes
 import pytest
+from cni_operator.node.atomic import sha256_file
 from kubernetes.client.exceptions import ApiException
 
 from devtools.localcluster import LocalCluster
+from devtools.localcluster.cluster import RealNode
 
 ROOT = Path(__file__).resolve().parents[3]
+REFERENCE = Path("/usr/lib/cni")  # Debian's containernetworking-plugins
 GROUP, VERSION = "cniwarden.io", "v1alpha1"
 # How long a convergence may take before a wait fails. Generous on purpose: these
 # tests run on a shared 2-core machine at load average 10+, where an agent pass
@@ -311,3 +314,43 @@ def fleet(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> It
     nodes = cluster.add_fake_nodes(3)
     with running_fleet(cluster, tmp_path_factory.mktemp("fleet"), nodes) as running:
         yield running
+
+
+def real_node_spec(
+    node: RealNode, bridge: str, *, loopback: bool = True, **more: Any
+) -> dict[str, Any]:
+    """A CNINetwork spec for a real node: cniwarden-bridge on `bridge` (its own name
+    per test), host-local over the node's pod CIDR with the leases in the node's own
+    store; with `loopback`, the reference `loopback` declared as a binary (containerd
+    runs it for every sandbox). `more`: other top-level fields (e.g. `ipam`)."""
+    spec: dict[str, Any] = {
+        "priority": 10,
+        "cniVersion": "1.0.0",  # containerd 1.7 cannot read a 1.1.0 result
+        **more,
+        "plugins": [
+            {
+                "type": "cniwarden-bridge",
+                "bridge": bridge,
+                "isGateway": True,
+                "ipam": {
+                    "type": "cniwarden-host-local",
+                    "ranges": [[{"subnet": "usePodCIDR"}]],
+                    "dataDir": str(node.cni_state_dir / "networks"),
+                },
+            }
+        ],
+    }
+    if loopback:
+        spec["binaries"] = [
+            {
+                "name": "loopback",
+                "sha256": sha256_file(REFERENCE / "loopback"),
+                "source": {"file": str(REFERENCE / "loopback")},
+            }
+        ]
+    return spec
+
+
+def cri_endpoint(node: RealNode) -> str:
+    """The node's CRI socket as the node names it (under its host root)."""
+    return "/" + str(node.containerd_socket.relative_to(node.host_root))

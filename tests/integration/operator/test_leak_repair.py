@@ -27,10 +27,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from devtools.localcluster import LocalCluster
 from devtools.localcluster.pods import busybox_pod
 
-from .conftest import ROOT, running_fleet
+from .conftest import ROOT, cri_endpoint, real_node_spec, running_fleet
 
 pytestmark = [pytest.mark.cluster("real-node"), pytest.mark.slow]
-REFERENCE = Path("/usr/lib/cni")
 LONG_AGO = 3600.0  # older than any grace: only the runtime's word keeps a lease
 
 
@@ -76,33 +75,10 @@ def test_leaked_leases_are_reported_then_reclaimed_and_live_pods_keep_theirs(
     suffix = secrets.token_hex(3)
     name, bridge = f"leaks-{suffix}", f"cwl{suffix}"
     data_dir = node.cni_state_dir / "networks"
-    spec: dict[str, Any] = {
-        "priority": 10,
-        "cniVersion": "1.0.0",
-        "ipam": {"pressureThreshold": 90, "leaseGraceSeconds": 60},
-        "plugins": [
-            {
-                "type": "cniwarden-bridge",
-                "bridge": bridge,
-                "isGateway": True,
-                "ipam": {
-                    "type": "cniwarden-host-local",
-                    "ranges": [[{"subnet": "usePodCIDR"}]],
-                    "dataDir": str(data_dir),
-                },
-            }
-        ],
-        "binaries": [
-            {
-                "name": "loopback",
-                "sha256": sha256_file(REFERENCE / "loopback"),
-                "source": {"file": str(REFERENCE / "loopback")},
-            }
-        ],
-    }
-    # The node's CRI socket as the node names it (under its host root): the agent's
-    # one gRPC CRI client asks it ListPodSandbox (no crictl in the image).
-    socket_on_node = "/" + str(node.containerd_socket.relative_to(node.host_root))
+    spec = real_node_spec(node, bridge, ipam={"pressureThreshold": 90, "leaseGraceSeconds": 60})
+    # The agent's one gRPC CRI client asks the node's socket ListPodSandbox (no crictl
+    # in the image).
+    socket_on_node = cri_endpoint(node)
     cri = ["--runtime-endpoint", socket_on_node]
     # First an agent that only reports (GC off), so the leak is seen before repair.
     metrics = ["--metrics-address", f"127.0.0.1:{free_port()}"]
@@ -345,31 +321,8 @@ def test_containerd_killed_mid_add_and_pods_deleted_while_kubelet_is_down(
     slow = tmp_path / f"cwslow-{suffix}"
     slow.write_text(SLOW_PLUGIN)
     slow.chmod(0o755)
-    spec: dict[str, Any] = {
-        "priority": 10,
-        "cniVersion": "1.0.0",
-        "ipam": {"pressureThreshold": 90, "leaseGraceSeconds": 60},
-        "plugins": [
-            {
-                "type": "cniwarden-bridge",
-                "bridge": bridge,
-                "isGateway": True,
-                "ipam": {
-                    "type": "cniwarden-host-local",
-                    "ranges": [[{"subnet": "usePodCIDR"}]],
-                    "dataDir": str(data_dir),
-                },
-            }
-        ],
-        "binaries": [
-            {
-                "name": "loopback",
-                "sha256": sha256_file(REFERENCE / "loopback"),
-                "source": {"file": str(REFERENCE / "loopback")},
-            },
-        ],
-    }
-    socket_on_node = "/" + str(node.containerd_socket.relative_to(node.host_root))
+    spec = real_node_spec(node, bridge, ipam={"pressureThreshold": 90, "leaseGraceSeconds": 60})
+    socket_on_node = cri_endpoint(node)
     cri = ["--runtime-endpoint", socket_on_node]
     args = {node.name: [*cri, "--gc-interval-seconds", "0"]}
     roots = {node.name: node.host_root}

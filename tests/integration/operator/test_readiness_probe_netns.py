@@ -10,7 +10,6 @@ import ctypes
 import json
 import os
 import secrets
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -22,6 +21,8 @@ from cni_operator.node.own_binaries import LauncherSource
 from cni_operator.node.paths import HostPaths
 from cni_operator.readiness import probe_id
 
+from tests.threads import on_own_thread
+
 pytestmark = [pytest.mark.root]
 T = TypeVar("T")
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -30,24 +31,13 @@ _libc = ctypes.CDLL(None, use_errno=True)
 def in_throwaway_netns(fn: Callable[[], T]) -> T:
     """Run `fn` on a thread of its own in a new network namespace (what the plugins it
     execs create lands there, and vanishes with the thread)."""
-    out: list[T] = []
-    failure: list[BaseException] = []
 
-    def body() -> None:
-        try:
-            if _libc.unshare(cniprobe.CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "unshare")
-            out.append(fn())
-        except BaseException as error:
-            failure.append(error)
+    def body() -> T:
+        if _libc.unshare(cniprobe.CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "unshare")
+        return fn()
 
-    worker = threading.Thread(target=body)
-    worker.start()
-    worker.join(300)
-    assert not worker.is_alive(), "the probe outlived its deadline"
-    if failure:
-        raise failure[0]
-    return out[0]
+    return on_own_thread(body, 300, "the probe")
 
 
 @pytest.fixture

@@ -17,16 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cni_operator.node.atomic import sha256_file
 from cni_operator.readiness import TAINT_KEY
 
 from devtools.localcluster import LocalCluster
 from devtools.localcluster.pods import busybox_pod
 
-from .conftest import ROOT, Fleet, running_fleet
+from .conftest import ROOT, Fleet, real_node_spec, running_fleet
 
 pytestmark = [pytest.mark.cluster("real-node"), pytest.mark.slow]
-REFERENCE = Path("/usr/lib/cni")
 READINESS_SECONDS = 1.0
 
 
@@ -48,29 +46,7 @@ def test_taint_follows_cni_readiness_and_holds_pods_off_the_node(
     suffix = secrets.token_hex(3)
     name, bridge = f"ready-{suffix}", f"cwt{suffix}"
     data_dir = node.cni_state_dir / "networks"
-    spec: dict[str, Any] = {
-        "priority": 10,
-        "cniVersion": "1.0.0",  # containerd 1.7 cannot read a 1.1.0 result
-        "plugins": [
-            {
-                "type": "cniwarden-bridge",
-                "bridge": bridge,
-                "isGateway": True,
-                "ipam": {
-                    "type": "cniwarden-host-local",
-                    "ranges": [[{"subnet": "usePodCIDR"}]],
-                    "dataDir": str(data_dir),
-                },
-            }
-        ],
-        "binaries": [
-            {
-                "name": "loopback",
-                "sha256": sha256_file(REFERENCE / "loopback"),
-                "source": {"file": str(REFERENCE / "loopback")},
-            }
-        ],
-    }
+    spec = real_node_spec(node, bridge)
     args = {
         node.name: [
             "--readiness-taint",
@@ -197,22 +173,7 @@ def test_probe_keeps_the_taint_while_add_fails_though_status_is_ok(
     suffix = secrets.token_hex(3)
     name, bridge = f"probe-{suffix}", f"cwp{suffix}"
     data_dir = node.cni_state_dir / "networks"
-    spec: dict[str, Any] = {
-        "priority": 10,
-        "cniVersion": "1.0.0",
-        "plugins": [
-            {
-                "type": "cniwarden-bridge",
-                "bridge": bridge,
-                "isGateway": True,
-                "ipam": {
-                    "type": "cniwarden-host-local",
-                    "ranges": [[{"subnet": "usePodCIDR"}]],
-                    "dataDir": str(data_dir),
-                },
-            }
-        ],
-    }
+    spec = real_node_spec(node, bridge, loopback=False)
     interval = 5.0  # the probe again this often once passed (300 s by default)
     args = {
         node.name: [

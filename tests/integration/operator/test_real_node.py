@@ -10,18 +10,15 @@ import json
 import secrets
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-from cni_operator.node.atomic import sha256_file
 
 from devtools.localcluster import LocalCluster
 from devtools.localcluster.pods import busybox_pod
 
-from .conftest import running_fleet
+from .conftest import real_node_spec, running_fleet
 
 pytestmark = [pytest.mark.cluster("real-node"), pytest.mark.slow]
-REFERENCE = Path("/usr/lib/cni")
 
 
 def node_ready(cluster: LocalCluster, name: str) -> bool:
@@ -38,30 +35,7 @@ def test_real_pod_uses_our_config_and_holds_the_switch(
     pod_cidr = ipaddress.IPv4Network(
         cluster.kubectl("get", "node", node.name, "-o", "jsonpath={.spec.podCIDR}").stdout
     )
-    spec: dict[str, Any] = {
-        "priority": 10,
-        "cniVersion": "1.0.0",
-        "plugins": [
-            {
-                "type": "cniwarden-bridge",
-                "bridge": bridge,
-                "isGateway": True,
-                "ipam": {
-                    "type": "cniwarden-host-local",
-                    "ranges": [[{"subnet": "usePodCIDR"}]],
-                    "dataDir": str(node.cni_state_dir / "networks"),
-                },
-            }
-        ],
-        # containerd also runs `loopback` for every sandbox.
-        "binaries": [
-            {
-                "name": "loopback",
-                "sha256": sha256_file(REFERENCE / "loopback"),
-                "source": {"file": str(REFERENCE / "loopback")},
-            }
-        ],
-    }
+    spec = real_node_spec(node, bridge)
     roots = {node.name: node.host_root}
     with running_fleet(cluster, tmp_path, [node.name], roots) as fleet:
         fleet.apply(name, spec)
