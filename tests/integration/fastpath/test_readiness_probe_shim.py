@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 from pathlib import Path
 
 import pytest
@@ -16,29 +15,19 @@ from cni_operator.node.paths import HostPaths
 
 from node_plugin.kernel import netns
 from tests.integration.fastpath.conftest import Node, ShimEnv
+from tests.threads import on_own_thread
 
 pytestmark = [pytest.mark.root]
 
 
 def probe_in(node: Node, paths: HostPaths, data: bytes) -> cniprobe.Outcome:
     """The probe as the agent runs it: in the node's netns (hostNetwork), on a thread."""
-    out: list[cniprobe.Outcome] = []
-    failure: list[BaseException] = []
 
-    def body() -> None:
-        try:
-            with netns.entered(node.host.path):
-                out.append(cniprobe.probe(paths, "node-s", "10-s.conflist", data))
-        except BaseException as error:
-            failure.append(error)
+    def body() -> cniprobe.Outcome:
+        with netns.entered(node.host.path):
+            return cniprobe.probe(paths, "node-s", "10-s.conflist", data)
 
-    worker = threading.Thread(target=body)
-    worker.start()
-    worker.join(300)
-    assert not worker.is_alive(), "the probe outlived its deadlines"
-    if failure:
-        raise failure[0]
-    return out[0]
+    return on_own_thread(body, 300, "the probe")
 
 
 def test_probe_through_the_shim_and_the_server(
