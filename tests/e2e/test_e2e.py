@@ -468,6 +468,14 @@ def test_metrics_of_every_component_move_as_pods_come_and_go(installed: Installe
     agent = agent_pod(p, node)["metadata"]["name"]
     (controller,) = [c["metadata"]["name"] for c in p.pods("controller")]
 
+    def scrapes() -> tuple[Samples, Samples, Samples]:
+        """The cni-server's, the agent's (both on `node`) and the controller's /metrics."""
+        return (
+            scrape(p, agent, SERVER_METRICS),
+            scrape(p, agent, AGENT_METRICS),
+            scrape(p, controller, CONTROLLER_METRICS),
+        )
+
     def pod_network_pods() -> int:
         """Pods on `node` that hold an address of the pod network; none may be
         terminating (its lease's fate would move the baseline under the test)."""
@@ -483,9 +491,7 @@ def test_metrics_of_every_component_move_as_pods_come_and_go(installed: Installe
     def steady() -> tuple[Samples, Samples, Samples]:
         """The three scrapes once the agent's gauge, its report and the pods on the
         node agree (the report follows a new lease within the agent's next pass)."""
-        server_m = scrape(p, agent, SERVER_METRICS)
-        agent_m = scrape(p, agent, AGENT_METRICS)
-        controller_m = scrape(p, controller, CONTROLLER_METRICS)
+        server_m, agent_m, controller_m = scrapes()
         gauge = value(agent_m, "cniwarden_agent_pool_used_addresses", **labels)
         reported, pods = used(node), pod_network_pods()
         if not gauge == reported == pods:
@@ -524,9 +530,7 @@ def test_metrics_of_every_component_move_as_pods_come_and_go(installed: Installe
     running = time.monotonic()
 
     def moved_up() -> tuple[Samples, Samples, Samples]:
-        server_m = scrape(p, agent, SERVER_METRICS)
-        agent_m = scrape(p, agent, AGENT_METRICS)
-        controller_m = scrape(p, controller, CONTROLLER_METRICS)
+        server_m, agent_m, controller_m = scrapes()
         seen = observed(server_m, agent_m, controller_m)
         up = (
             seen["ADD"] >= adds0 + count
@@ -547,9 +551,7 @@ def test_metrics_of_every_component_move_as_pods_come_and_go(installed: Installe
     deleted = time.monotonic()
 
     def moved_down() -> tuple[Samples, Samples, Samples]:
-        server_m = scrape(p, agent, SERVER_METRICS)
-        agent_m = scrape(p, agent, AGENT_METRICS)
-        controller_m = scrape(p, controller, CONTROLLER_METRICS)
+        server_m, agent_m, controller_m = scrapes()
         seen = observed(server_m, agent_m, controller_m)
         down = (
             seen["DEL"] >= dels0 + count and seen["used"] == used0 and seen["percent"] == percent0
