@@ -1,14 +1,18 @@
 """The server's socket on the node: one server per path, never with loose permissions.
 
-A lock file next to the socket makes "one server per socket" a fact instead of a race on
-the path; the socket is bound under a temp name, restricted to 0600 and renamed into
-place, so it never exists with looser permissions and a stale one is replaced atomically.
+A lock makes "one server per socket" a fact instead of a race on the path. It is an
+abstract Unix socket named after the socket's directory (device and inode) and file name,
+not a lock file: the kernel frees it when the process dies, so a server killed with
+SIGKILL (a pod past its grace period, the OOM killer) leaves nothing on the node for an
+uninstall to find. The socket itself is bound under a temp name, restricted to 0600 and
+renamed into place, so it never exists with looser permissions and a stale one is
+replaced atomically.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import errno
 import os
 import socket
 from pathlib import Path
@@ -23,7 +27,7 @@ class Listener:
 
     def __init__(self, path: Path, backlog: int = 128) -> None:
         self.path = path
-        self._lock_fd: int | None = self._lock(path)
+        self._lock: socket.socket | None = self._take_lock(path)
         try:
             self.socket, self._inode = self._bind(path, backlog)
         except BaseException:
@@ -31,18 +35,20 @@ class Listener:
             raise
 
     @staticmethod
-    def _lock(path: Path) -> int:
+    def _take_lock(path: Path) -> socket.socket:
         parent = path.parent
         if not parent.exists():
             parent.mkdir(parents=True, mode=0o700)
             os.chmod(parent, 0o700)
-        lock_fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(lock_fd)
-            raise ServerError(f"another cni-server is serving {path}") from None
-        return lock_fd
+            lock.bind(lock_name(path))
+        except OSError as e:
+            lock.close()
+            if e.errno == errno.EADDRINUSE:
+                raise ServerError(f"another cni-server is serving {path}") from None
+            raise ServerError(f"cannot take the lock for {path}: {e}") from e
+        return lock
 
     @staticmethod
     def _bind(path: Path, backlog: int) -> tuple[socket.socket, tuple[int, int]]:
@@ -82,11 +88,13 @@ class Listener:
         self._release_lock()
 
     def _release_lock(self) -> None:
-        if self._lock_fd is None:
-            return
-        # Removed while still held, so a stopped server leaves no file on the node (a
-        # server starting meanwhile fails on the held lock and is restarted).
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(f"{self.path}.lock")
-        os.close(self._lock_fd)
-        self._lock_fd = None
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+
+def lock_name(path: Path) -> bytes:
+    """The abstract socket name that stands for "a server serves `path`": the directory's
+    identity rather than its spelling, so two spellings of one path share the lock."""
+    st = path.parent.stat()
+    return f"\0cniwarden-cni-server:{st.st_dev}:{st.st_ino}:{path.name}".encode()

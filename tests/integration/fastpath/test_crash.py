@@ -131,6 +131,11 @@ def test_killing_the_server_mid_burst_loses_no_lease_and_leaks_nothing(
         else:
             assert run.returncode == 0 or json.loads(run.stdout)["code"] == 11, run.stdout
 
+    # The killed server's lock died with it: its directory holds the socket it left and
+    # nothing else (an uninstall after such a kill must find a clean node).
+    assert sorted(p.name for p in node.shim.socket_path.parent.iterdir()) == [
+        node.shim.socket_path.name
+    ]
     # Back up: the queued DELs run first; then the runtime DELs every pod whose ADD failed.
     node.start_server()
     assert node.shim.queued() == []
