@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from bench.rollout_timeline import Timeline
 from devtools.localcluster import LocalCluster, Tier, attach, up
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,6 +172,7 @@ def run_once(
     workdir = Path(tempfile.mkdtemp(prefix=f"cniwarden-bench-{run_id}-"))
     procs = Processes(cluster, workdir)
     result: dict[str, Any] = {"agents": agents, "rounds": [], "load_start": os.getloadavg()[0]}
+    stack = contextlib.ExitStack()
     try:
         started = time.monotonic()
         procs.spawn("operator", "operator")
@@ -190,6 +192,7 @@ def run_once(
         result["agents_up_s"] = round(time.monotonic() - started, 2)
         time.sleep(2)  # let the start-up burst settle before measuring
         result["api"] = api_load(cluster)
+        timeline = stack.enter_context(Timeline(cluster.kubeconfig))
         for index in range(rounds):
             name = f"bench-{run_id}-{index}"
             spec = {
@@ -218,6 +221,11 @@ def run_once(
                 "metadata": {"name": name},
                 "spec": spec,
             }
+
+            def ready(t: Timeline, name: str = name) -> bool:
+                status = t.network_status(name)
+                return condition_true(status, "Ready") and status.get("nodesReady") == agents
+
             t0 = time.monotonic()
             cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
             files_at = None
@@ -227,27 +235,31 @@ def run_once(
                     (workdir / n / "etc/cni/net.d" / f"10-{name}.conflist").exists() for n in nodes
                 ):
                     files_at = now - t0
-                status = kubectl_json(cluster, "get", "cninetwork", name).get("status") or {}
-                if condition_true(status, "Ready") and status.get("nodesReady") == agents:
-                    ready_at = time.monotonic() - t0
+                ready_stamp = timeline.wait_for(ready, 0.05)
+                if ready_stamp is not None:
+                    ready_at = ready_stamp - t0
                     break
                 if now - t0 > 300:
-                    raise RuntimeError(f"{name} not Ready after 300s: {status}")
-                time.sleep(0.05)
+                    raise RuntimeError(f"{name} not Ready after 300s: {timeline.errors}")
+            # The split: each node's first report at generation 1, and the status writes.
+            applied = sorted(
+                stamp - t0
+                for n in nodes
+                if (stamp := timeline.first_applied(n, name, 1)) is not None
+            )
+            writes = timeline.status_writes(name, t0)
             # A foreign file that wins: time until the network's Shadowed condition says so.
             planted = workdir / nodes[0] / "etc/cni/net.d" / f"00-foreign-{index}.conflist"
             t2 = time.monotonic()
             planted.write_text(
                 '{"cniVersion":"1.0.0","name":"foreign","plugins":[{"type":"bridge"}]}'
             )
-            while True:
-                status = kubectl_json(cluster, "get", "cninetwork", name).get("status") or {}
-                if condition_true(status, "Shadowed"):
-                    shadowed_at = time.monotonic() - t2
-                    break
-                if time.monotonic() - t2 > 60:
-                    raise RuntimeError("Shadowed not reported within 60s")
-                time.sleep(0.05)
+            stamp = timeline.wait_for(
+                lambda t, name=name: condition_true(t.network_status(name), "Shadowed"), 60
+            )
+            if stamp is None:
+                raise RuntimeError("Shadowed not reported within 60s")
+            shadowed_at = stamp - t2
             planted.unlink()
             rss = {key: rss_kib(p.pid) for key, p in procs.procs.items()}
             agent_rss = [v for k, v in rss.items() if k.startswith("agent-")]
@@ -255,6 +267,12 @@ def run_once(
                 {
                     "files_on_all_nodes_s": round(files_at or ready_at, 3),
                     "status_ready_s": round(ready_at, 3),
+                    # apply → the n-th node's report saying Applied (p50, last)
+                    "reports_applied_p50_s": round(statistics.median(applied), 3),
+                    "reports_applied_last_s": round(applied[-1], 3),
+                    "reports_applied": len(applied),
+                    # the controller's status writes until Ready: (s after apply, nodesReady)
+                    "status_writes": [(round(t - t0, 3), n) for t, n in writes],
                     "shadowed_s": round(shadowed_at, 3),
                     "operator_rss_mib": round(rss["operator"] / 1024, 1),
                     "agent_rss_mib_mean": round(statistics.mean(agent_rss) / 1024, 1),
@@ -265,13 +283,21 @@ def run_once(
             cluster.kubectl("delete", "cninetwork", name, "--timeout=300s")
             result["rounds"][-1]["delete_clean_s"] = round(time.monotonic() - t1, 3)
     finally:
+        stack.close()
         procs.stop()
         for node in nodes:
             cluster.kubectl("delete", "cninodestate", node, "--ignore-not-found", check=False)
         cluster.kubectl("label", "node", *nodes, "cniwarden.io/bench-", check=False)
         shutil.rmtree(workdir, ignore_errors=True)
     rounds_ = result["rounds"]
-    for key in ("files_on_all_nodes_s", "status_ready_s", "shadowed_s", "delete_clean_s"):
+    for key in (
+        "files_on_all_nodes_s",
+        "reports_applied_p50_s",
+        "reports_applied_last_s",
+        "status_ready_s",
+        "shadowed_s",
+        "delete_clean_s",
+    ):
         result[f"{key}_median"] = statistics.median(r[key] for r in rounds_)
     for key in ("operator_rss_mib", "agent_rss_mib_mean", "agent_rss_mib_max"):
         result[key] = max(r[key] for r in rounds_)
@@ -295,15 +321,18 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(
-        "| agents | apply → files on all nodes | apply → Ready status | foreign file → Shadowed "
+        "| agents | apply → files on all nodes | apply → node reports Applied (p50 / last) "
+        "| apply → Ready status | foreign file → Shadowed "
         "| delete → clean | agents up | operator RSS | agent RSS mean / max "
         "| API requests/s (steady) | Node updates/s | Node watch events/s "
         "| watch events (KiB) per Node update | CNINodeRoutes writes / watch events | load |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(
             f"| {r['agents']} | {r['files_on_all_nodes_s_median']:.2f} s "
+            f"| {r['reports_applied_p50_s_median']:.2f} "
+            f"/ {r['reports_applied_last_s_median']:.2f} s "
             f"| {r['status_ready_s_median']:.2f} s | {r['shadowed_s_median']:.2f} s "
             f"| {r['delete_clean_s_median']:.2f} s "
             f"| {r['agents_up_s']:.0f} s | {r['operator_rss_mib']:.0f} MiB "

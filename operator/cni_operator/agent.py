@@ -166,11 +166,14 @@ class Agent:
         name = body.get("metadata", {}).get("name")
         if not name:
             return
+        old = self.networks.get(name)
         if event_type == "DELETED":
             self.networks.pop(name, None)
-        else:
-            self.networks[name] = body
-        self.wake.set()
+            self.wake.set()
+            return
+        self.networks[name] = body  # the newest copy, whatever changed
+        if coalesce.network_changed(old, body):
+            self.wake.set()
 
     def on_node(self, event_type: str | None, body: dict[str, Any] | None) -> None:
         """This agent's own Node (the only one it watches): rendering and host-gw."""

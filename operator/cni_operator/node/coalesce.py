@@ -50,6 +50,28 @@ def only_attachments(paths: HostPaths, events: Iterable[DirEvent]) -> bool:
     return seen
 
 
+def network_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> bool:
+    """Whether a new copy of a CNINetwork changes what a pass reads from it: its
+    identity (uid), generation, spec, annotations (the switch gate's acknowledgements)
+    and deletion. The controller rewrites the status as node reports arrive (a rollout
+    to N nodes writes it up to N times) and every agent receives each write; a pass for
+    each would cost N passes per node per rollout, for nothing any pass uses."""
+
+    def used(body: Mapping[str, Any] | None) -> tuple[Any, ...] | None:
+        if body is None:
+            return None
+        meta = body.get("metadata") or {}
+        return (
+            meta.get("uid"),
+            meta.get("generation"),
+            meta.get("deletionTimestamp"),
+            meta.get("annotations") or {},
+            body.get("spec"),
+        )
+
+    return used(old) != used(new)
+
+
 def own_node_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> bool:
     """Whether a new copy of this agent's own Node changes what a pass uses from it:
     the facts rendering reads (name, labels, pod CIDRs), its uid (the owner of the

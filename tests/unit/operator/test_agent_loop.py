@@ -238,3 +238,25 @@ def test_own_node_heartbeats_and_older_copies_wake_nothing(tmp_path: Path) -> No
     made.wake.clear()
     made.on_node("MODIFIED", {"metadata": {"name": "n2"}})
     assert not made.wake.is_set() and made.node["metadata"]["name"] == "n1"
+
+
+def test_status_writes_to_a_network_wake_no_pass(tmp_path: Path) -> None:
+    """The controller rewrites a network's status as reports arrive; each write reaches
+    every agent, and none changes what a pass reads. The newest copy is kept anyway."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(KUBECONFIG)
+    made = Agent(AgentSettings("n1", tmp_path / "root", str(kubeconfig), heartbeat_seconds=0))
+    meta = {"name": "podnet", "uid": "u", "generation": 1, "resourceVersion": "5"}
+    body: dict[str, Any] = {"metadata": meta, "spec": {"priority": 10}}
+    made.on_network("ADDED", body)
+    assert made.wake.is_set()
+    made.wake.clear()
+    written = {**body, "metadata": {**meta, "resourceVersion": "6"}, "status": {"nodesReady": 3}}
+    made.on_network("MODIFIED", written)
+    assert not made.wake.is_set(), "a status write"
+    assert made.networks["podnet"]["metadata"]["resourceVersion"] == "6"
+    made.on_network("MODIFIED", {**written, "metadata": {**meta, "generation": 2}})
+    assert made.wake.is_set(), "a new generation"
+    made.wake.clear()
+    made.on_network("DELETED", written)
+    assert made.wake.is_set() and "podnet" not in made.networks

@@ -18,6 +18,7 @@ from cni_operator.node import manifest as manifest_io
 from cni_operator.node.attachments import AttachmentScan
 from cni_operator.node.coalesce import (
     Coalescer,
+    network_changed,
     only_attachments,
     own_node_changed,
     refreshed_pools,
@@ -280,3 +281,22 @@ def test_only_what_a_pass_uses_from_its_own_node_wakes_it() -> None:
     assert own_node_changed(node, not_ready), "kubelet's word on the network is read by a pass"
     assert own_node_changed(None, node)
     assert own_node_changed(node, None)
+
+
+def test_only_what_a_pass_reads_from_a_network_wakes_it() -> None:
+    meta: dict[str, Any] = {"name": "podnet", "uid": "u1", "generation": 1, "annotations": {}}
+    body: dict[str, Any] = {"metadata": meta, "spec": {"priority": 10}, "status": {}}
+    status_write = {
+        **body,
+        "status": {"nodesReady": 7},
+        "metadata": {**meta, "resourceVersion": "9"},
+    }
+    assert not network_changed(body, status_write), "the controller's status write"
+    assert network_changed(body, {**body, "spec": {"priority": 20}})
+    assert network_changed(body, {**body, "metadata": {**meta, "generation": 2}})
+    acknowledged = {**meta, "annotations": {"cniwarden.io/acknowledge-switch": "2"}}
+    assert network_changed(body, {**body, "metadata": acknowledged}), "the gate reads these"
+    deleting = {**meta, "deletionTimestamp": "2026-12-06T06:00:00Z"}
+    assert network_changed(body, {**body, "metadata": deleting})
+    assert network_changed(body, {**body, "metadata": {**meta, "uid": "u2"}}), "recreated"
+    assert network_changed(None, body)
