@@ -114,6 +114,7 @@ class Agent:
     node: dict[str, Any] | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)  # a full pass is due
     attachments_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    rejudge_due: asyncio.Event = field(default_factory=asyncio.Event)  # the runtime settled
     _task: asyncio.Task[None] | None = None
     _gc_task: asyncio.Task[None] | None = None
     _readiness_task: asyncio.Task[None] | None = None
@@ -389,7 +390,8 @@ class Agent:
                 # Judge by the runtime's word again once it had time to reload.
                 self._dirs_changed_at = time.monotonic()
                 loop.call_later(
-                    RUNTIME_SETTLE_SECONDS + self.settings.runtime_poll_seconds, self.wake.set
+                    RUNTIME_SETTLE_SECONDS + self.settings.runtime_poll_seconds,
+                    self.rejudge_due.set,
                 )
             if coalesce.only_attachments(self.paths, events):
                 self.attachment_writes.changed()
@@ -402,7 +404,7 @@ class Agent:
                 woken = True
                 try:
                     await asyncio.wait_for(
-                        coalesce.first_of(self.wake, self.attachments_changed),
+                        coalesce.first_of(self.wake, self.attachments_changed, self.rejudge_due),
                         min(self.settings.resync_seconds, self.settings.heartbeat_seconds),
                     )
                 except TimeoutError:
@@ -412,10 +414,15 @@ class Agent:
                         # Watch a new network's lease store before reading it.
                         watcher.directories = self._watched_dirs()
                         watcher.rearm()
-                        await self._refresh_attachments()
+                        if self.rejudge_due.is_set():
+                            self.rejudge_due.clear()
+                            await asyncio.to_thread(self._rejudge)
+                        if self.attachments_changed.is_set():
+                            await self._refresh_attachments()
                     else:
                         await asyncio.sleep(self.settings.debounce_seconds)
                         self.wake.clear()
+                        self.rejudge_due.clear()  # the pass judges anyway
                         if woken or not await asyncio.to_thread(self._renew_heartbeat):
                             self.attachment_writes.cancel()  # the pass reads them anyway
                             self.attachments_changed.clear()
@@ -446,6 +453,19 @@ class Agent:
             self.wake.set()
             return
         await asyncio.to_thread(self._publish, PassResult(refreshed), {})
+
+    def _rejudge(self) -> None:
+        """Once the runtime had time to reload net.d or the bin dir: its word on the
+        last report, published if that changes the verdict. Judging needs no pass (the
+        files were scanned when they changed); a change of what the runtime says wakes
+        one through `_watch_runtime`."""
+        status = self._last_status
+        if status is None:
+            return
+        judged = apply_judgement(status, self.runtime_facts())
+        events = self._runtime_events.problem_events(judged["problems"])
+        self.metrics.update(judged)
+        self._publish(PassResult(judged, events), {})
 
     def _renew_heartbeat(self) -> bool:
         """Between resyncs, a timer wake-up only renews the heartbeat of the last

@@ -260,3 +260,41 @@ def test_status_writes_to_a_network_wake_no_pass(tmp_path: Path) -> None:
     made.wake.clear()
     made.on_network("DELETED", written)
     assert made.wake.is_set() and "podnet" not in made.networks
+
+
+def test_once_the_runtime_settled_its_word_is_published_without_a_pass(agent: Agent) -> None:
+    """While net.d just changed, the runtime's NetworkReady=false is withheld (it may
+    not have reloaded yet); once settled, the same report is judged again and
+    published with the disagreement, and no reconcile pass runs for it."""
+    healthy = {"file": "10-pods.conflist", "network": "pods", "healthy": True, "message": ""}
+    status = {"nodeName": "n1", "problems": [], "networks": [], "healthy": True}
+    status["runtimes"] = {"containerd": healthy}
+    passes: list[int] = []
+
+    def reconcile(networks: Any, node: Any) -> PassResult:
+        passes.append(1)
+        return PassResult(dict(status))
+
+    agent.reconciler.reconcile = reconcile  # type: ignore[method-assign]
+    agent._cri_facts = RuntimeFacts(
+        endpoint="/run/containerd/containerd.sock",
+        name="containerd",
+        version="1.7.27",
+        network_ready=False,
+        network_reason="NetworkPluginNotReady",
+        network_message="cni plugin not initialized",
+    )
+    agent._cri_asked_at = time.monotonic()
+    agent._dirs_changed_at = agent._cri_asked_at  # net.d changed as the runtime was asked
+    kube: RecordingKube = agent.kube  # type: ignore[assignment]
+    asyncio.run(agent._pass())
+    assert kube.statuses[-1]["runtimeVerdict"]["settling"] is True
+    assert kube.statuses[-1]["healthy"] is True, "withheld while the runtime reloads"
+    agent._cri_asked_at = agent._dirs_changed_at + 3.0  # asked again once settled
+    agent._rejudge()
+    assert passes == [1], "judging again needs no pass"
+    report = kube.statuses[-1]
+    assert report["runtimeVerdict"]["settling"] is False
+    assert report["healthy"] is False
+    assert [p["code"] for p in report["problems"]] == ["RuntimeDisagrees"]
+    assert [r for _, r, _ in kube.events] == ["RuntimeDisagrees"]
