@@ -23,6 +23,7 @@ import asyncio
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from cni_operator.api import ACK_GENERATION_ANNOTATION, ACK_NODES_ANNOTATION
 from cni_operator.conditions import STATE_APPLIED, STATE_BLOCKED
 from cni_operator.node import manifest as manifest_io
 from cni_operator.node.attachments import AttachmentScan, attachments_report, scan_attachments
@@ -33,6 +34,8 @@ from cni_operator.node.watcher import DirEvent
 from cni_operator.pools import RangeSetUsage, spec_thresholds
 from cni_operator.rendering import NodeFacts
 
+# The annotations a pass reads (the switch gate's acknowledgement).
+ACKNOWLEDGEMENT = (ACK_GENERATION_ANNOTATION, ACK_NODES_ANNOTATION)
 # Problem codes of a pass that waits for a network to have no attachments.
 WAITS_FOR_ATTACHMENTS = frozenset({"QuarantineHeld"})
 EMPTY_CACHE_CODE = "EmptyResultCache"
@@ -52,9 +55,10 @@ def only_attachments(paths: HostPaths, events: Iterable[DirEvent]) -> bool:
 
 def network_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> bool:
     """Whether a new copy of a CNINetwork changes what a pass reads from it: its
-    identity (uid), generation, spec, annotations (the switch gate's acknowledgements)
-    and deletion. The controller rewrites the status as node reports arrive (a rollout
-    to N nodes writes it up to N times) and every agent receives each write; a pass for
+    identity (uid), generation, spec, our annotations (the switch gate's
+    acknowledgements) and deletion. The controller rewrites the status as node reports
+    arrive (a rollout to N nodes writes it up to N times), kopf records its handlers'
+    progress in annotations of its own, and every agent receives each write; a pass for
     each would cost N passes per node per rollout, for nothing any pass uses."""
 
     def used(body: Mapping[str, Any] | None) -> tuple[Any, ...] | None:
@@ -65,7 +69,7 @@ def network_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None
             meta.get("uid"),
             meta.get("generation"),
             meta.get("deletionTimestamp"),
-            meta.get("annotations") or {},
+            *((meta.get("annotations") or {}).get(key) for key in ACKNOWLEDGEMENT),
             body.get("spec"),
         )
 

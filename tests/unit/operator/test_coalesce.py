@@ -294,8 +294,11 @@ def test_only_what_a_pass_reads_from_a_network_wakes_it() -> None:
     assert not network_changed(body, status_write), "the controller's status write"
     assert network_changed(body, {**body, "spec": {"priority": 20}})
     assert network_changed(body, {**body, "metadata": {**meta, "generation": 2}})
-    acknowledged = {**meta, "annotations": {"cniwarden.io/acknowledge-switch": "2"}}
-    assert network_changed(body, {**body, "metadata": acknowledged}), "the gate reads these"
+    for key in ("cniwarden.io/proceed-generation", "cniwarden.io/proceed-nodes"):
+        acknowledged = {**meta, "annotations": {key: "2"}}
+        assert network_changed(body, {**body, "metadata": acknowledged}), "the gate reads it"
+    kopf = {**meta, "annotations": {"kopf.zalando.org/last-handled-configuration": "{}"}}
+    assert not network_changed(body, {**body, "metadata": kopf}), "kopf's own progress"
     deleting = {**meta, "deletionTimestamp": "2026-12-06T06:00:00Z"}
     assert network_changed(body, {**body, "metadata": deleting})
     assert network_changed(body, {**body, "metadata": {**meta, "uid": "u2"}}), "recreated"
