@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from bench.pod_cpu import extract_tree
 from bench.rollout_timeline import Timeline
 from devtools.localcluster import LocalCluster, Tier, attach, up
 
@@ -68,18 +69,24 @@ def a_cluster() -> Iterator[LocalCluster]:
 
 
 class Processes:
-    def __init__(self, cluster: LocalCluster, workdir: Path) -> None:
-        self.cluster, self.workdir = cluster, workdir
+    """The controller and the agents, from this checkout or from `tree` (the product
+    code of another revision, see pod_cpu.extract_tree)."""
+
+    def __init__(self, cluster: LocalCluster, workdir: Path, tree: Path | None = None) -> None:
+        self.cluster, self.workdir, self.tree = cluster, workdir, tree
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def spawn(self, key: str, *args: str) -> None:
         log = (self.workdir / f"{key}.log").open("ab")
+        env = {**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig)}
+        if self.tree is not None:
+            env["PYTHONPATH"] = f"{self.tree / 'operator'}{os.pathsep}{self.tree}"
         self.procs[key] = subprocess.Popen(
             [sys.executable, "-m", "cni_operator.cli", *args],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig)},
-            cwd=ROOT,
+            env=env,
+            cwd=self.tree or ROOT,  # `-m` puts the working directory first on sys.path
             start_new_session=True,
         )
 
@@ -155,7 +162,12 @@ def api_load(cluster: LocalCluster, seconds: float = 10.0) -> dict[str, float]:
 
 
 def run_once(
-    cluster: LocalCluster, agents: int, rounds: int, reuse: bool = False
+    cluster: LocalCluster,
+    agents: int,
+    rounds: int,
+    reuse: bool = False,
+    tree: Path | None = None,
+    label_: str = "this tree",
 ) -> dict[str, Any]:
     run_id = secrets.token_hex(3)
     label = f"cniwarden.io/bench={run_id}"
@@ -170,8 +182,13 @@ def run_once(
         nodes = cluster.add_fake_nodes(agents)
     cluster.kubectl("label", "node", *nodes, label, "--overwrite")
     workdir = Path(tempfile.mkdtemp(prefix=f"cniwarden-bench-{run_id}-"))
-    procs = Processes(cluster, workdir)
-    result: dict[str, Any] = {"agents": agents, "rounds": [], "load_start": os.getloadavg()[0]}
+    procs = Processes(cluster, workdir, tree)
+    result: dict[str, Any] = {
+        "agents": agents,
+        "tree": label_,
+        "rounds": [],
+        "load_start": os.getloadavg()[0],
+    }
     stack = contextlib.ExitStack()
     try:
         started = time.monotonic()
@@ -310,27 +327,42 @@ def main() -> int:
     parser.add_argument("--agents", type=int, action="append", help="agent counts (repeatable)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--reuse-nodes", action="store_true", help="the cluster's kwok Nodes")
+    parser.add_argument(
+        "--before",
+        metavar="REV",
+        help="also run the controller and agents of git revision REV, alternating with this "
+        "tree's (before, after, before, ...) for each agent count",
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="runs per tree and agent count")
     args = parser.parse_args()
     counts = args.agents or [3, 30]
     results = []
-    with a_cluster() as cluster:
+    with contextlib.ExitStack() as stack, a_cluster() as cluster:
+        trees: list[tuple[str, Path | None]] = [("after" if args.before else "this tree", None)]
+        if args.before:
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rollout-")))
+            trees.insert(0, (f"before ({args.before})", extract_tree(args.before, work / "t")))
         for count in counts:
-            print(f"operator_rollout: {count} agents...", file=sys.stderr)
-            results.append(run_once(cluster, count, args.rounds, args.reuse_nodes))
+            for _ in range(args.repeat):
+                for label_, tree in trees:
+                    print(f"operator_rollout: {count} agents, {label_}...", file=sys.stderr)
+                    results.append(
+                        run_once(cluster, count, args.rounds, args.reuse_nodes, tree, label_)
+                    )
     out = ROOT / "bench/results/operator_rollout.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(
-        "| agents | apply → files on all nodes | apply → node reports Applied (p50 / last) "
+        "| agents | tree | apply → files on all nodes | apply → node reports Applied (p50 / last) "
         "| apply → Ready status | foreign file → Shadowed "
         "| delete → clean | agents up | operator RSS | agent RSS mean / max "
         "| API requests/s (steady) | Node updates/s | Node watch events/s "
         "| watch events (KiB) per Node update | CNINodeRoutes writes / watch events | load |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(
-            f"| {r['agents']} | {r['files_on_all_nodes_s_median']:.2f} s "
+            f"| {r['agents']} | {r['tree']} | {r['files_on_all_nodes_s_median']:.2f} s "
             f"| {r['reports_applied_p50_s_median']:.2f} "
             f"/ {r['reports_applied_last_s_median']:.2f} s "
             f"| {r['status_ready_s_median']:.2f} s | {r['shadowed_s_median']:.2f} s "
