@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 
 from bench.operator_rollout import a_cluster, kubectl_json, rss_kib
-from bench.pod_cpu import Spawner, extract_tree, network_spec
+from bench.pod_cpu import Spawner, network_spec
+from bench.trees import extract_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 AGENT = ["-m", "cni_operator.cli", "agent"]

@@ -29,8 +29,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.pod_cpu import extract_tree
 from bench.rollout_timeline import Timeline
+from bench.trees import extract_tree
 from devtools.localcluster import LocalCluster, Tier, attach, up
 
 ROOT = Path(__file__).resolve().parents[1]

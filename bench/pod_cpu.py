@@ -44,6 +44,7 @@ from typing import Any
 from bench.fastpath.launch import chart_server_args, process_cpu_ms
 from bench.operator_rollout import a_cluster, condition_true, kubectl_json
 from bench.sandboxes import NETNS_DIR, cni_env
+from bench.trees import extract_tree
 from devtools.localcluster import LocalCluster
 from node_plugin.kernel import netns
 
@@ -144,19 +145,6 @@ class Spawner:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-
-
-def extract_tree(rev: str, into: Path) -> Path:
-    """The product code of git revision `rev`, to run its agent side by side."""
-    into.mkdir(parents=True)
-    archive = subprocess.run(
-        ["git", "archive", rev, "operator", "node_plugin"],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into
 
 
 def network_spec(run_id: str) -> dict[str, Any]:
