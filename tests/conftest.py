@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import tempfile
 from collections.abc import Generator
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # The `cluster` marker and session fixture (a local Kubernetes at the tier the
 # selected tests need); see devtools/localcluster/pytest_plugin.py.
@@ -40,3 +46,59 @@ def pytest_runtest_makereport(
         f"skipped with CNIWARDEN_REQUIRE_ALL=1: {reason or 'no reason given'}; "
         "every test must run where `make test` ran its setup"
     )
+
+
+# The upstream conformance kit (e2e.test, ginkgo, agnhost: ~8 minutes of Go builds on a
+# fresh machine, nothing once cached). Its test runs last, and the kit builds meanwhile
+# at the lowest CPU priority, so a fresh machine's suite does not wait for it first:
+# most of the suite waits on kernels, runtimes and kubelets with CPU to spare.
+CONFORMANCE_TEST_FILE = "tests/e2e/test_conformance.py"
+CONFORMANCE_BUILD = pytest.StashKey[tuple[subprocess.Popen[bytes], Path]]()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    conformance = [item for item in items if item.nodeid.startswith(CONFORMANCE_TEST_FILE)]
+    if not conformance:
+        return
+    items[:] = [item for item in items if item not in conformance] + conformance
+    log = Path(tempfile.mkstemp(prefix="cniwarden-conformance-tools-", suffix=".log")[1])
+    with log.open("wb") as out:
+        build = subprocess.Popen(
+            ["nice", "-n", "19", str(ROOT / "tools/build-tools.sh")],
+            env={**os.environ, "TOOLS": "conformance"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+    config.stash[CONFORMANCE_BUILD] = (build, log)
+
+
+@pytest.fixture(scope="session")
+def conformance_tools(request: pytest.FixtureRequest) -> None:
+    """Waits (at most 40 minutes) for the kit's build started at collection."""
+    started = request.config.stash.get(CONFORMANCE_BUILD, None)
+    assert started is not None, f"collection starts the kit's build for {CONFORMANCE_TEST_FILE}"
+    build, log = started
+    try:
+        code = build.wait(timeout=2400)
+    except subprocess.TimeoutExpired:
+        pytest.fail(
+            f"the conformance kit did not build within 40 minutes: {log.read_text()[-3000:]}"
+        )
+    assert code == 0, f"TOOLS=conformance tools/build-tools.sh failed: {log.read_text()[-3000:]}"
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    started = session.config.stash.get(CONFORMANCE_BUILD, None)
+    if started is None:
+        return
+    build, log = started
+    if build.poll() is None:  # the run ended before it needed the kit (-x, a selection)
+        os.killpg(build.pid, signal.SIGTERM)
+        try:
+            build.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(build.pid, signal.SIGKILL)
+            build.wait()
+    log.unlink(missing_ok=True)

@@ -30,6 +30,7 @@ MUST_RUN = (
 )
 
 
+@pytest.mark.usefixtures("conformance_tools")
 def test_upstream_granular_checks_and_services_pass() -> None:
     procs = int(os.environ.get("CNIWARDEN_CONFORMANCE_PROCS", "3"))
     results = run.conformance(
