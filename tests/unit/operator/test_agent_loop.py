@@ -55,6 +55,18 @@ class RecordingHostGateway:
         return []
 
 
+def containerd_not_ready(version: str) -> RuntimeFacts:
+    """What CRI Status says when the runtime found no usable network config."""
+    return RuntimeFacts(
+        endpoint="/run/containerd/containerd.sock",
+        name="containerd",
+        version=version,
+        network_ready=False,
+        network_reason="NetworkPluginNotReady",
+        network_message="Network plugin returns error: cni plugin not initialized",
+    )
+
+
 @pytest.fixture
 def agent(tmp_path: Path) -> Agent:
     kubeconfig = tmp_path / "kubeconfig"
@@ -111,14 +123,7 @@ def test_the_runtime_s_own_verdict_is_a_problem_and_one_event(agent: Agent) -> N
     status = {"nodeName": "n1", "problems": [], "networks": [], "healthy": True}
     status["runtimes"] = {"containerd": healthy, "crio": healthy}
     agent.reconciler.reconcile = lambda networks, node: PassResult(dict(status))  # type: ignore[method-assign]
-    agent._cri_facts = RuntimeFacts(
-        endpoint="/run/containerd/containerd.sock",
-        name="containerd",
-        version="2.4.2",
-        network_ready=False,
-        network_reason="NetworkPluginNotReady",
-        network_message="Network plugin returns error: cni plugin not initialized",
-    )
+    agent._cri_facts = containerd_not_ready("2.4.2")
     kube: RecordingKube = agent.kube  # type: ignore[assignment]
 
     async def passes() -> None:
@@ -276,14 +281,7 @@ def test_once_the_runtime_settled_its_word_is_published_without_a_pass(agent: Ag
         return PassResult(dict(status))
 
     agent.reconciler.reconcile = reconcile  # type: ignore[method-assign]
-    agent._cri_facts = RuntimeFacts(
-        endpoint="/run/containerd/containerd.sock",
-        name="containerd",
-        version="1.7.27",
-        network_ready=False,
-        network_reason="NetworkPluginNotReady",
-        network_message="cni plugin not initialized",
-    )
+    agent._cri_facts = containerd_not_ready("1.7.27")
     agent._cri_asked_at = time.monotonic()
     agent._dirs_changed_at = agent._cri_asked_at  # net.d changed as the runtime was asked
     kube: RecordingKube = agent.kube  # type: ignore[assignment]
